@@ -1,0 +1,318 @@
+//! Mount life cycle: mount, serve, unmount.
+//!
+//! Two ways to serve a mount: [`mount`] returns a [`MountHandle`] whose request
+//! loops run in the background and which unmounts when dropped; [`prepare`] +
+//! [`Mounted::run`] serve on the calling thread until the file system is unmounted,
+//! with an [`Unmounter`] that another thread (a signal handler thread, say) uses
+//! to end it cleanly.
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL, SessionUnmounter};
+
+use crate::error::{Error, Result};
+use crate::fs::{LockFs, Shared};
+use crate::options::MountOptions;
+use crate::sys;
+
+/// A counter snapshot of a live mount, for monitoring and leak checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountStats {
+    /// Inodes the kernel holds references to (the root included); each costs the
+    /// daemon one descriptor.
+    pub inodes: usize,
+    /// Open regular files.
+    pub open_files: usize,
+    /// Open regular files served with direct I/O through the daemon.
+    pub direct_io_files: usize,
+    /// Open directories.
+    pub open_dirs: usize,
+    /// Whether FUSE passthrough was negotiated with the kernel.
+    pub passthrough: bool,
+    /// Read and write requests the daemon has served since the mount.
+    pub daemon_io_requests: u64,
+}
+
+fn stats(shared: &Shared) -> MountStats {
+    MountStats {
+        inodes: shared.inodes.len(),
+        open_files: shared.files.len(),
+        direct_io_files: shared
+            .files
+            .count(|f| f.mode == crate::options::IoMode::DirectIo),
+        open_dirs: shared.dirs.len(),
+        passthrough: shared
+            .passthrough
+            .load(std::sync::atomic::Ordering::Relaxed),
+        daemon_io_requests: shared.daemon_io.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+fn config(opts: &MountOptions) -> Result<Config> {
+    if opts.n_threads == 0 {
+        return Err(Error::Options("n_threads must be at least 1".into()));
+    }
+    for (what, v) in [("fsname", &opts.fsname), ("subtype", &opts.subtype)] {
+        if v.is_empty() || v.contains([',', '\0']) {
+            return Err(Error::Options(format!(
+                "{what} {v:?} is empty or has ',' or NUL"
+            )));
+        }
+    }
+    // As root, fuser calls mount(2) itself and passes only kernel options: the
+    // subtype must then be a kernel option to show as `fuse.<subtype>`. Otherwise
+    // fusermount3 takes it as a mount option of its own.
+    // SAFETY: geteuid cannot fail.
+    let subtype = if unsafe { libc::geteuid() } == 0 {
+        MountOption::CUSTOM(format!("subtype={}", opts.subtype))
+    } else {
+        MountOption::Subtype(opts.subtype.clone())
+    };
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        subtype,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    if opts.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = mount_options;
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(opts.n_threads);
+    cfg.clone_fd = opts.n_threads > 1;
+    Ok(cfg)
+}
+
+/// A mounted, not yet served lockfs.
+pub struct Mounted {
+    session: Session<LockFs>,
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("mountpoint", &self.mountpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mounts `source` at `mountpoint` without serving requests yet.
+///
+/// The kernel's INIT handshake is done when this returns; requests are served by
+/// [`Mounted::run`] or [`Mounted::spawn`].
+pub fn prepare(
+    source: impl AsRef<Path>,
+    mountpoint: impl AsRef<Path>,
+    options: MountOptions,
+) -> Result<Mounted> {
+    let source = source.as_ref();
+    let mountpoint = mountpoint.as_ref().to_path_buf();
+    let cfg = config(&options)?;
+    let csrc = CString::new(source.as_os_str().as_bytes()).map_err(|_| Error::Source {
+        path: source.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    // SAFETY: AT_FDCWD is a valid directory handle for *at calls.
+    let cwd = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    // The source itself may be given through a symlink: follow it, once, here.
+    let root = sys::openat(cwd, &csrc, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTDIR) {
+            Error::NotADirectory(source.to_path_buf())
+        } else {
+            Error::Source {
+                path: source.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    let st = sys::fstat(root.as_fd()).map_err(|e| Error::Source {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    let fs = LockFs::new(root, &st, &options);
+    let shared = fs.shared();
+    let session = Session::new(fs, &mountpoint, &cfg).map_err(|e| Error::Mount {
+        path: mountpoint.clone(),
+        source: e,
+    })?;
+    tracing::info!(source = %source.display(), mountpoint = %mountpoint.display(), "lockfs mounted");
+    Ok(Mounted {
+        session,
+        shared,
+        mountpoint,
+    })
+}
+
+impl Mounted {
+    /// A handle that unmounts from any thread, ending [`Mounted::run`].
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            inner: Arc::new(Mutex::new(self.session.unmount_callable())),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Counters of the mount.
+    pub fn stats(&self) -> MountStats {
+        stats(&self.shared)
+    }
+
+    /// Serves requests on this thread until the file system is unmounted (by an
+    /// [`Unmounter`], `umount`, or `fusermount3 -u`).
+    pub fn run(self) -> Result<()> {
+        self.session.run().map_err(Error::Session)
+    }
+
+    /// Serves requests in background threads.
+    pub fn spawn(self) -> Result<MountHandle> {
+        let bg = self.session.spawn().map_err(Error::Session)?;
+        Ok(MountHandle {
+            bg: Some(bg),
+            shared: self.shared,
+            mountpoint: self.mountpoint,
+        })
+    }
+}
+
+/// Mounts `source` at `mountpoint` and serves it in background threads.
+pub fn mount(
+    source: impl AsRef<Path>,
+    mountpoint: impl AsRef<Path>,
+    options: MountOptions,
+) -> Result<MountHandle> {
+    prepare(source, mountpoint, options)?.spawn()
+}
+
+/// Mounts `source` at `mountpoint` and serves it on this thread until unmounted.
+pub fn run(
+    source: impl AsRef<Path>,
+    mountpoint: impl AsRef<Path>,
+    options: MountOptions,
+) -> Result<()> {
+    prepare(source, mountpoint, options)?.run()
+}
+
+/// A lockfs served in the background; dropping it unmounts.
+///
+/// Unmounting detaches the mount at once (`MNT_DETACH`); the request loops end when
+/// the last file open on it is closed.
+pub struct MountHandle {
+    bg: Option<BackgroundSession>,
+    shared: Arc<Shared>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl MountHandle {
+    /// Where the file system is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Counters of the mount.
+    pub fn stats(&self) -> MountStats {
+        stats(&self.shared)
+    }
+
+    /// Unmounts and waits for the request loops to finish.
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<()> {
+        match self.bg.take() {
+            Some(bg) => bg.umount_and_join().map_err(|e| Error::Unmount {
+                path: self.mountpoint.clone(),
+                source: e,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount_inner() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Unmounts a lockfs served by [`Mounted::run`]; cloneable and `Send`, for a
+/// thread that waits for SIGTERM/SIGINT.
+#[derive(Clone)]
+pub struct Unmounter {
+    inner: Arc<Mutex<SessionUnmounter>>,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for Unmounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unmounter")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl Unmounter {
+    /// Unmounts; a second call does nothing.
+    pub fn unmount(&self) -> Result<()> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unmount()
+            .map_err(|e| Error::Unmount {
+                path: self.mountpoint.clone(),
+                source: e,
+            })
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit and
+/// returns the new limit.
+///
+/// Every inode the kernel keeps cached costs the daemon one descriptor, so the
+/// descriptor limit bounds how many files of the mount the kernel can cache at
+/// once; past it, lookups fail with `EMFILE`. Servers call this once at start-up
+/// (and deploy with a high hard limit, e.g. systemd's `LimitNOFILE=`).
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

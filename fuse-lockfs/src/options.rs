@@ -1,0 +1,109 @@
+//! Mount options and the per-file I/O policy hook.
+//!
+//! These are the knobs the lockfs binary and the tests turn: who may use the mount,
+//! how many request loops serve it, and whether a file's reads and writes go straight
+//! from the kernel to the backing file (passthrough) or through the daemon
+//! (direct I/O), which is where mandatory lock checks will run.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use fuser::FileAttr;
+
+/// How reads and writes of one open file are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoMode {
+    /// The kernel reads and writes the backing file itself (FUSE passthrough);
+    /// the daemon never sees the data.
+    Passthrough,
+    /// Every read and write reaches the daemon (`FOPEN_DIRECT_IO`), which performs
+    /// it with `pread`/`pwrite` on the backing file.
+    DirectIo,
+}
+
+/// Chooses the I/O mode of a regular file when it is opened.
+///
+/// The kernel allows one mode per inode while it is open: the policy is asked at the
+/// first open of an inode, and later opens reuse that mode until the last one is
+/// released. Mandatory-locked files will answer [`IoMode::DirectIo`] so that every
+/// read, write and truncate can be checked against the lock table.
+pub trait IoPolicy: Send + Sync + 'static {
+    /// The mode for inode `ino` (the number the mount reports) with attributes `attr`.
+    fn io_mode(&self, ino: u64, attr: &FileAttr) -> IoMode;
+}
+
+impl<F> IoPolicy for F
+where
+    F: Fn(u64, &FileAttr) -> IoMode + Send + Sync + 'static,
+{
+    fn io_mode(&self, ino: u64, attr: &FileAttr) -> IoMode {
+        self(ino, attr)
+    }
+}
+
+/// Options of one lockfs mount.
+#[derive(Clone)]
+pub struct MountOptions {
+    /// Let users other than the mounting one use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Let the kernel check permission bits (`default_permissions`). Keep this on:
+    /// without it only `access(2)` is checked (by the daemon), while opens and
+    /// changes run with the root daemon's rights for every caller.
+    pub default_permissions: bool,
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Number of request loops, each with its own cloned `/dev/fuse` descriptor.
+    pub n_threads: usize,
+    /// Source name shown in the mount table.
+    pub fsname: String,
+    /// File system subtype: the mount shows as `fuse.<subtype>`.
+    pub subtype: String,
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+    /// Try FUSE kernel passthrough for files the policy puts in passthrough mode.
+    /// When it is unavailable (not root, kernel without it) files fall back to
+    /// direct I/O and this is logged once.
+    pub passthrough: bool,
+    /// Ask the kernel to send POSIX and flock lock requests to the daemon
+    /// (`FUSE_POSIX_LOCKS`, `FUSE_FLOCK_LOCKS`). Off by default: the kernel then keeps
+    /// locks locally. While the lock table is not wired in, lock requests are
+    /// answered `ENOSYS` when this is on.
+    pub forward_locks: bool,
+    /// Chooses passthrough or direct I/O per file; `None` means passthrough.
+    pub io_policy: Option<Arc<dyn IoPolicy>>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: true,
+            default_permissions: true,
+            read_only: false,
+            n_threads: 2,
+            fsname: "lockfs".to_string(),
+            subtype: "lockfs".to_string(),
+            ttl: Duration::from_secs(1),
+            passthrough: true,
+            forward_locks: false,
+            io_policy: None,
+        }
+    }
+}
+
+impl fmt::Debug for MountOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MountOptions")
+            .field("allow_other", &self.allow_other)
+            .field("default_permissions", &self.default_permissions)
+            .field("read_only", &self.read_only)
+            .field("n_threads", &self.n_threads)
+            .field("fsname", &self.fsname)
+            .field("subtype", &self.subtype)
+            .field("ttl", &self.ttl)
+            .field("passthrough", &self.passthrough)
+            .field("forward_locks", &self.forward_locks)
+            .field("io_policy", &self.io_policy.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}

@@ -1,0 +1,1 @@
+//! NLM/NSM front door of lockfs (in progress).
