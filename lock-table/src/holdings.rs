@@ -16,7 +16,7 @@ use crate::ids::{LockKind, Owner};
 use crate::range::Range;
 use rustc_hash::FxHashMap;
 use smallvec::{smallvec, SmallVec};
-use std::collections::BTreeMap;
+use crate::segmap::SegMap;
 use std::ops::Bound;
 
 /// One owner's hold on one segment.
@@ -138,7 +138,7 @@ pub(crate) struct Run {
 /// The held locks of one file.
 #[derive(Debug, Default)]
 pub(crate) struct Holdings {
-    segs: BTreeMap<u64, Segment>,
+    segs: SegMap,
     counts: OwnerCounts,
 }
 
@@ -167,13 +167,12 @@ impl Holdings {
     fn overlapping(&self, r: Range) -> impl Iterator<Item = (u64, &Segment)> {
         let before = self
             .segs
-            .range(..r.start())
-            .next_back()
-            .filter(|(_, s)| s.end >= r.start())
-            .map(|(k, s)| (*k, s));
-        before
-            .into_iter()
-            .chain(self.segs.range(r.start()..=r.end()).map(|(k, s)| (*k, s)))
+            .last_before(r.start())
+            .filter(|(_, s)| s.end >= r.start());
+        before.into_iter().chain(
+            self.segs
+                .range(Bound::Included(r.start()), Bound::Included(r.end())),
+        )
     }
 
     /// The first held lock (lowest offset) that conflicts with a `kind` lock
@@ -242,11 +241,11 @@ impl Holdings {
         let mut run_start = start;
         let mut since = holder.since;
         let mut pid = holder.pid;
-        for (k, seg) in self.segs.range(..start).rev() {
+        for (k, seg) in self.segs.range(Bound::Unbounded, Bound::Excluded(start)).rev() {
             if seg.end.checked_add(1) != Some(run_start) || !same(seg) {
                 break;
             }
-            run_start = *k;
+            run_start = k;
             if let Some(h) = seg.holders.iter().find(|h| h.owner == holder.owner) {
                 if h.since < since {
                     since = h.since;
@@ -254,10 +253,10 @@ impl Holdings {
                 }
             }
         }
-        let mut run_end = self.segs.get(&start).map_or(start, |s| s.end);
+        let mut run_end = self.segs.get(start).map_or(start, |s| s.end);
         if run_end < u64::MAX {
-            for (k, seg) in self.segs.range((Bound::Excluded(start), Bound::Unbounded)) {
-                if run_end.checked_add(1) != Some(*k) || !same(seg) {
+            for (k, seg) in self.segs.range(Bound::Excluded(start), Bound::Unbounded) {
+                if run_end.checked_add(1) != Some(k) || !same(seg) {
                     break;
                 }
                 run_end = seg.end;
@@ -278,7 +277,7 @@ impl Holdings {
 
     /// Cut the segment containing `at` (if it starts before `at`) in two.
     fn split_at(&mut self, at: u64) {
-        let Some((&k, seg)) = self.segs.range_mut(..at).next_back() else {
+        let Some((k, seg)) = self.segs.last_before_mut(at) else {
             return;
         };
         if seg.end < at {
@@ -320,8 +319,8 @@ impl Holdings {
         }
         let starts: SmallVec<[u64; 8]> = self
             .segs
-            .range(r.start()..=r.end())
-            .map(|(k, _)| *k)
+            .range(Bound::Included(r.start()), Bound::Included(r.end()))
+            .map(|(k, _)| k)
             .collect();
         let new_holder = |kind| Holder {
             owner,
@@ -344,7 +343,7 @@ impl Holdings {
                     self.counts.add(owner, 1);
                 }
             }
-            let Some(seg) = self.segs.get_mut(&k) else {
+            let Some(seg) = self.segs.get_mut(k) else {
                 continue;
             };
             pos = seg.end.checked_add(1);
@@ -365,7 +364,7 @@ impl Holdings {
                 (Err(_), None) => {}
             }
             if seg.holders.is_empty() {
-                self.segs.remove(&k);
+                self.segs.remove(k);
             }
         }
         if let (Some(kind), Some(p)) = (kind, pos) {
@@ -406,7 +405,7 @@ impl Holdings {
             Some(kind) => {
                 // Nothing may start at or before end + 1 and reach start - 1.
                 let reach = r.end().saturating_add(1);
-                if let Some((_, seg)) = self.segs.range(..=reach).next_back() {
+                if let Some((_, seg)) = self.segs.last_at_or_before(reach) {
                     if seg.end >= r.start().saturating_sub(1) {
                         return None;
                     }
@@ -433,11 +432,11 @@ impl Holdings {
                 })
             }
             None => {
-                let seg = self.segs.get(&r.start())?;
+                let seg = self.segs.get(r.start())?;
                 if seg.end != r.end() || seg.holders.len() != 1 || seg.holders[0].owner != owner {
                     return None;
                 }
-                self.segs.remove(&r.start());
+                self.segs.remove(r.start());
                 self.counts.sub(owner, 1);
                 Some(if self.counts.get(&owner) == 0 {
                     Presence::Lost
@@ -452,11 +451,14 @@ impl Holdings {
     fn coalesce(&mut self, r: Range) {
         let lo = self
             .segs
-            .range(..r.start())
-            .next_back()
-            .map_or(r.start(), |(k, _)| *k);
+            .last_before(r.start())
+            .map_or(r.start(), |(k, _)| k);
         let hi = r.end().saturating_add(1);
-        let keys: SmallVec<[u64; 8]> = self.segs.range(lo..=hi).map(|(k, _)| *k).collect();
+        let keys: SmallVec<[u64; 8]> = self
+            .segs
+            .range(Bound::Included(lo), Bound::Included(hi))
+            .map(|(k, _)| k)
+            .collect();
         self.coalesce_keys(&keys);
     }
 
@@ -466,7 +468,7 @@ impl Holdings {
             return;
         };
         for next in iter {
-            let mergeable = match (self.segs.get(&cur), self.segs.get(&next)) {
+            let mergeable = match (self.segs.get(cur), self.segs.get(next)) {
                 (Some(a), Some(b)) => {
                     a.end.checked_add(1) == Some(next) && same_holders(&a.holders, &b.holders)
                 }
@@ -476,13 +478,13 @@ impl Holdings {
                 cur = next;
                 continue;
             }
-            let Some(b) = self.segs.remove(&next) else {
+            let Some(b) = self.segs.remove(next) else {
                 continue;
             };
             for h in &b.holders {
                 self.counts.sub(h.owner, 1);
             }
-            if let Some(a) = self.segs.get_mut(&cur) {
+            if let Some(a) = self.segs.get_mut(cur) {
                 a.end = b.end;
                 for (ha, hb) in a.holders.iter_mut().zip(b.holders.iter()) {
                     if hb.since < ha.since {
@@ -500,21 +502,15 @@ impl Holdings {
             return false;
         }
         let mut had_exclusive = false;
-        let mut emptied: SmallVec<[u64; 8]> = SmallVec::new();
-        for (k, seg) in self.segs.iter_mut() {
+        self.segs.for_each_mut(|_, seg| {
             if let Ok(i) = seg.holders.binary_search_by(|h| h.owner.cmp(owner)) {
                 had_exclusive |= seg.holders[i].kind == LockKind::Exclusive;
                 seg.holders.remove(i);
-                if seg.holders.is_empty() {
-                    emptied.push(*k);
-                }
             }
-        }
-        for k in emptied {
-            self.segs.remove(&k);
-        }
+        });
+        self.segs.retain(|seg| !seg.holders.is_empty());
         self.counts.sub(*owner, u32::MAX);
-        let keys: Vec<u64> = self.segs.keys().copied().collect();
+        let keys: Vec<u64> = self.segs.iter().map(|(k, _)| k).collect();
         self.coalesce_keys(&keys);
         had_exclusive
     }
@@ -524,8 +520,8 @@ impl Holdings {
     pub fn clear(&mut self) -> (Vec<Owner>, bool) {
         let had_exclusive = self
             .segs
-            .values()
-            .any(|s| s.holders.iter().any(|h| h.kind == LockKind::Exclusive));
+            .iter()
+            .any(|(_, s)| s.holders.iter().any(|h| h.kind == LockKind::Exclusive));
         let owners = self.counts.owners();
         self.segs.clear();
         self.counts = OwnerCounts::default();
@@ -536,7 +532,7 @@ impl Holdings {
     /// their starts.
     pub fn runs(&self, out: &mut Vec<Run>) {
         let mut open: FxHashMap<Owner, Run> = FxHashMap::default();
-        for (&start, seg) in &self.segs {
+        for (start, seg) in self.segs.iter() {
             for h in &seg.holders {
                 match open.get_mut(&h.owner) {
                     Some(run)
@@ -578,7 +574,7 @@ impl Holdings {
         let mut prev_end: Option<u64> = None;
         let mut counts: FxHashMap<Owner, u32> = FxHashMap::default();
         let mut prev: Option<&Segment> = None;
-        for (&k, seg) in &self.segs {
+        for (k, seg) in self.segs.iter() {
             assert!(k <= seg.end, "segment {k} ends before it starts");
             if let Some(pe) = prev_end {
                 assert!(k > pe, "segments overlap at {k}");

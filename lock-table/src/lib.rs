@@ -40,6 +40,7 @@
 mod holdings;
 pub mod ids;
 mod idset;
+mod segmap;
 pub mod lvb;
 pub mod ops;
 pub mod range;
