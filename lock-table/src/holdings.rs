@@ -14,9 +14,9 @@
 
 use crate::ids::{LockKind, Owner};
 use crate::range::Range;
+use crate::segmap::SegMap;
 use rustc_hash::FxHashMap;
 use smallvec::{smallvec, SmallVec};
-use crate::segmap::SegMap;
 use std::ops::Bound;
 
 /// One owner's hold on one segment.
@@ -241,7 +241,11 @@ impl Holdings {
         let mut run_start = start;
         let mut since = holder.since;
         let mut pid = holder.pid;
-        for (k, seg) in self.segs.range(Bound::Unbounded, Bound::Excluded(start)).rev() {
+        for (k, seg) in self
+            .segs
+            .range(Bound::Unbounded, Bound::Excluded(start))
+            .rev()
+        {
             if seg.end.checked_add(1) != Some(run_start) || !same(seg) {
                 break;
             }

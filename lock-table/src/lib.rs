@@ -40,11 +40,11 @@
 mod holdings;
 pub mod ids;
 mod idset;
-mod segmap;
 pub mod lvb;
 pub mod ops;
 pub mod range;
 pub mod registry;
+mod segmap;
 pub mod shared;
 pub mod snapshot;
 pub mod table;

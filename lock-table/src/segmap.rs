@@ -253,17 +253,29 @@ mod tests {
         let keys: Vec<u64> = (0..100).map(|i| (i * 37) % 101 * 10).collect();
         let check = |m: &SegMap, r: &BTreeMap<u64, Segment>| {
             for x in [0u64, 5, 10, 15, 500, 505, 1000, 1010, u64::MAX] {
-                assert_eq!(m.last_before(x).map(|e| e.0), r.range(..x).next_back().map(|e| *e.0));
+                assert_eq!(
+                    m.last_before(x).map(|e| e.0),
+                    r.range(..x).next_back().map(|e| *e.0)
+                );
                 assert_eq!(
                     m.last_at_or_before(x).map(|e| e.0),
                     r.range(..=x).next_back().map(|e| *e.0)
                 );
-                let got: Vec<u64> = m.range(Bound::Excluded(x), Bound::Unbounded).map(|e| e.0).collect();
-                let want: Vec<u64> = r.range((Bound::Excluded(x), Bound::Unbounded)).map(|e| *e.0).collect();
+                let got: Vec<u64> = m
+                    .range(Bound::Excluded(x), Bound::Unbounded)
+                    .map(|e| e.0)
+                    .collect();
+                let want: Vec<u64> = r
+                    .range((Bound::Excluded(x), Bound::Unbounded))
+                    .map(|e| *e.0)
+                    .collect();
                 assert_eq!(got, want);
                 assert_eq!(m.get(x).map(|s| s.end), r.get(&x).map(|s| s.end));
             }
-            let got: Vec<u64> = m.range(Bound::Included(200), Bound::Included(100)).map(|e| e.0).collect();
+            let got: Vec<u64> = m
+                .range(Bound::Included(200), Bound::Included(100))
+                .map(|e| e.0)
+                .collect();
             assert!(got.is_empty());
         };
         for k in &keys {
@@ -273,7 +285,10 @@ mod tests {
         }
         assert!(matches!(m, SegMap::Large(_)));
         for k in &keys {
-            assert_eq!(m.remove(*k).map(|s| s.end), reference.remove(k).map(|s| s.end));
+            assert_eq!(
+                m.remove(*k).map(|s| s.end),
+                reference.remove(k).map(|s| s.end)
+            );
             check(&m, &reference);
         }
         assert!(matches!(m, SegMap::Small(_)));

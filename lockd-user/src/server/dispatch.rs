@@ -1,0 +1,148 @@
+//! Turns one received message into the action its transport must take, answering every
+//! RPC-level error (RFC 5531) without involving the program.
+
+use super::{CallContext, ProcError, Reply, RpcProgram, Transport};
+use crate::rpc::{
+    flavor, AcceptStatus, AuthStat, CallDecodeError, CallHeader, Credential, RejectStatus,
+    ReplyHeader, ReplyStatus, RPC_VERSION,
+};
+use crate::xdr::Decoder;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+/// What the transport must do after a call was handled.
+pub(super) enum Action {
+    Send(Vec<u8>),
+    Defer {
+        xid: u32,
+        rx: oneshot::Receiver<Result<Vec<u8>, ProcError>>,
+    },
+    Nothing,
+}
+
+fn reply_msg(xid: u32, status: ReplyStatus) -> Vec<u8> {
+    ReplyHeader { xid, status }.to_message(&[])
+}
+
+fn error_status(e: ProcError) -> ReplyStatus {
+    match e {
+        ProcError::ProcUnavail => ReplyStatus::accepted(AcceptStatus::ProcUnavail),
+        ProcError::GarbageArgs => ReplyStatus::accepted(AcceptStatus::GarbageArgs),
+        ProcError::SystemErr => ReplyStatus::accepted(AcceptStatus::SystemErr),
+        ProcError::Auth(s) => ReplyStatus::Denied(RejectStatus::AuthError(s)),
+    }
+}
+
+pub(super) fn result_msg(xid: u32, r: Result<Vec<u8>, ProcError>) -> Vec<u8> {
+    match r {
+        Ok(body) => ReplyHeader {
+            xid,
+            status: ReplyStatus::accepted(AcceptStatus::Success),
+        }
+        .to_message(&body),
+        Err(e) => reply_msg(xid, error_status(e)),
+    }
+}
+
+/// Routes decoded calls to programs; shared by all listeners.
+pub(super) struct Dispatcher {
+    pub(super) programs: HashMap<u32, Arc<dyn RpcProgram>>,
+}
+
+impl Dispatcher {
+    /// Decodes the call header, or says what to do with a message that has none.
+    pub(super) fn parse(&self, msg: &[u8]) -> Result<(CallHeader, usize), Action> {
+        let mut dec = Decoder::new(msg);
+        match CallHeader::decode(&mut dec) {
+            Ok(h) => Ok((h, dec.position())),
+            Err(CallDecodeError::BadAuth { xid, source }) => {
+                debug!(xid, error = %source, "malformed credential");
+                Err(Action::Send(reply_msg(
+                    xid,
+                    ReplyStatus::Denied(RejectStatus::AuthError(AuthStat::BadCred)),
+                )))
+            }
+            Err(e) => {
+                debug!(error = %e, "dropping message that is not a valid call");
+                Err(Action::Nothing)
+            }
+        }
+    }
+
+    pub(super) fn execute(
+        &self,
+        h: &CallHeader,
+        args: &[u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+        transport: Transport,
+    ) -> Action {
+        let xid = h.xid;
+        let send = |status| Action::Send(reply_msg(xid, status));
+        if h.rpcvers != RPC_VERSION {
+            return send(ReplyStatus::Denied(RejectStatus::RpcMismatch {
+                low: RPC_VERSION,
+                high: RPC_VERSION,
+            }));
+        }
+        let cred = match h.cred.flavor {
+            flavor::AUTH_NONE | flavor::AUTH_SYS => match Credential::parse(&h.cred) {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(xid, error = %e, "malformed AUTH_SYS credential");
+                    return send(ReplyStatus::Denied(RejectStatus::AuthError(
+                        AuthStat::BadCred,
+                    )));
+                }
+            },
+            other => {
+                debug!(xid, flavor = other, "unsupported credential flavour");
+                return send(ReplyStatus::Denied(RejectStatus::AuthError(
+                    AuthStat::RejectedCred,
+                )));
+            }
+        };
+        let Some(prog) = self.programs.get(&h.prog) else {
+            return send(ReplyStatus::accepted(AcceptStatus::ProgUnavail));
+        };
+        if !prog.has_version(h.vers) {
+            let (low, high) = prog.versions();
+            return send(ReplyStatus::accepted(AcceptStatus::ProgMismatch {
+                low,
+                high,
+            }));
+        }
+        let ctx = CallContext {
+            peer,
+            local,
+            transport,
+            xid,
+            prog: h.prog,
+            vers: h.vers,
+            proc_: h.proc_,
+            cred,
+            verf: h.verf.clone(),
+        };
+        let mut dec = Decoder::new(args);
+        // A handler bug must cost one call, not the listener that serves everyone.
+        match catch_unwind(AssertUnwindSafe(|| prog.call(&ctx, &mut dec))) {
+            Ok(Ok(Reply::Now(body))) => Action::Send(result_msg(xid, Ok(body))),
+            Ok(Ok(Reply::None)) => Action::Nothing,
+            Ok(Ok(Reply::Later(rx))) => Action::Defer { xid, rx },
+            Ok(Err(e)) => send(error_status(e)),
+            Err(_) => {
+                error!(
+                    prog = h.prog,
+                    vers = h.vers,
+                    proc_ = h.proc_,
+                    "RPC handler panicked"
+                );
+                send(ReplyStatus::accepted(AcceptStatus::SystemErr))
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The RPC server: UDP and TCP listeners feeding one dispatcher of registered programs.
+//!
+//! Programs see decoded call context and an argument decoder, and answer with a [`Reply`]:
+//! now, never (the NLM `_MSG` procedures), or later through a [`ReplySender`] (a reply that
+//! waits on something else). Everything that RFC 5531 says the RPC layer answers by itself
+//! (unknown program, version or procedure, undecodable arguments, wrong RPC version, bad or
+//! unsupported credentials) is answered here, so program code never builds RPC headers.
+//!
+//! Robustness: malformed messages are dropped or answered with an error reply, TCP records
+//! beyond the configured size close their connection, connections beyond the configured
+//! number are closed at once, a panicking handler produces SYSTEM_ERR instead of taking the
+//! listener down, and UDP retransmissions are answered from the [`DuplicateCache`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::info;
+
+mod dispatch;
+mod program;
+mod tcp;
+mod udp;
+
+use crate::drc::DuplicateCache;
+use dispatch::Dispatcher;
+pub use program::{
+    decode_args, handle, handle_silent, CallContext, ProcError, Reply, ReplySender, RpcProgram,
+};
+
+/// The transport a call arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The rpcbind network id (`udp`/`tcp`, IPv4) or its IPv6 form.
+    pub fn netid(self, v6: bool) -> &'static str {
+        match (self, v6) {
+            (Transport::Udp, false) => "udp",
+            (Transport::Tcp, false) => "tcp",
+            (Transport::Udp, true) => "udp6",
+            (Transport::Tcp, true) => "tcp6",
+        }
+    }
+
+    /// The IP protocol number used by portmapper version 2.
+    pub fn ipproto(self) -> u32 {
+        match self {
+            Transport::Udp => 17,
+            Transport::Tcp => 6,
+        }
+    }
+}
+
+/// Server limits and cache sizes.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest TCP record accepted; a larger one closes the connection.
+    pub max_record_size: usize,
+    /// Most TCP connections served at once; further ones are closed on accept.
+    pub max_tcp_connections: usize,
+    /// A TCP connection silent this long is closed.
+    pub tcp_idle_timeout: Option<Duration>,
+    /// Entries in the UDP duplicate request cache; 0 disables it.
+    pub drc_capacity: usize,
+    /// How long a UDP reply stays in the duplicate request cache.
+    pub drc_ttl: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_record_size: 256 * 1024,
+            max_tcp_connections: 1024,
+            tcp_idle_timeout: Some(Duration::from_secs(360)),
+            drc_capacity: 4096,
+            drc_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("program {0} registered twice")]
+    DuplicateProgram(u32),
+    #[error("cannot bind {transport:?} {addr}: {source}")]
+    Bind {
+        transport: Transport,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Collects programs and listen addresses, then starts an [`RpcServer`].
+pub struct ServerBuilder {
+    config: ServerConfig,
+    programs: Vec<Arc<dyn RpcProgram>>,
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    udp_sockets: Vec<std::net::UdpSocket>,
+    tcp_listeners: Vec<std::net::TcpListener>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            programs: Vec::new(),
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            udp_sockets: Vec::new(),
+            tcp_listeners: Vec::new(),
+        }
+    }
+
+    /// Serves a program.
+    pub fn program(mut self, p: Arc<dyn RpcProgram>) -> Self {
+        self.programs.push(p);
+        self
+    }
+
+    /// Listens for UDP on `addr` (port 0 picks a free port).
+    pub fn udp(mut self, addr: SocketAddr) -> Self {
+        self.udp.push(addr);
+        self
+    }
+
+    /// Listens for TCP on `addr` (port 0 picks a free port).
+    pub fn tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp.push(addr);
+        self
+    }
+
+    /// Serves on an already bound UDP socket (for example one bound to a chosen port).
+    pub fn udp_socket(mut self, s: std::net::UdpSocket) -> Self {
+        self.udp_sockets.push(s);
+        self
+    }
+
+    /// Serves on an already bound TCP listener.
+    pub fn tcp_listener(mut self, l: std::net::TcpListener) -> Self {
+        self.tcp_listeners.push(l);
+        self
+    }
+
+    /// Binds everything and starts serving. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<RpcServer, ServerError> {
+        let mut programs: HashMap<u32, Arc<dyn RpcProgram>> = HashMap::new();
+        for p in self.programs {
+            let n = p.program();
+            if programs.insert(n, p).is_some() {
+                return Err(ServerError::DuplicateProgram(n));
+            }
+        }
+        let dispatcher = Arc::new(Dispatcher { programs });
+        let drc = (self.config.drc_capacity > 0).then(|| {
+            Arc::new(DuplicateCache::new(
+                self.config.drc_capacity,
+                self.config.drc_ttl,
+            ))
+        });
+        let bind_err = |transport, addr| {
+            move |source| ServerError::Bind {
+                transport,
+                addr,
+                source,
+            }
+        };
+        let mut udp = Vec::new();
+        for addr in self.udp {
+            udp.push(
+                UdpSocket::bind(addr)
+                    .await
+                    .map_err(bind_err(Transport::Udp, addr))?,
+            );
+        }
+        for s in self.udp_sockets {
+            let addr = s.local_addr().unwrap_or_else(|_| unspecified());
+            s.set_nonblocking(true)
+                .map_err(bind_err(Transport::Udp, addr))?;
+            udp.push(UdpSocket::from_std(s).map_err(bind_err(Transport::Udp, addr))?);
+        }
+        let mut tcp = Vec::new();
+        for addr in self.tcp {
+            tcp.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err(Transport::Tcp, addr))?,
+            );
+        }
+        for l in self.tcp_listeners {
+            let addr = l.local_addr().unwrap_or_else(|_| unspecified());
+            l.set_nonblocking(true)
+                .map_err(bind_err(Transport::Tcp, addr))?;
+            tcp.push(TcpListener::from_std(l).map_err(bind_err(Transport::Tcp, addr))?);
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut udp_addrs = Vec::new();
+        for sock in udp {
+            let addr = sock
+                .local_addr()
+                .map_err(bind_err(Transport::Udp, unspecified()))?;
+            udp_addrs.push(addr);
+            info!(%addr, "RPC server listening on UDP");
+            tasks.spawn(udp::serve_udp(
+                Arc::new(sock),
+                addr,
+                dispatcher.clone(),
+                drc.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        let mut tcp_addrs = Vec::new();
+        let slots = Arc::new(Semaphore::new(self.config.max_tcp_connections));
+        for l in tcp {
+            let addr = l
+                .local_addr()
+                .map_err(bind_err(Transport::Tcp, unspecified()))?;
+            tcp_addrs.push(addr);
+            info!(%addr, "RPC server listening on TCP");
+            tasks.spawn(tcp::serve_tcp(
+                l,
+                dispatcher.clone(),
+                self.config.clone(),
+                slots.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Ok(RpcServer {
+            udp_addrs,
+            tcp_addrs,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+}
+
+pub(crate) fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// A running server. Dropping it without [`RpcServer::shutdown`] aborts its tasks.
+pub struct RpcServer {
+    udp_addrs: Vec<SocketAddr>,
+    tcp_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RpcServer {
+    /// Shorthand for [`ServerBuilder::new`].
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder::new(config)
+    }
+
+    /// The bound UDP addresses, in the order they were given.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// The bound TCP addresses, in the order they were given.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// Stops accepting, closes every connection and waits for all listener and connection
+    /// tasks to finish. Replies still deferred are abandoned.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // An error means the server handle is gone, which is a stop as well.
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,142 @@
+//! What a program sees of a call and how it answers: the interface between the transport
+//! below and procedure logic above.
+
+use super::Transport;
+use crate::rpc::{AuthStat, Credential, OpaqueAuth};
+use crate::xdr::{to_bytes, Decoder, XdrDecode, XdrEncode, XdrError};
+use std::net::SocketAddr;
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+/// Everything a program may want to know about a call besides its arguments.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub transport: Transport,
+    pub xid: u32,
+    pub prog: u32,
+    pub vers: u32,
+    pub proc_: u32,
+    pub cred: Credential,
+    pub verf: OpaqueAuth,
+}
+
+/// Errors a program returns instead of a result; the server turns them into RPC replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ProcError {
+    #[error("procedure unavailable")]
+    ProcUnavail,
+    #[error("arguments could not be decoded")]
+    GarbageArgs,
+    #[error("system error")]
+    SystemErr,
+    /// Reject the caller's credential (for example AUTH_TOOWEAK when AUTH_SYS is required).
+    #[error("authentication error: {0:?}")]
+    Auth(AuthStat),
+}
+
+impl From<XdrError> for ProcError {
+    fn from(_: XdrError) -> Self {
+        ProcError::GarbageArgs
+    }
+}
+
+/// Decodes a procedure's arguments, mapping failure to GARBAGE_ARGS. Trailing bytes after
+/// the arguments are tolerated, as most RPC implementations do.
+pub fn decode_args<T: XdrDecode>(args: &mut Decoder<'_>) -> Result<T, ProcError> {
+    T::decode(args).map_err(|e| {
+        debug!(error = %e, "garbage arguments");
+        ProcError::GarbageArgs
+    })
+}
+
+/// Runs a procedure written as a plain function from decoded arguments to results:
+/// undecodable arguments become GARBAGE_ARGS, the result is encoded and sent now.
+pub fn handle<A: XdrDecode, R: XdrEncode>(
+    args: &mut Decoder<'_>,
+    f: impl FnOnce(A) -> R,
+) -> Result<Reply, ProcError> {
+    let a = decode_args(args)?;
+    Ok(Reply::encode(&f(a)))
+}
+
+/// Runs a message-passing procedure (one that sends no reply, such as NLM `*_MSG`).
+pub fn handle_silent<A: XdrDecode>(
+    args: &mut Decoder<'_>,
+    f: impl FnOnce(A),
+) -> Result<Reply, ProcError> {
+    let a = decode_args(args)?;
+    f(a);
+    Ok(Reply::None)
+}
+
+/// How a program answers a call.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send these already-encoded results now.
+    Now(Vec<u8>),
+    /// Send nothing (message-passing procedures such as NLM `*_MSG` and `*_RES`).
+    None,
+    /// The answer comes later through the matching [`ReplySender`].
+    Later(oneshot::Receiver<Result<Vec<u8>, ProcError>>),
+}
+
+impl Reply {
+    /// Encodes `v` as the results to send now.
+    pub fn encode<T: XdrEncode + ?Sized>(v: &T) -> Self {
+        Reply::Now(to_bytes(v))
+    }
+
+    /// A reply to be given later, and the handle that gives it.
+    pub fn deferred() -> (Self, ReplySender) {
+        let (tx, rx) = oneshot::channel();
+        (Reply::Later(rx), ReplySender { tx })
+    }
+}
+
+/// Sends a deferred reply. Dropping it without sending means no reply at all (and, on UDP,
+/// a retransmission of the call is handled afresh).
+#[derive(Debug)]
+pub struct ReplySender {
+    tx: oneshot::Sender<Result<Vec<u8>, ProcError>>,
+}
+
+impl ReplySender {
+    /// Sends already-encoded results; false if the server or connection is gone.
+    pub fn send(self, results: Vec<u8>) -> bool {
+        self.tx.send(Ok(results)).is_ok()
+    }
+
+    /// Encodes and sends results.
+    pub fn send_encoded<T: XdrEncode + ?Sized>(self, v: &T) -> bool {
+        self.send(to_bytes(v))
+    }
+
+    /// Answers with an RPC-level error.
+    pub fn fail(self, e: ProcError) -> bool {
+        self.tx.send(Err(e)).is_ok()
+    }
+
+    /// True once nobody waits for the reply any more.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// An RPC program served by the server.
+pub trait RpcProgram: Send + Sync + 'static {
+    /// The program number.
+    fn program(&self) -> u32;
+    /// Lowest and highest supported versions, as reported in PROG_MISMATCH.
+    fn versions(&self) -> (u32, u32);
+    /// Whether a version inside the range is really served (NLM serves 1, 3 and 4, not 2).
+    fn has_version(&self, vers: u32) -> bool {
+        let (low, high) = self.versions();
+        (low..=high).contains(&vers)
+    }
+    /// Handles one call; `ctx.vers` is a supported version. Unknown procedures must return
+    /// [`ProcError::ProcUnavail`], undecodable arguments [`ProcError::GarbageArgs`].
+    fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError>;
+}
