@@ -50,6 +50,28 @@ fn uncontended(c: &mut Criterion) {
             t.unlock(f, o, r);
         })
     });
+    // Baseline measured in the same run: the kernel's own POSIX lock+unlock
+    // pair (two fcntl F_SETLK system calls) on a file of the bench machine's
+    // native file system.
+    g.bench_function("kernel_fcntl_pair_native", |b| {
+        let file = tempfile::NamedTempFile::new_in(".").expect("temp file");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(file.as_file());
+        // SAFETY: flock is plain old data; all-zero is a valid value.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = 0;
+        fl.l_len = 100;
+        b.iter(|| {
+            fl.l_type = libc::F_WRLCK as i16;
+            // SAFETY: fd is open for the closure's lifetime; fl is a valid flock.
+            let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
+            assert_eq!(r, 0);
+            fl.l_type = libc::F_UNLCK as i16;
+            // SAFETY: as above.
+            let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
+            assert_eq!(r, 0);
+        })
+    });
     g.bench_function("lock_unlock_pair_shared_table", |b| {
         let t = SharedTable::new(|_e: Event| {});
         b.iter(|| {

@@ -42,6 +42,7 @@ pub mod ids;
 mod idset;
 pub mod lvb;
 pub mod ops;
+mod probe;
 pub mod range;
 pub mod registry;
 mod segmap;
@@ -52,8 +53,8 @@ pub mod table;
 pub use ids::{Access, FileId, HostId, LockKind, Owner, OwnerKind, ScopeId};
 pub use lvb::{LvbError, LvbValue, LVB_LEN};
 pub use ops::{
-    DropReason, Event, Holding, IoOutcome, IoRequest, LockOutcome, LockRequest, Refusal, Release,
-    Released, TestOutcome, TestRequest, Wait, WaiterId,
+    CancelReason, DropReason, Event, Holding, IoOutcome, IoRequest, LockOutcome, LockRequest,
+    Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaiterId,
 };
 pub use range::{Range, RangeError};
 pub use registry::Registry;

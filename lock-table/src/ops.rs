@@ -138,6 +138,18 @@ pub struct Released {
     pub waiters: usize,
 }
 
+/// Why a front door withdraws a queued request ([`crate::LockTable::cancel_with`]).
+/// The table treats every reason alike; tracers report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client withdrew it (NLM CANCEL) or the front door gave up on it.
+    Cancelled,
+    /// The waiting process was interrupted by a signal.
+    Interrupted,
+    /// The wait outlived the front door's time limit.
+    TimedOut,
+}
+
 /// Why a queued request left the queue without being granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {

@@ -118,6 +118,20 @@ impl Registry {
         }
     }
 
+    /// The lock owner (host, svid, owner handle) if it is already interned,
+    /// without interning it (front doors check per-host limits with it).
+    pub fn find_nlm_owner(&self, host: HostId, svid: u32, oh: &[u8]) -> Option<Owner> {
+        let mut key: SmallVec<[u8; 64]> = SmallVec::new();
+        key.extend_from_slice(&svid.to_be_bytes());
+        key.extend_from_slice(oh);
+        let id = *self.hosts.get(host.0 as usize)?.lock_owners.get(&key[..])?;
+        Some(Owner {
+            kind: OwnerKind::Nlm,
+            host,
+            id,
+        })
+    }
+
     /// The share owner (host, owner handle) of an NLM SHARE request.
     pub fn nlm_share_owner(&mut self, host: HostId, oh: &[u8]) -> Owner {
         let next = &mut self.next_owner;
@@ -192,6 +206,8 @@ mod tests {
         assert_ne!(r.nlm_owner(a, 7, b"oh-2"), o1);
         assert_ne!(r.nlm_owner(b, 7, b"oh-1"), o1);
         assert_eq!(r.svid(&o1), Some(7));
+        assert_eq!(r.find_nlm_owner(a, 7, b"oh-1"), Some(o1));
+        assert_eq!(r.find_nlm_owner(a, 7, b"oh-9"), None);
         // svid and handle are not confusable by concatenation.
         let x = r.nlm_owner(a, 0x0102_0304, b"");
         let y = r.nlm_owner(a, 0x0102_0300, &[4]);

@@ -19,6 +19,7 @@ use crate::ids::{Access, FileId, HostId, LockKind, Owner, ScopeId};
 use crate::idset::IdSet;
 use crate::lvb::{LvbError, LvbValue, LVB_LEN};
 use crate::ops::*;
+use crate::probe::{self, Probe};
 use crate::range::Range;
 use crate::registry::Registry;
 use crate::snapshot::{LockInfo, LockState};
@@ -26,6 +27,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
+
+use lockfs_probes::{EventKind as ProbeKind, WaitEndReason};
 
 /// Bound on the owners visited by one deadlock search; past it the search
 /// gives up and reports no deadlock (as Linux bounds its walk).
@@ -213,6 +216,37 @@ impl LockTable {
 
     /// Take, convert or extend a lock (F_SETLK/F_SETLKW, NLM LOCK).
     pub fn lock(&mut self, req: &LockRequest) -> LockOutcome {
+        if !probe::contention_enabled() {
+            return self.decide_lock(req);
+        }
+        let base = |kind| Probe::new(kind, req.file, req.owner, req.pid).range(req.range);
+        if probe::all_enabled() {
+            base(ProbeKind::LockRequested)
+                .kind(req.kind)
+                .fire(&self.registry);
+        }
+        let out = self.decide_lock(req);
+        let announce = match out {
+            LockOutcome::Granted if probe::all_enabled() => {
+                Some(base(ProbeKind::LockGranted).kind(req.kind))
+            }
+            LockOutcome::Granted => None,
+            LockOutcome::Queued(id) => {
+                Some(base(ProbeKind::LockBlocked).kind(req.kind).waiter(id.0))
+            }
+            // Grace refusals are not contention: nothing conflicts.
+            LockOutcome::Refused(Refusal::Conflict(_) | Refusal::Deadlock) => {
+                Some(base(ProbeKind::LockRefused).kind(req.kind))
+            }
+            LockOutcome::Refused(Refusal::Grace | Refusal::NotInGrace) => None,
+        };
+        if let Some(p) = announce {
+            p.fire(&self.registry);
+        }
+        out
+    }
+
+    fn decide_lock(&mut self, req: &LockRequest) -> LockOutcome {
         if let Some(refusal) = self.grace_gate(req.scope, req.reclaim) {
             return LockOutcome::Refused(refusal);
         }
@@ -369,6 +403,13 @@ impl LockTable {
     /// Release the bytes of `range` held by `owner` (F_UNLCK, NLM UNLOCK).
     /// Unlocking what is not held is not an error.
     pub fn unlock(&mut self, file_id: FileId, owner: Owner, range: Range) {
+        if probe::all_enabled() {
+            for kind in [ProbeKind::LockRequested, ProbeKind::LockReleased] {
+                Probe::new(kind, file_id, owner, 0)
+                    .range(range)
+                    .fire(&self.registry);
+            }
+        }
         let Some(file) = self.files.get_mut(&file_id) else {
             return;
         };
@@ -403,9 +444,25 @@ impl LockTable {
     /// have been granted already: the caller then owns the lock and must
     /// unlock it if it no longer wants it).
     pub fn cancel(&mut self, id: WaiterId) -> bool {
+        self.cancel_with(id, CancelReason::Cancelled)
+    }
+
+    /// [`Self::cancel`], saying why the front door withdraws the request
+    /// (a signal, a timeout, an NLM CANCEL); tracers report the reason.
+    pub fn cancel_with(&mut self, id: WaiterId, reason: CancelReason) -> bool {
         let Some(w) = self.remove_waiter(id) else {
             return false;
         };
+        if probe::contention_enabled() {
+            let reason = match reason {
+                CancelReason::Cancelled => WaitEndReason::Cancelled,
+                CancelReason::Interrupted => WaitEndReason::Interrupted,
+                CancelReason::TimedOut => WaitEndReason::TimedOut,
+            };
+            self.waiter_probe(id, &w)
+                .reason(reason)
+                .fire(&self.registry);
+        }
         // Later waiters may have been yielding to this one.
         self.wake(w.file);
         self.drop_if_idle(w.file);
@@ -434,6 +491,14 @@ impl LockTable {
         self.waiters
             .get(&id)
             .map(|w| (w.file, w.owner, w.kind, w.range, w.io))
+    }
+
+    /// The wait-ended announcement of a waiter leaving the queue.
+    fn waiter_probe(&self, id: WaiterId, w: &Waiter) -> Probe {
+        Probe::new(ProbeKind::WaitEnded, w.file, w.owner, w.pid)
+            .kind(w.kind)
+            .range(w.range)
+            .waiter(id.0)
     }
 
     fn remove_waiter(&mut self, id: WaiterId) -> Option<Waiter> {
@@ -542,6 +607,11 @@ impl LockTable {
                     }
                 }
             }
+            if probe::contention_enabled() {
+                self.waiter_probe(id, &w)
+                    .reason(WaitEndReason::Granted)
+                    .fire(&self.registry);
+            }
             self.events.push(Event::Granted {
                 waiter: id,
                 token: w.token,
@@ -639,6 +709,22 @@ impl LockTable {
     /// A waiting request is queued like a lock request (FIFO, deadlock
     /// detection for POSIX owners) but takes no lock when granted.
     pub fn io(&mut self, req: &IoRequest) -> IoOutcome {
+        let out = self.decide_io(req);
+        if !matches!(out, IoOutcome::Allowed) && probe::contention_enabled() {
+            let waiter = match out {
+                IoOutcome::Queued(id) => id.0,
+                _ => 0,
+            };
+            Probe::new(ProbeKind::IoBlocked, req.file, req.owner, req.pid)
+                .kind(req.access.as_lock_kind())
+                .range(req.range)
+                .waiter(waiter)
+                .fire(&self.registry);
+        }
+        out
+    }
+
+    fn decide_io(&mut self, req: &IoRequest) -> IoOutcome {
         let Some(conflict) =
             self.io_check(req.file, req.access, req.range, req.owner, req.open_file)
         else {
@@ -685,6 +771,11 @@ impl LockTable {
                         f.queue.remove(pos);
                     }
                 }
+                if probe::contention_enabled() {
+                    self.waiter_probe(wid, &w)
+                        .reason(WaitEndReason::Cancelled)
+                        .fire(&self.registry);
+                }
                 self.events.push(Event::Dropped {
                     waiter: wid,
                     token: w.token,
@@ -703,6 +794,9 @@ impl LockTable {
                 let had_exclusive = f.holdings.remove_owner(&owner);
                 if had_exclusive && how == Release::Abnormal {
                     f.invalidate_lvb();
+                }
+                if probe::all_enabled() {
+                    Probe::new(ProbeKind::LockReleased, file_id, owner, 0).fire(&self.registry);
                 }
                 out.files += 1;
                 if !touched.contains(&file_id) {
@@ -729,6 +823,9 @@ impl LockTable {
             return;
         }
         f.holdings.remove_owner(&owner);
+        if probe::all_enabled() {
+            Probe::new(ProbeKind::LockReleased, file_id, owner, 0).fire(&self.registry);
+        }
         self.forget_owner_file(owner, file_id);
         self.wake(file_id);
         self.drop_if_idle(file_id);
@@ -782,6 +879,11 @@ impl LockTable {
                 .unwrap_or_default();
             for wid in queued {
                 if let Some(w) = self.remove_waiter(wid) {
+                    if probe::contention_enabled() {
+                        self.waiter_probe(wid, &w)
+                            .reason(WaitEndReason::Cancelled)
+                            .fire(&self.registry);
+                    }
                     self.events.push(Event::Dropped {
                         waiter: wid,
                         token: w.token,
@@ -801,6 +903,9 @@ impl LockTable {
             }
             out.files += owners.len();
             for o in owners {
+                if probe::all_enabled() {
+                    Probe::new(ProbeKind::LockReleased, file_id, o, 0).fire(&self.registry);
+                }
                 self.forget_owner_file(o, file_id);
             }
             self.drop_if_idle(file_id);
