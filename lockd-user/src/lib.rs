@@ -12,6 +12,16 @@
 //! - [`portmap`]: registration with rpcbind, a built-in portmapper, and a probe.
 //! - [`proto`]: NLM v1/v3/v4 and NSM wire types.
 //!
+//! The lock service on top of it:
+//!
+//! - [`exports`]: exported directories, their service groups and allowed clients.
+//! - [`fh`]: unforgeable NLM file handles that survive restarts.
+//! - [`nlm`]: the NLM program (versions 1, 3, 4) over the shared lock and share tables.
+//! - [`nsm`]: the status program and the durable state (state number, client lists).
+//! - [`callbacks`] and [`recovery`]: GRANTED and `*_RES` callbacks, grace periods,
+//!   SM_NOTIFY in both directions, host release.
+//! - [`service`]: starts all of it; [`lockd::Lockd`] is the state its programs share.
+//!
 //! Procedure logic sits above this crate's transport layer and is written as plain functions
 //! from decoded arguments to results. Nothing in the transport decides a lock: conflicts,
 //! grace periods and owners belong to the lock table.
@@ -57,18 +67,30 @@
 //! # }
 //! ```
 
+pub mod callbacks;
 pub mod client;
 pub mod drc;
+pub mod exports;
+pub mod fh;
+pub mod lockd;
+pub mod nlm;
+pub mod nsm;
 pub mod portmap;
 pub mod proto;
 pub mod record;
+pub mod recovery;
 pub mod rpc;
 pub mod server;
+pub mod service;
 pub mod xdr;
 
 pub use client::{ClientConfig, ClientError, RpcClient};
+pub use exports::{Cidr, Export};
+pub use fh::{fh_for_path, make_fh, FhKey};
+pub use lockd::{CallbackPolicy, EventQueue, EventSink, HostReleased, Limits, Lockd};
 pub use server::{
     decode_args, handle, handle_silent, CallContext, ProcError, Reply, ReplySender, RpcProgram,
     RpcServer, ServerBuilder, ServerConfig, Transport,
 };
+pub use service::{LockdConfig, LockdService, PortmapMode};
 pub use xdr::{Decoder, Encoder, XdrDecode, XdrEncode, XdrError};

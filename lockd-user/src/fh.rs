@@ -1,0 +1,467 @@
+//! NLM file handles: which file of which export a client means, in a form the client cannot
+//! forge and the server can resolve after a restart.
+//!
+//! Layout (all of it opaque to clients):
+//!
+//! ```text
+//! export id (u32, big endian) | kernel handle type (u8) | kernel handle | MAC (16 bytes)
+//! ```
+//!
+//! The kernel handle comes from `name_to_handle_at` and is resolved with
+//! `open_by_handle_at(export root, O_PATH)`, so it stays valid across daemon restarts (which
+//! reclaims need) and goes stale when the file is deleted. The MAC is HMAC-SHA256 over
+//! everything before it, truncated to 16 bytes, keyed with 32 random bytes kept in the
+//! state directory (created mode 0600 on first start and reused). A handle whose length,
+//! export or MAC does not check out is refused before any system call names a file, so a
+//! forged handle cannot reach files outside the exports. The MAC is compared in constant
+//! time.
+//!
+//! An ext4 handle takes 29 bytes, which fits the 32 bytes of NLM versions 1 and 3;
+//! filesystems with longer kernel handles (tmpfs, btrfs) are reachable through version 4
+//! only.
+//!
+//! Resolved handles are cached by their exact bytes; a cached handle is not checked against
+//! the filesystem again, so a file deleted after its first lock keeps its identity until the
+//! cache is cleared (it is bounded and cleared wholesale when full).
+
+use crate::exports::{Exports, OpenExport};
+use hmac::{Hmac, Mac};
+use lock_table::FileId;
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// Bytes of the MAC at the end of a handle.
+pub const MAC_LEN: usize = 16;
+/// Bytes of the key.
+pub const KEY_LEN: usize = 32;
+/// Name of the key file in the state directory.
+pub const KEY_FILE: &str = "fh.key";
+/// Longest kernel handle accepted (`MAX_HANDLE_SZ`).
+const MAX_KERNEL_HANDLE: usize = 128;
+const HEADER: usize = 5;
+const CACHE_MAX: usize = 65_536;
+
+/// Why a handle could not be made or resolved.
+#[derive(Debug, Error)]
+pub enum FhError {
+    #[error("file handle has an impossible length {0}")]
+    Malformed(usize),
+    #[error("file handle names export {0}, which is not exported")]
+    UnknownExport(u32),
+    #[error("file handle does not carry this server's MAC")]
+    BadMac,
+    #[error("file handle no longer names a file")]
+    Stale,
+    #[error("{path} is not inside export {export} (0: any configured export)")]
+    OutsideExport { path: PathBuf, export: u32 },
+    #[error("the filesystem of {0} gives handles this server cannot carry")]
+    Unsupported(PathBuf),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The secret that makes handles unforgeable.
+#[derive(Clone)]
+pub struct FhKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for FhKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FhKey(..)")
+    }
+}
+
+impl FhKey {
+    /// A key from bytes (tests).
+    pub fn from_bytes(b: [u8; KEY_LEN]) -> Self {
+        Self(b)
+    }
+
+    /// Reads the key of `state_dir`, creating it (random, mode 0600, synced) on first use.
+    pub fn load_or_create(state_dir: &Path) -> io::Result<Self> {
+        let path = state_dir.join(KEY_FILE);
+        match File::open(&path) {
+            Ok(mut f) => {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                let key: [u8; KEY_LEN] = buf.try_into().map_err(|b: Vec<u8>| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} holds {} bytes, expected {KEY_LEN}",
+                            path.display(),
+                            b.len()
+                        ),
+                    )
+                })?;
+                Ok(Self(key))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut key = [0u8; KEY_LEN];
+                fill_random(&mut key)?;
+                let tmp = state_dir.join(format!("{KEY_FILE}.tmp"));
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                File::open(state_dir)?.sync_all()?;
+                Ok(Self(key))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        // HMAC takes keys of any length; this cannot fail for 32 bytes.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        m.update(body);
+        m
+    }
+
+    /// Builds a handle from its parts.
+    pub fn seal(&self, export: u32, handle_type: u8, kernel: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + kernel.len() + MAC_LEN);
+        out.extend_from_slice(&export.to_be_bytes());
+        out.push(handle_type);
+        out.extend_from_slice(kernel);
+        let tag = self.mac(&out).finalize().into_bytes();
+        out.extend_from_slice(&tag[..MAC_LEN]);
+        out
+    }
+
+    /// Checks a handle's length and MAC; returns (export id, handle type, kernel handle).
+    pub fn open<'a>(&self, fh: &'a [u8]) -> Result<(u32, u8, &'a [u8]), FhError> {
+        if fh.len() < HEADER + 1 + MAC_LEN || fh.len() > HEADER + MAX_KERNEL_HANDLE + MAC_LEN {
+            return Err(FhError::Malformed(fh.len()));
+        }
+        let (body, tag) = fh.split_at(fh.len() - MAC_LEN);
+        self.mac(body)
+            .verify_truncated_left(tag)
+            .map_err(|_| FhError::BadMac)?;
+        let export = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        Ok((export, body[4], &body[HEADER..]))
+    }
+}
+
+fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which stays
+        // borrowed mutably for the duration of the call.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// `struct file_handle` with room for the largest kernel handle.
+#[repr(C)]
+struct KernelHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_KERNEL_HANDLE],
+}
+
+impl KernelHandle {
+    fn empty() -> Self {
+        Self {
+            handle_bytes: MAX_KERNEL_HANDLE as libc::c_uint,
+            handle_type: 0,
+            f_handle: [0; MAX_KERNEL_HANDLE],
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FhError + '_ {
+    move |source| FhError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The NLM file handle of `path`, a file inside `export` (what `lockfs fh PATH` prints).
+/// Symbolic links are resolved first; the result must still lie inside the export.
+pub fn make_fh(key: &FhKey, export: &OpenExport, path: &Path) -> Result<Vec<u8>, FhError> {
+    let real = path.canonicalize().map_err(io_err(path))?;
+    let root = export
+        .export
+        .root
+        .canonicalize()
+        .map_err(io_err(&export.export.root))?;
+    if !real.starts_with(&root) {
+        return Err(FhError::OutsideExport {
+            path: path.to_path_buf(),
+            export: export.export.id,
+        });
+    }
+    let c = CString::new(real.as_os_str().as_bytes())
+        .map_err(|_| FhError::Unsupported(real.clone()))?;
+    let mut h = KernelHandle::empty();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `c` is a NUL-terminated path; `h` is a file_handle header followed by
+    // MAX_KERNEL_HANDLE bytes, as its handle_bytes says; mount_id is a valid out pointer.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (&mut h as *mut KernelHandle).cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io_err(&real)(io::Error::last_os_error()));
+    }
+    let len = h.handle_bytes as usize;
+    let Ok(htype) = u8::try_from(h.handle_type) else {
+        return Err(FhError::Unsupported(real));
+    };
+    if len == 0 || len > MAX_KERNEL_HANDLE {
+        return Err(FhError::Unsupported(real));
+    }
+    Ok(key.seal(export.export.id, htype, &h.f_handle[..len]))
+}
+
+/// `lockfs fh PATH` in one call: the handle of `path` under whichever configured export
+/// contains it, with the key of `state_dir` (created if this is the first use).
+pub fn fh_for_path(
+    state_dir: &Path,
+    exports: &[crate::exports::Export],
+    path: &Path,
+) -> Result<Vec<u8>, FhError> {
+    let key = FhKey::load_or_create(state_dir).map_err(io_err(state_dir))?;
+    let opened = Exports::open(exports.to_vec()).map_err(|e| FhError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let real = path.canonicalize().map_err(io_err(path))?;
+    let export = opened
+        .iter()
+        .filter(|o| {
+            o.export
+                .root
+                .canonicalize()
+                .is_ok_and(|r| real.starts_with(r))
+        })
+        .max_by_key(|o| o.export.root.components().count())
+        .ok_or_else(|| FhError::OutsideExport {
+            path: path.to_path_buf(),
+            export: 0,
+        })?;
+    make_fh(&key, export, &real)
+}
+
+/// Resolves handles to exports and files, with a cache of handles already resolved.
+#[derive(Debug)]
+pub struct FileHandles {
+    key: FhKey,
+    cache: Mutex<HashMap<Box<[u8]>, FileId>>,
+}
+
+impl FileHandles {
+    pub fn new(key: FhKey) -> Self {
+        Self {
+            key,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn key(&self) -> &FhKey {
+        &self.key
+    }
+
+    /// The export and backing file a handle names. Nothing on disk is touched unless the
+    /// length, export id and MAC check out.
+    pub fn resolve<'e>(
+        &self,
+        exports: &'e Exports,
+        fh: &[u8],
+    ) -> Result<(&'e OpenExport, FileId), FhError> {
+        let (export_id, htype, kernel) = self.key.open(fh)?;
+        let export = exports
+            .get(export_id)
+            .ok_or(FhError::UnknownExport(export_id))?;
+        if let Some(id) = self.lock_cache().get(fh) {
+            return Ok((export, *id));
+        }
+        let mut h = KernelHandle::empty();
+        h.handle_bytes = kernel.len() as libc::c_uint;
+        h.handle_type = libc::c_int::from(htype);
+        h.f_handle[..kernel.len()].copy_from_slice(kernel);
+        // SAFETY: the root fd is open for the life of `exports`; `h` is a valid
+        // file_handle whose handle_bytes does not exceed its buffer.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                export.root_fd().as_raw_fd(),
+                (&mut h as *mut KernelHandle).cast(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::EINVAL) => FhError::Stale,
+                _ => io_err(&export.export.root)(e),
+            });
+        }
+        // SAFETY: fd was just returned by open_by_handle_at and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let meta = File::from(fd)
+            .metadata()
+            .map_err(io_err(&export.export.root))?;
+        use std::os::unix::fs::MetadataExt;
+        let id = FileId::new(meta.dev(), meta.ino());
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(fh.into(), id);
+        Ok((export, id))
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, FileId>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exports::Export;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn setup() -> (tempfile::TempDir, Exports, FileHandles, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("export");
+        std::fs::create_dir(&root).unwrap();
+        let f = root.join("file");
+        std::fs::write(&f, b"data").unwrap();
+        let ex = Exports::open(vec![Export::new(3, &root)]).unwrap();
+        let key = FhKey::load_or_create(d.path()).unwrap();
+        (d, ex, FileHandles::new(key), f)
+    }
+
+    #[test]
+    fn key_is_created_private_and_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let a = FhKey::load_or_create(d.path()).unwrap();
+        let meta = std::fs::metadata(d.path().join(KEY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), KEY_LEN as u64);
+        let b = FhKey::load_or_create(d.path()).unwrap();
+        assert_eq!(a.0, b.0);
+        std::fs::write(d.path().join(KEY_FILE), b"short").unwrap();
+        assert!(FhKey::load_or_create(d.path()).is_err());
+    }
+
+    #[test]
+    fn handle_resolves_to_the_backing_file() {
+        let (_d, ex, fhs, f) = setup();
+        let fh = make_fh(fhs.key(), ex.get(3).unwrap(), &f).unwrap();
+        let (e, id) = fhs.resolve(&ex, &fh).unwrap();
+        assert_eq!(e.export.id, 3);
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(id, FileId::new(m.dev(), m.ino()));
+        // Again, from the cache.
+        assert_eq!(fhs.resolve(&ex, &fh).unwrap().1, id);
+        // A fresh resolver with the same key (a restart) resolves it too.
+        let again = FileHandles::new(fhs.key().clone());
+        assert_eq!(again.resolve(&ex, &fh).unwrap().1, id);
+    }
+
+    #[test]
+    fn forged_foreign_and_unexported_handles_are_refused() {
+        let (_d, ex, fhs, f) = setup();
+        let fh = make_fh(fhs.key(), ex.get(3).unwrap(), &f).unwrap();
+        for i in 0..fh.len() {
+            let mut bad = fh.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                matches!(fhs.resolve(&ex, &bad), Err(FhError::BadMac)),
+                "flipped byte {i}"
+            );
+        }
+        assert!(matches!(
+            fhs.resolve(&ex, &fh[..fh.len() - 1]),
+            Err(FhError::BadMac)
+        ));
+        assert!(matches!(fhs.resolve(&ex, &[]), Err(FhError::Malformed(0))));
+        assert!(matches!(
+            fhs.resolve(&ex, &[0; 300]),
+            Err(FhError::Malformed(300))
+        ));
+        let other = FhKey::from_bytes([9; KEY_LEN]);
+        let foreign = make_fh(&other, ex.get(3).unwrap(), &f).unwrap();
+        assert!(matches!(fhs.resolve(&ex, &foreign), Err(FhError::BadMac)));
+        // Correctly sealed, but for an export that does not exist here.
+        let (_, t, k) = fhs.key().open(&fh).unwrap();
+        let unexported = fhs.key().seal(4, t, k);
+        assert!(matches!(
+            fhs.resolve(&ex, &unexported),
+            Err(FhError::UnknownExport(4))
+        ));
+    }
+
+    #[test]
+    fn deleted_file_is_stale_and_outside_paths_are_refused() {
+        let (d, ex, fhs, f) = setup();
+        let fh = make_fh(fhs.key(), ex.get(3).unwrap(), &f).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        assert!(matches!(fhs.resolve(&ex, &fh), Err(FhError::Stale)));
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"").unwrap();
+        assert!(matches!(
+            make_fh(fhs.key(), ex.get(3).unwrap(), &outside),
+            Err(FhError::OutsideExport { .. })
+        ));
+    }
+
+    #[test]
+    fn handle_for_a_path_picks_its_export() {
+        let (d, ex, fhs, f) = setup();
+        let exports: Vec<Export> = ex.iter().map(|o| o.export.clone()).collect();
+        let fh = fh_for_path(d.path(), &exports, &f).unwrap();
+        assert_eq!(fhs.resolve(&ex, &fh).unwrap().0.export.id, 3);
+        assert!(matches!(
+            fh_for_path(d.path(), &exports, d.path()),
+            Err(FhError::OutsideExport { .. })
+        ));
+    }
+
+    #[test]
+    fn ext4_handles_fit_version_3() {
+        let (_d, ex, fhs, f) = setup();
+        let fh = make_fh(fhs.key(), ex.get(3).unwrap(), &f).unwrap();
+        let fstype = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(&f)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if fstype == "ext2/ext3" {
+            assert!(fh.len() <= crate::proto::nlm::NLM3_FH_MAX, "{}", fh.len());
+        }
+        assert!(fh.len() <= crate::proto::nlm::NLM4_FH_MAX);
+    }
+}

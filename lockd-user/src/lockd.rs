@@ -1,0 +1,213 @@
+//! The state lockd's NLM and NSM programs share: the lock table and share table handed in by
+//! the daemon, the exports, file handles, the status monitor's durable store, the limits, and
+//! the queue of callback work. Releasing everything a host holds lives here too, since a
+//! reboot notification, FREE_ALL, an administrator and the unreachable-host policy all do it.
+
+use crate::callbacks::{CallbackJob, Pending};
+use crate::exports::Exports;
+use crate::fh::FileHandles;
+use crate::nsm::store::NsmStore;
+use crate::proto::nlm::v4;
+use lock_table::{Event, OwnerKind, Release, Released, ScopeId, SharedTable};
+use share_reservations::ShareTable;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// Limits on what remote clients may hold; beyond them requests get DENIED_NOLOCKS.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Distinct NLM lock owners (client processes) one host may have.
+    pub max_owners_per_host: usize,
+    /// Blocked requests queued in the whole table (local ones included) before NLM blocking
+    /// requests are refused.
+    pub max_waiters: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_owners_per_host: 4096,
+            max_waiters: 65_536,
+        }
+    }
+}
+
+/// Timing of callbacks and notifications.
+#[derive(Debug, Clone)]
+pub struct CallbackPolicy {
+    /// Port of the clients' portmappers, where their NLM and status services are looked up.
+    /// 111 everywhere but in tests that run several clients on one machine.
+    pub client_portmap_port: u16,
+    /// How long one callback attempt (lookup and call) may take.
+    pub attempt_timeout: Duration,
+    /// First retry delay; doubled after every failure up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// SM_NOTIFY to a client is abandoned after this long.
+    pub notify_give_up: Duration,
+    /// Opt-in: release everything a host holds once its callbacks have failed this long.
+    pub release_unreachable_after: Option<Duration>,
+}
+
+impl Default for CallbackPolicy {
+    fn default() -> Self {
+        Self {
+            client_portmap_port: crate::portmap::PMAP_PORT,
+            attempt_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            notify_give_up: Duration::from_secs(3600),
+            release_unreachable_after: None,
+        }
+    }
+}
+
+/// Forwards the lock table's events for NLM owners to lockd. Create it before the table, so
+/// the table's notifier can hold a clone; hand it to the service when it starts.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<CallbackJob>,
+}
+
+/// The receiving end of an [`EventSink`], consumed by the service.
+#[derive(Debug)]
+pub struct EventQueue {
+    pub(crate) tx: mpsc::UnboundedSender<CallbackJob>,
+    pub(crate) rx: mpsc::UnboundedReceiver<CallbackJob>,
+}
+
+impl EventSink {
+    /// A sink and the queue the service will read.
+    pub fn new() -> (Self, EventQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx: tx.clone() }, EventQueue { tx, rx })
+    }
+
+    /// Queues an event of the lock table; cheap and non-blocking, so it may be called from
+    /// the table's notifier. Events of owners other than NLM lock owners are ignored.
+    pub fn on_table_event(&self, ev: Event) {
+        let owner = match ev {
+            Event::Granted { owner, .. } | Event::Dropped { owner, .. } => owner,
+        };
+        if owner.kind == OwnerKind::Nlm {
+            // A closed queue means the service stopped; there is nobody left to call back.
+            let _ = self.tx.send(CallbackJob::Table(ev));
+        }
+    }
+}
+
+/// Everything lockd's programs share.
+pub struct Lockd {
+    pub(crate) name: String,
+    pub(crate) table: Arc<SharedTable>,
+    pub(crate) shares: Arc<Mutex<ShareTable>>,
+    pub(crate) exports: Exports,
+    pub(crate) fhs: FileHandles,
+    pub(crate) store: NsmStore,
+    pub(crate) limits: Limits,
+    pub(crate) policy: CallbackPolicy,
+    pub(crate) jobs: mpsc::UnboundedSender<CallbackJob>,
+    /// Blocked requests by the token given to the table.
+    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
+    pub(crate) next_token: AtomicU64,
+    /// GRANTED_MSG callbacks waiting for the client's GRANTED_RES, by token.
+    pub(crate) grant_replies: Mutex<HashMap<u64, oneshot::Sender<v4::Stats>>>,
+    pub(crate) grace_len: Duration,
+    /// Bumped at each grace start of a group, so an older timer does not end a newer grace.
+    pub(crate) grace_gen: Mutex<HashMap<ScopeId, u64>>,
+}
+
+impl std::fmt::Debug for Lockd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lockd")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What releasing a host removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostReleased {
+    /// Lock presences (owner, file) and queued requests.
+    pub locks: Released,
+    pub shares: usize,
+    /// Whether the host was on any group's client list.
+    pub was_monitored: bool,
+}
+
+impl Lockd {
+    pub(crate) fn shares(&self) -> MutexGuard<'_, ShareTable> {
+        self.shares.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pending(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn grant_replies(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<v4::Stats>>> {
+        self.grant_replies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn grace_gen(&self) -> MutexGuard<'_, HashMap<ScopeId, u64>> {
+        self.grace_gen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn new_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// This server's name, as sent in SM_NOTIFY.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current NSM state number.
+    pub fn state(&self) -> i32 {
+        self.store.state()
+    }
+
+    /// Releases every lock, queued request and share reservation of the host called `name`
+    /// (its NLM `caller_name`), forgets its pending callbacks and drops it from every
+    /// group's client list. Waiters of other hosts that were blocked by it are granted.
+    pub fn release_host(&self, name: &str, how: Release) -> HostReleased {
+        let locks = self.table.with(|t| match t.registry().find_host(name) {
+            Some(h) => t.release_host(h, how),
+            None => Released::default(),
+        });
+        let host = self.table.read(|t| t.registry().find_host(name));
+        let shares = match host {
+            Some(h) => self.shares().release_host(h),
+            None => 0,
+        };
+        self.pending().retain(|_, p| p.host != name);
+        let was_monitored = match self.store.remove_client(name) {
+            Ok(groups) => !groups.is_empty(),
+            Err(e) => {
+                warn!(client = name, error = %e, "cannot update client lists");
+                true
+            }
+        };
+        info!(
+            client = name,
+            files = locks.files,
+            waiters = locks.waiters,
+            shares,
+            "released host"
+        );
+        HostReleased {
+            locks,
+            shares,
+            was_monitored,
+        }
+    }
+
+    /// The administrative remedy for a partitioned client (`lockfs clear --host NAME`): what
+    /// a reboot notification from it would do. Lock value blocks treat it as abnormal.
+    pub fn clear_host(&self, name: &str) -> HostReleased {
+        self.release_host(name, Release::Abnormal)
+    }
+}

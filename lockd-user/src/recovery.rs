@@ -1,0 +1,240 @@
+//! Crash recovery in both directions.
+//!
+//! **This server restarted** (a start after a crash or a clean stop, a simulated crash, a
+//! group coming online): the NSM state number advances, each service group enters its own
+//! grace period (only reclaims are granted; its length is configured; each group's ends on
+//! its own timer), and every client on the group's list is sent SM_NOTIFY with our name and
+//! new state, so its lockd reclaims. Notifications go to the status monitor found through
+//! the client's portmapper at the address recorded for it, and are retried with doubling
+//! backoff in the background until answered or until the configured give-up time.
+//!
+//! **A client rebooted** (SM_NOTIFY from it, or FREE_ALL): everything it held is released
+//! and waiters of other clients are granted.
+//!
+//! **A client is unreachable** (network partition): its locks stay, as NLM requires, until
+//! an administrator clears the host ([`crate::lockd::Lockd::clear_host`], `lockfs clear
+//! --host NAME`), or, when the opt-in policy
+//! [`crate::lockd::CallbackPolicy::release_unreachable_after`] is set, until its GRANTED
+//! callbacks have failed for that long.
+//!
+//! Groups can be taken offline (their locks released) and brought online again (grace and
+//! notifications for that group alone) without touching other groups: the seam for
+//! failover.
+
+use crate::callbacks::{client_config, lookup_udp};
+use crate::client::RpcClient;
+use crate::lockd::Lockd;
+use crate::nsm::store::Monitor;
+use crate::proto::nsm::{proc_ as sm_proc, StatChge, Status, SM_PROG, SM_VERS};
+use crate::xdr::to_bytes;
+use lock_table::{Release, ScopeId};
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Starts (or restarts) the grace period of `scope`; it ends by itself after the configured
+/// length unless a later restart of the same group extended it.
+pub(crate) fn start_grace(lockd: &Arc<Lockd>, scope: ScopeId) {
+    let len = lockd.grace_len;
+    if len.is_zero() {
+        lockd.table.with(|t| t.end_grace(scope));
+        return;
+    }
+    let gen = {
+        let mut g = lockd.grace_gen();
+        let e = g.entry(scope).or_insert(0);
+        *e += 1;
+        *e
+    };
+    lockd.table.with(|t| t.begin_grace(scope));
+    info!(group = scope.0, grace = ?len, "grace period started");
+    let l = lockd.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(len).await;
+        if l.grace_gen().get(&scope) == Some(&gen) {
+            l.table.with(|t| t.end_grace(scope));
+            info!(group = scope.0, "grace period ended");
+        }
+    });
+}
+
+/// Sends SM_NOTIFY with the current state to every client of the given groups (each host
+/// and address once).
+pub(crate) fn notify_clients(lockd: &Arc<Lockd>, scopes: &[ScopeId]) {
+    let state = lockd.state();
+    let mut targets: BTreeSet<(String, IpAddr)> = BTreeSet::new();
+    for s in scopes {
+        targets.extend(lockd.store.clients(*s));
+    }
+    for (name, addr) in targets {
+        tokio::spawn(notify_one(lockd.clone(), name, addr, state));
+    }
+}
+
+async fn notify_one(lockd: Arc<Lockd>, client: String, addr: IpAddr, state: i32) {
+    let pol = lockd.policy.clone();
+    let started = Instant::now();
+    let mut backoff = pol.initial_backoff;
+    let args = StatChge {
+        mon_name: lockd.name.clone(),
+        state,
+    };
+    loop {
+        let r = async {
+            let at = lookup_udp(
+                addr,
+                pol.client_portmap_port,
+                SM_PROG,
+                SM_VERS,
+                pol.attempt_timeout,
+            )
+            .await?;
+            let c = RpcClient::udp(at, client_config(pol.attempt_timeout))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.call_raw(SM_PROG, SM_VERS, sm_proc::NOTIFY, &to_bytes(&args))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match r {
+            Ok(_) => {
+                info!(client = %client, %addr, state, "SM_NOTIFY delivered");
+                return;
+            }
+            Err(e) => {
+                if started.elapsed() >= pol.notify_give_up {
+                    warn!(client = %client, %addr, error = %e, "SM_NOTIFY abandoned");
+                    return;
+                }
+                debug!(client = %client, %addr, error = %e, retry_in = ?backoff, "SM_NOTIFY failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(pol.max_backoff);
+            }
+        }
+    }
+}
+
+/// Every group this server knows: those of the exports and those with client lists.
+pub(crate) fn all_scopes(lockd: &Lockd) -> Vec<ScopeId> {
+    let mut s = lockd.exports.scopes();
+    for g in lockd.store.groups() {
+        if !s.contains(&g) {
+            s.push(g);
+        }
+    }
+    s
+}
+
+/// SM_SIMU_CRASH: what a crash and restart would do, without stopping. The client lists
+/// are kept: they say whom to notify.
+pub(crate) fn restart_in_place(lockd: &Arc<Lockd>) -> io::Result<i32> {
+    let hosts: Vec<_> = lockd.table.with(|t| {
+        let hosts: Vec<_> = t.registry().hosts().map(|(h, _)| h).collect();
+        for h in &hosts {
+            t.release_host(*h, Release::Abnormal);
+        }
+        hosts
+    });
+    {
+        let mut shares = lockd.shares();
+        for h in hosts {
+            shares.release_host(h);
+        }
+    }
+    lockd.pending().clear();
+    let state = lockd.store.advance()?;
+    let scopes = all_scopes(lockd);
+    for s in &scopes {
+        start_grace(lockd, *s);
+    }
+    notify_clients(lockd, &scopes);
+    Ok(state)
+}
+
+/// SM_NOTIFY from `mon_name` (reached at `from`): it rebooted with state `state`.
+pub(crate) fn peer_rebooted(lockd: &Arc<Lockd>, mon_name: &str, state: i32, from: IpAddr) {
+    let known = lockd
+        .table
+        .read(|t| t.registry().find_host(mon_name).is_some())
+        || lockd.store.lists(mon_name);
+    let names = if known {
+        vec![mon_name.to_string()]
+    } else {
+        lockd.store.names_at(from)
+    };
+    info!(client = mon_name, %from, state, hosts = ?names, "peer rebooted");
+    for n in &names {
+        lockd.release_host(n, Release::Abnormal);
+    }
+    for m in lockd.store.monitors_of(mon_name) {
+        tokio::spawn(status_callback(lockd.clone(), m, state));
+    }
+}
+
+async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
+    let pol = &lockd.policy;
+    let args = Status {
+        mon_name: m.mon_name.clone(),
+        state,
+        priv_: m.priv_,
+    };
+    let mut backoff = pol.initial_backoff;
+    for _ in 0..5 {
+        let r = async {
+            let at = lookup_udp(
+                m.caller,
+                pol.client_portmap_port,
+                m.my_prog,
+                m.my_vers,
+                pol.attempt_timeout,
+            )
+            .await?;
+            let c = RpcClient::udp(at, client_config(pol.attempt_timeout))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.call_raw(m.my_prog, m.my_vers, m.my_proc, &to_bytes(&args))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match r {
+            Ok(_) => return,
+            Err(e) => {
+                debug!(monitor = %m.my_name, error = %e, "status callback failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(pol.max_backoff);
+            }
+        }
+    }
+    warn!(monitor = %m.my_name, host = %m.mon_name, "status callback not delivered");
+}
+
+/// Takes a service group offline on this node: every lock, waiter and share in its exports
+/// is released (its client list stays, for whoever brings it online).
+pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
+    let r = lockd
+        .table
+        .with(|t| t.release_scope(scope, Release::Abnormal));
+    let shares = lockd.shares().release_scope(scope);
+    info!(
+        group = scope.0,
+        files = r.files,
+        waiters = r.waiters,
+        shares,
+        "group offline"
+    );
+}
+
+/// Brings a service group online: a new state number, grace for this group alone, and
+/// SM_NOTIFY to its clients. Returns the new state.
+pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
+    let state = lockd.store.advance()?;
+    start_grace(lockd, scope);
+    notify_clients(lockd, &[scope]);
+    info!(group = scope.0, state, "group online");
+    Ok(state)
+}

@@ -1,0 +1,351 @@
+//! Starting and stopping the whole lock service: NLM and NSM on UDP and TCP, registration
+//! with rpcbind or a built-in portmapper, grace and notifications, the callback worker.
+//!
+//! The daemon owns the lock table and the share table and hands them in; lockd needs the
+//! table's events for NLM owners, so the daemon creates an [`EventSink`](crate::lockd::EventSink) first and lets the
+//! table's notifier forward to it:
+//!
+//! ```no_run
+//! use lock_table::SharedTable;
+//! use lockd_user::service::{LockdConfig, LockdService};
+//! use lockd_user::EventSink;
+//! use share_reservations::ShareTable;
+//! use std::sync::{Arc, Mutex};
+//!
+//! # async fn run(config: LockdConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! let (sink, queue) = EventSink::new();
+//! let table = Arc::new(SharedTable::new(move |ev| {
+//!     // ... the FUSE door's own wake-ups here ...
+//!     sink.on_table_event(ev);
+//! }));
+//! let shares = Arc::new(Mutex::new(ShareTable::new()));
+//! let service = LockdService::start(config, table, shares, queue).await?;
+//! // ... run until told to stop ...
+//! service.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::exports::{Export, ExportError, Exports};
+use crate::fh::{FhKey, FileHandles};
+use crate::lockd::{CallbackPolicy, EventQueue, HostReleased, Limits, Lockd};
+use crate::nlm::NlmProgram;
+use crate::nsm::store::NsmStore;
+use crate::nsm::NsmProgram;
+use crate::portmap::{self, Portmapper, PMAP_PORT};
+use crate::proto::nlm::{NLM4_VERS, NLM_PROG, NLM_VERS, NLM_VERSX};
+use crate::proto::nsm::{SM_PROG, SM_VERS};
+use crate::server::{RpcServer, ServerConfig, ServerError, Transport};
+use lock_table::{ScopeId, SharedTable};
+use share_reservations::ShareTable;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How clients find the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortmapMode {
+    /// Register with the rpcbind on 127.0.0.1:111 when one answers; otherwise serve the
+    /// built-in portmapper on port 111 of every listen address.
+    Auto,
+    /// Serve the built-in portmapper on these addresses (UDP and TCP), whatever else runs.
+    Builtin(Vec<SocketAddr>),
+    /// Neither register nor serve a portmapper (tests that know the ports).
+    Off,
+}
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct LockdConfig {
+    /// This server's name, sent in SM_NOTIFY as `mon_name`; clients know the server by it.
+    pub node_name: String,
+    /// Where the NSM state, client lists, monitors and file handle key live.
+    pub state_dir: PathBuf,
+    pub exports: Vec<Export>,
+    /// Length of each group's grace period after a restart (zero: none).
+    pub grace: Duration,
+    pub limits: Limits,
+    pub callbacks: CallbackPolicy,
+    /// NLM and NSM listen addresses (port 0 picks one).
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub portmap: PortmapMode,
+    /// Transport limits (TCP connections, record size, duplicate request cache).
+    pub server: ServerConfig,
+}
+
+impl LockdConfig {
+    /// Loopback only, ephemeral ports, rpcbind or the built-in portmapper, 90 s grace.
+    pub fn new(node_name: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        let lo = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+        Self {
+            node_name: node_name.into(),
+            state_dir: state_dir.into(),
+            exports: Vec::new(),
+            grace: Duration::from_secs(90),
+            limits: Limits::default(),
+            callbacks: CallbackPolicy::default(),
+            udp: vec![lo],
+            tcp: vec![lo],
+            portmap: PortmapMode::Auto,
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Exports(#[from] ExportError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// The running service.
+pub struct LockdService {
+    lockd: Arc<Lockd>,
+    server: RpcServer,
+    portmapper: Option<RpcServer>,
+    registered: bool,
+    worker: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LockdService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockdService")
+            .field("udp", &self.server.udp_addrs())
+            .field("tcp", &self.server.tcp_addrs())
+            .field("registered", &self.registered)
+            .finish_non_exhaustive()
+    }
+}
+
+const PROGRAMS: [(u32, u32); 4] = [
+    (NLM_PROG, NLM_VERS),
+    (NLM_PROG, NLM_VERSX),
+    (NLM_PROG, NLM4_VERS),
+    (SM_PROG, SM_VERS),
+];
+
+impl LockdService {
+    /// Opens the state, advances the state number, starts grace for every group, serves
+    /// NLM and NSM, makes them findable, and sends SM_NOTIFY to every recorded client.
+    pub async fn start(
+        config: LockdConfig,
+        table: Arc<SharedTable>,
+        shares: Arc<Mutex<ShareTable>>,
+        events: EventQueue,
+    ) -> Result<Self, ServiceError> {
+        let sd = |source| ServiceError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        };
+        let store = NsmStore::open(&config.state_dir).map_err(sd)?;
+        let key = FhKey::load_or_create(&config.state_dir).map_err(sd)?;
+        let exports = Exports::open(config.exports.clone())?;
+        let state = store.advance().map_err(sd)?;
+        let lockd = Arc::new(Lockd {
+            name: config.node_name.clone(),
+            table,
+            shares,
+            exports,
+            fhs: FileHandles::new(key),
+            store,
+            limits: config.limits.clone(),
+            policy: config.callbacks.clone(),
+            jobs: events.tx,
+            pending: Mutex::new(Default::default()),
+            next_token: AtomicU64::new(1),
+            grant_replies: Mutex::new(Default::default()),
+            grace_len: config.grace,
+            grace_gen: Mutex::new(Default::default()),
+        });
+        let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));
+        let scopes = crate::recovery::all_scopes(&lockd);
+        for s in &scopes {
+            crate::recovery::start_grace(&lockd, *s);
+        }
+        let mut b = RpcServer::builder(config.server.clone())
+            .program(Arc::new(NlmProgram::new(lockd.clone())))
+            .program(Arc::new(NsmProgram::new(lockd.clone())));
+        for a in &config.udp {
+            b = b.udp(*a);
+        }
+        for a in &config.tcp {
+            b = b.tcp(*a);
+        }
+        let server = match b.start().await {
+            Ok(s) => s,
+            Err(e) => {
+                worker.abort();
+                return Err(e.into());
+            }
+        };
+        info!(name = %config.node_name, state, udp = ?server.udp_addrs(), tcp = ?server.tcp_addrs(), "lockd serving");
+        let mut svc = Self {
+            lockd,
+            server,
+            portmapper: None,
+            registered: false,
+            worker,
+        };
+        svc.publish(&config).await;
+        crate::recovery::notify_clients(&svc.lockd, &scopes);
+        Ok(svc)
+    }
+
+    async fn publish(&mut self, config: &LockdConfig) {
+        let builtin_addrs = match &config.portmap {
+            PortmapMode::Off => return,
+            PortmapMode::Builtin(addrs) => addrs.clone(),
+            PortmapMode::Auto => {
+                if portmap::rpcbind_answers(portmap::local_rpcbind(), Duration::from_secs(1)).await
+                {
+                    self.registered = self.register().await;
+                    return;
+                }
+                let mut ips: Vec<IpAddr> = config
+                    .udp
+                    .iter()
+                    .chain(&config.tcp)
+                    .map(|a| a.ip())
+                    .collect();
+                ips.dedup();
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, PMAP_PORT))
+                    .collect()
+            }
+        };
+        let pm = Arc::new(Portmapper::new());
+        for (prog, vers) in PROGRAMS {
+            for a in self.server.udp_addrs() {
+                pm.set_local(prog, vers, Transport::Udp, *a);
+            }
+            for a in self.server.tcp_addrs() {
+                pm.set_local(prog, vers, Transport::Tcp, *a);
+            }
+        }
+        let mut b = RpcServer::builder(ServerConfig::default()).program(pm.clone());
+        for a in &builtin_addrs {
+            b = b.udp(*a).tcp(*a);
+        }
+        match b.start().await {
+            Ok(s) => {
+                pm.register_self(
+                    s.udp_addrs().first().copied(),
+                    s.tcp_addrs().first().copied(),
+                );
+                info!(addrs = ?s.udp_addrs(), "serving the built-in portmapper");
+                self.portmapper = Some(s);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot serve the built-in portmapper; clients must be told the ports")
+            }
+        }
+    }
+
+    async fn register(&self) -> bool {
+        let rpcb = portmap::local_rpcbind();
+        let t = Duration::from_secs(2);
+        let mut ok = true;
+        for (prog, vers) in PROGRAMS {
+            // A stale registration from a previous run would make SET fail.
+            let _ = portmap::unregister(rpcb, prog, vers, t).await;
+            let addrs = self
+                .server
+                .udp_addrs()
+                .first()
+                .map(|a| (Transport::Udp, *a))
+                .into_iter()
+                .chain(
+                    self.server
+                        .tcp_addrs()
+                        .first()
+                        .map(|a| (Transport::Tcp, *a)),
+                );
+            for (tr, a) in addrs {
+                if let Err(e) = portmap::register(rpcb, prog, vers, tr, a, t).await {
+                    warn!(prog, vers, error = %e, "rpcbind registration failed");
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            info!("registered with rpcbind");
+        }
+        ok
+    }
+
+    /// The shared state, for the daemon's admin commands.
+    pub fn lockd(&self) -> &Arc<Lockd> {
+        &self.lockd
+    }
+
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        self.server.udp_addrs()
+    }
+
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        self.server.tcp_addrs()
+    }
+
+    /// Where the built-in portmapper listens, when it runs.
+    pub fn portmapper_addrs(&self) -> Option<&[SocketAddr]> {
+        self.portmapper.as_ref().map(|s| s.udp_addrs())
+    }
+
+    /// Whether the programs were registered with the system's rpcbind.
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// The current NSM state number.
+    pub fn state(&self) -> i32 {
+        self.lockd.state()
+    }
+
+    /// `lockfs clear --host NAME`.
+    pub fn clear_host(&self, name: &str) -> HostReleased {
+        self.lockd.clear_host(name)
+    }
+
+    /// Takes a group offline (releases its locks and shares).
+    pub fn group_offline(&self, scope: ScopeId) {
+        crate::recovery::group_offline(&self.lockd, scope)
+    }
+
+    /// Brings a group online (new state, grace for it alone, SM_NOTIFY to its clients).
+    pub fn group_online(&self, scope: ScopeId) -> std::io::Result<i32> {
+        crate::recovery::group_online(&self.lockd, scope)
+    }
+
+    /// Clean stop: unregisters from rpcbind, stops serving, and marks the state number even.
+    pub async fn shutdown(self) {
+        if self.registered {
+            let t = Duration::from_secs(2);
+            for (prog, vers) in PROGRAMS {
+                let _ = portmap::unregister(portmap::local_rpcbind(), prog, vers, t).await;
+            }
+        }
+        if let Some(pm) = self.portmapper {
+            pm.shutdown().await;
+        }
+        self.server.shutdown().await;
+        self.worker.abort();
+        if let Err(e) = self.lockd.store.mark_stopped() {
+            warn!(error = %e, "cannot record the clean stop");
+        }
+        info!("lockd stopped");
+    }
+}

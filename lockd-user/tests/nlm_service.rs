@@ -1,0 +1,1360 @@
+//! The lock service in-process on 127.0.0.1, driven by the crate's own client from client
+//! hosts on 127.0.0.2-4 (each with its portmapper and NLM/NSM callback services): every NLM
+//! version, blocking locks with GRANTED callbacks, CANCEL, the _MSG/_RES calls, shares,
+//! NM_LOCK, FREE_ALL, refused handles, allowed clients, limits, grace and client reboots.
+
+mod common;
+
+use common::*;
+use lock_table::SharedTable;
+use lockd_user::proto::nlm::{
+    proc_, v3, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG, NLM_VERS, NLM_VERSX,
+};
+use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
+use lockd_user::xdr::{from_bytes, to_bytes};
+use lockd_user::{EventSink, Export, LockdConfig, LockdService, PortmapMode};
+use share_reservations::ShareTable;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::timeout;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    export: Export,
+    ro_export: Export,
+    file: PathBuf,
+    other: PathBuf,
+    ro_file: PathBuf,
+    svc: LockdService,
+    pm_port: u16,
+    table: Arc<SharedTable>,
+    shares: Arc<Mutex<ShareTable>>,
+}
+
+impl Harness {
+    async fn start(tune: impl FnOnce(&mut LockdConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let root = dir.path().join("export");
+        let ro_root = dir.path().join("ro");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&ro_root).unwrap();
+        let file = root.join("file");
+        let other = root.join("other");
+        let ro_file = ro_root.join("file");
+        for f in [&file, &other, &ro_file] {
+            std::fs::write(f, b"data").unwrap();
+        }
+        let export = Export::new(1, &root);
+        let mut ro_export = Export::new(2, &ro_root);
+        ro_export.read_only = true;
+        ro_export.allowed = vec!["127.0.0.2".parse().unwrap()];
+        let ips: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let pm_port = shared_port(&ips);
+        let mut config = LockdConfig::new("lockd-test", &state);
+        config.exports = vec![export.clone(), ro_export.clone()];
+        config.grace = Duration::ZERO;
+        config.portmap = PortmapMode::Off;
+        config.callbacks.client_portmap_port = pm_port;
+        config.callbacks.initial_backoff = Duration::from_millis(100);
+        config.callbacks.max_backoff = Duration::from_millis(500);
+        config.callbacks.attempt_timeout = Duration::from_secs(1);
+        tune(&mut config);
+        let (sink, queue) = EventSink::new();
+        let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
+        let shares = Arc::new(Mutex::new(ShareTable::new()));
+        let svc = timeout(
+            STEP,
+            LockdService::start(config, table.clone(), shares.clone(), queue),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        Self {
+            _dir: dir,
+            state,
+            export,
+            ro_export,
+            file,
+            other,
+            ro_file,
+            svc,
+            pm_port,
+            table,
+            shares,
+        }
+    }
+
+    fn fh(&self) -> Vec<u8> {
+        fh_of(&self.state, self.export.clone(), &self.file)
+    }
+
+    fn udp(&self) -> SocketAddr {
+        self.svc.udp_addrs()[0]
+    }
+
+    fn tcp(&self) -> SocketAddr {
+        self.svc.tcp_addrs()[0]
+    }
+
+    async fn host(&self, n: u8, name: &str) -> (ClientHost, Nlm) {
+        let ip = format!("127.0.0.{n}");
+        let h = ClientHost::start(&ip, name, self.pm_port).await;
+        *h.services.server.lock().unwrap() = Some((self.udp(), h.ip));
+        let c = Nlm::udp(self.udp(), h.ip, name).await;
+        (h, c)
+    }
+
+    async fn stop(self) {
+        timeout(STEP, self.svc.shutdown()).await.unwrap();
+    }
+}
+
+fn denied_holder(r: v4::TestReply) -> v4::Holder {
+    match r {
+        v4::TestReply::Denied(h) => h,
+        other => panic!("expected DENIED with a holder, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_lock_test_unlock_and_client_list() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    let la = a.lock4(&fh, 11, 0, 100);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    // The host is on the group's client list, durably, once its first lock is granted.
+    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    assert!(
+        list.contains("alpha") && list.contains("127.0.0.2"),
+        "{list}"
+    );
+    assert!(!list.contains("beta"));
+    let holder = denied_holder(b.test(b.lock4(&fh, 22, 50, 10), false).await);
+    assert_eq!(
+        (holder.exclusive, holder.svid, holder.l_offset, holder.l_len),
+        (true, 11, 0, 100)
+    );
+    assert_eq!(
+        b.test(b.lock4(&fh, 22, 100, 10), true).await,
+        v4::TestReply::Other(v4::Stats::Granted)
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh, 22, 99, 1), false, false, false).await,
+        v4::Stats::Denied
+    );
+    // The same owner may convert its own lock.
+    assert_eq!(
+        a.lock(la.clone(), false, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh, 22, 99, 1), false, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    assert_eq!(b.unlock(b.lock4(&fh, 22, 99, 1)).await, v4::Stats::Granted);
+    assert_eq!(
+        b.lock(b.lock4(&fh, 22, 0, 0), true, false, false).await,
+        v4::Stats::Granted
+    );
+    // Over TCP too.
+    let t = Nlm::tcp(h.tcp(), ha.ip, "alpha").await;
+    assert_eq!(
+        t.lock(la.clone(), true, false, false).await,
+        v4::Stats::Denied
+    );
+    // A range past the largest offset.
+    assert_eq!(
+        a.lock(a.lock4(&fh, 11, u64::MAX, 2), true, false, false)
+            .await,
+        v4::Stats::Fbig
+    );
+    assert!(h.table.read(|t| t.file_count()) == 1);
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_lock_granted_refused_and_cancelled() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (mut hb, b) = h.host(3, "beta").await;
+    let (mut hc, c) = h.host(4, "gamma").await;
+    let la = a.lock4(&fh, 1, 0, 0);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let lb = b.lock4(&fh, 2, 0, 10);
+    assert_eq!(
+        b.lock(lb.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    // A repeated blocking request is the same waiter.
+    assert_eq!(
+        b.lock(lb.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    assert_eq!(h.table.read(|t| t.waiter_count()), 1);
+    let lc = c.lock4(&fh, 3, 5, 1);
+    assert_eq!(
+        c.lock(lc.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    assert!(hb.next(Duration::from_millis(300)).await.is_none());
+
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    match hb.next(STEP).await {
+        Some(Received::Granted { vers, msg, args }) => {
+            assert_eq!((vers, msg), (NLM4_VERS, false));
+            assert_eq!(args.alock, lb);
+            assert!(args.exclusive);
+        }
+        other => panic!("expected GRANTED, got {other:?}"),
+    }
+    let holder = denied_holder(a.test(a.lock4(&fh, 1, 0, 0), false).await);
+    assert_eq!(holder.svid, 2);
+
+    // gamma refuses its grant: the lock is released again.
+    *hc.services.grant_answer.lock().unwrap() = v4::Stats::Denied;
+    assert_eq!(b.unlock(lb.clone()).await, v4::Stats::Granted);
+    assert!(matches!(
+        hc.next(STEP).await,
+        Some(Received::Granted { .. })
+    ));
+    let mut freed = false;
+    for _ in 0..50 {
+        if a.test(a.lock4(&fh, 1, 0, 0), true).await == v4::TestReply::Other(v4::Stats::Granted) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "a refused grant must be released");
+
+    // CANCEL removes a waiter: no callback follows the unlock.
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(lb.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    assert_eq!(b.cancel(lb.clone(), true).await, v4::Stats::Granted);
+    assert_eq!(b.cancel(lb.clone(), true).await, v4::Stats::Denied);
+    assert_eq!(h.table.read(|t| t.waiter_count()), 0);
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    assert!(hb.next(Duration::from_millis(500)).await.is_none());
+    assert_eq!(
+        a.test(la.clone(), true).await,
+        v4::TestReply::Other(v4::Stats::Granted)
+    );
+    ha.stop().await;
+    hb.stop().await;
+    hc.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_1_and_3_use_32_bit_ranges() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    assert!(fh.len() <= 32, "ext4 handles fit version 3");
+    let (ha, a) = h.host(2, "alpha").await;
+    let (mut hb, b) = h.host(3, "beta").await;
+    // A 64-bit lock far beyond 4 GiB, then a 32-bit TEST that meets it through EOF.
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 1 << 40, 5), true, false, false)
+            .await,
+        v4::Stats::Granted
+    );
+    for vers in [NLM_VERS, NLM_VERSX] {
+        let r: v3::TestRes =
+            b.c.call(
+                NLM_PROG,
+                vers,
+                proc_::TEST,
+                &v3::TestArgs {
+                    cookie: vec![vers as u8],
+                    exclusive: false,
+                    alock: b.lock3(&fh, 2, 0xFFFF_FFF0, 0x20),
+                },
+            )
+            .await
+            .unwrap();
+        match r.stat {
+            v3::TestReply::Denied(hd) => {
+                assert_eq!((hd.l_offset, hd.l_len, hd.svid), (u32::MAX, 0, 1))
+            }
+            other => panic!("v{vers}: {other:?}"),
+        }
+        // Inside 32 bits there is no conflict.
+        let r: v3::TestRes =
+            b.c.call(
+                NLM_PROG,
+                vers,
+                proc_::TEST,
+                &v3::TestArgs {
+                    cookie: vec![],
+                    exclusive: true,
+                    alock: b.lock3(&fh, 2, 0, 100),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.stat, v3::TestReply::Other(v3::Stats::Granted));
+    }
+    // v1 blocking LOCK and its GRANTED callback in version 1.
+    let l3 = b.lock3(&fh, 2, 0, 0);
+    let lock_v1 = |block| v3::LockArgs {
+        cookie: b"v1".to_vec(),
+        block,
+        exclusive: true,
+        alock: l3.clone(),
+        reclaim: false,
+        state: 3,
+    };
+    let r: v3::Res =
+        b.c.call(NLM_PROG, NLM_VERS, proc_::LOCK, &lock_v1(false))
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Denied);
+    let r: v3::Res =
+        b.c.call(NLM_PROG, NLM_VERS, proc_::LOCK, &lock_v1(true))
+            .await
+            .unwrap();
+    assert_eq!(
+        (r.cookie.as_slice(), r.stat),
+        (&b"v1"[..], v3::Stats::Blocked)
+    );
+    assert_eq!(
+        a.unlock(a.lock4(&fh, 1, 1 << 40, 5)).await,
+        v4::Stats::Granted
+    );
+    match hb.next(STEP).await {
+        Some(Received::Granted { vers, args, .. }) => {
+            assert_eq!(vers, NLM_VERS);
+            assert_eq!(
+                (args.alock.l_offset, args.alock.l_len, args.alock.svid),
+                (0, 0, 2)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let r: v3::Res =
+        b.c.call(
+            NLM_PROG,
+            NLM_VERSX,
+            proc_::UNLOCK,
+            &v3::UnlockArgs {
+                cookie: vec![],
+                alock: l3.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stat, v3::Stats::Granted);
+    // Version 1 has no SHARE; version 2 does not exist.
+    assert!(b
+        .c
+        .call_raw(NLM_PROG, NLM_VERS, proc_::SHARE, &[])
+        .await
+        .is_err());
+    assert!(matches!(
+        b.c.call_raw(NLM_PROG, 2, proc_::NULL, &[]).await,
+        Err(lockd_user::ClientError::ProgMismatch { low: 1, high: 4 })
+    ));
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+fn share3(name: &str, fh: &[u8], oh: &[u8], mode: FshMode, access: FshAccess) -> v3::ShareArgs {
+    v3::ShareArgs {
+        cookie: b"sh".to_vec(),
+        share: v3::Share {
+            caller_name: name.into(),
+            fh: fh.to_vec(),
+            oh: oh.to_vec(),
+            mode,
+            access,
+        },
+        reclaim: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_unshare_nm_lock_and_free_all() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    let sa = share3("alpha", &fh, b"o1", FshMode::DenyWrite, FshAccess::Read);
+    let r: v3::ShareRes =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::SHARE, &sa)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Granted);
+    // The reservation is in the shared table, where local opens meet it.
+    assert_eq!(h.shares.lock().unwrap().len(), 1);
+    let sb = share3("beta", &fh, b"o2", FshMode::DenyNone, FshAccess::Write);
+    let r: v3::ShareRes =
+        b.c.call(NLM_PROG, NLM_VERSX, proc_::SHARE, &sb)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Denied);
+    let sb4 = v4::ShareArgs {
+        cookie: vec![],
+        share: v4::Share {
+            caller_name: "beta".into(),
+            fh: fh.clone(),
+            oh: b"o2".to_vec(),
+            mode: FshMode::DenyNone,
+            access: FshAccess::Read,
+        },
+        reclaim: false,
+    };
+    let r: v4::ShareRes =
+        b.c.call(NLM_PROG, NLM4_VERS, proc_::SHARE, &sb4)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v4::Stats::Granted);
+    let r: v3::ShareRes =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::UNSHARE, &sa)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Granted);
+    assert_eq!(h.shares.lock().unwrap().len(), 1);
+
+    // NM_LOCK: granted without putting the host on the client list.
+    let nm = v3::LockArgs {
+        cookie: b"nm".to_vec(),
+        block: true,
+        exclusive: true,
+        alock: v3::Lock {
+            caller_name: "pcnfs".into(),
+            fh: fh.clone(),
+            oh: b"p".to_vec(),
+            svid: 9,
+            l_offset: 0,
+            l_len: 10,
+        },
+        reclaim: false,
+        state: 0,
+    };
+    let r: v3::Res =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::NM_LOCK, &nm)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Granted);
+    let mut again = nm.clone();
+    again.alock.oh = b"q".to_vec();
+    let r: v3::Res =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::NM_LOCK, &again)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Denied, "NM_LOCK never blocks");
+    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    assert!(!list.contains("pcnfs"), "{list}");
+    // FREE_ALL releases the host's locks and shares.
+    let _: () = {
+        a.c.call_raw(
+            NLM_PROG,
+            NLM_VERSX,
+            proc_::FREE_ALL,
+            &to_bytes(&v3::Notify {
+                name: "pcnfs".into(),
+                state: 2,
+            }),
+        )
+        .await
+        .unwrap();
+    };
+    let r: v3::Res =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::NM_LOCK, &again)
+            .await
+            .unwrap();
+    assert_eq!(r.stat, v3::Stats::Granted);
+    b.c.call_raw(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::FREE_ALL,
+        &to_bytes(&v4::Notify {
+            name: "beta".into(),
+            state: 2,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.shares.lock().unwrap().len(), 0);
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_calls_answer_with_res_callbacks() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (mut hb, b) = h.host(3, "beta").await;
+    let la = a.lock4(&fh, 1, 0, 0);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let lb = b.lock4(&fh, 2, 0, 0);
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::TEST_MSG,
+        &to_bytes(&v4::TestArgs {
+            cookie: b"t".to_vec(),
+            exclusive: true,
+            alock: lb.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Res { proc_: p, body }) => {
+            assert_eq!(p, proc_::TEST_RES);
+            let r: v4::TestRes = from_bytes(&body).unwrap();
+            assert_eq!(r.cookie, b"t");
+            assert_eq!(denied_holder(r.stat).svid, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::LOCK_MSG,
+        &to_bytes(&v4::LockArgs {
+            cookie: b"l".to_vec(),
+            block: true,
+            exclusive: true,
+            alock: lb.clone(),
+            reclaim: false,
+            state: 1,
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Res { proc_: p, body }) => {
+            assert_eq!(p, proc_::LOCK_RES);
+            assert_eq!(
+                from_bytes::<v4::Res>(&body).unwrap(),
+                v4::Res {
+                    cookie: b"l".to_vec(),
+                    stat: v4::Stats::Blocked
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The grant comes as GRANTED_MSG; the client's GRANTED_RES completes it.
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    match hb.next(STEP).await {
+        Some(Received::Granted { msg, args, .. }) => {
+            assert!(msg);
+            assert_eq!(args.alock, lb);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Accepted: beta holds the lock, and no GRANTED_MSG is repeated.
+    assert!(hb.next(Duration::from_millis(1500)).await.is_none());
+    assert_eq!(denied_holder(a.test(la.clone(), false).await).svid, 2);
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::UNLOCK_MSG,
+        &to_bytes(&v4::UnlockArgs {
+            cookie: b"u".to_vec(),
+            alock: lb.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Res { proc_: p, body }) => {
+            assert_eq!(p, proc_::UNLOCK_RES);
+            assert_eq!(
+                from_bytes::<v4::Res>(&body).unwrap().stat,
+                v4::Stats::Granted
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::CANCEL_MSG,
+        &to_bytes(&v4::CancArgs {
+            cookie: b"c".to_vec(),
+            block: true,
+            exclusive: true,
+            alock: lb.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Res { proc_: p, body }) => {
+            assert_eq!(p, proc_::CANCEL_RES);
+            assert_eq!(
+                from_bytes::<v4::Res>(&body).unwrap().stat,
+                v4::Stats::Denied
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // GRANTED_MSG to a server is answered DENIED through GRANTED_RES.
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::GRANTED_MSG,
+        &to_bytes(&v4::TestArgs {
+            cookie: b"g".to_vec(),
+            exclusive: true,
+            alock: lb.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Res { proc_: p, body }) => {
+            assert_eq!(p, proc_::GRANTED_RES);
+            assert_eq!(
+                from_bytes::<v4::Res>(&body).unwrap().stat,
+                v4::Stats::Denied
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // *_RES calls are accepted silently (no reply, no error).
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::LOCK_RES,
+        &to_bytes(&v4::Res {
+            cookie: vec![1],
+            stat: v4::Stats::Granted,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.c.call_raw(NLM_PROG, NLM4_VERS, proc_::NULL, &[])
+            .await
+            .unwrap(),
+        Vec::<u8>::new()
+    );
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handles_clients_and_limits() {
+    let h = Harness::start(|c| {
+        c.limits.max_owners_per_host = 2;
+    })
+    .await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    let mut forged = fh.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 0x80;
+    let mut other_export = fh.clone();
+    other_export[3] = 9;
+    for bad in [
+        forged.clone(),
+        other_export,
+        fh[..10].to_vec(),
+        vec![],
+        vec![0; 64],
+    ] {
+        assert_eq!(
+            a.lock(a.lock4(&bad, 1, 0, 0), true, false, false).await,
+            v4::Stats::StaleFh
+        );
+        assert_eq!(
+            a.test(a.lock4(&bad, 1, 0, 0), true).await,
+            v4::TestReply::Other(v4::Stats::StaleFh)
+        );
+        assert_eq!(a.unlock(a.lock4(&bad, 1, 0, 0)).await, v4::Stats::StaleFh);
+    }
+    let r: v3::Res =
+        a.c.call(
+            NLM_PROG,
+            NLM_VERSX,
+            proc_::LOCK,
+            &v3::LockArgs {
+                cookie: vec![],
+                block: false,
+                exclusive: true,
+                alock: a.lock3(&forged, 1, 0, 0),
+                reclaim: false,
+                state: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stat, v3::Stats::Denied);
+    assert_eq!(
+        h.table.read(|t| t.file_count()),
+        0,
+        "no refused handle reached the table"
+    );
+
+    // The read-only export allows 127.0.0.2 only.
+    let ro = fh_of(&h.state, h.ro_export.clone(), &h.ro_file);
+    assert_eq!(
+        a.lock(a.lock4(&ro, 1, 0, 0), true, false, false).await,
+        v4::Stats::Rofs
+    );
+    assert_eq!(
+        a.lock(a.lock4(&ro, 1, 0, 0), false, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(b.lock4(&ro, 1, 0, 0), false, false, false).await,
+        v4::Stats::Failed
+    );
+    let r: v3::Res =
+        b.c.call(
+            NLM_PROG,
+            NLM_VERSX,
+            proc_::LOCK,
+            &v3::LockArgs {
+                cookie: vec![],
+                block: false,
+                exclusive: false,
+                alock: b.lock3(&ro, 1, 0, 0),
+                reclaim: false,
+                state: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stat, v3::Stats::Denied);
+
+    // alpha has one owner already; a second is fine, a third is refused and logged.
+    let other = fh_of(&h.state, h.export.clone(), &h.other);
+    assert_eq!(
+        a.lock(a.lock4(&other, 2, 0, 0), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        a.lock(a.lock4(&other, 3, 0, 0), false, false, false).await,
+        v4::Stats::DeniedNolocks
+    );
+    // Existing owners keep working.
+    assert_eq!(
+        a.lock(a.lock4(&other, 2, 0, 5), true, false, false).await,
+        v4::Stats::Granted
+    );
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_admits_only_reclaims() {
+    let h = Harness::start(|c| c.grace = Duration::from_millis(1500)).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        a.test(a.lock4(&fh, 1, 0, 10), true).await,
+        v4::TestReply::Other(v4::Stats::DeniedGracePeriod)
+    );
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, true).await,
+        v4::Stats::Granted
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        a.lock(a.lock4(&fh, 2, 10, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        a.lock(a.lock4(&fh, 3, 20, 10), true, false, true).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    ha.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reboot_frees_its_locks_and_nsm_calls() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (mut hb, b) = h.host(3, "beta").await;
+    let la = a.lock4(&fh, 1, 0, 0);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let lb = b.lock4(&fh, 2, 0, 0);
+    assert_eq!(
+        b.lock(lb.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+
+    let sm = client_at(h.udp(), ha.ip).await;
+    let st: nsm::SmStatRes = sm
+        .call(
+            SM_PROG,
+            SM_VERS,
+            nsm::proc_::STAT,
+            &nsm::SmName {
+                mon_name: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.res_stat, nsm::SmRes::Succ);
+    assert_eq!(st.state % 2, 1, "odd while up");
+    assert_eq!(st.state, h.svc.state());
+    let my_id = nsm::MyId {
+        my_name: "alpha".into(),
+        my_prog: NLM_PROG,
+        my_vers: 4,
+        my_proc: 16,
+    };
+    let mon = nsm::Mon {
+        mon_id: nsm::MonId {
+            mon_name: "beta".into(),
+            my_id: my_id.clone(),
+        },
+        priv_: [7; 16],
+    };
+    let r: nsm::SmStatRes = sm
+        .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon)
+        .await
+        .unwrap();
+    assert_eq!(r.res_stat, nsm::SmRes::Succ);
+    assert!(std::fs::read_to_string(h.state.join("monitors.json"))
+        .unwrap()
+        .contains("beta"));
+    let r: nsm::SmStat = sm
+        .call(SM_PROG, SM_VERS, nsm::proc_::UNMON_ALL, &my_id)
+        .await
+        .unwrap();
+    assert_eq!(r.state, st.state);
+    assert!(!std::fs::read_to_string(h.state.join("monitors.json"))
+        .unwrap()
+        .contains("beta"));
+
+    // alpha reboots: its statd tells us; beta's waiter is granted.
+    sm.call_raw(
+        SM_PROG,
+        SM_VERS,
+        nsm::proc_::NOTIFY,
+        &to_bytes(&nsm::StatChge {
+            mon_name: "alpha".into(),
+            state: 5,
+        }),
+    )
+    .await
+    .unwrap();
+    match hb.next(STEP).await {
+        Some(Received::Granted { args, .. }) => assert_eq!(args.alock, lb),
+        other => panic!("{other:?}"),
+    }
+    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    assert!(!list.contains("alpha") && list.contains("beta"), "{list}");
+    // The administrative clear does the same for beta.
+    let r = h.svc.clear_host("beta");
+    assert_eq!(r.locks.files, 1);
+    assert!(r.was_monitored);
+    assert_eq!(
+        a.test(la.clone(), true).await,
+        v4::TestReply::Other(v4::Stats::Granted)
+    );
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+/// A plain RPC client calling from a client host's address.
+async fn client_at(server: SocketAddr, from: IpAddr) -> lockd_user::RpcClient {
+    lockd_user::RpcClient::udp(server, from_addr(from))
+        .await
+        .unwrap()
+}
+
+fn skip(why: &str) {
+    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+}
+
+async fn run_cmd(cmd: &mut tokio::process::Command, what: &str) -> String {
+    let out = timeout(
+        Duration::from_secs(120),
+        cmd.stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what} timed out"))
+    .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// An independently written client: libnfs's own XDR and RPC code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libnfs_client_drives_nlm4_and_nsm() {
+    let needed = ["/usr/include/nfsc/libnfs-raw-nlm.h", "/usr/bin/cc"];
+    if let Some(missing) = needed.iter().find(|p| !std::path::Path::new(p).exists()) {
+        return skip(&format!(
+            "{missing} missing (apt-get install libnfs-dev gcc)"
+        ));
+    }
+    let h = Harness::start(|_| {}).await;
+    let bin = h._dir.path().join("libnfs_lockd");
+    run_cmd(
+        tokio::process::Command::new("cc").args([
+            "-Wall",
+            "-o",
+            bin.to_str().unwrap(),
+            &format!("{}/tests/c/libnfs_lockd.c", env!("CARGO_MANIFEST_DIR")),
+            "-lnfs",
+        ]),
+        "cc",
+    )
+    .await;
+    let hex: String = h.fh().iter().map(|b| format!("{b:02x}")).collect();
+    let out = run_cmd(
+        tokio::process::Command::new(&bin)
+            .arg(h.tcp().port().to_string())
+            .arg(&hex),
+        "libnfs client",
+    )
+    .await;
+    let state = h.svc.state();
+    let expected = [
+        "TEST stat=0".to_string(),
+        "LOCK stat=0".into(),
+        "TEST stat=1 exclusive=1 svid=101 off=0 len=100".into(),
+        "LOCK stat=1".into(),
+        "LOCK stat=3".into(),
+        "CANCEL stat=0".into(),
+        "UNLOCK stat=0".into(),
+        "LOCK stat=0".into(),
+        "UNLOCK stat=0".into(),
+        format!("SM_STAT res=0 state={state}"),
+        format!("SM_MON res=0 state={state}"),
+    ];
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got, expected, "client output:\n{out}");
+    assert_eq!(h.table.read(|t| t.waiter_count()), 0);
+    let mons = std::fs::read_to_string(h.state.join("monitors.json")).unwrap();
+    assert!(mons.contains("libnfs-b"), "{mons}");
+    h.stop().await;
+}
+
+/// Captures a session of NLM v1/v3/v4, callbacks, portmapper lookups and NSM calls with
+/// tshark, and checks that every packet decodes as NLM, STAT or Portmap, none malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tshark_decodes_every_packet() {
+    if !std::path::Path::new("/usr/bin/tshark").exists() {
+        return skip("tshark missing (apt-get install tshark)");
+    }
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let pcap = h._dir.path().join("wire.pcap");
+    // Client addresses no other test uses, so the capture holds this session only. The
+    // service looks client portmappers up on the harness's port.
+    let ha = ClientHost::start("127.0.0.12", "wire-a", h.pm_port).await;
+    let mut hb = ClientHost::start("127.0.0.13", "wire-b", h.pm_port).await;
+    *hb.services.server.lock().unwrap() = Some((h.udp(), hb.ip));
+    let mut cap = tokio::process::Command::new("tshark")
+        .args(["-i", "lo", "-f", "host 127.0.0.12 or host 127.0.0.13", "-w"])
+        .arg(&pcap)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut err = tokio::io::BufReader::new(cap.stderr.take().unwrap()).lines();
+        loop {
+            let line = timeout(STEP, err.next_line())
+                .await
+                .expect("tshark did not start capturing")
+                .unwrap()
+                .expect("tshark exited");
+            if line.contains("Capture started") {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+    }
+    let a = Nlm::udp(h.udp(), ha.ip, "wire-a").await;
+    let b = Nlm::tcp(h.tcp(), hb.ip, "wire-b").await;
+    let la = a.lock4(&fh, 1, 0, 0);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let lb = b.lock4(&fh, 2, 0, 0);
+    assert_eq!(
+        b.lock(lb.clone(), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    let _ = denied_holder(b.test(lb.clone(), true).await);
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    assert!(matches!(
+        hb.next(STEP).await,
+        Some(Received::Granted { .. })
+    ));
+    let r: v3::TestRes =
+        a.c.call(
+            NLM_PROG,
+            NLM_VERS,
+            proc_::TEST,
+            &v3::TestArgs {
+                cookie: vec![1],
+                exclusive: true,
+                alock: a.lock3(&fh, 1, 0, 0),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(r.stat, v3::TestReply::Denied(_)));
+    let sa = share3("wire-a", &fh, b"o1", FshMode::DenyWrite, FshAccess::Read);
+    let _: v3::ShareRes =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::SHARE, &sa)
+            .await
+            .unwrap();
+    let _: v3::ShareRes =
+        a.c.call(NLM_PROG, NLM_VERSX, proc_::UNSHARE, &sa)
+            .await
+            .unwrap();
+    b.c.send_oneway(
+        NLM_PROG,
+        NLM4_VERS,
+        proc_::TEST_MSG,
+        &to_bytes(&v4::TestArgs {
+            cookie: b"t".to_vec(),
+            exclusive: true,
+            alock: lb.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(hb.next(STEP).await, Some(Received::Res { .. })));
+    let st: nsm::SmStatRes =
+        a.c.call(
+            SM_PROG,
+            SM_VERS,
+            nsm::proc_::STAT,
+            &nsm::SmName {
+                mon_name: "wire-b".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.res_stat, nsm::SmRes::Succ);
+    a.c.call_raw(
+        SM_PROG,
+        SM_VERS,
+        nsm::proc_::NOTIFY,
+        &to_bytes(&nsm::StatChge {
+            mon_name: "wire-b".into(),
+            state: 9,
+        }),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: kill(2) on the pid of the capture this test started and has not reaped.
+    unsafe { libc::kill(cap.id().unwrap() as i32, libc::SIGINT) };
+    timeout(STEP, cap.wait()).await.unwrap().unwrap();
+
+    let mut decode = Vec::new();
+    for port in [
+        h.udp().port(),
+        ha.services_addr().port(),
+        hb.services_addr().port(),
+        h.pm_port,
+    ] {
+        decode.push(format!("udp.port=={port},rpc"));
+    }
+    decode.push(format!("tcp.port=={},rpc", h.tcp().port()));
+    let mut cmd = tokio::process::Command::new("tshark");
+    cmd.arg("-r").arg(&pcap);
+    for d in &decode {
+        cmd.args(["-d", d]);
+    }
+    cmd.args([
+        "-Y",
+        "udp || tcp.len > 0",
+        "-T",
+        "fields",
+        "-e",
+        "_ws.col.Protocol",
+        "-e",
+        "_ws.col.Info",
+        "-e",
+        "_ws.malformed",
+    ]);
+    let out = run_cmd(&mut cmd, "tshark -r").await;
+    let lines: Vec<&str> = out.lines().collect();
+    let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        lines.len() >= 20,
+        "too few packets captured ({size} bytes):\n{out}"
+    );
+    for l in &lines {
+        let proto = l.split('\t').next().unwrap_or("");
+        assert!(
+            matches!(proto, "NLM" | "STAT" | "Portmap"),
+            "undecoded packet: {l}\n{out}"
+        );
+        assert!(!l.to_lowercase().contains("malformed"), "malformed: {l}");
+    }
+    for p in ["NLM", "STAT", "Portmap"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(p)),
+            "no {p} packet:\n{out}"
+        );
+    }
+    assert!(out.contains("GRANTED"), "{out}");
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_limit_and_unreachable_client_policy() {
+    let h = Harness::start(|c| {
+        c.callbacks.release_unreachable_after = Some(Duration::from_millis(800));
+        c.limits.max_waiters = 1;
+    })
+    .await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    // beta and gamma run no services at all: callbacks to them fail.
+    let b = Nlm::udp(h.udp(), "127.0.0.3".parse().unwrap(), "beta").await;
+    let c = Nlm::udp(h.udp(), "127.0.0.4".parse().unwrap(), "gamma").await;
+    let la = a.lock4(&fh, 1, 0, 0);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh, 2, 0, 0), true, true, false).await,
+        v4::Stats::Blocked
+    );
+    assert_eq!(
+        c.lock(c.lock4(&fh, 3, 0, 0), true, true, false).await,
+        v4::Stats::DeniedNolocks,
+        "one waiter at most"
+    );
+    assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    // beta holds the lock now, but cannot be told; the policy releases it.
+    assert!(matches!(
+        a.test(la.clone(), true).await,
+        v4::TestReply::Denied(_)
+    ));
+    let mut released = false;
+    for _ in 0..100 {
+        if a.test(la.clone(), true).await == v4::TestReply::Other(v4::Stats::Granted) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the unreachable host was not released");
+    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    assert!(!list.contains("beta") && list.contains("alpha"), "{list}");
+    ha.stop().await;
+    h.stop().await;
+}
+
+/// Mutated and truncated arguments for every procedure of every version: each call is
+/// answered (results or GARBAGE_ARGS), never SYSTEM_ERR (a handler panic), and the
+/// service keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_arguments_never_break_the_service() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let lock = a.lock4(&fh, 1, 0, 10);
+    let valid: Vec<(u32, Vec<u8>)> = vec![
+        (
+            proc_::TEST,
+            to_bytes(&v4::TestArgs {
+                cookie: vec![1],
+                exclusive: true,
+                alock: lock.clone(),
+            }),
+        ),
+        (
+            proc_::LOCK,
+            to_bytes(&v4::LockArgs {
+                cookie: vec![2],
+                block: true,
+                exclusive: true,
+                alock: lock.clone(),
+                reclaim: false,
+                state: 1,
+            }),
+        ),
+        (
+            proc_::CANCEL,
+            to_bytes(&v4::CancArgs {
+                cookie: vec![3],
+                block: true,
+                exclusive: true,
+                alock: lock.clone(),
+            }),
+        ),
+        (
+            proc_::UNLOCK,
+            to_bytes(&v4::UnlockArgs {
+                cookie: vec![4],
+                alock: lock.clone(),
+            }),
+        ),
+        (
+            proc_::GRANTED,
+            to_bytes(&v4::TestArgs {
+                cookie: vec![5],
+                exclusive: false,
+                alock: lock.clone(),
+            }),
+        ),
+        (
+            proc_::SHARE,
+            to_bytes(&v4::ShareArgs {
+                cookie: vec![6],
+                share: v4::Share {
+                    caller_name: "alpha".into(),
+                    fh: fh.clone(),
+                    oh: b"o".to_vec(),
+                    mode: FshMode::DenyNone,
+                    access: FshAccess::Read,
+                },
+                reclaim: false,
+            }),
+        ),
+        (
+            proc_::FREE_ALL,
+            to_bytes(&v4::Notify {
+                name: "nobody".into(),
+                state: 1,
+            }),
+        ),
+        (
+            proc_::NM_LOCK,
+            to_bytes(&v4::LockArgs {
+                cookie: vec![7],
+                block: false,
+                exclusive: false,
+                alock: lock.clone(),
+                reclaim: false,
+                state: 1,
+            }),
+        ),
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let sync_procs = [
+        proc_::TEST,
+        proc_::LOCK,
+        proc_::CANCEL,
+        proc_::UNLOCK,
+        proc_::GRANTED,
+        proc_::SHARE,
+        proc_::UNSHARE,
+        proc_::NM_LOCK,
+        proc_::FREE_ALL,
+    ];
+    let mut answered = 0;
+    for round in 0..300 {
+        let (p, base) = &valid[round % valid.len()];
+        let mut m = base.clone();
+        match next() % 3 {
+            0 => {
+                let n = (next() as usize) % m.len();
+                m.truncate(n);
+            }
+            _ => {
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % m.len();
+                    m[i] ^= 1 << (next() % 8);
+                }
+            }
+        }
+        for vers in [NLM_VERS, NLM_VERSX, NLM4_VERS] {
+            let r = a.c.call_raw(NLM_PROG, vers, *p, &m).await;
+            match r {
+                Ok(_) => answered += 1,
+                Err(lockd_user::ClientError::GarbageArgs) => {}
+                Err(lockd_user::ClientError::ProcUnavail) => {
+                    assert!(vers == NLM_VERS && !sync_procs[..5].contains(p))
+                }
+                Err(e) => panic!("proc {p} v{vers}: {e}"),
+            }
+            // The message forms get no reply; send them too.
+            if *p <= proc_::GRANTED {
+                a.c.send_oneway(NLM_PROG, vers, *p + 5, &m).await.unwrap();
+                a.c.send_oneway(NLM_PROG, vers, *p + 10, &m).await.unwrap();
+            }
+        }
+        let r =
+            a.c.call_raw(SM_PROG, SM_VERS, 1 + (round as u32 % 6), &m)
+                .await;
+        assert!(
+            !matches!(r, Err(lockd_user::ClientError::SystemErr)),
+            "{r:?}"
+        );
+    }
+    assert!(answered > 0);
+    assert_eq!(
+        a.c.call_raw(NLM_PROG, NLM4_VERS, proc_::NULL, &[])
+            .await
+            .unwrap(),
+        Vec::<u8>::new()
+    );
+    ha.stop().await;
+    h.stop().await;
+}
