@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The main job: installs what lockfs needs, builds it, and runs it.
-# Usage (as root, from anywhere): scripts/run.sh
+# The main job: installs what lockfs needs, builds it, and runs the daemon.
+# Usage (as root): scripts/run.sh [--config FILE]
+# Without --config the daemon runs its embedded default: ./lockfs-data/export
+# (created if missing) mounted on ./lockfs-data/mnt with mandatory locking by
+# the set-group-ID convention, NLM and NSM on 127.0.0.1, state in
+# ./lockfs-data/state. Ctrl-C or SIGTERM stops it and unmounts.
 set -euo pipefail
+here=$(pwd)
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
@@ -9,4 +14,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 cargo build --release --locked -p lockfs
-exec target/release/lockfs demo "$@"
+bin=$(pwd)/target/release/lockfs
+cd "$here"
+exec "$bin" serve "$@"

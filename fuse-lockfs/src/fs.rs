@@ -4,7 +4,9 @@
 //! daemon holds, performs the matching system call relative to it, and answers with
 //! the backing file system's own result or errno, so programs see the same behaviour
 //! as on the source directory. Handlers never wait for anything but the backing
-//! file system; waits for locks will park their reply (see [`crate::deferred`]).
+//! file system: lock requests and checked I/O that must wait for a lock park their
+//! reply (see [`crate::wake`]) and return; [`crate::locking`] translates between
+//! these handlers and the lock table.
 
 use std::ffi::OsStr;
 use std::io;
@@ -17,16 +19,20 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
-    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use lock_table::{Access, FileId, LockKind, LockRequest, Range, TestRequest, Wait};
+use share_reservations::{ShareMode, ShareRequest};
 
 use crate::attr;
 use crate::handles::{HandleTable, OpenDir, OpenFile};
 use crate::inode::{Inode, InodeTable, ROOT_INO};
-use crate::options::{IoMode, IoPolicy, MountOptions};
+use crate::locking::{self, Locking};
+use crate::options::{IoMode, IoPolicy, Mandatory, MountOptions};
+use crate::share;
 use crate::sys::{self, TimeSpec};
 
 type R<T> = Result<T, Errno>;
@@ -71,15 +77,35 @@ pub(crate) struct LockFs {
     want_passthrough: bool,
     forward_locks: bool,
     fallback_logged: Once,
+    /// The lock table this mount serves; `None` when the kernel keeps locks.
+    locking: Option<Arc<Locking>>,
+    mandatory: Mandatory,
 }
+
+/// Bits of an open-file handle number left for the counter; the mount id takes
+/// the bits above.
+const HANDLE_BITS: u32 = 48;
 
 impl LockFs {
     /// A file system serving the directory behind `root` (an `O_PATH` descriptor).
-    pub(crate) fn new(root: OwnedFd, st: &libc::stat, opts: &MountOptions) -> Self {
+    pub(crate) fn new(
+        root: OwnedFd,
+        st: &libc::stat,
+        opts: &MountOptions,
+        locking: Option<Arc<Locking>>,
+    ) -> Self {
+        let base = locking
+            .as_ref()
+            .map(|l| (l.mount & 0xffff) << HANDLE_BITS)
+            .unwrap_or(0);
+        let mandatory = match &locking {
+            Some(_) => opts.mandatory,
+            None => Mandatory::Off,
+        };
         LockFs {
             shared: Arc::new(Shared {
                 inodes: InodeTable::new(root, st),
-                files: HandleTable::new(),
+                files: HandleTable::with_base(base),
                 dirs: HandleTable::new(),
                 passthrough: AtomicBool::new(false),
                 daemon_io: AtomicU64::new(0),
@@ -87,8 +113,10 @@ impl LockFs {
             ttl: opts.ttl,
             policy: opts.io_policy.clone(),
             want_passthrough: opts.passthrough,
-            forward_locks: opts.forward_locks,
+            forward_locks: opts.forward_locks || locking.is_some(),
             fallback_logged: Once::new(),
+            locking,
+            mandatory,
         }
     }
 
@@ -167,6 +195,7 @@ impl LockFs {
     fn choose_mode(&self, ino: u64, attr: &FileAttr) -> IoMode {
         let wanted = match &self.policy {
             Some(p) => p.io_mode(ino, attr),
+            None if self.mandatory.applies(attr) => IoMode::DirectIo,
             None => IoMode::Passthrough,
         };
         if wanted == IoMode::Passthrough && !self.shared.passthrough.load(Ordering::Relaxed) {
@@ -188,21 +217,33 @@ impl LockFs {
         });
     }
 
-    /// Registers an open of `inode` and decides its I/O mode.
+    /// Registers an open of `inode` under handle `fh` and decides its I/O mode.
     ///
     /// All opens of an inode share one mode (the kernel refuses to mix them) and one
-    /// backing id. Returns the new handle and the backing id for passthrough opens.
+    /// backing id. Returns the backing id for passthrough opens.
+    ///
+    /// A file that became mandatory while passthrough opens exist keeps them (the
+    /// kernel does their I/O, unchecked) but refuses new opens with `EBUSY` until
+    /// the last of them is closed; the next open then serves it with direct I/O and
+    /// checks every read and write.
     fn open_file(
         &self,
+        fh: u64,
         inode: Arc<Inode>,
         fd: OwnedFd,
         flags: i32,
         attr: &FileAttr,
         open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
-    ) -> (u64, Option<Arc<BackingId>>) {
+    ) -> R<Option<Arc<BackingId>>> {
         let mut io = inode.io_state();
+        let mandatory_now = self.mandatory.applies(attr);
         let mut mode = match io.mode {
-            Some(m) if io.opens > 0 => m,
+            Some(m) if io.opens > 0 => {
+                if m == IoMode::Passthrough && mandatory_now {
+                    return Err(Errno::from_i32(libc::EBUSY));
+                }
+                m
+            }
             _ => self.choose_mode(inode.ino, attr),
         };
         if mode == IoMode::Passthrough && io.backing.is_none() {
@@ -221,14 +262,164 @@ impl LockFs {
         };
         io.opens += 1;
         io.mode = Some(mode);
+        io.mandatory = mode == IoMode::DirectIo && mandatory_now;
         drop(io);
-        let fh = self.shared.files.insert(OpenFile {
-            fd,
-            inode,
-            flags,
+        let file_id = file_id(&inode);
+        self.shared.files.insert_at(
+            fh,
+            OpenFile {
+                fd,
+                inode,
+                flags,
+                mode,
+                file_id,
+                lock_owners: Default::default(),
+            },
+        );
+        Ok(backing)
+    }
+
+    /// Takes the share reservation of a new open `fh` of `inode` by `pid`.
+    fn reserve_open(&self, pid: u32, fh: u64, inode: &Inode, flags: i32) -> R<()> {
+        let Some(lk) = &self.locking else {
+            return Ok(());
+        };
+        if inode.kind != libc::S_IFREG {
+            return Ok(());
+        }
+        let file = file_id(inode);
+        let mode = match lk.take_pending(pid, file) {
+            Some(m) => share::widen(m, flags),
+            None => share::open_mode(flags),
+        };
+        self.reserve(lk, pid, fh, file, mode)
+    }
+
+    fn reserve(&self, lk: &Locking, pid: u32, fh: u64, file: FileId, mode: ShareMode) -> R<()> {
+        let req = ShareRequest {
+            file,
+            scope: lk.ctx.scope,
+            owner: lock_table::Owner::ofd(fh),
+            pid,
             mode,
-        });
-        (fh, backing)
+        };
+        lk.ctx.shares().reserve(&req).map_err(|c| {
+            tracing::debug!(conflict = %c, "open refused by a share reservation");
+            Errno::from_i32(share::SHARE_ERRNO)
+        })
+    }
+
+    fn unreserve(&self, fh: u64, inode: &Inode) {
+        if let Some(lk) = &self.locking {
+            lk.ctx
+                .shares()
+                .release(file_id(inode), lock_table::Owner::ofd(fh));
+        }
+    }
+
+    /// The mandatory-lock state of an open file, when its I/O must be checked.
+    fn mandatory_lock(&self, file: &OpenFile) -> Option<&Arc<Locking>> {
+        let lk = self.locking.as_ref()?;
+        (file.mode == IoMode::DirectIo && file.inode.io_state().mandatory).then_some(lk)
+    }
+
+    fn do_setattr(&self, ino: INodeNo, ch: Changes, fh: Option<FileHandle>) -> R<FileAttr> {
+        self.detached().do_setattr(ino, ch, fh)
+    }
+
+    /// The parts of the file system a reply answered later, from another thread,
+    /// needs.
+    fn detached(&self) -> Detached {
+        Detached {
+            shared: self.shared.clone(),
+            ttl: self.ttl,
+            mandatory: self.mandatory,
+        }
+    }
+
+    /// Refuses an `O_TRUNC` open of a mandatory file while others hold locks on it
+    /// (`EAGAIN`, as Linux did: an open does not wait).
+    fn check_open_truncate(&self, pid: u32, inode: &Inode) -> R<()> {
+        let Some(lk) = &self.locking else {
+            return Ok(());
+        };
+        let attr = self.attr_of(inode)?;
+        if !self.mandatory.applies(&attr) {
+            return Ok(());
+        }
+        let checks = [(Access::Write, Range::WHOLE)];
+        if lk.io_free(file_id(inode), None, None, pid, &checks) {
+            Ok(())
+        } else {
+            Err(Errno::from_i32(libc::EAGAIN))
+        }
+    }
+
+    /// What a truncate of a mandatory file must check, or `None` when it needs no
+    /// check. Linux's rule: the bytes between the old and the new size.
+    #[allow(clippy::type_complexity)]
+    fn truncate_gate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        size: u64,
+    ) -> R<
+        Option<(
+            Arc<Locking>,
+            FileId,
+            Option<(Arc<OpenFile>, u64)>,
+            Vec<(Access, Range)>,
+            bool,
+        )>,
+    > {
+        let Some(lk) = &self.locking else {
+            return Ok(None);
+        };
+        let inode = self.inode(ino)?;
+        let attr = self.attr_of(&inode)?;
+        if !self.mandatory.applies(&attr) || attr.size == size {
+            return Ok(None);
+        }
+        let (lo, hi) = (attr.size.min(size), attr.size.max(size));
+        let Some(range) = locking::io_range(lo, hi - lo) else {
+            return Ok(None);
+        };
+        let checks = vec![(Access::Write, range)];
+        let file = fh.and_then(|fh| self.shared.files.get(fh.0).map(|f| (f, fh.0)));
+        let id = file_id(&inode);
+        let free = lk.io_free(
+            id,
+            file.as_ref().map(|(f, fh)| (&**f, *fh)),
+            None,
+            req.pid(),
+            &checks,
+        );
+        if free {
+            return Ok(None);
+        }
+        let nonblock = file
+            .as_ref()
+            .is_some_and(|(f, _)| f.flags & libc::O_NONBLOCK != 0);
+        Ok(Some((lk.clone(), id, file, checks, nonblock)))
+    }
+}
+
+/// The parts of [`LockFs`] that replies answered from other threads use.
+struct Detached {
+    shared: Arc<Shared>,
+    ttl: Duration,
+    mandatory: Mandatory,
+}
+
+impl Detached {
+    fn inode(&self, ino: INodeNo) -> R<Arc<Inode>> {
+        self.shared.inodes.get(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn attr_of(&self, inode: &Inode) -> R<FileAttr> {
+        let st = sys::fstat(inode.fd.as_fd()).map_err(errno)?;
+        attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)
     }
 
     fn do_setattr(&self, ino: INodeNo, ch: Changes, fh: Option<FileHandle>) -> R<FileAttr> {
@@ -251,6 +442,13 @@ impl LockFs {
                 None => sys::chmod_path_fd(inode.fd.as_fd(), mode & 0o7777),
             }
             .map_err(errno)?;
+            // Direct-I/O opens follow the file's mandatory mark at once; passthrough
+            // opens cannot be checked (see `open_file`).
+            let mut io = inode.io_state();
+            if io.mode == Some(IoMode::DirectIo) && io.opens > 0 {
+                let attr = self.attr_of(&inode)?;
+                io.mandatory = self.mandatory.applies(&attr);
+            }
         }
         if uid.is_some() || gid.is_some() {
             sys::chown_fd(inode.fd.as_fd(), uid, gid).map_err(errno)?;
@@ -284,7 +482,9 @@ impl LockFs {
         }
         self.attr_of(&inode)
     }
+}
 
+impl LockFs {
     fn do_mknod(
         &self,
         req: &Request,
@@ -370,66 +570,87 @@ impl LockFs {
         let c = sys::component(name).map_err(errno)?;
         sys::unlinkat(dir.fd.as_fd(), &c, flags).map_err(errno)
     }
+}
 
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> R<Vec<u8>> {
-        let file = self.file(fh)?;
-        self.shared.daemon_io.fetch_add(1, Ordering::Relaxed);
-        let size = (size as usize).min(MAX_READ);
-        let mut buf = vec![0u8; size];
-        let mut done = 0;
-        while done < size {
-            let n = sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64);
-            match n {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if done > 0 => {
-                    tracing::debug!(error = %e, "short read");
-                    break;
-                }
-                Err(e) => return Err(errno(e)),
+/// Reads up to `size` bytes at `offset` of an open file for the kernel.
+fn read_at(shared: &Shared, file: &OpenFile, offset: u64, size: u32) -> R<Vec<u8>> {
+    shared.daemon_io.fetch_add(1, Ordering::Relaxed);
+    let size = (size as usize).min(MAX_READ);
+    let mut buf = vec![0u8; size];
+    let mut done = 0;
+    while done < size {
+        let n = sys::pread(file.fd.as_fd(), &mut buf[done..], offset + done as u64);
+        match n {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if done > 0 => {
+                tracing::debug!(error = %e, "short read");
+                break;
             }
+            Err(e) => return Err(errno(e)),
         }
-        buf.truncate(done);
-        Ok(buf)
     }
+    buf.truncate(done);
+    Ok(buf)
+}
 
-    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> R<u32> {
-        let file = self.file(fh)?;
-        self.shared.daemon_io.fetch_add(1, Ordering::Relaxed);
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(_) if done > 0 => break,
-                Err(e) => return Err(errno(e)),
-            }
+/// Writes `data` at `offset` of an open file for the kernel.
+fn write_at(shared: &Shared, file: &OpenFile, offset: u64, data: &[u8]) -> R<u32> {
+    shared.daemon_io.fetch_add(1, Ordering::Relaxed);
+    let mut done = 0;
+    while done < data.len() {
+        match sys::pwrite(file.fd.as_fd(), &data[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(errno(e)),
         }
-        u32::try_from(done).map_err(|_| Errno::EIO)
     }
+    u32::try_from(done).map_err(|_| Errno::EIO)
+}
 
-    /// Drops set-user-ID (and group-executable set-group-ID) after an unprivileged
-    /// caller wrote to the file, as a local file system would.
-    ///
-    /// The kernel leaves this to the daemon for direct-I/O writes and says so
-    /// with `FUSE_WRITE_KILL_SUIDGID`; the daemon writes as root, which the backing
-    /// file system would not strip the bits for.
-    fn kill_suid(&self, fh: FileHandle) -> R<()> {
-        let file = self.file(fh)?;
-        let st = sys::fstat(file.fd.as_fd()).map_err(errno)?;
-        let mut mode = st.st_mode & 0o7777;
-        mode &= !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            mode &= !libc::S_ISGID;
-        }
-        if mode != st.st_mode & 0o7777 {
-            sys::fchmod(file.fd.as_fd(), mode).map_err(errno)?;
-        }
-        Ok(())
+/// The lock table's identity of an inode's backing file.
+fn file_id(inode: &Inode) -> FileId {
+    FileId::new(inode.key.dev, inode.key.ino)
+}
+
+/// Writes for the kernel and drops set-ID bits when it asks for that.
+fn write_and_kill(
+    shared: &Shared,
+    file: &OpenFile,
+    offset: u64,
+    data: &[u8],
+    flags: WriteFlags,
+) -> R<u32> {
+    let n = write_at(shared, file, offset, data)?;
+    if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+        kill_suid(file)?;
     }
+    Ok(n)
+}
 
+/// Drops set-user-ID (and group-executable set-group-ID) after an unprivileged
+/// caller wrote to the file, as a local file system would.
+///
+/// The kernel leaves this to the daemon for direct-I/O writes and says so
+/// with `FUSE_WRITE_KILL_SUIDGID`; the daemon writes as root, which the backing
+/// file system would not strip the bits for.
+fn kill_suid(file: &OpenFile) -> R<()> {
+    let st = sys::fstat(file.fd.as_fd()).map_err(errno)?;
+    let mut mode = st.st_mode & 0o7777;
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != st.st_mode & 0o7777 {
+        sys::fchmod(file.fd.as_fd(), mode).map_err(errno)?;
+    }
+    Ok(())
+}
+
+impl LockFs {
     fn do_create(
         &self,
         req: &Request,
@@ -630,8 +851,10 @@ impl Filesystem for LockFs {
                 tracing::warn!(?missing, "kernel cannot forward lock requests");
             }
         }
-        if caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
-            // Shared mmap of direct-I/O files would otherwise fail with ENODEV.
+        if caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) && self.mandatory == Mandatory::Off {
+            // Shared mmap of direct-I/O files would otherwise fail with ENODEV. With
+            // mandatory locking it must fail: a shared mapping would read and write
+            // the file behind the lock checks' back.
             let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         }
         if self.want_passthrough {
@@ -654,6 +877,22 @@ impl Filesystem for LockFs {
     }
 
     fn destroy(&mut self) {
+        if let Some(lk) = &self.locking {
+            let n = lk.ctx.wakeups.end_mount(lk.mount, &lk.ctx.table);
+            if n > 0 {
+                tracing::info!(waiters = n, "dropped parked lock requests");
+            }
+            // Files the kernel never released (the connection was aborted) must
+            // not leave their locks in a table other front doors share.
+            let left = self.shared.files.drain();
+            if !left.is_empty() {
+                tracing::warn!(files = left.len(), "releasing locks of files never closed");
+            }
+            for (fh, f) in left {
+                lk.release_abandoned(&f, fh);
+            }
+            lk.ctx.remove_mount(lk.mount);
+        }
         tracing::info!("lockfs session ends");
     }
 
@@ -683,7 +922,7 @@ impl Filesystem for LockFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -707,6 +946,30 @@ impl Filesystem for LockFs {
             atime,
             mtime,
         };
+        if let Some(size) = size {
+            match self.truncate_gate(req, ino, fh, size) {
+                Ok(None) => {}
+                Ok(Some((lk, file_id, file, checks, nonblock))) => {
+                    // Wait for the conflicting locks, then make every change.
+                    let me = self.detached();
+                    lk.gate(
+                        req.unique().0,
+                        req.pid(),
+                        file_id,
+                        file,
+                        None,
+                        checks,
+                        nonblock,
+                        Box::new(move |r| match r.and_then(|()| me.do_setattr(ino, ch, fh)) {
+                            Ok(attr) => reply.attr(&me.ttl, &attr),
+                            Err(e) => reply.error(e),
+                        }),
+                    );
+                    return;
+                }
+                Err(e) => return reply.error(e),
+            }
+        }
         match self.do_setattr(ino, ch, fh) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(e),
@@ -812,37 +1075,84 @@ impl Filesystem for LockFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.shared.files.allocate();
         let opened = self.inode(ino).and_then(|inode| {
             if inode.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            let fd = sys::reopen(inode.fd.as_fd(), flags.0 & !libc::O_DIRECT).map_err(errno)?;
-            let st = sys::fstat(fd.as_fd()).map_err(errno)?;
-            let attr = attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)?;
-            Ok(self.open_file(inode, fd, flags.0, &attr, |fd| reply.open_backing(fd)))
+            self.reserve_open(req.pid(), fh, &inode, flags.0)?;
+            let res = (|| {
+                if flags.0 & libc::O_TRUNC != 0 {
+                    self.check_open_truncate(req.pid(), &inode)?;
+                }
+                let fd = sys::reopen(inode.fd.as_fd(), flags.0 & !libc::O_DIRECT).map_err(errno)?;
+                let st = sys::fstat(fd.as_fd()).map_err(errno)?;
+                let attr = attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)?;
+                self.open_file(fh, inode.clone(), fd, flags.0, &attr, |fd| {
+                    reply.open_backing(fd)
+                })
+            })();
+            if res.is_err() {
+                self.unreserve(fh, &inode);
+            }
+            res
         });
         match opened {
-            Ok((fh, Some(backing))) => {
+            Ok(Some(backing)) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
             }
-            Ok((fh, None)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(None) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(e),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.do_read(fh, offset, size) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if let Some(lk) = self.mandatory_lock(&file) {
+            let lo = lock_owner.map(|l| l.0);
+            if let Some(l) = lo {
+                lk.owners.seen_posix(req.pid(), l);
+            }
+            if let Some(range) = locking::io_range(offset, u64::from(size)) {
+                let checks = vec![(Access::Read, range)];
+                let id = file.file_id;
+                if !lk.io_free(id, Some((&file, fh.0)), lo, req.pid(), &checks) {
+                    let shared = self.shared.clone();
+                    let f = file.clone();
+                    lk.clone().gate(
+                        req.unique().0,
+                        req.pid(),
+                        id,
+                        Some((file, fh.0)),
+                        lo,
+                        checks,
+                        flags.0 & libc::O_NONBLOCK != 0,
+                        Box::new(move |r| {
+                            match r.and_then(|()| read_at(&shared, &f, offset, size)) {
+                                Ok(data) => reply.data(&data),
+                                Err(e) => reply.error(e),
+                            }
+                        }),
+                    );
+                    return;
+                }
+            }
+        }
+        match read_at(&self.shared, &file, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -850,22 +1160,55 @@ impl Filesystem for LockFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let written = self.do_write(fh, offset, data).and_then(|n| {
-            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                self.kill_suid(fh)?;
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if let Some(lk) = self.mandatory_lock(&file) {
+            let lo = lock_owner.map(|l| l.0);
+            if let Some(l) = lo {
+                lk.owners.seen_posix(req.pid(), l);
             }
-            Ok(n)
-        });
+            if let Some(range) = locking::io_range(offset, data.len() as u64) {
+                let checks = vec![(Access::Write, range)];
+                let id = file.file_id;
+                if !lk.io_free(id, Some((&file, fh.0)), lo, req.pid(), &checks) {
+                    let shared = self.shared.clone();
+                    let f = file.clone();
+                    let data = data.to_vec();
+                    lk.clone().gate(
+                        req.unique().0,
+                        req.pid(),
+                        id,
+                        Some((file, fh.0)),
+                        lo,
+                        checks,
+                        flags.0 & libc::O_NONBLOCK != 0,
+                        Box::new(move |r| {
+                            let w = r.and_then(|()| {
+                                write_and_kill(&shared, &f, offset, &data, write_flags)
+                            });
+                            match w {
+                                Ok(n) => reply.written(n),
+                                Err(e) => reply.error(e),
+                            }
+                        }),
+                    );
+                    return;
+                }
+            }
+        }
+        let written = write_and_kill(&self.shared, &file, offset, data, write_flags);
         match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
@@ -874,16 +1217,21 @@ impl Filesystem for LockFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered in the daemon; this is where the closing owner's POSIX
-        // locks will be dropped. Never ENOSYS: the kernel would stop sending FLUSH.
+        // Nothing is buffered in the daemon; a close drops the closer's POSIX locks
+        // on the file. Never ENOSYS: the kernel would stop sending FLUSH.
         match self.file(fh) {
-            Ok(_) => reply.ok(),
+            Ok(file) => {
+                if let Some(lk) = &self.locking {
+                    lk.flush(&file, req.pid(), lock_owner.0);
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -903,6 +1251,9 @@ impl Filesystem for LockFs {
             return;
         };
         tracing::trace!(fh = fh.0, flags = file.flags, mode = ?file.mode, "release");
+        if let Some(lk) = &self.locking {
+            lk.release(&file, fh.0);
+        }
         let mut io = file.inode.io_state();
         io.opens = io.opens.saturating_sub(1);
         if io.opens == 0 {
@@ -1040,7 +1391,25 @@ impl Filesystem for LockFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let (Some(lk), Some(parsed)) = (&self.locking, share::parse_xattr(name.as_bytes())) {
+            // A share-open request: nothing is read from the backing file.
+            let res = self.inode(ino).and_then(|i| {
+                let mode = parsed.ok_or(Errno::EINVAL)?;
+                if i.kind != libc::S_IFREG {
+                    return Err(Errno::EINVAL);
+                }
+                lk.add_pending(req.pid(), file_id(&i), mode);
+                Ok(())
+            });
+            const ANSWER: &[u8] = b"ok";
+            return match res {
+                Ok(()) if size == 0 => reply.size(ANSWER.len() as u32),
+                Ok(()) if (size as usize) < ANSWER.len() => reply.error(Errno::ERANGE),
+                Ok(()) => reply.data(ANSWER),
+                Err(e) => reply.error(e),
+            };
+        }
         let res = self.inode(ino).and_then(|i| {
             if i.is_symlink() {
                 return Err(Errno::from_i32(libc::ENODATA));
@@ -1106,13 +1475,18 @@ impl Filesystem for LockFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let created = self
-            .do_create(req, parent, name, mode, flags)
-            .map(|(fd, inode, attr)| {
-                let (fh, backing) =
-                    self.open_file(inode, fd, flags, &attr, |fd| reply.open_backing(fd));
-                (fh, backing, attr)
-            });
+        let fh = self.shared.files.allocate();
+        let created =
+            self.do_create(req, parent, name, mode, flags)
+                .and_then(|(fd, inode, attr)| {
+                    self.reserve_open(req.pid(), fh, &inode, flags)?;
+                    let backing = self
+                        .open_file(fh, inode.clone(), fd, flags, &attr, |fd| {
+                            reply.open_backing(fd)
+                        })
+                        .inspect_err(|_| self.unreserve(fh, &inode))?;
+                    Ok((fh, backing, attr))
+                });
         match created {
             Ok((fh, Some(backing), attr)) => reply.created_passthrough(
                 &self.ttl,
@@ -1135,7 +1509,7 @@ impl Filesystem for LockFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1143,12 +1517,34 @@ impl Filesystem for LockFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .file(fh)
-            .and_then(|f| sys::fallocate(f.fd.as_fd(), mode, offset, length).map_err(errno))
-        {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let run = move |f: &OpenFile| sys::fallocate(f.fd.as_fd(), mode, offset, length);
+        if let (Some(lk), Some(range)) = (
+            self.mandatory_lock(&file),
+            locking::io_range(offset, length),
+        ) {
+            let f = file.clone();
+            lk.clone().gate(
+                req.unique().0,
+                req.pid(),
+                file.file_id,
+                Some((file.clone(), fh.0)),
+                None,
+                vec![(Access::Write, range)],
+                file.flags & libc::O_NONBLOCK != 0,
+                Box::new(move |r| match r.and_then(|()| run(&f).map_err(errno)) {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(e),
+                }),
+            );
+            return;
+        }
+        match run(&file) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -1172,7 +1568,7 @@ impl Filesystem for LockFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -1183,23 +1579,192 @@ impl Filesystem for LockFs {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let res = self.file(fh_in).and_then(|fin| {
+        let files = self.file(fh_in).and_then(|fin| {
             let fout = self.file(fh_out)?;
             let flags = u32::try_from(flags.bits()).map_err(|_| Errno::EINVAL)?;
+            Ok((fin, fout, flags))
+        });
+        let (fin, fout, flags) = match files {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let len = len.min(MAX_COPY);
+        let run = move |fin: &OpenFile, fout: &OpenFile| {
             sys::copy_file_range(
                 fin.fd.as_fd(),
                 offset_in,
                 fout.fd.as_fd(),
                 offset_out,
-                len.min(MAX_COPY),
+                len,
                 flags,
             )
             .map_err(errno)
-        });
-        match res {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        // The source is checked without waiting (EAGAIN); the destination like a
+        // write, waiting unless it was opened O_NONBLOCK.
+        if let (Some(lk), Some(range)) =
+            (self.mandatory_lock(&fin), locking::io_range(offset_in, len))
+        {
+            let checks = [(Access::Read, range)];
+            if !lk.io_free(fin.file_id, Some((&fin, fh_in.0)), None, req.pid(), &checks) {
+                return reply.error(Errno::from_i32(libc::EAGAIN));
+            }
+        }
+        if let (Some(lk), Some(range)) = (
+            self.mandatory_lock(&fout),
+            locking::io_range(offset_out, len),
+        ) {
+            let (a, b) = (fin.clone(), fout.clone());
+            lk.clone().gate(
+                req.unique().0,
+                req.pid(),
+                fout.file_id,
+                Some((fout.clone(), fh_out.0)),
+                None,
+                vec![(Access::Write, range)],
+                fout.flags & libc::O_NONBLOCK != 0,
+                Box::new(move |r| match r.and_then(|()| run(&a, &b)) {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e),
+                }),
+            );
+            return;
+        }
+        match run(&fin, &fout) {
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        flock: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(lk) = &self.locking else {
+            return reply.error(Errno::ENOSYS);
+        };
+        let prepared = self.file(fh).and_then(|file| {
+            let range = locking::fuse_range(start, end)?;
+            let kind = match typ {
+                libc::F_RDLCK => Some(LockKind::Shared),
+                libc::F_WRLCK => Some(LockKind::Exclusive),
+                libc::F_UNLCK => None,
+                _ => return Err(Errno::EINVAL),
+            };
+            let (owner, id, range) =
+                lk.lock_target(&file, fh.0, lock_owner.0, [req.pid(), pid], range, flock);
+            Ok((owner, id, range, kind))
+        });
+        let (owner, file, range, kind) = match prepared {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let request = LockRequest {
+            file,
+            scope: lk.ctx.scope,
+            owner,
+            pid,
+            kind: kind.unwrap_or(LockKind::Shared),
+            range,
+            wait: Wait::No,
+            reclaim: false,
+        };
+        if sleep && kind.is_some() {
+            lk.set_wait(req.unique().0, request, flock, move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            });
+            return;
+        }
+        match lk.set_now(request, kind.is_none(), flock) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        flock: bool,
+        reply: ReplyLock,
+    ) {
+        let Some(lk) = &self.locking else {
+            return reply.error(Errno::ENOSYS);
+        };
+        let res = self.file(fh).and_then(|file| {
+            let range = locking::fuse_range(start, end)?;
+            let kind = match typ {
+                libc::F_RDLCK => LockKind::Shared,
+                libc::F_WRLCK => LockKind::Exclusive,
+                _ => return Err(Errno::EINVAL),
+            };
+            let (owner, id, range) =
+                lk.lock_target(&file, fh.0, lock_owner.0, [req.pid(), pid], range, flock);
+            Ok(lk.test(TestRequest {
+                file: id,
+                scope: lk.ctx.scope,
+                owner,
+                kind,
+                range,
+            }))
+        });
+        match res {
+            Ok((start, end, typ, pid)) => reply.locked(start, end, typ, pid),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != share::LOCKFS_IOC_SET_SHARE {
+            return reply.error(Errno::from_i32(libc::ENOTTY));
+        }
+        let Some(lk) = &self.locking else {
+            return reply.error(Errno::from_i32(libc::ENOTTY));
+        };
+        let res = self.file(fh).and_then(|file| {
+            let mode = share::parse_ioctl(in_data).ok_or(Errno::EINVAL)?;
+            let mode = share::widen(mode, file.flags);
+            self.reserve(lk, req.pid(), fh.0, file.file_id, mode)
+        });
+        match res {
+            Ok(()) => reply.ioctl(0, &[]),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn interrupt(&self, _req: &Request, unique: u64) -> Result<(), Errno> {
+        if let Some(lk) = &self.locking {
+            lk.ctx.wakeups.interrupt(lk.mount, unique, &lk.ctx.table);
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,29 @@ pub(crate) struct OpenFile {
     pub(crate) flags: i32,
     /// How this file's reads and writes are served.
     pub(crate) mode: IoMode,
+    /// The backing file's identity in the lock table.
+    pub(crate) file_id: lock_table::FileId,
+    /// Lock owner values (not flock) used through this open file; the OFD owner
+    /// among them has its locks dropped when the file is released.
+    pub(crate) lock_owners: Mutex<Vec<u64>>,
+}
+
+impl OpenFile {
+    /// Remembers that `owner` locked through this open file.
+    pub(crate) fn note_lock_owner(&self, owner: u64) {
+        let mut v = self.lock_owners.lock().unwrap_or_else(|p| p.into_inner());
+        if !v.contains(&owner) {
+            v.push(owner);
+        }
+    }
+
+    /// The lock owners used through this open file.
+    pub(crate) fn lock_owners(&self) -> Vec<u64> {
+        self.lock_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A directory opened through the mount.
@@ -45,20 +68,37 @@ pub(crate) struct HandleTable<T> {
 
 impl<T> HandleTable<T> {
     pub(crate) fn new() -> Self {
+        Self::with_base(0)
+    }
+
+    /// A table whose numbers start above `base`: mounts sharing one lock table
+    /// number their files from different bases (the mount id in the top 16 bits),
+    /// so that open-file lock owners of two mounts never coincide.
+    pub(crate) fn with_base(base: u64) -> Self {
         HandleTable {
             // 0 is left unused so that an unset fh is never a live handle.
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(base + 1),
             map: RwLock::default(),
         }
     }
 
-    /// Stores `value` under a fresh handle number.
-    pub(crate) fn insert(&self, value: T) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+    /// A fresh handle number, for a value stored later with [`Self::insert_at`].
+    pub(crate) fn allocate(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stores `value` under a number from [`Self::allocate`].
+    pub(crate) fn insert_at(&self, fh: u64, value: T) {
         self.map
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::new(value));
+    }
+
+    /// Stores `value` under a fresh handle number.
+    pub(crate) fn insert(&self, value: T) -> u64 {
+        let fh = self.allocate();
+        self.insert_at(fh, value);
         fh
     }
 
@@ -79,6 +119,15 @@ impl<T> HandleTable<T> {
 
     pub(crate) fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Removes and returns every handle.
+    pub(crate) fn drain(&self) -> Vec<(u64, Arc<T>)> {
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect()
     }
 
     /// Number of handles for which `pred` holds.

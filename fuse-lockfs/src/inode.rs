@@ -38,6 +38,9 @@ pub(crate) struct IoState {
     pub(crate) mode: Option<IoMode>,
     /// The kernel backing file shared by all passthrough opens of the inode.
     pub(crate) backing: Option<Arc<fuser::BackingId>>,
+    /// Whether reads, writes and truncates are checked against the lock table
+    /// (mandatory locking); only ever true while the mode is direct I/O.
+    pub(crate) mandatory: bool,
 }
 
 /// One inode of the mount.
@@ -173,6 +176,13 @@ impl InodeTable {
             },
         );
         inode
+    }
+
+    /// The inode of the backing file `key`, if the kernel knows it.
+    pub(crate) fn by_key(&self, key: &FileKey) -> Option<Arc<Inode>> {
+        let maps = self.maps();
+        let ino = maps.by_key.get(key)?;
+        maps.by_ino.get(ino).map(|e| e.inode.clone())
     }
 
     /// Drops `n` kernel references; the inode goes when none is left.

@@ -1,5 +1,5 @@
 //! lockfs's FUSE front door: a passthrough file system through which local
-//! processes open, read, write and (soon) lock the files of a source directory.
+//! processes open, read, write and lock the files of a source directory.
 //!
 //! The file system mirrors a *source* directory at a *mount point*. Programs using
 //! the mount see the source's files, permissions, owners, xattrs, holes and errno
@@ -37,21 +37,71 @@
 //!
 //! # Locks
 //! By default the kernel keeps POSIX and flock locks locally, exactly as on any FUSE
-//! mount. [`MountOptions::forward_locks`] asks it to send them to the daemon instead;
-//! until the lock table is wired in, those requests are answered `ENOSYS`.
+//! mount. With [`MountOptions::locks`] (or [`MountOptions::forward_locks`]) the
+//! kernel sends them to the daemon, which keeps them in a shared
+//! [`lock_table::SharedTable`], where remote NLM clients meet them:
+//!
+//! - `fcntl` POSIX locks, OFD locks and `flock` with Linux semantics: closing any
+//!   descriptor drops the process's POSIX locks on the file; OFD and flock locks
+//!   last until the last close of their open file; a forked child inherits no
+//!   POSIX locks. How POSIX and OFD requests are told apart (FUSE does not say) is
+//!   described in [`owners`]: close and fork semantics never depend on it. The
+//!   errno of every refusal is listed in [`locking`].
+//! - flock locks live in their own namespace ([`FlockMode::Separate`]) or are
+//!   whole-file locks on the real file ([`FlockMode::Shared`]).
+//! - Blocking requests never block a request loop: they are parked and answered
+//!   by the grant, by `EINTR` when the caller gets a signal (FUSE_INTERRUPT, which
+//!   the patched fuser passes on), or `ENOLCK` when the mount ends. SIGKILL of a
+//!   waiter reaps it at once. Deadlocks among POSIX owners fail with `EDEADLK`.
+//!
+//! # Mandatory locking
+//! [`MountOptions::mandatory`] ([`Mandatory::File`]: set-group-ID without group
+//! execute, the System V mark) serves mandatory files with direct I/O and checks
+//! every read, write, truncate, fallocate and copy_file_range against the table: a
+//! conflict with another owner's lock fails `EAGAIN` on an `O_NONBLOCK` open and
+//! otherwise waits, interruptibly. The caller's own locks (its POSIX owner, or
+//! those taken through the open file) never block it. Shared mmap of a mandatory
+//! file fails `ENODEV` (any direct-I/O file while mandatory locking is on).
+//! `O_TRUNC` opens of a mandatory file another owner has locked fail `EAGAIN`.
+//! Files that are not mandatory keep kernel passthrough.
+//!
+//! A file that becomes mandatory (chmod g+s) while it is open with passthrough
+//! keeps those opens unchecked until they are closed; meanwhile new opens fail
+//! with `EBUSY`, so no new unchecked I/O can start. Direct-I/O opens follow the
+//! mark at once when it changes through the mount.
+//!
+//! # Share reservations
+//! Every open takes a Windows-style access/deny reservation; conflicts fail with
+//! `EBUSY`. See [`share`] for the ioctl and the open-time xattr request.
+//!
+//! # Several mounts, one table
+//! A [`LockContext`] carries the lock table, the share table and the router of
+//! wake-ups; mounts get clones of it, so one daemon can serve several mounts and
+//! the NLM server over the same tables. [`listing::list`] reads all of it for
+//! `lockfs locks`.
 
 mod attr;
-pub mod deferred;
+mod context;
 mod error;
 mod fs;
 mod handles;
 mod inode;
+pub mod listing;
+pub mod locking;
 mod mount;
 mod options;
+pub mod owners;
+pub mod share;
 mod sys;
+pub mod wake;
 
-pub use deferred::{Deferred, FailReply};
+pub use context::LockContext;
 pub use error::{Error, Result};
 pub use inode::FileKey;
+pub use locking::FLOCK_DEV_BIT;
 pub use mount::{mount, prepare, raise_fd_limit, run, MountHandle, MountStats, Mounted, Unmounter};
-pub use options::{FileAttr, IoMode, IoPolicy, MountOptions};
+pub use options::{
+    is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,
+};
+pub use share::{set_share, LOCKFS_IOC_SET_SHARE, SHARE_ERRNO};
+pub use wake::{Wakeups, FUSE_TOKEN_BIT};

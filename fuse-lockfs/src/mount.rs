@@ -16,6 +16,7 @@ use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL, Session
 
 use crate::error::{Error, Result};
 use crate::fs::{LockFs, Shared};
+use crate::locking::Locking;
 use crate::options::MountOptions;
 use crate::sys;
 
@@ -101,6 +102,20 @@ pub struct Mounted {
     session: Session<LockFs>,
     shared: Arc<Shared>,
     mountpoint: PathBuf,
+    locking: Option<Arc<Locking>>,
+}
+
+/// Answers the parked lock and I/O waits of a mount that is going away, so the
+/// processes waiting in them go on, close their files and let the session end.
+fn end_waits(locking: &Option<Arc<Locking>>) -> usize {
+    let Some(lk) = locking else {
+        return 0;
+    };
+    let n = lk.ctx.wakeups.end_mount(lk.mount, &lk.ctx.table);
+    if n > 0 {
+        tracing::info!(waiters = n, "parked lock waits answered ENOLCK");
+    }
+    n
 }
 
 impl std::fmt::Debug for Mounted {
@@ -144,8 +159,27 @@ pub fn prepare(
         path: source.to_path_buf(),
         source: e,
     })?;
-    let fs = LockFs::new(root, &st, &options);
+    let locking = if options.forward_locks || options.locks.is_some() {
+        let ctx = options.locks.clone().unwrap_or_default();
+        let id = ctx.mount_id();
+        Some(Arc::new(Locking::new(
+            ctx,
+            id,
+            options.mandatory,
+            options.flock,
+        )))
+    } else {
+        None
+    };
+    let fs = LockFs::new(root, &st, &options, locking.clone());
     let shared = fs.shared();
+    if let Some(lk) = &locking {
+        // Listings show paths under the mount point; they are read from the
+        // daemon's descriptors, which name the canonical source path.
+        let canonical = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+        let mnt = std::fs::canonicalize(&mountpoint).unwrap_or_else(|_| mountpoint.clone());
+        lk.ctx.add_mount(lk.mount, &shared, canonical, mnt);
+    }
     let session = Session::new(fs, &mountpoint, &cfg).map_err(|e| Error::Mount {
         path: mountpoint.clone(),
         source: e,
@@ -155,6 +189,7 @@ pub fn prepare(
         session,
         shared,
         mountpoint,
+        locking,
     })
 }
 
@@ -164,6 +199,7 @@ impl Mounted {
         Unmounter {
             inner: Arc::new(Mutex::new(self.session.unmount_callable())),
             mountpoint: self.mountpoint.clone(),
+            locking: self.locking.clone(),
         }
     }
 
@@ -185,6 +221,7 @@ impl Mounted {
             bg: Some(bg),
             shared: self.shared,
             mountpoint: self.mountpoint,
+            locking: self.locking,
         })
     }
 }
@@ -209,12 +246,13 @@ pub fn run(
 
 /// A lockfs served in the background; dropping it unmounts.
 ///
-/// Unmounting detaches the mount at once (`MNT_DETACH`); the request loops end when
-/// the last file open on it is closed.
+/// Unmounting fails with `EBUSY` while processes have files open on the mount;
+/// [`MountHandle::end_waits`] lets processes parked in lock waits go on first.
 pub struct MountHandle {
     bg: Option<BackgroundSession>,
     shared: Arc<Shared>,
     mountpoint: PathBuf,
+    locking: Option<Arc<Locking>>,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -237,12 +275,24 @@ impl MountHandle {
         stats(&self.shared)
     }
 
-    /// Unmounts and waits for the request loops to finish.
+    /// Answers every lock and I/O wait parked on this mount with `ENOLCK` and
+    /// returns how many there were. Unmounting does this first; a caller facing a
+    /// busy mount (`EBUSY`: files are still open) can do it to let the waiting
+    /// processes go on and close their files.
+    pub fn end_waits(&self) -> usize {
+        end_waits(&self.locking)
+    }
+
+    /// Unmounts and waits for the request loops to finish. Lock and I/O waits
+    /// parked on the mount are answered `ENOLCK` first, so their processes go on.
     pub fn unmount(mut self) -> Result<()> {
         self.unmount_inner()
     }
 
     fn unmount_inner(&mut self) -> Result<()> {
+        if self.bg.is_some() {
+            end_waits(&self.locking);
+        }
         match self.bg.take() {
             Some(bg) => bg.umount_and_join().map_err(|e| Error::Unmount {
                 path: self.mountpoint.clone(),
@@ -267,6 +317,7 @@ impl Drop for MountHandle {
 pub struct Unmounter {
     inner: Arc<Mutex<SessionUnmounter>>,
     mountpoint: PathBuf,
+    locking: Option<Arc<Locking>>,
 }
 
 impl std::fmt::Debug for Unmounter {
@@ -278,8 +329,10 @@ impl std::fmt::Debug for Unmounter {
 }
 
 impl Unmounter {
-    /// Unmounts; a second call does nothing.
+    /// Unmounts, answering parked lock and I/O waits `ENOLCK` first; a second call
+    /// does nothing.
     pub fn unmount(&self) -> Result<()> {
+        end_waits(&self.locking);
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -6,10 +6,81 @@
 //! (direct I/O), which is where mandatory lock checks will run.
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use fuser::FileAttr;
+
+use crate::context::LockContext;
+
+/// Which files get mandatory locking (`mandatory=off|file|all`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mandatory {
+    /// Locks are advisory only; every file may use kernel passthrough.
+    #[default]
+    Off,
+    /// The System V convention Linux followed before 5.15: a regular file with the
+    /// set-group-ID bit set and group-execute clear is mandatory.
+    File,
+    /// Every regular file is mandatory.
+    All,
+}
+
+impl Mandatory {
+    /// Whether a file with permission bits `perm` (and the given type) is mandatory.
+    pub fn applies(self, attr: &FileAttr) -> bool {
+        if attr.kind != fuser::FileType::RegularFile {
+            return false;
+        }
+        match self {
+            Mandatory::Off => false,
+            Mandatory::All => true,
+            Mandatory::File => is_mandatory_mode(u32::from(attr.perm)),
+        }
+    }
+}
+
+/// The System V mark: set-group-ID without group execute.
+pub fn is_mandatory_mode(mode: u32) -> bool {
+    mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID
+}
+
+impl FromStr for Mandatory {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Mandatory::Off),
+            "file" => Ok(Mandatory::File),
+            "all" => Ok(Mandatory::All),
+            _ => Err(format!("mandatory={s}: expected off, file or all")),
+        }
+    }
+}
+
+/// Where flock(2) locks live in the lock table (`flock=separate|shared`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FlockMode {
+    /// Their own namespace, as on native Linux: flock and POSIX locks never
+    /// conflict. The table keys them by the file's identity with bit 63 of the
+    /// device number set, which no real device number has.
+    #[default]
+    Separate,
+    /// Whole-file locks on the real file (as NFS clients emulate flock), so POSIX,
+    /// OFD and remote NLM locks meet local flock holders.
+    Shared,
+}
+
+impl FromStr for FlockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "separate" => Ok(FlockMode::Separate),
+            "shared" => Ok(FlockMode::Shared),
+            _ => Err(format!("flock={s}: expected separate or shared")),
+        }
+    }
+}
 
 /// How reads and writes of one open file are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,11 +137,21 @@ pub struct MountOptions {
     /// direct I/O and this is logged once.
     pub passthrough: bool,
     /// Ask the kernel to send POSIX and flock lock requests to the daemon
-    /// (`FUSE_POSIX_LOCKS`, `FUSE_FLOCK_LOCKS`). Off by default: the kernel then keeps
-    /// locks locally. While the lock table is not wired in, lock requests are
-    /// answered `ENOSYS` when this is on.
+    /// (`FUSE_POSIX_LOCKS`, `FUSE_FLOCK_LOCKS`), which keeps them in the lock table
+    /// of [`MountOptions::locks`] (a private one when that is `None`). Off by
+    /// default: the kernel then keeps locks locally and share reservations and
+    /// mandatory locking are off too.
     pub forward_locks: bool,
-    /// Chooses passthrough or direct I/O per file; `None` means passthrough.
+    /// The lock table, share table and wake-up router this mount serves. Several
+    /// mounts (and the NLM server) share one by cloning it. Setting it implies
+    /// [`MountOptions::forward_locks`].
+    pub locks: Option<LockContext>,
+    /// Which files get mandatory locking; needs locks to be forwarded.
+    pub mandatory: Mandatory,
+    /// Where flock locks live.
+    pub flock: FlockMode,
+    /// Chooses passthrough or direct I/O per file; `None` means passthrough (or,
+    /// with mandatory locking, direct I/O exactly for mandatory files).
     pub io_policy: Option<Arc<dyn IoPolicy>>,
 }
 
@@ -86,6 +167,9 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(1),
             passthrough: true,
             forward_locks: false,
+            locks: None,
+            mandatory: Mandatory::Off,
+            flock: FlockMode::Separate,
             io_policy: None,
         }
     }
@@ -103,6 +187,9 @@ impl fmt::Debug for MountOptions {
             .field("ttl", &self.ttl)
             .field("passthrough", &self.passthrough)
             .field("forward_locks", &self.forward_locks)
+            .field("locks", &self.locks.is_some())
+            .field("mandatory", &self.mandatory)
+            .field("flock", &self.flock)
             .field("io_policy", &self.io_policy.as_ref().map(|_| "custom"))
             .finish()
     }

@@ -62,6 +62,18 @@ fn owned(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The path the file behind `fd` has now, read from its `/proc/self/fd` link;
+/// `None` for a deleted file or an unreadable link.
+pub(crate) fn fd_path(fd: &OwnedFd) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsFd;
+    let link = proc_path(fd.as_fd());
+    let target = std::fs::read_link(OsStr::from_bytes(link.as_bytes())).ok()?;
+    if target.as_os_str().as_bytes().ends_with(b" (deleted)") {
+        return None;
+    }
+    Some(target)
+}
+
 /// `openat(2)` with `O_CLOEXEC` always added.
 pub(crate) fn openat(
     dir: BorrowedFd<'_>,

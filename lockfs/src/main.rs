@@ -1,8 +1,17 @@
-//! The `lockfs` command. Today it carries the lock-table demonstration;
-//! the daemon (`serve`), mounts and administration commands build on the
-//! same table.
+//! The `lockfs` command: the lock-table demonstration, a FUSE mount whose locks
+//! live in the lock table (`mount`), the listing of a running daemon (`locks`)
+//! and opens with share reservations (`share-open`).
 
+mod admin;
+mod config;
 mod demo;
+mod mount;
+mod serve;
+mod share_open;
+mod trace;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,11 +36,126 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount SOURCE at MOUNTPOINT through lockfs and serve it in the foreground
+    /// until SIGTERM or SIGINT (which unmount).
+    Mount {
+        source: PathBuf,
+        mountpoint: PathBuf,
+        /// Comma-separated options: mandatory=off|file|all, flock=separate|shared,
+        /// ro, threads=N, nopassthrough, socket=PATH.
+        #[arg(short = 'o')]
+        options: Vec<String>,
+    },
+    /// List every held and waiting lock and share reservation of running
+    /// daemons, like lslocks.
+    Locks {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Ask this admin socket only (default: every socket in /run/lockfs).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Open FILE with a share reservation and run CMD with it open on --fd.
+    ShareOpen {
+        /// What this open does: -, r, w or rw.
+        #[arg(long)]
+        access: String,
+        /// What others may not do while it is open: -, r, w or rw.
+        #[arg(long, default_value = "-")]
+        deny: String,
+        /// The descriptor CMD finds the file on.
+        #[arg(long, default_value_t = 3)]
+        fd: i32,
+        file: PathBuf,
+        #[arg(last = true, required = true)]
+        cmd: Vec<OsString>,
+    },
+    /// Run the daemon: mount every configured export through FUSE and serve
+    /// NLM and NSM to remote clients, all over one lock table. Without
+    /// --config, an embedded default under ./lockfs-data.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the NLM file handle (hex) of a file under an export, named
+    /// through the export's source or its mount point.
+    Fh {
+        path: PathBuf,
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Trace lock contention with eBPF: the kernel's file locks and a running
+    /// daemon's lock table, live like top, as one snapshot, or as JSON lines.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Mount {
+            source,
+            mountpoint,
+            options,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            mount::run(&source, &mountpoint, &options)?;
+        }
+        Command::Locks { json, socket } => {
+            let sockets = match socket {
+                Some(s) => vec![s],
+                None => admin::all_sockets(),
+            };
+            let mut rows = Vec::new();
+            for s in &sockets {
+                match admin::query(s) {
+                    Ok(r) => rows.extend(r),
+                    Err(e) if sockets.len() == 1 => return Err(e),
+                    Err(e) => eprintln!("lockfs: {e:#}"),
+                }
+            }
+            let text = if json {
+                serde_json::to_string_pretty(&rows)? + "\n"
+            } else {
+                fuse_lockfs::listing::format_table(&rows)
+            };
+            // A reader that stops early (`| head`) is not an error.
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = std::io::Write::write_all(&mut out, text.as_bytes()) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
+            }
+        }
+        Command::ShareOpen {
+            access,
+            deny,
+            fd,
+            file,
+            cmd,
+        } => share_open::run(&access, &deny, fd, &file, &cmd)?,
+        Command::Trace(args) => trace::run(&args)?,
+        Command::Serve { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            serve::run(config.as_deref())?;
+        }
+        Command::Fh { path, config } => {
+            println!("{}", serve::file_handle(config.as_deref(), &path)?);
+        }
         Command::Demo { json } => {
             let steps = demo::run();
             if json {

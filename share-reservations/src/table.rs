@@ -46,6 +46,32 @@ pub struct ShareInfo {
 
 type Reservations = SmallVec<[Reservation; 2]>;
 
+/// Tells `lockfs trace` that an open was refused (only called while a tracer
+/// asked for contention events; kept out of line so `reserve` stays small).
+#[cold]
+#[inline(never)]
+fn announce_refusal(req: &ShareRequest) {
+    use lockfs_probes::{EventKind, LockType, OwnerKind, ProbeEvent};
+    let owner_kind = match req.owner.kind {
+        lock_table::OwnerKind::Posix => OwnerKind::Posix,
+        lock_table::OwnerKind::Ofd => OwnerKind::Ofd,
+        lock_table::OwnerKind::Flock => OwnerKind::Flock,
+        lock_table::OwnerKind::Nlm | lock_table::OwnerKind::NlmShare => OwnerKind::Nlm,
+    };
+    // A share mode is no byte-range lock: whole file, exclusive if it asks
+    // to write or to deny anything, shared otherwise.
+    let exclusive = req.mode.access.writes() || req.mode.deny != crate::ShareDeny::NONE;
+    let ev = ProbeEvent::new(EventKind::ShareRefused, req.file.dev, req.file.ino)
+        .with_owner(owner_kind, req.pid)
+        .with_lock_type(if exclusive {
+            LockType::Exclusive
+        } else {
+            LockType::Shared
+        })
+        .with_timestamp(lockfs_probes::monotonic_ns());
+    lockfs_probes::share_refused(&ev);
+}
+
 /// Share reservations of every file. Independent of byte-range locks, as on
 /// Windows: a reservation neither takes nor checks a lock.
 #[derive(Debug, Default)]
@@ -72,6 +98,9 @@ impl ShareTable {
     /// against other owners; on refusal nothing changes.
     pub fn reserve(&mut self, req: &ShareRequest) -> Result<(), ShareConflict> {
         if let Some(held) = self.check(req.file, req.owner, req.mode) {
+            if lockfs_probes::contention_enabled() {
+                announce_refusal(req);
+            }
             return Err(ShareConflict {
                 requested: req.mode,
                 held,

@@ -70,10 +70,15 @@ fn handle(ctx: &ProbeContext, kind: EventKind) {
                 with_file_stats(&file, |s| s.attempts += 1);
             }
         }
-        EventKind::LockRefused | EventKind::ShareRefused | EventKind::IoBlocked => {
+        EventKind::LockRefused | EventKind::ShareRefused => {
             with_file_stats(&file, |s| s.conflicts += 1);
         }
-        EventKind::LockBlocked => {
+        // Blocked I/O without a waiter token was refused outright; with one
+        // it waits in the table's queue like a lock, and is timed the same way.
+        EventKind::IoBlocked if ev.waiter == 0 => {
+            with_file_stats(&file, |s| s.conflicts += 1);
+        }
+        EventKind::LockBlocked | EventKind::IoBlocked => {
             with_file_stats(&file, |s| {
                 s.conflicts += 1;
                 s.blocked += 1;

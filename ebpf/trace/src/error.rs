@@ -95,6 +95,14 @@ pub enum TraceError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The daemon's probe gate could not be found.
+    #[error("cannot open the probe gate of process {pid}: {reason}")]
+    Gate {
+        /// The daemon process.
+        pid: u32,
+        /// What is missing.
+        reason: String,
+    },
     /// A system call of the loader itself failed.
     #[error("{action}: {source}")]
     Io {

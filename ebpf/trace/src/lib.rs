@@ -9,6 +9,7 @@
 mod error;
 mod event;
 mod fs;
+mod gate;
 mod stats;
 mod symbols;
 mod tracefs;
@@ -17,6 +18,7 @@ mod tracer;
 pub use error::TraceError;
 pub use event::DecodeError;
 pub use event::Event;
+pub use gate::{DaemonGate, GATE_ALL, GATE_CONTENTION, GATE_SYMBOL};
 pub use lockfs_ebpf_common::{
     EventKind, FileKey, FileStats, KernelPoint, LockType, OwnerKind, Source, WaitEndReason,
     WaiterEntry, WaiterKey, ALL_MAPS, MAP_DIAG, MAP_EVENTS, MAP_FILES, MAP_WAITERS, MAP_WAIT_HIST,

@@ -114,6 +114,8 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let Some(handle) = self.handle.take() else {
+            // Unmounted by the test, successfully or not: leave no mount behind.
+            self.detach();
             return;
         };
         let (tx, rx) = mpsc::channel();
@@ -131,6 +133,12 @@ impl Drop for Fixture {
             }
         }
         // Whatever happened, leave no mount behind.
+        self.detach();
+    }
+}
+
+impl Fixture {
+    fn detach(&self) {
         if is_mounted(&self.mnt) {
             if let Ok(c) = CString::new(self.mnt.as_os_str().as_bytes()) {
                 // SAFETY: valid C string.

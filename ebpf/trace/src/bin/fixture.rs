@@ -2,6 +2,10 @@
 //!
 //! - `probes`: prints `ready`, waits for a line on stdin, then calls every
 //!   lockfs probe point with known events (see `fire_probes`), prints `done`.
+//! - `gated`: prints `ready`; then for each line on stdin announces a
+//!   blocked lock and its end (waiter 5) only if the probe gate asks for
+//!   contention events, as lockfs's call sites do, and prints `gate <value>`.
+//!   Exits at end of input.
 //! - `hold <path> <start> <len> [posix|ofd|flock]`: takes a write lock
 //!   without waiting, prints `locked`, waits for a line on stdin, unlocks,
 //!   prints `unlocked`.
@@ -77,6 +81,33 @@ fn fire_probes() {
             .with_waiter(31337)
             .with_wait_reason(WaitEndReason::Cancelled),
     );
+}
+
+fn gated() {
+    say("ready");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if lockfs_probes::contention_enabled() {
+            let ev = ProbeEvent::new(EventKind::LockBlocked, DEV, INO)
+                .with_owner(OwnerKind::Posix, std::process::id())
+                .with_range(0, 99)
+                .with_waiter(5);
+            lockfs_probes::lock_blocked(&ev);
+            lockfs_probes::wait_ended(
+                &ProbeEvent {
+                    kind: EventKind::WaitEnded as u32,
+                    ..ev
+                }
+                .with_wait_reason(WaitEndReason::Granted),
+            );
+        }
+        say(&format!("gate {}", lockfs_probes::gate()));
+    }
 }
 
 fn setlk(fd: i32, cmd: i32, typ: i32, start: i64, len: i64) -> std::io::Result<()> {
@@ -244,6 +275,10 @@ fn main() -> ExitCode {
             wait_for_line();
             fire_probes();
             say("done");
+            Ok(())
+        }
+        Some("gated") => {
+            gated();
             Ok(())
         }
         Some("hold") => lock_cmd(&args[1..], false),

@@ -1,0 +1,147 @@
+//! The state a lockfs mount shares with every other front door of the daemon: the
+//! lock table, the share-reservation table and the router that wakes parked FUSE
+//! requests.
+//!
+//! The file system never creates these itself: a daemon builds one
+//! [`LockContext`] and hands clones of it to each mount (and the same tables to
+//! its NLM server), so all of them enforce one set of locks.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use lock_table::{FileId, ScopeId, SharedTable};
+use share_reservations::ShareTable;
+
+use crate::fs::Shared;
+use crate::wake::Wakeups;
+
+/// Handles to the shared tables; cheap to clone.
+#[derive(Clone)]
+pub struct LockContext {
+    /// The lock table every front door locks against.
+    pub table: Arc<SharedTable>,
+    /// Share reservations of every open file and NLM SHARE.
+    pub shares: Arc<Mutex<ShareTable>>,
+    /// Parked FUSE requests; the table's notifier must pass events to
+    /// [`Wakeups::deliver`].
+    pub wakeups: Arc<Wakeups>,
+    /// The scope (service group) of the files these mounts serve.
+    pub scope: ScopeId,
+    mounts: Arc<Mutex<Vec<MountEntry>>>,
+    next_mount: Arc<AtomicU64>,
+}
+
+struct MountEntry {
+    id: u64,
+    shared: Weak<Shared>,
+    source: PathBuf,
+    mountpoint: PathBuf,
+}
+
+impl std::fmt::Debug for LockContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockContext")
+            .field("scope", &self.scope)
+            .field("wakeups", &self.wakeups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LockContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockContext {
+    /// A fresh lock table and share table whose wake-ups go to FUSE requests only.
+    pub fn new() -> Self {
+        let wakeups = Arc::new(Wakeups::new());
+        let w = wakeups.clone();
+        let table = Arc::new(SharedTable::new(move |e| {
+            if !w.deliver(e) {
+                tracing::debug!(token = e.token(), "event for a token no front door owns");
+            }
+        }));
+        Self::from_parts(table, Arc::new(Mutex::new(ShareTable::new())), wakeups)
+    }
+
+    /// A context over tables built elsewhere. The table's notifier must hand every
+    /// event whose token has [`crate::FUSE_TOKEN_BIT`] set to `wakeups.deliver`.
+    pub fn from_parts(
+        table: Arc<SharedTable>,
+        shares: Arc<Mutex<ShareTable>>,
+        wakeups: Arc<Wakeups>,
+    ) -> Self {
+        LockContext {
+            table,
+            shares,
+            wakeups,
+            scope: ScopeId::DEFAULT,
+            mounts: Arc::default(),
+            next_mount: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    pub(crate) fn shares(&self) -> MutexGuard<'_, ShareTable> {
+        self.shares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mounts(&self) -> MutexGuard<'_, Vec<MountEntry>> {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers mount `id` for path lookups in listings.
+    pub(crate) fn add_mount(
+        &self,
+        id: u64,
+        shared: &Arc<Shared>,
+        source: PathBuf,
+        mountpoint: PathBuf,
+    ) {
+        let mut m = self.mounts();
+        m.retain(|e| e.shared.strong_count() > 0);
+        m.push(MountEntry {
+            id,
+            shared: Arc::downgrade(shared),
+            source,
+            mountpoint,
+        });
+    }
+
+    pub(crate) fn remove_mount(&self, id: u64) {
+        self.mounts().retain(|e| e.id != id);
+    }
+
+    /// A new mount's id, for mounts that are not registered (tests).
+    pub(crate) fn mount_id(&self) -> u64 {
+        self.next_mount.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Where `file` can be reached now: its path under a mount point that knows it.
+    ///
+    /// The path is read from the daemon's descriptor of the backing file, so it
+    /// follows renames; a file the kernel no longer caches has no path.
+    pub fn path_of(&self, file: FileId) -> Option<PathBuf> {
+        let key = crate::inode::FileKey {
+            dev: file.dev & !crate::locking::FLOCK_DEV_BIT,
+            ino: file.ino,
+        };
+        for m in self.mounts().iter() {
+            let Some(shared) = m.shared.upgrade() else {
+                continue;
+            };
+            let Some(inode) = shared.inodes.by_key(&key) else {
+                continue;
+            };
+            let Some(backing) = crate::sys::fd_path(&inode.fd) else {
+                continue;
+            };
+            if let Ok(rel) = backing.strip_prefix(&m.source) {
+                return Some(m.mountpoint.join(rel));
+            }
+        }
+        None
+    }
+}

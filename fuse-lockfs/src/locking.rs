@@ -1,0 +1,483 @@
+//! Lock requests, close semantics and mandatory-lock checks of one mount: the
+//! translation between FUSE requests and the shared lock table.
+//!
+//! - `SETLK`/`SETLKW`/`GETLK` become table locks, unlocks and tests. POSIX locks
+//!   are owned by the kernel's `lock_owner`, OFD locks by the open file, flock
+//!   locks by the open file in their own namespace (or on the real file with
+//!   `flock=shared`); see [`crate::owners`] for how POSIX and OFD are told apart.
+//! - Waits never block a request loop: the reply is parked (see [`crate::wake`])
+//!   and answered by the grant, an interrupt or the end of the mount.
+//! - `FLUSH` drops the closer's POSIX locks on the file; `RELEASE` drops the OFD
+//!   and flock locks of the open file.
+//! - Reads, writes and truncates of mandatory files are checked with
+//!   [`lock_table::LockTable::io`]; a conflict fails `EAGAIN` on an `O_NONBLOCK`
+//!   open and otherwise waits, interruptibly.
+//!
+//! # errno values
+//! | situation | errno |
+//! |---|---|
+//! | non-blocking lock meets a conflict | `EAGAIN` |
+//! | blocking lock would deadlock (POSIX owners) | `EDEADLK` |
+//! | a signal interrupts a wait | `EINTR` |
+//! | the scope is in its grace period | `ENOLCK` |
+//! | the table dropped a waiter, or the mount ended under it | `ENOLCK` |
+//! | mandatory I/O meets a conflict on an `O_NONBLOCK` open | `EAGAIN` |
+//!
+//! `F_GETLK` reports the holder's pid for POSIX locks; for OFD and flock holders
+//! and remote NLM holders it reports 0, because FUSE carries the pid as an
+//! unsigned number the kernel maps through its pid namespace: -1 cannot be sent.
+//! (`F_OFD_GETLK` callers always see -1, which the kernel fills in itself.)
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuser::Errno;
+use lock_table::{
+    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Owner, OwnerKind,
+    Range, Refusal, TestOutcome, TestRequest, Wait,
+};
+use rustc_hash::FxHashMap;
+use share_reservations::ShareMode;
+
+use crate::context::LockContext;
+use crate::handles::OpenFile;
+use crate::options::{FlockMode, Mandatory};
+use crate::owners::{Class, Owners};
+use crate::wake::{Continuation, Parked, Wake};
+
+/// Set in the device number of flock locks kept in their own namespace. Linux
+/// device numbers are 32 bits wide, so no real file has it.
+pub const FLOCK_DEV_BIT: u64 = 1 << 63;
+
+/// How long a share-open request waits for its process to open the file.
+const PENDING_TTL: Duration = Duration::from_secs(30);
+
+/// The largest offset FUSE lock requests carry (`OFFSET_MAX`): "to end of file".
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// Lock state of one mount.
+pub(crate) struct Locking {
+    pub(crate) ctx: LockContext,
+    pub(crate) mount: u64,
+    pub(crate) mandatory: Mandatory,
+    pub(crate) flock: FlockMode,
+    pub(crate) owners: Owners,
+    /// Share-open requests: (pid, file) -> mode, consumed by that pid's next open.
+    pending: Mutex<FxHashMap<(u32, FileId), (ShareMode, Instant)>>,
+}
+
+impl std::fmt::Debug for Locking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locking")
+            .field("mount", &self.mount)
+            .field("mandatory", &self.mandatory)
+            .field("flock", &self.flock)
+            .finish_non_exhaustive()
+    }
+}
+
+fn errno(n: i32) -> Errno {
+    Errno::from_i32(n)
+}
+
+/// The errno a refused lock or I/O request gets.
+pub(crate) fn refusal_errno(r: Refusal) -> Errno {
+    match r {
+        Refusal::Conflict(_) => errno(libc::EAGAIN),
+        Refusal::Deadlock => errno(libc::EDEADLK),
+        Refusal::Grace | Refusal::NotInGrace => errno(libc::ENOLCK),
+    }
+}
+
+/// A FUSE lock range (inclusive end, `OFFSET_MAX` for "to end of file") as a
+/// table range.
+pub(crate) fn fuse_range(start: u64, end: u64) -> Result<Range, Errno> {
+    let end = if end >= OFFSET_MAX { u64::MAX } else { end };
+    Range::new(start, end).map_err(|_| errno(libc::EINVAL))
+}
+
+/// A table range as FUSE reports it.
+pub(crate) fn range_to_fuse(r: Range) -> (u64, u64) {
+    let end = if r.is_to_eof() {
+        OFFSET_MAX
+    } else {
+        r.end().min(OFFSET_MAX)
+    };
+    (r.start().min(OFFSET_MAX), end)
+}
+
+/// The byte range an I/O of `len` bytes at `offset` touches, if any.
+pub(crate) fn io_range(offset: u64, len: u64) -> Option<Range> {
+    if len == 0 {
+        return None;
+    }
+    Some(Range::new(offset, offset.saturating_add(len - 1)).unwrap_or(Range::to_eof(offset)))
+}
+
+/// The identity flock locks of `file` use in their own namespace.
+pub(crate) fn flock_file_id(file: FileId) -> FileId {
+    FileId::new(file.dev | FLOCK_DEV_BIT, file.ino)
+}
+
+impl Locking {
+    pub(crate) fn new(
+        ctx: LockContext,
+        mount: u64,
+        mandatory: Mandatory,
+        flock: FlockMode,
+    ) -> Self {
+        Locking {
+            ctx,
+            mount,
+            mandatory,
+            flock,
+            owners: Owners::default(),
+            pending: Mutex::default(),
+        }
+    }
+
+    /// The table owner, file and range of a lock request.
+    pub(crate) fn lock_target(
+        &self,
+        file: &OpenFile,
+        fh: u64,
+        lock_owner: u64,
+        pids: [u32; 2],
+        range: Range,
+        flock: bool,
+    ) -> (Owner, FileId, Range) {
+        if flock {
+            let id = match self.flock {
+                FlockMode::Separate => flock_file_id(file.file_id),
+                FlockMode::Shared => file.file_id,
+            };
+            return (Owner::flock(fh), id, Range::WHOLE);
+        }
+        let owner = match self.owners.classify(lock_owner, fh, pids) {
+            Class::Posix => Owner::posix(lock_owner),
+            Class::Ofd { fh } => Owner::ofd(fh),
+        };
+        file.note_lock_owner(lock_owner);
+        (owner, file.file_id, range)
+    }
+
+    /// Sets or clears a lock without waiting.
+    pub(crate) fn set_now(&self, req: LockRequest, unlock: bool, flock: bool) -> Result<(), Errno> {
+        let table = &self.ctx.table;
+        if unlock {
+            table.with(|t| t.unlock(req.file, req.owner, req.range));
+            return Ok(());
+        }
+        match table.with(|t| {
+            if flock {
+                flock_convert(t, &req);
+            }
+            t.lock(&req)
+        }) {
+            LockOutcome::Granted => Ok(()),
+            LockOutcome::Refused(r) => Err(refusal_errno(r)),
+            LockOutcome::Queued(id) => {
+                // A non-waiting request never queues; be safe anyway.
+                table.with(|t| t.cancel(id));
+                Err(errno(libc::EAGAIN))
+            }
+        }
+    }
+
+    /// Sets a lock, waiting for conflicts to clear; `reply` gets the outcome.
+    pub(crate) fn set_wait(
+        &self,
+        unique: u64,
+        mut req: LockRequest,
+        flock: bool,
+        reply: impl FnOnce(Result<(), Errno>) + Send + 'static,
+    ) {
+        let cont: Continuation = Box::new(move |w| {
+            reply(match w {
+                Wake::Granted => Ok(()),
+                Wake::Interrupted => Err(errno(libc::EINTR)),
+                Wake::Dropped => Err(errno(libc::ENOLCK)),
+                Wake::Refused(e) => Err(e),
+            })
+        });
+        let wake = &self.ctx.wakeups;
+        let token = match wake.park(self.mount, unique, cont) {
+            Parked::Token(t) => t,
+            Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
+        };
+        req.wait = Wait::Yes { token };
+        let table = &self.ctx.table;
+        let out = table.with(|t| {
+            if flock {
+                flock_convert(t, &req);
+            }
+            t.lock(&req)
+        });
+        match out {
+            LockOutcome::Queued(id) => wake.queued(token, id, table),
+            LockOutcome::Granted => {
+                if let Some(c) = wake.take(token) {
+                    c(Wake::Granted)
+                }
+            }
+            LockOutcome::Refused(r) => {
+                if let Some(c) = wake.take(token) {
+                    c(Wake::Refused(refusal_errno(r)))
+                }
+            }
+        }
+    }
+
+    /// Answers F_GETLK: `(start, end, type, pid)` of the first conflicting lock,
+    /// or `F_UNLCK`.
+    pub(crate) fn test(&self, req: TestRequest) -> (u64, u64, i32, u32) {
+        match self.ctx.table.read(|t| t.test(&req)) {
+            TestOutcome::Free | TestOutcome::Grace => (0, 0, libc::F_UNLCK, 0),
+            TestOutcome::Conflict(h) => {
+                let (start, end) = range_to_fuse(h.range);
+                let typ = match h.kind {
+                    LockKind::Shared => libc::F_RDLCK,
+                    LockKind::Exclusive => libc::F_WRLCK,
+                };
+                let pid = match h.owner.kind {
+                    OwnerKind::Posix if !h.owner.is_remote() => h.pid,
+                    _ => 0,
+                };
+                (start, end, typ, pid)
+            }
+        }
+    }
+
+    /// `FLUSH`: the process owning `lock_owner` closed a descriptor of the file.
+    pub(crate) fn flush(&self, file: &OpenFile, pid: u32, lock_owner: u64) {
+        let fixed = self.owners.seen_posix(pid, lock_owner);
+        let id = file.file_id;
+        self.ctx.table.with(|t| {
+            if let Some(fh) = fixed {
+                t.release_owner_on_file(Owner::ofd(fh), id);
+            }
+            t.release_owner_on_file(Owner::posix(lock_owner), id);
+        });
+    }
+
+    /// `RELEASE`: the last descriptor of open file `fh` is gone.
+    pub(crate) fn release(&self, file: &OpenFile, fh: u64) {
+        let id = file.file_id;
+        let maybe_ofd: Vec<u64> = file
+            .lock_owners()
+            .into_iter()
+            .filter(|l| !self.owners.is_known_posix(*l))
+            .collect();
+        self.ctx.table.with(|t| {
+            for l in &maybe_ofd {
+                t.release_owner_on_file(Owner::posix(*l), id);
+            }
+            t.release_open_file(fh);
+        });
+        self.ctx.shares().release(id, Owner::ofd(fh));
+        self.owners.forget_file(fh);
+    }
+
+    /// Drops everything held through open file `fh` when the mount ends without
+    /// the kernel releasing it (an aborted connection): its OFD, flock and share
+    /// state and the POSIX locks of every owner that used it.
+    pub(crate) fn release_abandoned(&self, file: &OpenFile, fh: u64) {
+        let id = file.file_id;
+        let owners = file.lock_owners();
+        self.ctx.table.with(|t| {
+            for l in &owners {
+                t.release_owner_on_file(Owner::posix(*l), id);
+            }
+            t.release_open_file(fh);
+        });
+        self.ctx.shares().release(id, Owner::ofd(fh));
+        self.owners.forget_file(fh);
+    }
+
+    /// Registers a share-open request of `pid` for `file`.
+    pub(crate) fn add_pending(&self, pid: u32, file: FileId, mode: ShareMode) {
+        let now = Instant::now();
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.retain(|_, (_, t)| now.duration_since(*t) < PENDING_TTL);
+        p.insert((pid, file), (mode, now));
+    }
+
+    /// Takes the share-open request of `pid` for `file`, if any.
+    pub(crate) fn take_pending(&self, pid: u32, file: FileId) -> Option<ShareMode> {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_empty() {
+            return None;
+        }
+        let (mode, t) = p.remove(&(pid, file))?;
+        (t.elapsed() < PENDING_TTL).then_some(mode)
+    }
+
+    /// The owners whose locks count as the caller's own for I/O through `file`
+    /// (handle `fh`): its POSIX owner, and the not-POSIX owner used through the
+    /// open file. The table takes two; when the caller's POSIX owner is unknown
+    /// (truncate by path before it ever closed a file) the open file stands in.
+    pub(crate) fn io_selves(
+        &self,
+        file: Option<(&OpenFile, u64)>,
+        lock_owner: Option<u64>,
+        pid: u32,
+    ) -> (Owner, Option<Owner>) {
+        let mine = lock_owner.or_else(|| self.owners.posix_of(pid));
+        let open_file = file.map(|(f, fh)| {
+            let ofd = f
+                .lock_owners()
+                .into_iter()
+                .find(|l| Some(*l) != mine && !self.owners.is_known_posix(*l));
+            match ofd {
+                Some(l) => match self.owners.classify_known(l) {
+                    Some(Class::Ofd { fh }) => Owner::ofd(fh),
+                    _ => Owner::posix(l),
+                },
+                None if self.flock == FlockMode::Shared => Owner::flock(fh),
+                None => Owner::ofd(fh),
+            }
+        });
+        match (mine, open_file) {
+            (Some(l), o) => (Owner::posix(l), o),
+            (None, Some(o)) => (o, None),
+            // Nobody to count as own: an owner that holds nothing.
+            (None, None) => (Owner::ofd(0), None),
+        }
+    }
+
+    /// Checks mandatory-locked I/O on `file_id` and runs `run` once it may
+    /// proceed: at once, or after waiting for the conflicting locks to go. `run`
+    /// gets the error instead when the I/O must not happen.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gate(
+        self: &Arc<Self>,
+        unique: u64,
+        pid: u32,
+        file_id: FileId,
+        file: Option<(Arc<OpenFile>, u64)>,
+        lock_owner: Option<u64>,
+        checks: Vec<(Access, Range)>,
+        nonblock: bool,
+        run: Box<dyn FnOnce(Result<(), Errno>) + Send>,
+    ) {
+        let (owner, open_file) =
+            self.io_selves(file.as_ref().map(|(f, fh)| (&**f, *fh)), lock_owner, pid);
+        let wake = &self.ctx.wakeups;
+        let table = &self.ctx.table;
+        for &(access, range) in &checks {
+            let free = table
+                .read(|t| t.io_check(file_id, access, range, owner, open_file))
+                .is_none();
+            if free {
+                continue;
+            }
+            if nonblock {
+                return run(Err(errno(libc::EAGAIN)));
+            }
+            // Wait for this conflict to clear, then check everything again.
+            let me = self.clone();
+            let cont: Continuation = Box::new(move |w| match w {
+                Wake::Granted => {
+                    me.gate(unique, pid, file_id, file, lock_owner, checks, false, run)
+                }
+                Wake::Interrupted => run(Err(errno(libc::EINTR))),
+                Wake::Dropped => run(Err(errno(libc::ENOLCK))),
+                Wake::Refused(e) => run(Err(e)),
+            });
+            let token = match wake.park(self.mount, unique, cont) {
+                Parked::Token(t) => t,
+                Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
+            };
+            let req = IoRequest {
+                file: file_id,
+                access,
+                range,
+                owner,
+                open_file,
+                pid,
+                wait: Wait::Yes { token },
+            };
+            match table.with(|t| t.io(&req)) {
+                IoOutcome::Queued(id) => wake.queued(token, id, table),
+                IoOutcome::Allowed => {
+                    if let Some(c) = wake.take(token) {
+                        c(Wake::Granted)
+                    }
+                }
+                IoOutcome::Refused(r) => {
+                    if let Some(c) = wake.take(token) {
+                        c(Wake::Refused(refusal_errno(r)))
+                    }
+                }
+            }
+            return;
+        }
+        run(Ok(()))
+    }
+
+    /// Whether I/O needs no wait: nobody holds a conflicting lock.
+    pub(crate) fn io_free(
+        &self,
+        file_id: FileId,
+        file: Option<(&OpenFile, u64)>,
+        lock_owner: Option<u64>,
+        pid: u32,
+        checks: &[(Access, Range)],
+    ) -> bool {
+        let (owner, open_file) = self.io_selves(file, lock_owner, pid);
+        self.ctx.table.read(|t| {
+            checks
+                .iter()
+                .all(|&(a, r)| t.io_check(file_id, a, r, owner, open_file).is_none())
+        })
+    }
+}
+
+/// flock(2) converts a lock by dropping the old one first, so that two shared
+/// holders upgrading at once do not deadlock (as Linux `flock_lock_inode` does).
+fn flock_convert(t: &mut lock_table::LockTable, req: &LockRequest) {
+    let held = t
+        .held_on(req.file)
+        .into_iter()
+        .find(|h| h.owner == req.owner)
+        .map(|h| h.kind);
+    if held.is_some_and(|k| k != req.kind) {
+        t.unlock(req.file, req.owner, Range::WHOLE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuse_ranges_map_offset_max_to_the_end_of_the_space() {
+        let r = fuse_range(10, OFFSET_MAX).unwrap();
+        assert!(r.is_to_eof());
+        assert_eq!(range_to_fuse(r), (10, OFFSET_MAX));
+        let r = fuse_range(0, 99).unwrap();
+        assert_eq!((r.start(), r.end()), (0, 99));
+        assert_eq!(range_to_fuse(r), (0, 99));
+        assert_eq!(fuse_range(5, 4), Err(errno(libc::EINVAL)));
+        assert_eq!(io_range(7, 0), None);
+        assert_eq!(
+            io_range(u64::MAX - 1, 10),
+            Some(Range::to_eof(u64::MAX - 1))
+        );
+    }
+
+    #[test]
+    fn flock_ids_never_meet_real_files() {
+        let real = FileId::new(0x803, 42);
+        let f = flock_file_id(real);
+        assert_ne!(f, real);
+        assert_eq!(f.ino, 42);
+        assert_eq!(f.dev & !FLOCK_DEV_BIT, real.dev);
+    }
+
+    #[test]
+    fn refusals_map_to_errno() {
+        assert_eq!(refusal_errno(Refusal::Deadlock), errno(libc::EDEADLK));
+        assert_eq!(refusal_errno(Refusal::Grace), errno(libc::ENOLCK));
+    }
+}

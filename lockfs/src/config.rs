@@ -1,0 +1,550 @@
+//! The daemon's configuration file (TOML) and the embedded default.
+//!
+//! Every error names the offending key and its line, whether the TOML does
+//! not parse, a key is unknown or mistyped, or a value is wrong in context (a
+//! duplicate export name, an export naming a group that is not declared, a
+//! bad client block).
+//!
+//! ```toml
+//! node_name = "nfs-a"                  # default: this machine's host name
+//! state_dir = "/var/lib/lockfs"        # NSM state, client lists, handle key
+//! admin_socket = "/run/lockfs/admin.sock"
+//! grace_period = 90                    # seconds, or "90s", "2m"
+//!
+//! [listen]
+//! addresses = ["127.0.0.1"]            # NLM and NSM, UDP and TCP
+//! port = 0                             # 0: any free port, registered with rpcbind
+//!
+//! [limits]
+//! owners_per_host = 4096
+//! waiters = 65536
+//! connections = 1024
+//!
+//! [[group]]                            # a service group: its own grace period
+//! name = "default"                     # and client list; fails over as a unit
+//! grace_period = 45
+//!
+//! [[export]]
+//! name = "data"
+//! source = "/srv/data"                 # the directory served
+//! mountpoint = "/mnt/data"             # where local programs reach it
+//! group = "default"                    # default: "default"
+//! mandatory = "file"                   # off | file | all
+//! flock = "local"                      # local | shared
+//! clients = ["10.0.0.0/8", "::1"]      # NLM clients allowed; default: any
+//! read_only = false
+//! ```
+
+use lockd_user::exports::Cidr;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use toml::Spanned;
+
+/// The group every export belongs to unless it names another.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// A configuration error, with the line it was found on when known.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {0}", path = .1)]
+    Read(#[source] std::io::Error, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MandatoryPolicy {
+    Off,
+    File,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlockPolicy {
+    /// flock locks conflict only with flock locks, as on native Linux.
+    Local,
+    /// flock locks are whole-file locks in the shared table, seen by NLM.
+    Shared,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_name: Option<String>,
+    state_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    grace_period: Option<Spanned<RawDuration>>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    group: Vec<RawGroup>,
+    #[serde(default)]
+    export: Vec<RawExport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addresses: Option<Vec<Spanned<String>>>,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    owners_per_host: Option<usize>,
+    waiters: Option<usize>,
+    connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Spanned<String>,
+    grace_period: Option<Spanned<RawDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    name: Spanned<String>,
+    source: Spanned<PathBuf>,
+    mountpoint: Spanned<PathBuf>,
+    group: Option<Spanned<String>>,
+    mandatory: Option<MandatoryPolicy>,
+    flock: Option<FlockPolicy>,
+    clients: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A service group after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    /// Scope id in the lock table: stable for a given configuration (the
+    /// order groups are declared in, the default group first).
+    pub scope: u32,
+    pub grace: Duration,
+}
+
+/// An export after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    pub name: String,
+    /// Stable id (1-based position in the file); part of NLM file handles.
+    pub id: u32,
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    pub group: String,
+    pub mandatory: MandatoryPolicy,
+    pub flock: FlockPolicy,
+    /// Empty: every client is allowed.
+    pub clients: Vec<Cidr>,
+    pub read_only: bool,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub listen: Vec<IpAddr>,
+    pub port: u16,
+    pub owners_per_host: usize,
+    pub waiters: usize,
+    pub connections: usize,
+    pub groups: Vec<Group>,
+    pub exports: Vec<Export>,
+}
+
+impl Config {
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
+    match raw {
+        RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
+        RawDuration::Text(t) => {
+            let t = t.trim();
+            let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("{t:?} is not a duration (use 90, \"90s\", \"2m\")"))?;
+            let secs = match unit.trim() {
+                "" | "s" => n,
+                "m" => n.saturating_mul(60),
+                "h" => n.saturating_mul(3600),
+                other => return Err(format!("unknown unit {other:?} (use s, m or h)")),
+            };
+            Ok(Duration::from_secs(secs))
+        }
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Parse and validate configuration text. `path` names the source in errors.
+pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let invalid = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
+        path: path.to_string(),
+        line: line_of(text, span.start),
+        key: key.to_string(),
+        message,
+    };
+
+    let default_grace = match &raw.grace_period {
+        Some(g) => parse_duration(g.get_ref()).map_err(|m| invalid(g.span(), "grace_period", m))?,
+        None => Duration::from_secs(90),
+    };
+
+    let mut groups = vec![Group {
+        name: DEFAULT_GROUP.to_string(),
+        scope: 0,
+        grace: default_grace,
+    }];
+    for g in &raw.group {
+        let name = g.name.get_ref();
+        if name.is_empty() {
+            return Err(invalid(
+                g.name.span(),
+                "group.name",
+                "must not be empty".into(),
+            ));
+        }
+        let grace = match &g.grace_period {
+            Some(d) => parse_duration(d.get_ref())
+                .map_err(|m| invalid(d.span(), "group.grace_period", m))?,
+            None => default_grace,
+        };
+        if name == DEFAULT_GROUP {
+            groups[0].grace = grace;
+            continue;
+        }
+        if groups.iter().any(|x| &x.name == name) {
+            return Err(invalid(
+                g.name.span(),
+                "group.name",
+                format!("group {name:?} is declared twice"),
+            ));
+        }
+        let scope = groups.len() as u32;
+        groups.push(Group {
+            name: name.clone(),
+            scope,
+            grace,
+        });
+    }
+
+    let mut exports = Vec::new();
+    let mut names: BTreeMap<String, ()> = BTreeMap::new();
+    for (i, e) in raw.export.iter().enumerate() {
+        let name = e.name.get_ref();
+        if name.is_empty() || name.contains('/') {
+            return Err(invalid(
+                e.name.span(),
+                "export.name",
+                "must be non-empty and contain no '/'".into(),
+            ));
+        }
+        if names.insert(name.clone(), ()).is_some() {
+            return Err(invalid(
+                e.name.span(),
+                "export.name",
+                format!("export {name:?} is declared twice"),
+            ));
+        }
+        for (key, p) in [
+            ("export.source", &e.source),
+            ("export.mountpoint", &e.mountpoint),
+        ] {
+            if !p.get_ref().is_absolute() {
+                return Err(invalid(
+                    p.span(),
+                    key,
+                    format!("{} is not an absolute path", p.get_ref().display()),
+                ));
+            }
+        }
+        if e.source.get_ref() == e.mountpoint.get_ref() {
+            return Err(invalid(
+                e.mountpoint.span(),
+                "export.mountpoint",
+                "must differ from source".into(),
+            ));
+        }
+        let group = match &e.group {
+            Some(g) => {
+                if !groups.iter().any(|x| &x.name == g.get_ref()) {
+                    return Err(invalid(
+                        g.span(),
+                        "export.group",
+                        format!("no [[group]] named {:?} is declared", g.get_ref()),
+                    ));
+                }
+                g.get_ref().clone()
+            }
+            None => DEFAULT_GROUP.to_string(),
+        };
+        let mut clients = Vec::new();
+        for c in e.clients.iter().flatten() {
+            let cidr: Cidr =
+                c.get_ref()
+                    .parse()
+                    .map_err(|err: lockd_user::exports::CidrError| {
+                        invalid(c.span(), "export.clients", err.to_string())
+                    })?;
+            clients.push(cidr);
+        }
+        exports.push(Export {
+            name: name.clone(),
+            id: i as u32 + 1,
+            source: e.source.get_ref().clone(),
+            mountpoint: e.mountpoint.get_ref().clone(),
+            group,
+            mandatory: e.mandatory.unwrap_or(MandatoryPolicy::Off),
+            flock: e.flock.unwrap_or(FlockPolicy::Local),
+            clients,
+            read_only: e.read_only,
+        });
+    }
+    if exports.is_empty() {
+        return Err(ConfigError::Parse {
+            path: path.to_string(),
+            message: "no [[export]] is configured".into(),
+        });
+    }
+
+    let mut listen = Vec::new();
+    match &raw.listen.addresses {
+        Some(addrs) => {
+            for a in addrs {
+                let ip: IpAddr = a.get_ref().parse().map_err(|_| {
+                    invalid(
+                        a.span(),
+                        "listen.addresses",
+                        format!("{:?} is not an IP address", a.get_ref()),
+                    )
+                })?;
+                listen.push(ip);
+            }
+        }
+        None => listen.push(IpAddr::from([127, 0, 0, 1])),
+    }
+
+    Ok(Config {
+        node_name: raw.node_name.unwrap_or_else(this_host),
+        state_dir: raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/lockfs")),
+        admin_socket: raw
+            .admin_socket
+            .unwrap_or_else(|| PathBuf::from("/run/lockfs/admin.sock")),
+        listen,
+        port: raw.listen.port.unwrap_or(0),
+        owners_per_host: raw.limits.owners_per_host.unwrap_or(4096),
+        waiters: raw.limits.waiters.unwrap_or(65_536),
+        connections: raw.limits.connections.unwrap_or(1024),
+        groups,
+        exports,
+    })
+}
+
+/// Read and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Read(e, path.display().to_string()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// The configuration used when none is given: one export of
+/// `BASE/export` mounted on `BASE/mnt` (mandatory locking by the set-group-ID
+/// convention), state in `BASE/state`, the default admin socket, services on
+/// 127.0.0.1, a short grace period.
+pub fn embedded_default(base: &Path) -> Config {
+    let text = format!(
+        r#"
+state_dir = {state:?}
+grace_period = 15
+
+[listen]
+addresses = ["127.0.0.1"]
+
+[[export]]
+name = "default"
+source = {src:?}
+mountpoint = {mnt:?}
+mandatory = "file"
+"#,
+        state = base.join("state"),
+        src = base.join("export"),
+        mnt = base.join("mnt"),
+    );
+    // The text above is fixed apart from the paths, which must be absolute.
+    parse(&text, "embedded default").expect("the embedded default configuration is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, "lockfs.toml").unwrap_err().to_string()
+    }
+
+    const MINIMAL: &str = r#"
+[[export]]
+name = "data"
+source = "/srv/data"
+mountpoint = "/mnt/data"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL, "x").unwrap();
+        assert_eq!(c.exports.len(), 1);
+        let e = &c.exports[0];
+        assert_eq!(
+            (e.id, e.group.as_str(), e.mandatory, e.flock),
+            (1, "default", MandatoryPolicy::Off, FlockPolicy::Local)
+        );
+        assert!(e.clients.is_empty());
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].grace, Duration::from_secs(90));
+        assert_eq!(c.listen, vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"
+node_name = "nfs-a"
+state_dir = "/var/lib/lockfs"
+grace_period = "2m"
+[listen]
+addresses = ["127.0.0.1", "::1"]
+port = 4045
+[limits]
+waiters = 10
+[[group]]
+name = "g1"
+grace_period = 30
+[[export]]
+name = "a"
+source = "/srv/a"
+mountpoint = "/mnt/a"
+group = "g1"
+mandatory = "all"
+flock = "shared"
+clients = ["10.0.0.0/8", "::1"]
+read_only = true
+[[export]]
+name = "b"
+source = "/srv/b"
+mountpoint = "/mnt/b"
+"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.node_name, "nfs-a");
+        assert_eq!(c.port, 4045);
+        assert_eq!(c.waiters, 10);
+        assert_eq!(c.group("default").unwrap().grace, Duration::from_secs(120));
+        assert_eq!(c.group("g1").unwrap().grace, Duration::from_secs(30));
+        assert_eq!(c.group("g1").unwrap().scope, 1);
+        let a = &c.exports[0];
+        assert_eq!(
+            (a.mandatory, a.flock, a.read_only, a.clients.len()),
+            (MandatoryPolicy::All, FlockPolicy::Shared, true, 2)
+        );
+        assert!(a.clients[0].contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(c.exports[1].id, 2);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = err(
+            "[[export]]\nname = \"a\"\nsource = \"/s\"\nmountpoint = \"/m\"\ngroup = \"nope\"\n",
+        );
+        assert!(e.contains("lockfs.toml:5: export.group"), "{e}");
+        let e = err("[[export]]\nname = \"a\"\nsource = \"/s\"\nmountpoint = \"/m\"\nclients = [\"10.0.0.0/33\"]\n");
+        assert!(e.contains(":5: export.clients"), "{e}");
+        let e = err("[[export]]\nname = \"a\"\nsource = \"relative\"\nmountpoint = \"/m\"\n");
+        assert!(e.contains(":3: export.source"), "{e}");
+        let dup = format!("{MINIMAL}{MINIMAL}");
+        let e = err(&dup);
+        assert!(e.contains(":8: export.name") && e.contains("twice"), "{e}");
+        let e = err(&format!("grace_period = \"9 fortnights\"\n{MINIMAL}"));
+        assert!(e.contains(":1: grace_period"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_name_the_line() {
+        let e = err(&format!("{MINIMAL}mandatroy = \"file\"\n"));
+        assert!(e.contains("line 6") && e.contains("mandatroy"), "{e}");
+        let e = err(&format!("{MINIMAL}mandatory = \"sometimes\"\n"));
+        assert!(e.contains("line 6") && e.contains("sometimes"), "{e}");
+        let e = err("[listen]\nport = \"high\"\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("this is not toml");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn no_export_is_an_error() {
+        assert!(err("node_name = \"x\"\n").contains("no [[export]]"));
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_under_base() {
+        let c = embedded_default(Path::new("/tmp/base"));
+        assert_eq!(c.exports[0].source, PathBuf::from("/tmp/base/export"));
+        assert_eq!(c.exports[0].mountpoint, PathBuf::from("/tmp/base/mnt"));
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/base/state"));
+        assert_eq!(c.exports[0].mandatory, MandatoryPolicy::File);
+    }
+}

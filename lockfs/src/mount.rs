@@ -1,0 +1,158 @@
+//! `lockfs mount SOURCE MOUNTPOINT [-o OPTIONS]`: serve one lockfs mount in the
+//! foreground until SIGTERM or SIGINT, which unmount cleanly.
+//!
+//! Options (comma-separated, as in `/etc/fstab`):
+//! - `mandatory=off|file|all` (default `off`), `flock=separate|shared`
+//!   (default `separate`)
+//! - `ro`, `rw`, `threads=N`, `nopassthrough`
+//! - `socket=PATH`: the admin socket (default under `/run/lockfs/`)
+//! - `defaults`, `auto`, `noauto`, `nofail`, `_netdev`, `user`, `nouser`,
+//!   `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `atime`, `noatime`,
+//!   `relatime` and `x-*` options are accepted and ignored (mount(8) and systemd
+//!   pass them on).
+//!
+//! The daemon builds one [`LockContext`] and hands it to the mount; a daemon
+//! serving several mounts and the NLM server passes the same context to each.
+//!
+//! # /etc/fstab
+//! With `lockfs` in root's `PATH` and `scripts/mount.fuse.lockfs` installed as
+//! `/sbin/mount.fuse.lockfs`, a line such as
+//! `/srv/data /mnt/data fuse.lockfs defaults,mandatory=file 0 0` mounts at boot or
+//! with `mount /mnt/data`; `umount /mnt/data` ends the daemon.
+//!
+//! # A stale mount
+//! If the daemon is killed without unmounting, the mount point answers
+//! "Transport endpoint is not connected"; `umount -l MOUNTPOINT` clears it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fuse_lockfs::{FlockMode, LockContext, Mandatory, MountOptions};
+
+use crate::admin;
+
+/// Parsed `-o` options.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub options: MountOptions,
+    pub socket: Option<PathBuf>,
+}
+
+/// Parses comma-separated mount options.
+pub fn parse_options(list: &[String]) -> Result<Parsed> {
+    let mut p = Parsed {
+        options: MountOptions {
+            forward_locks: true,
+            ..MountOptions::default()
+        },
+        socket: None,
+    };
+    for opt in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt, None),
+        };
+        match (key, value) {
+            ("mandatory", Some(v)) => {
+                p.options.mandatory = v.parse::<Mandatory>().map_err(anyhow::Error::msg)?
+            }
+            ("flock", Some(v)) => {
+                p.options.flock = v.parse::<FlockMode>().map_err(anyhow::Error::msg)?
+            }
+            ("threads", Some(v)) => {
+                p.options.n_threads = v.parse().with_context(|| format!("threads={v}"))?
+            }
+            ("socket", Some(v)) => p.socket = Some(PathBuf::from(v)),
+            ("ro", None) => p.options.read_only = true,
+            ("rw", None) => p.options.read_only = false,
+            ("nopassthrough", None) => p.options.passthrough = false,
+            ("defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "nouser", None)
+            | ("dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec", None)
+            | ("atime" | "noatime" | "relatime" | "allow_other" | "default_permissions", None) => {}
+            (k, _) if k.starts_with("x-") => {}
+            _ => bail!("unknown mount option {opt:?}"),
+        }
+    }
+    Ok(p)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and
+/// returns the set, for `sigwait`.
+fn block_termination() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Mounts and serves until a termination signal or an external unmount.
+pub fn run(source: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
+    let Parsed {
+        mut options,
+        socket,
+    } = parse_options(options)?;
+    let set = block_termination();
+    if let Err(e) = fuse_lockfs::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the descriptor limit");
+    }
+    let ctx = LockContext::new();
+    options.locks = Some(ctx.clone());
+    options.fsname = source.display().to_string().replace(',', "_");
+    let socket = socket.unwrap_or_else(|| admin::default_socket(mountpoint));
+    let mut mounted = fuse_lockfs::prepare(source, mountpoint, options)?;
+    let _admin = admin::serve(&socket, ctx)?;
+    let unmounter = mounted.unmounter();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::info!(signal = sig, "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+    eprintln!(
+        "lockfs: {} mounted at {}, admin socket {}",
+        source.display(),
+        mountpoint.display(),
+        socket.display()
+    );
+    mounted.run()?;
+    eprintln!("lockfs: {} unmounted", mountpoint.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(s: &str) -> Result<Parsed> {
+        parse_options(&[s.to_string()])
+    }
+
+    #[test]
+    fn fstab_options_parse() {
+        let p = opts("defaults,mandatory=file,flock=shared,threads=4,noauto,x-systemd.automount")
+            .unwrap();
+        assert_eq!(p.options.mandatory, Mandatory::File);
+        assert_eq!(p.options.flock, FlockMode::Shared);
+        assert_eq!(p.options.n_threads, 4);
+        assert!(p.options.forward_locks);
+        let p = opts("ro,socket=/tmp/x.sock,nopassthrough").unwrap();
+        assert!(p.options.read_only && !p.options.passthrough);
+        assert_eq!(p.socket.as_deref(), Some(Path::new("/tmp/x.sock")));
+        assert!(opts("mandatory=sometimes").is_err());
+        assert!(opts("bogus").is_err());
+        assert!(opts("threads=x").is_err());
+    }
+}

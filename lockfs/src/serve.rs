@@ -1,0 +1,231 @@
+//! `lockfs serve [--config FILE]`: the daemon. One lock table and one share
+//! table; every configured export mounted through FUSE over them, and the NLM
+//! and NSM services answering remote clients from the same tables, so a remote
+//! lock and a local lock on the same file meet.
+//!
+//! Without `--config` it runs an embedded default under `./lockfs-data`: the
+//! directory `export` mounted on `mnt`, state in `state`, services on
+//! 127.0.0.1. SIGTERM or SIGINT stop the services (unregistering them from
+//! rpcbind) and unmount every export.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use fuse_lockfs::{FlockMode, LockContext, Mandatory, MountOptions};
+use lock_table::{ScopeId, SharedTable};
+use lockd_user::exports::Export as LockdExport;
+use lockd_user::service::{LockdConfig, LockdService, PortmapMode};
+use share_reservations::ShareTable;
+
+use crate::admin;
+use crate::config::{self, Config, FlockPolicy, MandatoryPolicy};
+
+/// The configuration to run: the file given, or the embedded default rooted
+/// at `./lockfs-data` (whose directories are created).
+pub fn resolve_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(config::load(p)?),
+        None => {
+            let base = std::env::current_dir()
+                .context("current directory")?
+                .join("lockfs-data");
+            let cfg = config::embedded_default(&base);
+            for e in &cfg.exports {
+                std::fs::create_dir_all(&e.source)
+                    .with_context(|| format!("creating {}", e.source.display()))?;
+            }
+            Ok(cfg)
+        }
+    }
+}
+
+/// The exports as the NLM service sees them.
+pub fn lockd_exports(cfg: &Config) -> Vec<LockdExport> {
+    cfg.exports
+        .iter()
+        .map(|e| {
+            let mut x = LockdExport::new(e.id, &e.source);
+            x.scope = ScopeId(cfg.group(&e.group).map_or(0, |g| g.scope));
+            x.allowed = e.clients.clone();
+            x.read_only = e.read_only;
+            x
+        })
+        .collect()
+}
+
+fn lockd_config(cfg: &Config) -> LockdConfig {
+    let mut l = LockdConfig::new(cfg.node_name.clone(), cfg.state_dir.clone());
+    l.exports = lockd_exports(cfg);
+    // The NLM service keeps one grace length for every group; the default
+    // group's is used (per-group lengths are a configuration of the
+    // service-group work that builds on this).
+    l.grace = cfg
+        .group(config::DEFAULT_GROUP)
+        .map_or(l.grace, |g| g.grace);
+    l.limits.max_owners_per_host = cfg.owners_per_host;
+    l.limits.max_waiters = cfg.waiters;
+    l.server.max_tcp_connections = cfg.connections;
+    let addrs: Vec<std::net::SocketAddr> = cfg
+        .listen
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(*ip, cfg.port))
+        .collect();
+    l.udp = addrs.clone();
+    l.tcp = addrs;
+    l.portmap = PortmapMode::Auto;
+    l
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after,
+/// so that only the `sigwait` below sees them.
+fn block_termination() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let cfg = resolve_config(config_path)?;
+    let set = block_termination();
+    if let Err(e) = fuse_lockfs::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the descriptor limit");
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+
+    // One table, whose wake-ups go to parked FUSE requests or, for NLM
+    // owners, to the NLM callback queue.
+    let (sink, queue) = lockd_user::EventSink::new();
+    let wakeups = Arc::new(fuse_lockfs::Wakeups::new());
+    let w = wakeups.clone();
+    let table = Arc::new(SharedTable::new(move |e| {
+        if !w.deliver(e) {
+            sink.on_table_event(e);
+        }
+    }));
+    let shares = Arc::new(Mutex::new(ShareTable::new()));
+    let base_ctx = LockContext::from_parts(table.clone(), shares.clone(), wakeups);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let service = runtime
+        .block_on(LockdService::start(
+            lockd_config(&cfg),
+            table.clone(),
+            shares.clone(),
+            queue,
+        ))
+        .context("starting the NLM and NSM services")?;
+    eprintln!(
+        "lockfs: NLM/NSM on udp {:?} tcp {:?}, state {}",
+        service.udp_addrs(),
+        service.tcp_addrs(),
+        service.state()
+    );
+
+    let mut mounts = Vec::new();
+    for e in &cfg.exports {
+        if !e.mountpoint.exists() {
+            std::fs::create_dir_all(&e.mountpoint)
+                .with_context(|| format!("creating {}", e.mountpoint.display()))?;
+        }
+        let mut ctx = base_ctx.clone();
+        ctx.scope = ScopeId(cfg.group(&e.group).map_or(0, |g| g.scope));
+        let options = MountOptions {
+            forward_locks: true,
+            locks: Some(ctx),
+            read_only: e.read_only,
+            mandatory: match e.mandatory {
+                MandatoryPolicy::Off => Mandatory::Off,
+                MandatoryPolicy::File => Mandatory::File,
+                MandatoryPolicy::All => Mandatory::All,
+            },
+            flock: match e.flock {
+                FlockPolicy::Local => FlockMode::default(),
+                FlockPolicy::Shared => FlockMode::Shared,
+            },
+            fsname: e.source.display().to_string().replace(',', "_"),
+            ..MountOptions::default()
+        };
+        let handle = fuse_lockfs::mount(&e.source, &e.mountpoint, options).with_context(|| {
+            format!("mounting export {:?} on {}", e.name, e.mountpoint.display())
+        })?;
+        eprintln!(
+            "lockfs: export {:?}: {} mounted at {}",
+            e.name,
+            e.source.display(),
+            e.mountpoint.display()
+        );
+        mounts.push(handle);
+    }
+    let _admin = admin::serve(&cfg.admin_socket, base_ctx)?;
+    eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
+
+    let mut sig = 0;
+    // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    tracing::info!(signal = sig, "stopping");
+    runtime.block_on(service.shutdown());
+    let mut failed = false;
+    for m in mounts {
+        let at = m.mountpoint().to_path_buf();
+        if let Err(e) = m.unmount() {
+            // Files still open on the export: detach it so no new access
+            // reaches it; the open files fail once the daemon is gone.
+            eprintln!("lockfs: unmounting {}: {e}; detaching it", at.display());
+            if let Err(e) = detach(&at) {
+                eprintln!("lockfs: detaching {}: {e}", at.display());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some exports could not be unmounted");
+    }
+    eprintln!("lockfs: stopped");
+    Ok(())
+}
+
+/// A lazy unmount (`umount -l`).
+fn detach(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `lockfs fh PATH`: the NLM file handle of a file under an export, in hex.
+/// PATH may name the file through the export's source or its mount point.
+pub fn file_handle(config_path: Option<&Path>, path: &Path) -> Result<String> {
+    let cfg = resolve_config(config_path)?;
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    let mut resolved: PathBuf = abs.clone();
+    for e in &cfg.exports {
+        if let Ok(rest) = abs.strip_prefix(&e.mountpoint) {
+            resolved = e.source.join(rest);
+            break;
+        }
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let fh = lockd_user::fh::fh_for_path(&cfg.state_dir, &lockd_exports(&cfg), &resolved)
+        .with_context(|| format!("no file handle for {}", path.display()))?;
+    Ok(fh.iter().map(|b| format!("{b:02x}")).collect())
+}
