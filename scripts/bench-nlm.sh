@@ -131,7 +131,7 @@ EOF
     wait_registered 100021 4 30 || { log "lockfs did not register nlockmgr 4"; exit 1; }
     sleep 1.5 # grace
     local fh
-    fh=$("$bin" fh "$work/lockfs/export/file")
+    fh=$("$bin" fh --config "$work/lockfs/lockfs.toml" "$work/lockfs/export/file")
     results+=("$(bench --null --clients 1 --label lockfs-null)")
     results+=("$(bench --fh "$fh" --clients 1 --label lockfs-pairs)")
     results+=("$(bench --fh "$fh" --clients 16 --label lockfs-pairs)")

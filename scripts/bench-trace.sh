@@ -57,5 +57,5 @@ echo
 echo "== table (daemon-side path without FUSE)"
 "$bench" table "$secs"
 echo
-echo "== native (kernel locks, $(stat -f -c %T "$src"))"
+echo "== native (kernel locks, $(findmnt -n -o FSTYPE -T "$src"))"
 "$bench" native "$src/lockfile" "$secs"

@@ -404,8 +404,9 @@ impl LockTable {
     /// Unlocking what is not held is not an error.
     pub fn unlock(&mut self, file_id: FileId, owner: Owner, range: Range) {
         if probe::all_enabled() {
+            let pid = self.holder_pid(file_id, &owner);
             for kind in [ProbeKind::LockRequested, ProbeKind::LockReleased] {
-                Probe::new(kind, file_id, owner, 0)
+                Probe::new(kind, file_id, owner, pid)
                     .range(range)
                     .fire(&self.registry);
             }
@@ -491,6 +492,16 @@ impl LockTable {
         self.waiters
             .get(&id)
             .map(|w| (w.file, w.owner, w.kind, w.range, w.io))
+    }
+
+    /// The pid (or svid) an owner's locks on a file were taken with, for
+    /// release announcements (only looked up while a tracer wants them).
+    fn holder_pid(&self, file: FileId, owner: &Owner) -> u32 {
+        let mut runs = Vec::new();
+        if let Some(f) = self.files.get(&file) {
+            f.holdings.runs(&mut runs);
+        }
+        runs.iter().find(|r| r.owner == *owner).map_or(0, |r| r.pid)
     }
 
     /// The wait-ended announcement of a waiter leaving the queue.
@@ -790,13 +801,18 @@ impl LockTable {
             }
         }
         for file_id in entry.files.to_vec() {
+            let pid = if probe::all_enabled() {
+                self.holder_pid(file_id, &owner)
+            } else {
+                0
+            };
             if let Some(f) = self.files.get_mut(&file_id) {
                 let had_exclusive = f.holdings.remove_owner(&owner);
                 if had_exclusive && how == Release::Abnormal {
                     f.invalidate_lvb();
                 }
                 if probe::all_enabled() {
-                    Probe::new(ProbeKind::LockReleased, file_id, owner, 0).fire(&self.registry);
+                    Probe::new(ProbeKind::LockReleased, file_id, owner, pid).fire(&self.registry);
                 }
                 out.files += 1;
                 if !touched.contains(&file_id) {
@@ -816,6 +832,11 @@ impl LockTable {
     /// that file; another thread's pending F_SETLKW is unaffected, as in
     /// Linux).
     pub fn release_owner_on_file(&mut self, owner: Owner, file_id: FileId) {
+        let pid = if probe::all_enabled() {
+            self.holder_pid(file_id, &owner)
+        } else {
+            0
+        };
         let Some(f) = self.files.get_mut(&file_id) else {
             return;
         };
@@ -824,7 +845,7 @@ impl LockTable {
         }
         f.holdings.remove_owner(&owner);
         if probe::all_enabled() {
-            Probe::new(ProbeKind::LockReleased, file_id, owner, 0).fire(&self.registry);
+            Probe::new(ProbeKind::LockReleased, file_id, owner, pid).fire(&self.registry);
         }
         self.forget_owner_file(owner, file_id);
         self.wake(file_id);
@@ -894,6 +915,12 @@ impl LockTable {
                     out.waiters += 1;
                 }
             }
+            let mut held = Vec::new();
+            if probe::all_enabled() {
+                if let Some(f) = self.files.get(&file_id) {
+                    f.holdings.runs(&mut held);
+                }
+            }
             let Some(f) = self.files.get_mut(&file_id) else {
                 continue;
             };
@@ -904,7 +931,8 @@ impl LockTable {
             out.files += owners.len();
             for o in owners {
                 if probe::all_enabled() {
-                    Probe::new(ProbeKind::LockReleased, file_id, o, 0).fire(&self.registry);
+                    let pid = held.iter().find(|r| r.owner == o).map_or(0, |r| r.pid);
+                    Probe::new(ProbeKind::LockReleased, file_id, o, pid).fire(&self.registry);
                 }
                 self.forget_owner_file(o, file_id);
             }

@@ -2,7 +2,9 @@
 //! reads the listing of a running daemon.
 //!
 //! The protocol is one request line and one JSON answer: `locks\n` is answered
-//! with a JSON array of [`LockRow`]s and a newline. The socket file is mode 0600 in
+//! with a JSON array of [`LockRow`]s and a newline; `clear-host NAME\n` (served
+//! by `lockfs serve`, which has remote hosts) releases everything the NLM host
+//! NAME holds and answers with what was released. The socket file is mode 0600 in
 //! a 0700 directory, and the peer's credentials are checked: only root is served.
 //! Each mount serves its own socket, by default `/run/lockfs/<mount point>.sock`
 //! (the mount point with `/` turned into `-`), so `lockfs locks` lists every
@@ -64,8 +66,20 @@ impl Drop for AdminSocket {
     }
 }
 
+/// Releases everything a remote host holds; answers what was released.
+pub type ClearHost = std::sync::Arc<dyn Fn(&str) -> serde_json::Value + Send + Sync>;
+
 /// Binds `path` and serves listings of `ctx` from a background thread.
 pub fn serve(path: &Path, ctx: LockContext) -> Result<AdminSocket> {
+    serve_with(path, ctx, None)
+}
+
+/// [`serve`], also answering `clear-host NAME` with `clear_host`.
+pub fn serve_with(
+    path: &Path,
+    ctx: LockContext,
+    clear_host: Option<ClearHost>,
+) -> Result<AdminSocket> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -89,7 +103,7 @@ pub fn serve(path: &Path, ctx: LockContext) -> Result<AdminSocket> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
-                        if let Err(e) = answer(s, &ctx) {
+                        if let Err(e) = answer(s, &ctx, clear_host.as_ref()) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
@@ -120,7 +134,7 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-fn answer(s: UnixStream, ctx: &LockContext) -> Result<()> {
+fn answer(s: UnixStream, ctx: &LockContext, clear_host: Option<&ClearHost>) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut out = s.try_clone()?;
@@ -136,6 +150,14 @@ fn answer(s: UnixStream, ctx: &LockContext) -> Result<()> {
             let rows = listing::list(ctx);
             serde_json::to_writer(&mut out, &rows)?;
             writeln!(out)?;
+        }
+        req if req.starts_with("clear-host ") && clear_host.is_some() => {
+            let name = req["clear-host ".len()..].trim();
+            let answer = match clear_host {
+                Some(f) if !name.is_empty() => f(name),
+                _ => serde_json::json!({ "error": "clear-host needs a host name" }),
+            };
+            writeln!(out, "{answer}")?;
         }
         other => writeln!(
             out,
@@ -159,6 +181,24 @@ pub fn query(path: &Path) -> Result<Vec<LockRow>> {
         }
     }
     serde_json::from_str(&line).with_context(|| format!("bad answer from {}", path.display()))
+}
+
+/// Asks the daemon behind `path` to release everything host `name` holds.
+pub fn clear_host(path: &Path, name: &str) -> Result<serde_json::Value> {
+    if name.is_empty() || name.contains('\n') {
+        bail!("invalid host name {name:?}");
+    }
+    let mut s = UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(s, "clear-host {name}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
+    if let Some(e) = v.get("error") {
+        bail!("{}: {e}", path.display());
+    }
+    Ok(v)
 }
 
 /// The sockets `lockfs locks` asks by default.

@@ -10,6 +10,9 @@
 //! state_dir = "/var/lib/lockfs"        # NSM state, client lists, handle key
 //! admin_socket = "/run/lockfs/admin.sock"
 //! grace_period = 90                    # seconds, or "90s", "2m"
+//! # Opt-in: release everything a client holds once callbacks to it (GRANTED,
+//! # _RES) have failed this long: a network partition that outlived it.
+//! release_unreachable_after = "10m"
 //!
 //! [listen]
 //! addresses = ["127.0.0.1"]            # NLM and NSM, UDP and TCP
@@ -94,6 +97,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
     grace_period: Option<Spanned<RawDuration>>,
+    release_unreachable_after: Option<Spanned<RawDuration>>,
     #[serde(default)]
     listen: RawListen,
     #[serde(default)]
@@ -177,6 +181,8 @@ pub struct Config {
     pub owners_per_host: usize,
     pub waiters: usize,
     pub connections: usize,
+    /// Release a host whose callbacks have failed this long (opt-in).
+    pub release_unreachable_after: Option<Duration>,
     pub groups: Vec<Group>,
     pub exports: Vec<Export>,
 }
@@ -240,6 +246,14 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
     let default_grace = match &raw.grace_period {
         Some(g) => parse_duration(g.get_ref()).map_err(|m| invalid(g.span(), "grace_period", m))?,
         None => Duration::from_secs(90),
+    };
+
+    let release_unreachable_after = match &raw.release_unreachable_after {
+        Some(d) => Some(
+            parse_duration(d.get_ref())
+                .map_err(|m| invalid(d.span(), "release_unreachable_after", m))?,
+        ),
+        None => None,
     };
 
     let mut groups = vec![Group {
@@ -389,6 +403,7 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         owners_per_host: raw.limits.owners_per_host.unwrap_or(4096),
         waiters: raw.limits.waiters.unwrap_or(65_536),
         connections: raw.limits.connections.unwrap_or(1024),
+        release_unreachable_after,
         groups,
         exports,
     })
@@ -465,6 +480,7 @@ mountpoint = "/mnt/data"
 node_name = "nfs-a"
 state_dir = "/var/lib/lockfs"
 grace_period = "2m"
+release_unreachable_after = "10m"
 [listen]
 addresses = ["127.0.0.1", "::1"]
 port = 4045
@@ -493,6 +509,7 @@ mountpoint = "/mnt/b"
         assert_eq!(c.node_name, "nfs-a");
         assert_eq!(c.port, 4045);
         assert_eq!(c.waiters, 10);
+        assert_eq!(c.release_unreachable_after, Some(Duration::from_secs(600)));
         assert_eq!(c.group("default").unwrap().grace, Duration::from_secs(120));
         assert_eq!(c.group("g1").unwrap().grace, Duration::from_secs(30));
         assert_eq!(c.group("g1").unwrap().scope, 1);

@@ -87,6 +87,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Release every lock, waiter and share reservation a remote NLM host
+    /// holds: the remedy for a client that crashed or is cut off and will
+    /// not send SM_NOTIFY.
+    Clear {
+        /// The host's NLM caller name.
+        #[arg(long)]
+        host: String,
+        /// The daemon's admin socket (default: every socket in /run/lockfs).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Trace lock contention with eBPF: the kernel's file locks and a running
     /// daemon's lock table, live like top, as one snapshot, or as JSON lines.
     Trace(trace::TraceArgs),
@@ -152,6 +163,29 @@ fn main() -> Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             serve::run(config.as_deref())?;
+        }
+        Command::Clear { host, socket } => {
+            let sockets = match socket {
+                Some(s) => vec![s],
+                None => admin::all_sockets(),
+            };
+            let mut done = false;
+            for s in &sockets {
+                match admin::clear_host(s, &host) {
+                    Ok(v) => {
+                        println!("{v}");
+                        done = true;
+                    }
+                    Err(e) if sockets.len() == 1 => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            if !done {
+                anyhow::bail!(
+                    "no lockfs daemon with NLM service answered (tried {} sockets)",
+                    sockets.len()
+                );
+            }
         }
         Command::Fh { path, config } => {
             println!("{}", serve::file_handle(config.as_deref(), &path)?);

@@ -66,6 +66,7 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_waiters = cfg.waiters;
     l.server.max_tcp_connections = cfg.connections;
+    l.callbacks.release_unreachable_after = cfg.release_unreachable_after;
     let addrs: Vec<std::net::SocketAddr> = cfg
         .listen
         .iter()
@@ -170,7 +171,25 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         );
         mounts.push(handle);
     }
-    let _admin = admin::serve(&cfg.admin_socket, base_ctx)?;
+    let lockd = service.lockd().clone();
+    let clear: admin::ClearHost = Arc::new(move |name: &str| {
+        let r = lockd.clear_host(name);
+        tracing::info!(
+            client = name,
+            locks = r.locks.files,
+            waiters = r.locks.waiters,
+            shares = r.shares,
+            "host cleared by the administrator"
+        );
+        serde_json::json!({
+            "host": name,
+            "locks": r.locks.files,
+            "waiters": r.locks.waiters,
+            "shares": r.shares,
+            "was_monitored": r.was_monitored,
+        })
+    });
+    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear))?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
 
     let mut sig = 0;

@@ -453,3 +453,49 @@ fn nlm_share_deny_write_blocks_local_writers_and_the_reverse() {
     assert_eq!(r.stat, v4::Stats::Denied);
     drop(writer);
 }
+
+#[test]
+fn clear_host_releases_a_silent_clients_locks() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start();
+    let f = d.mnt("held.dat");
+    std::fs::write(&f, b"x").unwrap();
+    let fh = d.fh(&f);
+    let rt = rt();
+    let c = rt.block_on(client(&d));
+    let gone = lock("crashed-client", 3, &fh, 0, 0);
+    assert_eq!(rt.block_on(nlm_lock(&c, gone)), v4::Stats::Granted);
+    let whole = "fd = os.open(p, os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)";
+    assert_eq!(local_once(whole, &f), "EAGAIN");
+
+    let out = Command::new(LOCKFS)
+        .args(["clear", "--host", "crashed-client", "--socket"])
+        .arg(d.dir.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lockfs clear: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["host"], "crashed-client");
+    assert_eq!(answer["locks"], 1, "{answer}");
+    assert_eq!(
+        local_once(whole, &f),
+        "OK",
+        "the cleared host's lock must be gone"
+    );
+
+    // An unknown host releases nothing and is not an error.
+    let out = Command::new(LOCKFS)
+        .args(["clear", "--host", "never-seen", "--socket"])
+        .arg(d.dir.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["locks"], 0);
+}

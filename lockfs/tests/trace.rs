@@ -340,7 +340,7 @@ fn once_prints_holders_and_waiters_of_a_wait_in_progress() {
         .lines()
         .find(|l| l.contains("waiter  lockfs posix pid 4002 write 0-99 waiting"))
         .unwrap_or_else(|| panic!("no waiter line:\n{text}"));
-    assert!(waiter.ends_with("ms"), "{waiter}");
+    assert!(waiter.ends_with('s'), "{waiter}");
 }
 
 #[test]
@@ -663,4 +663,29 @@ fn two_processes_contending_on_a_lockfs_mount() {
     assert_eq!(row["wait_ns_max"], wait_ns);
     drop(mount);
     assert!(!mounted(&mnt));
+}
+
+#[test]
+fn the_live_view_redraws_every_interval() {
+    if !can_trace("the_live_view_redraws_every_interval") {
+        return;
+    }
+    let pins = pin_dir("live");
+    let out = Command::new("timeout")
+        .args(["60", LOCKFS, "trace", "--kernel-only", "--duration", "1.8"])
+        .args([
+            "--interval",
+            "0.5",
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--unpin",
+        ])
+        .output()
+        .expect("running lockfs trace");
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let frames = screen.matches("\x1b[H\x1b[2J").count();
+    assert!((3..=4).contains(&frames), "{frames} frames:\n{screen}");
+    assert!(screen.contains("ATTEMPTS"), "{screen}");
+    assert!(!pins.exists());
 }

@@ -109,6 +109,10 @@ struct OpenGate(DaemonGate);
 
 impl Drop for OpenGate {
     fn drop(&mut self) {
+        // A daemon that exited while traced has no gate left to close.
+        if !Path::new(&format!("/proc/{}", self.0.pid())).exists() {
+            return;
+        }
         if let Err(e) = self.0.set(0) {
             eprintln!(
                 "lockfs trace: could not close the probe gate of process {}: {e}",

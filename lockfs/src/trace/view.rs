@@ -209,7 +209,8 @@ impl View {
         if filter.matches_party(ev) {
             seen.matched = true;
         }
-        let same_owner = |p: &Party| p.source == source_name(ev.source) && p.pid == ev.pid;
+        let same_owner =
+            |p: &Party| p.source == source_name(ev.source) && p.pid == ev.pid && p.host == ev.host;
         let holders_known = ev.source == Source::Kernel || self.daemon_holders;
         match ev.kind {
             EventKind::LockGranted => {
@@ -352,7 +353,8 @@ pub fn human_ns(ns: u64) -> String {
     match ns {
         0..=9_999 => format!("{ns}ns"),
         10_000..=9_999_999 => format!("{:.1}us", ns as f64 / 1e3),
-        10_000_000..=9_999_999_999 => format!("{:.1}ms", ns as f64 / 1e6),
+        10_000_000..=999_999_999 => format!("{:.1}ms", ns as f64 / 1e6),
+        1_000_000_000..=9_999_999_999 => format!("{:.2}s", ns as f64 / 1e9),
         _ => format!("{:.1}s", ns as f64 / 1e9),
     }
 }
@@ -474,11 +476,61 @@ mod tests {
         assert_eq!(Percentiles::of(&[]), Percentiles::default());
     }
 
+    fn event(kind: EventKind, pid: u32) -> Event {
+        Event {
+            source: Source::Daemon,
+            kind,
+            point: lockfs_trace::KernelPoint::None,
+            ts_ns: 1,
+            caller_ts_ns: 0,
+            dev: 5,
+            ino: 6,
+            start: 0,
+            end: 99,
+            lock_type: LockType::Exclusive,
+            owner_kind: OwnerKind::Posix,
+            pid,
+            tgid: 100,
+            waiter: 0,
+            wait: None,
+            wait_reason: WaitEndReason::None,
+            ret: 0,
+            host: String::new(),
+        }
+    }
+
+    #[test]
+    fn holders_follow_grants_and_releases() {
+        let f = Filter::default();
+        let mut v = View {
+            daemon_holders: true,
+            ..View::default()
+        };
+        v.record(&event(EventKind::LockGranted, 1), &f);
+        v.record(&event(EventKind::LockBlocked, 2), &f);
+        let mut rel = event(EventKind::LockReleased, 1);
+        rel.lock_type = LockType::Unlock;
+        v.record(&rel, &f);
+        let mut got = event(EventKind::WaitEnded, 2);
+        got.wait_reason = WaitEndReason::Granted;
+        got.wait = Some(Duration::from_millis(3));
+        v.record(&got, &f);
+        let holders: Vec<u32> = v.files[&(5, 6)].holders.iter().map(|p| p.pid).collect();
+        assert_eq!(holders, [2]);
+        assert_eq!(v.files[&(5, 6)].samples, [3_000_000]);
+
+        // Without daemon grants and releases no daemon holder is guessed.
+        let mut quiet = View::default();
+        quiet.record(&got, &f);
+        assert!(quiet.files[&(5, 6)].holders.is_empty());
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(human_ns(950), "950ns");
         assert_eq!(human_ns(15_000), "15.0us");
         assert_eq!(human_ns(201_000_000), "201.0ms");
-        assert_eq!(human_ns(3_000_000_000), "3.0s");
+        assert_eq!(human_ns(3_000_000_000), "3.00s");
+        assert_eq!(human_ns(30_000_000_000), "30.0s");
     }
 }
