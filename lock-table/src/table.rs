@@ -351,26 +351,40 @@ impl LockTable {
             && !file.queue.is_empty()
             && file.holdings.holds_exclusive_in(&owner, range);
         let presence = file.holdings.set(owner, Some(kind), range, pid, now);
-        if presence == Presence::Gained {
-            let entry = self.owners.entry(owner).or_default();
-            let first_anywhere = entry.files.is_empty();
-            entry.files.insert(file_id);
-            if first_anywhere && !entry.waiters.is_empty() {
-                // This owner no longer yields to other waiters: re-examine
-                // the queues it waits in.
-                let files: SmallVec<[FileId; 4]> = entry
-                    .waiters
-                    .iter()
-                    .filter_map(|w| self.waiters.get(w).map(|w| w.file))
-                    .collect();
-                for f in files {
-                    self.wake(f);
-                }
-            }
+        for f in self.note_gain(owner, file_id, presence) {
+            self.wake(f);
         }
         if downgrade {
             self.wake(file_id);
         }
+    }
+
+    /// Record in the owner index that `owner` now holds something on
+    /// `file_id` (when `presence` says it gained). Returns the files whose
+    /// queues must be examined again: when this is the owner's first lock
+    /// anywhere, it stops yielding to other waiters in every queue it waits
+    /// in, this file's included.
+    fn note_gain(
+        &mut self,
+        owner: Owner,
+        file_id: FileId,
+        presence: Presence,
+    ) -> SmallVec<[FileId; 4]> {
+        let mut files = SmallVec::new();
+        if presence != Presence::Gained {
+            return files;
+        }
+        let entry = self.owners.entry(owner).or_default();
+        let first_anywhere = entry.files.is_empty();
+        entry.files.insert(file_id);
+        if first_anywhere {
+            for w in entry.waiters.iter().filter_map(|w| self.waiters.get(w)) {
+                if !files.contains(&w.file) {
+                    files.push(w.file);
+                }
+            }
+        }
+        files
     }
 
     fn enqueue(&mut self, mut w: Waiter) -> WaiterId {
@@ -601,20 +615,9 @@ impl LockTable {
                 restart =
                     w.kind == LockKind::Shared && fs.holdings.holds_exclusive_in(&w.owner, w.range);
                 let presence = fs.holdings.set(w.owner, Some(w.kind), w.range, w.pid, now);
-                if presence == Presence::Gained {
-                    let entry = self.owners.entry(w.owner).or_default();
-                    let first_anywhere = entry.files.is_empty();
-                    entry.files.insert(file_id);
-                    if first_anywhere {
-                        // The owner stops yielding in its queues, this one
-                        // included (an earlier waiter of it may be yielding).
-                        for other in entry.waiters.iter() {
-                            if let Some(o) = self.waiters.get(other) {
-                                if !work.contains(&o.file) {
-                                    work.push(o.file);
-                                }
-                            }
-                        }
+                for f in self.note_gain(w.owner, file_id, presence) {
+                    if !work.contains(&f) {
+                        work.push(f);
                     }
                 }
             }
