@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lock_table::{Event, SharedTable, WaiterId};
+use lock_table::{CancelReason, Event, SharedTable, WaiterId};
 use rustc_hash::FxHashMap;
 
 /// Marks tokens of parked FUSE requests.
@@ -198,7 +198,7 @@ impl Wakeups {
             }
         };
         if let Some(e) = interrupted {
-            let cancelled = table.with(|t| t.cancel(waiter));
+            let cancelled = table.with(|t| t.cancel_with(waiter, CancelReason::Interrupted));
             (e.cont)(if cancelled {
                 Wake::Interrupted
             } else {
@@ -234,7 +234,7 @@ impl Wakeups {
             (st.by_token.remove(&token), waiter)
         };
         if let Some(e) = entry {
-            let cancelled = table.with(|t| t.cancel(waiter));
+            let cancelled = table.with(|t| t.cancel_with(waiter, CancelReason::Interrupted));
             (e.cont)(if cancelled {
                 Wake::Interrupted
             } else {
