@@ -14,6 +14,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 cargo build --release --locked -p lockfs
-bin=$(pwd)/target/release/lockfs
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir=$(pwd)/$target_dir ;; esac
+bin=$target_dir/release/lockfs
 cd "$here"
 exec "$bin" serve "$@"
