@@ -51,14 +51,28 @@ struct Waiter {
     io: bool,
 }
 
-impl Waiter {
-    fn selves(&self) -> SmallVec<[Owner; 2]> {
-        let mut s = SmallVec::new();
-        s.push(self.owner);
-        if let Some(o) = self.open_file {
-            s.push(o);
+/// The owners whose locks count as the caller's own for I/O through an open
+/// file: its lock owner, and every lock taken through that open file (OFD
+/// and flock locks alike).
+fn io_selves(owner: Owner, open_file: Option<Owner>) -> SmallVec<[Owner; 3]> {
+    let mut s = SmallVec::new();
+    s.push(owner);
+    match open_file.and_then(|o| o.open_file().map(|fh| (o, fh))) {
+        Some((_, fh)) => {
+            for o in [Owner::ofd(fh), Owner::flock(fh)] {
+                if !s.contains(&o) {
+                    s.push(o);
+                }
+            }
         }
-        s
+        None => s.extend(open_file),
+    }
+    s
+}
+
+impl Waiter {
+    fn selves(&self) -> SmallVec<[Owner; 3]> {
+        io_selves(self.owner, self.open_file)
     }
 
     fn conflicts_with(&self, other: &Waiter) -> bool {
@@ -709,9 +723,7 @@ impl LockTable {
         owner: Owner,
         open_file: Option<Owner>,
     ) -> Option<Holding> {
-        let mut selves: SmallVec<[Owner; 2]> = SmallVec::new();
-        selves.push(owner);
-        selves.extend(open_file);
+        let selves = io_selves(owner, open_file);
         self.files
             .get(&file)?
             .holdings
@@ -747,9 +759,7 @@ impl LockTable {
         let Wait::Yes { token } = req.wait else {
             return IoOutcome::Refused(Refusal::Conflict(conflict));
         };
-        let mut selves: SmallVec<[Owner; 2]> = SmallVec::new();
-        selves.push(req.owner);
-        selves.extend(req.open_file);
+        let selves = io_selves(req.owner, req.open_file);
         let kind = req.access.as_lock_kind();
         if req.owner.kind.detects_deadlock()
             && self.would_deadlock(&selves, req.file, req.range, kind)

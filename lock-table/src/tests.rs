@@ -820,3 +820,20 @@ fn many_locks_on_one_file_stay_disjoint_and_indexed() {
     }
     assert_eq!(t.file_count(), 0);
 }
+
+#[test]
+fn flock_and_ofd_locks_of_the_same_open_file_are_the_callers_own_for_io() {
+    let mut t = LockTable::new();
+    ok(&mut t, req(F, Owner::flock(5), W, 0, MAX));
+    ok(&mut t, req(G, Owner::ofd(5), W, 0, MAX));
+    for file in [F, G] {
+        // Through open file 5 (named as its OFD owner): its own locks.
+        assert!(t
+            .io_check(file, Access::Write, rg(0, 9), p(1), Some(Owner::ofd(5)))
+            .is_none());
+        // Through another open file: blocked.
+        assert!(t
+            .io_check(file, Access::Write, rg(0, 9), p(1), Some(Owner::ofd(6)))
+            .is_some());
+    }
+}
