@@ -33,7 +33,7 @@
 //! mountpoint = "/mnt/data"             # where local programs reach it
 //! group = "default"                    # default: "default"
 //! mandatory = "file"                   # off | file | all
-//! flock = "local"                      # local | shared
+//! flock = "separate"                   # separate | shared
 //! clients = ["10.0.0.0/8", "::1"]      # NLM clients allowed; default: any
 //! read_only = false
 //! ```
@@ -78,7 +78,8 @@ pub enum MandatoryPolicy {
 #[serde(rename_all = "lowercase")]
 pub enum FlockPolicy {
     /// flock locks conflict only with flock locks, as on native Linux.
-    Local,
+    #[serde(alias = "local")]
+    Separate,
     /// flock locks are whole-file locks in the shared table, seen by NLM.
     Shared,
 }
@@ -361,7 +362,7 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             mountpoint: e.mountpoint.get_ref().clone(),
             group,
             mandatory: e.mandatory.unwrap_or(MandatoryPolicy::Off),
-            flock: e.flock.unwrap_or(FlockPolicy::Local),
+            flock: e.flock.unwrap_or(FlockPolicy::Separate),
             clients,
             read_only: e.read_only,
         });
@@ -465,7 +466,7 @@ mountpoint = "/mnt/data"
         let e = &c.exports[0];
         assert_eq!(
             (e.id, e.group.as_str(), e.mandatory, e.flock),
-            (1, "default", MandatoryPolicy::Off, FlockPolicy::Local)
+            (1, "default", MandatoryPolicy::Off, FlockPolicy::Separate)
         );
         assert!(e.clients.is_empty());
         assert_eq!(c.groups.len(), 1);
