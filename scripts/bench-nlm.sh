@@ -109,7 +109,9 @@ EOF
 
 run_lockfs() {
     cargo build --release --locked -p lockfs >&2
-    local bin=target/release/lockfs
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    case "$target_dir" in /*) ;; *) target_dir=$(pwd)/$target_dir ;; esac
+    local bin=$target_dir/release/lockfs
     if ! "$bin" serve --help >/dev/null 2>&1 || ! "$bin" fh --help >/dev/null 2>&1; then
         log "this lockfs has no NLM server yet ('lockfs serve' and 'lockfs fh'): skipping its runs"
         return 0

@@ -22,42 +22,59 @@ impl RpcProgram for Null {
 }
 
 fn null_round_trips(c: &mut Criterion) {
+    // One worker, as `lockfs serve` runs it; the client shares it.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = rt.block_on(async {
-        RpcServer::builder(ServerConfig::default())
-            .program(Arc::new(Null))
-            .udp(lo)
-            .tcp(lo)
-            .start()
-            .await
-            .unwrap()
-    });
     let mut g = c.benchmark_group("null_call");
     g.throughput(Throughput::Elements(1));
-    for t in [Transport::Tcp, Transport::Udp] {
-        let peer = match t {
-            Transport::Udp => server.udp_addrs()[0],
-            Transport::Tcp => server.tcp_addrs()[0],
-        };
-        let client = rt.block_on(async {
-            RpcClient::new(t, peer, ClientConfig::default())
+    // With the default busy polling after each reply, and without it.
+    let configs = [
+        ("", ServerConfig::default()),
+        (
+            "/no_busy_poll",
+            ServerConfig {
+                busy_poll: None,
+                ..ServerConfig::default()
+            },
+        ),
+    ];
+    for (suffix, config) in configs {
+        let server = rt.block_on(async {
+            RpcServer::builder(config)
+                .program(Arc::new(Null))
+                .udp(lo)
+                .tcp(lo)
+                .start()
                 .await
                 .unwrap()
         });
-        g.bench_function(format!("{t:?}"), |b| {
-            b.iter(|| {
-                rt.block_on(client.call_raw(0x2000_0103, 1, 0, &[]))
+        for t in [Transport::Tcp, Transport::Udp] {
+            if t == Transport::Udp && !suffix.is_empty() {
+                continue; // busy polling is a TCP setting
+            }
+            let peer = match t {
+                Transport::Udp => server.udp_addrs()[0],
+                Transport::Tcp => server.tcp_addrs()[0],
+            };
+            let client = rt.block_on(async {
+                RpcClient::new(t, peer, ClientConfig::default())
+                    .await
                     .unwrap()
-            })
-        });
+            });
+            g.bench_function(format!("{t:?}{suffix}"), |b| {
+                b.iter(|| {
+                    rt.block_on(client.call_raw(0x2000_0103, 1, 0, &[]))
+                        .unwrap()
+                })
+            });
+        }
+        rt.block_on(server.shutdown());
     }
     g.finish();
-    rt.block_on(server.shutdown());
 }
 
 criterion_group!(benches, null_round_trips);

@@ -75,15 +75,131 @@ async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Resul
     Ok(n)
 }
 
+/// Reassembles records from a stream into buffers kept from one record to the next, for a
+/// server connection that reads many small records: after the first few, no record costs an
+/// allocation, and several records that arrive in one read are taken without another read.
+///
+/// Bytes come in through [`RecordReader::spare`] and [`RecordReader::filled`]; complete
+/// records come out of [`RecordReader::next_record`]. Like [`read_record`], it checks the
+/// size a fragment header announces against the limit before it keeps any of its bytes.
+#[derive(Debug)]
+pub struct RecordReader {
+    input: Box<[u8]>,
+    /// Unparsed received bytes are `input[pos..end]`.
+    pos: usize,
+    end: usize,
+    record: Vec<u8>,
+    max_record: usize,
+    /// Bytes still to come of the fragment being read, if one is.
+    fragment: Option<(usize, bool)>,
+    /// The previous call returned `record`, which must be cleared before reuse.
+    returned: bool,
+}
+
+/// A reassembly buffer larger than this is given back after its record.
+const KEEP_RECORD_CAPACITY: usize = 64 * 1024;
+
+impl RecordReader {
+    /// A reader refusing records over `max_record` bytes that reads up to `read_size` bytes
+    /// at a time (at least 16).
+    pub fn new(max_record: usize, read_size: usize) -> Self {
+        Self {
+            input: vec![0u8; read_size.max(16)].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            record: Vec::new(),
+            max_record,
+            fragment: None,
+            returned: false,
+        }
+    }
+
+    /// The next complete record among the bytes received so far, or `None` until more bytes
+    /// arrive. The slice stays valid until the next call.
+    pub fn next_record(&mut self) -> Result<Option<&[u8]>, RecordError> {
+        if self.returned {
+            self.returned = false;
+            self.record.clear();
+            if self.record.capacity() > KEEP_RECORD_CAPACITY {
+                self.record.shrink_to(KEEP_RECORD_CAPACITY);
+            }
+        }
+        loop {
+            let (left, last) = match self.fragment {
+                Some(f) => f,
+                None => {
+                    if self.end - self.pos < 4 {
+                        return Ok(None);
+                    }
+                    let h = &self.input[self.pos..self.pos + 4];
+                    let word = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+                    self.pos += 4;
+                    let len = (word & !LAST_FRAGMENT) as usize;
+                    let total = self.record.len() + len;
+                    if total > self.max_record {
+                        return Err(RecordError::TooLarge {
+                            size: total,
+                            limit: self.max_record,
+                        });
+                    }
+                    (len, word & LAST_FRAGMENT != 0)
+                }
+            };
+            let take = left.min(self.end - self.pos);
+            self.record
+                .extend_from_slice(&self.input[self.pos..self.pos + take]);
+            self.pos += take;
+            if take < left {
+                self.fragment = Some((left - take, last));
+                return Ok(None);
+            }
+            self.fragment = None;
+            if last {
+                self.returned = true;
+                return Ok(Some(&self.record));
+            }
+        }
+    }
+
+    /// Where the next read should put its bytes; call [`Self::filled`] with the count.
+    /// Only valid after [`Self::next_record`] returned `None`, so at most a partial
+    /// fragment header is left over and the space is never empty.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.pos > 0 {
+            self.input.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        &mut self.input[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`Self::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.input.len());
+    }
+
+    /// Whether the stream may end here: nothing of a further record was received.
+    pub fn between_records(&self) -> bool {
+        self.fragment.is_none() && self.pos == self.end && (self.returned || self.record.is_empty())
+    }
+}
+
 /// Frames `payload` as one record split into fragments of at most `max_fragment` bytes.
 pub fn encode_record(payload: &[u8], max_fragment: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_record_into(&mut out, payload, max_fragment);
+    out
+}
+
+/// Like [`encode_record`], appending to `out` (whose capacity a caller can reuse).
+pub fn encode_record_into(out: &mut Vec<u8>, payload: &[u8], max_fragment: usize) {
     let max_fragment = max_fragment.clamp(1, MAX_FRAGMENT);
     let nfrag = payload.len().div_ceil(max_fragment).max(1);
-    let mut out = Vec::with_capacity(payload.len() + 4 * nfrag);
+    out.reserve(payload.len() + 4 * nfrag);
     let mut chunks = payload.chunks(max_fragment).peekable();
     if chunks.peek().is_none() {
         out.extend_from_slice(&LAST_FRAGMENT.to_be_bytes());
-        return out;
+        return;
     }
     while let Some(chunk) = chunks.next() {
         let mut word = chunk.len() as u32;
@@ -93,7 +209,6 @@ pub fn encode_record(payload: &[u8], max_fragment: usize) -> Vec<u8> {
         out.extend_from_slice(&word.to_be_bytes());
         out.extend_from_slice(chunk);
     }
-    out
 }
 
 /// Writes `payload` as a single-fragment record (or several, if it exceeds 2 GiB) and
@@ -157,6 +272,100 @@ mod tests {
                 })
             ));
         });
+    }
+
+    /// Feeds `wire` to a reader `chunk` bytes per read; returns the records and whether the
+    /// stream ended between records.
+    fn reassemble(
+        wire: &[u8],
+        chunk: usize,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), RecordError> {
+        let mut rr = RecordReader::new(max, 16);
+        let mut out = Vec::new();
+        let mut rest = wire;
+        loop {
+            while let Some(rec) = rr.next_record()? {
+                out.push(rec.to_vec());
+            }
+            if rest.is_empty() {
+                return Ok((out, rr.between_records()));
+            }
+            let spare = rr.spare();
+            assert!(!spare.is_empty());
+            let n = chunk.min(spare.len()).min(rest.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            rr.filled(n);
+            rest = &rest[n..];
+        }
+    }
+
+    #[test]
+    fn reader_reassembles_records_split_anywhere() {
+        let payloads: Vec<Vec<u8>> = vec![
+            (0..100u32).map(|i| i as u8).collect(),
+            Vec::new(),
+            vec![9; 37],
+            (0..64u32).map(|i| (i * 7) as u8).collect(),
+        ];
+        let mut wire = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            wire.extend(encode_record(p, [1000, 7, 1, 3][i]));
+        }
+        for chunk in 1..=wire.len() {
+            let (got, clean) = reassemble(&wire, chunk, 100).unwrap();
+            assert_eq!(got, payloads, "chunk {chunk}");
+            assert!(clean, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn reader_refuses_oversized_records_and_sees_truncation() {
+        // One fragment announcing more than the limit, before any of its bytes arrive.
+        let r = reassemble(&[0x80, 0, 0, 101], 4, 100);
+        assert!(matches!(
+            r,
+            Err(RecordError::TooLarge {
+                size: 101,
+                limit: 100
+            })
+        ));
+        // Fragments that add up past the limit.
+        let wire = encode_record(&[7u8; 100], 10);
+        assert!(matches!(
+            reassemble(&wire, 5, 99),
+            Err(RecordError::TooLarge {
+                size: 100,
+                limit: 99
+            })
+        ));
+        // A stream cut inside a record is not between records, at any cut.
+        let wire = encode_record(&[1, 2, 3, 4, 5, 6], 4);
+        for cut in 1..wire.len() {
+            let (got, clean) = reassemble(&wire[..cut], 3, 100).unwrap();
+            assert!(got.is_empty() && !clean, "cut at {cut}");
+        }
+        // A record far larger than the read buffer, and the buffer it needed is given back.
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut wire = encode_record(&big, 70_000);
+        wire.extend(encode_record(b"next", 100));
+        let mut rr = RecordReader::new(1 << 20, 4096);
+        let mut rest = &wire[..];
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            while let Some(rec) = rr.next_record().unwrap() {
+                got.push(rec.to_vec());
+            }
+            if got.len() < 2 {
+                let spare = rr.spare();
+                let n = spare.len().min(rest.len());
+                spare[..n].copy_from_slice(&rest[..n]);
+                rr.filled(n);
+                rest = &rest[n..];
+            }
+        }
+        assert_eq!(got, vec![big, b"next".to_vec()]);
+        assert!(rr.record.capacity() <= KEEP_RECORD_CAPACITY);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! [listen]
 //! addresses = ["127.0.0.1"]            # NLM and NSM, UDP and TCP
 //! port = 0                             # 0: any free port, registered with rpcbind
+//! busy_poll_us = 200                   # after a reply, poll the connection this long
+//!                                      # before sleeping (latency for CPU); 0: off
 //!
 //! [limits]
 //! owners_per_host = 4096
@@ -114,6 +116,7 @@ struct RawConfig {
 struct RawListen {
     addresses: Option<Vec<Spanned<String>>>,
     port: Option<u16>,
+    busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +182,9 @@ pub struct Config {
     pub admin_socket: PathBuf,
     pub listen: Vec<IpAddr>,
     pub port: u16,
+    /// How long the RPC server keeps polling a connection after a reply;
+    /// `None` sleeps at once.
+    pub busy_poll: Option<Duration>,
     pub owners_per_host: usize,
     pub waiters: usize,
     pub connections: usize,
@@ -401,6 +407,10 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             .unwrap_or_else(|| PathBuf::from("/run/lockfs/admin.sock")),
         listen,
         port: raw.listen.port.unwrap_or(0),
+        busy_poll: match raw.listen.busy_poll_us.unwrap_or(200) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        },
         owners_per_host: raw.limits.owners_per_host.unwrap_or(4096),
         waiters: raw.limits.waiters.unwrap_or(65_536),
         connections: raw.limits.connections.unwrap_or(1024),
@@ -472,6 +482,7 @@ mountpoint = "/mnt/data"
         assert_eq!(c.groups.len(), 1);
         assert_eq!(c.groups[0].grace, Duration::from_secs(90));
         assert_eq!(c.listen, vec![IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(c.busy_poll, Some(Duration::from_micros(200)));
     }
 
     #[test]
@@ -485,6 +496,7 @@ release_unreachable_after = "10m"
 [listen]
 addresses = ["127.0.0.1", "::1"]
 port = 4045
+busy_poll_us = 0
 [limits]
 waiters = 10
 [[group]]
@@ -509,6 +521,7 @@ mountpoint = "/mnt/b"
         .unwrap();
         assert_eq!(c.node_name, "nfs-a");
         assert_eq!(c.port, 4045);
+        assert_eq!(c.busy_poll, None);
         assert_eq!(c.waiters, 10);
         assert_eq!(c.release_unreachable_after, Some(Duration::from_secs(600)));
         assert_eq!(c.group("default").unwrap().grace, Duration::from_secs(120));

@@ -66,6 +66,7 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_waiters = cfg.waiters;
     l.server.max_tcp_connections = cfg.connections;
+    l.server.busy_poll = cfg.busy_poll;
     l.callbacks.release_unreachable_after = cfg.release_unreachable_after;
     let addrs: Vec<std::net::SocketAddr> = cfg
         .listen

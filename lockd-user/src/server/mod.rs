@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub max_tcp_connections: usize,
     /// A TCP connection silent this long is closed.
     pub tcp_idle_timeout: Option<Duration>,
+    /// After answering, keep polling for the next call this long before sleeping (per UDP
+    /// socket, and one connection per TCP listener at a time). A client that calls back to
+    /// back then finds the server awake instead of paying a CPU wake-up per call; the price
+    /// is up to this much CPU time per reply while such clients are active. `None` disables
+    /// it.
+    pub busy_poll: Option<Duration>,
     /// Entries in the UDP duplicate request cache; 0 disables it.
     pub drc_capacity: usize,
     /// How long a UDP reply stays in the duplicate request cache.
@@ -81,6 +87,7 @@ impl Default for ServerConfig {
             max_record_size: 256 * 1024,
             max_tcp_connections: 1024,
             tcp_idle_timeout: Some(Duration::from_secs(360)),
+            busy_poll: Some(Duration::from_micros(200)),
             drc_capacity: 4096,
             drc_ttl: Duration::from_secs(120),
         }
@@ -218,6 +225,7 @@ impl ServerBuilder {
                 addr,
                 dispatcher.clone(),
                 drc.clone(),
+                self.config.busy_poll,
                 stop_rx.clone(),
             ));
         }

@@ -1,16 +1,35 @@
 //! The TCP listener: accepts within the connection limit and serves each connection as a
 //! sequence of records, replies written in the order they become ready.
+//!
+//! The per-record path is kept free of work that does not depend on the record: one task
+//! owns the connection and is the only writer (deferred replies come back to it instead of
+//! taking a lock), records are reassembled in buffers reused for the life of the connection,
+//! the stop signal is one future awaited across all records, and the idle timeout is one
+//! timer that is moved only when it fires, not armed and cancelled for every record.
+//!
+//! Latency on a virtual machine is dominated by waking idle CPUs: a client that calls back
+//! to back pays a halted CPU's wake-up on each call unless the server is still running when
+//! the call arrives. So after answering, one connection per listener at a time may poll
+//! for its next call for [`ServerConfig::busy_poll`] before the runtime goes to sleep; it
+//! stops as soon as another connection is served, since the runtime is then awake anyway.
 
 use super::dispatch::{result_msg, Action, Dispatcher};
 use super::{stopped, unspecified, ServerConfig, Transport};
-use crate::record::{read_record, write_record, RecordError};
+use crate::record::{encode_record_into, RecordError, RecordReader, MAX_FRAGMENT};
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// Bytes asked of the socket per read: several small records fit in one.
+const READ_SIZE: usize = 16 * 1024;
 
 pub(super) async fn serve_tcp(
     listener: TcpListener,
@@ -20,6 +39,7 @@ pub(super) async fn serve_tcp(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let poller = Arc::new(Poller::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -42,8 +62,9 @@ pub(super) async fn serve_tcp(
         let dispatcher = dispatcher.clone();
         let config = config.clone();
         let stop = stop.clone();
+        let poller = poller.clone();
         conns.spawn(async move {
-            serve_connection(stream, peer, dispatcher, config, stop).await;
+            serve_connection(stream, peer, dispatcher, config, poller, stop).await;
             drop(permit);
         });
     }
@@ -51,93 +72,381 @@ pub(super) async fn serve_tcp(
     while conns.join_next().await.is_some() {}
 }
 
+/// Why a connection's loop ended.
+enum End {
+    Stop,
+    Closed,
+}
+
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
+    poller: Arc<Poller>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or_else(|_| unspecified());
-    let (rd, wr) = stream.into_split();
-    // Buffered so a record header and its body usually cost one read system call.
-    let mut rd = tokio::io::BufReader::with_capacity(16 * 1024, rd);
-    // Immediate replies are written by this task (no hand-off on the fast path); deferred
-    // ones take the same lock, so records never interleave.
-    let wr = Arc::new(tokio::sync::Mutex::new(wr));
-    let mut deferred = JoinSet::new();
-    loop {
-        let read = async {
-            match config.tcp_idle_timeout {
-                Some(t) => tokio::time::timeout(t, read_record(&mut rd, config.max_record_size))
-                    .await
-                    .unwrap_or(Ok(None)),
-                None => read_record(&mut rd, config.max_record_size).await,
-            }
-        };
-        let msg = tokio::select! {
-            _ = stopped(&mut stop) => break,
-            r = read => match r {
+    let mut reader = RecordReader::new(config.max_record_size, READ_SIZE);
+    let mut out = Vec::new();
+    // Deferred replies are awaited in their own tasks and handed back here to be written.
+    let mut deferred: JoinSet<Option<Vec<u8>>> = JoinSet::new();
+    let stop_flag = stop.clone();
+    let stop_signal = stopped(&mut stop);
+    tokio::pin!(stop_signal);
+    // The idle timer fires at most once per timeout period; when it does, it checks the
+    // time of the last record and either closes the connection or moves itself forward.
+    let idle = config.tcp_idle_timeout;
+    let mut last_record = Instant::now();
+    let far = Duration::from_secs(86_400 * 365);
+    let idle_timer = tokio::time::sleep(idle.unwrap_or(far));
+    tokio::pin!(idle_timer);
+
+    // Whether records were answered since the connection last waited for input.
+    let mut served = false;
+    let end = 'conn: loop {
+        // Every record already received is answered before the socket is read again.
+        loop {
+            let msg = match reader.next_record() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(RecordError::TooLarge { size, limit }) => {
-                    warn!(%peer, size, limit, "TCP record over the limit; closing connection");
-                    break;
-                }
                 Err(e) => {
-                    debug!(%peer, error = %e, "TCP connection ended");
-                    break;
+                    record_error(peer, &e);
+                    break 'conn End::Closed;
                 }
-            },
-        };
-        let action = match dispatcher.parse(&msg) {
-            Ok((h, off)) => dispatcher.execute(&h, &msg[off..], peer, local, Transport::Tcp),
-            Err(a) => a,
-        };
-        match action {
-            Action::Send(out) => {
-                // A peer that stops reading blocks this write; shutdown still ends it.
-                let ok = tokio::select! {
-                    _ = stopped(&mut stop) => false,
-                    r = send_record(&wr, &out, peer) => r,
-                };
-                if !ok {
-                    break;
-                }
-            }
-            Action::Nothing => {}
-            Action::Defer { xid, rx } => {
-                let wr = wr.clone();
-                let mut stop = stop.clone();
-                deferred.spawn(async move {
+            };
+            last_record = Instant::now();
+            served = true;
+            poller.records.fetch_add(1, Ordering::Relaxed);
+            let action = match dispatcher.parse(msg) {
+                Ok((h, off)) => dispatcher.execute(&h, &msg[off..], peer, local, Transport::Tcp),
+                Err(a) => a,
+            };
+            match action {
+                Action::Send(reply) => {
+                    // A peer that stops reading blocks this write; shutdown still ends it.
                     tokio::select! {
-                        _ = stopped(&mut stop) => {}
-                        r = rx => if let Ok(res) = r {
-                            send_record(&wr, &result_msg(xid, res), peer).await;
-                        }
+                        _ = &mut stop_signal => break 'conn End::Stop,
+                        r = write_framed(&mut stream, &mut out, &reply) => if let Err(e) = r {
+                            debug!(%peer, error = %e, "TCP write failed");
+                            break 'conn End::Closed;
+                        },
                     }
-                });
+                }
+                Action::Nothing => {}
+                Action::Defer { xid, rx } => {
+                    deferred.spawn(async move { rx.await.ok().map(|r| result_msg(xid, r)) });
+                }
             }
         }
-        // Reap finished deferred replies so the set does not grow on long connections.
-        while deferred.try_join_next().is_some() {}
+        // One connection of the listener at a time polls: that keeps the runtime awake for
+        // all of them, and bounds the CPU spent to one thread for one window per reply.
+        if let Some(window) = config.busy_poll.filter(|_| served) {
+            if let Some(_turn) = PollTurn::take(&poller.turn) {
+                match busy_poll(&mut stream, &mut reader, window, &poller, &stop_flag).await {
+                    Polled::Data => continue,
+                    Polled::Nothing => {}
+                    Polled::End => break End::Closed,
+                }
+            }
+        }
+        served = false;
+        let spare = reader.spare();
+        tokio::select! {
+            biased;
+            _ = &mut stop_signal => break End::Stop,
+            Some(done) = deferred.join_next(), if !deferred.is_empty() => {
+                // A reply dropped by its program, or a task lost to shutdown: nothing to send.
+                if let Ok(Some(reply)) = done {
+                    tokio::select! {
+                        _ = &mut stop_signal => break End::Stop,
+                        r = write_framed(&mut stream, &mut out, &reply) => if let Err(e) = r {
+                            debug!(%peer, error = %e, "TCP write failed");
+                            break End::Closed;
+                        },
+                    }
+                }
+            }
+            r = stream.read(spare) => match r {
+                Ok(0) => {
+                    if !reader.between_records() {
+                        record_error(peer, &RecordError::Truncated);
+                    }
+                    break End::Closed;
+                }
+                Ok(n) => reader.filled(n),
+                Err(e) => {
+                    record_error(peer, &RecordError::Io(e));
+                    break End::Closed;
+                }
+            },
+            _ = &mut idle_timer, if idle.is_some() => {
+                let t = idle.unwrap_or(far);
+                let due = last_record + t;
+                if Instant::now() >= due {
+                    debug!(%peer, "idle TCP connection closed");
+                    break End::Closed;
+                }
+                idle_timer.as_mut().reset(due);
+            }
+        }
+    };
+    if let End::Stop = end {
+        debug!(%peer, "TCP connection closed for shutdown");
     }
     // Deferred replies for a closed connection have nowhere to go.
     deferred.shutdown().await;
 }
 
-async fn send_record(
-    wr: &tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
-    msg: &[u8],
-    peer: SocketAddr,
-) -> bool {
-    let mut w = wr.lock().await;
-    match write_record(&mut *w, msg).await {
-        Ok(()) => true,
-        Err(e) => {
-            debug!(%peer, error = %e, "TCP write failed");
-            false
+/// What the connections of one listener share for busy polling.
+#[derive(Default)]
+struct Poller {
+    /// Taken by the connection that polls.
+    turn: AtomicBool,
+    /// Records answered on any connection: when another connection is served, the runtime
+    /// is awake anyway and polling would only take time from it.
+    records: AtomicU64,
+}
+
+/// The right to busy-poll, given back when dropped (also if the connection task is aborted
+/// mid-poll, so the listener never loses it).
+struct PollTurn<'a>(&'a AtomicBool);
+
+impl<'a> PollTurn<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::Acquire)).then_some(Self(flag))
+    }
+}
+
+impl Drop for PollTurn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+enum Polled {
+    Data,
+    Nothing,
+    End,
+}
+
+/// Keeps looking for the next record for up to `window` instead of sleeping at once. On a
+/// virtual machine a sleeping CPU can take tens of microseconds to wake, which a client that
+/// sends its next call right after each reply pays on every call.
+async fn busy_poll(
+    stream: &mut TcpStream,
+    reader: &mut RecordReader,
+    window: Duration,
+    poller: &Poller,
+    stop: &watch::Receiver<bool>,
+) -> Polled {
+    let until = std::time::Instant::now() + window;
+    let records = poller.records.load(Ordering::Relaxed);
+    loop {
+        // Yielding lets the runtime poll for readiness and run other connections.
+        tokio::task::yield_now().await;
+        if *stop.borrow() || poller.records.load(Ordering::Relaxed) != records {
+            return Polled::Nothing;
         }
+        match stream.try_read(reader.spare()) {
+            Ok(0) => return Polled::Nothing,
+            Ok(n) => {
+                reader.filled(n);
+                return Polled::Data;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= until {
+                    return Polled::Nothing;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "TCP connection ended");
+                return Polled::End;
+            }
+        }
+    }
+}
+
+fn record_error(peer: SocketAddr, e: &RecordError) {
+    match e {
+        RecordError::TooLarge { size, limit } => {
+            warn!(%peer, size, limit, "TCP record over the limit; closing connection");
+        }
+        e => debug!(%peer, error = %e, "TCP connection ended"),
+    }
+}
+
+/// Writes `msg` as one record (several fragments only past 2 GiB) with one write call in the
+/// common case, framing it in `buf`, which keeps its capacity for the next reply.
+async fn write_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, msg: &[u8]) -> io::Result<()> {
+    buf.clear();
+    encode_record_into(buf, msg, MAX_FRAGMENT);
+    let r = stream.write_all(buf).await;
+    if buf.capacity() > READ_SIZE * 4 {
+        *buf = Vec::new();
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::record::{encode_record, read_record};
+    use crate::rpc::{AcceptStatus, CallHeader, OpaqueAuth, ReplyHeader, ReplyStatus};
+    use crate::server::{
+        decode_args, CallContext, ProcError, Reply, ReplySender, RpcProgram, RpcServer,
+        ServerConfig,
+    };
+    use crate::xdr::{to_bytes, Decoder};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    const PROG: u32 = 0x2000_0177;
+    const NOW: u32 = 0;
+    const LATER: u32 = 1;
+    const STEP: Duration = Duration::from_secs(10);
+
+    /// Answers NOW with its argument at once; holds LATER until the test releases it.
+    #[derive(Default)]
+    struct Held {
+        senders: Mutex<Vec<ReplySender>>,
+    }
+
+    impl RpcProgram for Held {
+        fn program(&self) -> u32 {
+            PROG
+        }
+        fn versions(&self) -> (u32, u32) {
+            (1, 1)
+        }
+        fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+            let v: u32 = decode_args(args)?;
+            match ctx.proc_ {
+                NOW => Ok(Reply::encode(&v)),
+                LATER => {
+                    let (reply, sender) = Reply::deferred();
+                    self.senders.lock().unwrap().push(sender);
+                    Ok(reply)
+                }
+                _ => Err(ProcError::ProcUnavail),
+            }
+        }
+    }
+
+    fn call(xid: u32, proc_: u32, v: u32) -> Vec<u8> {
+        let msg =
+            CallHeader::new(xid, PROG, 1, proc_, OpaqueAuth::none()).to_message(&to_bytes(&v));
+        encode_record(&msg, 1 << 20)
+    }
+
+    async fn reply(s: &mut TcpStream) -> (u32, u32) {
+        let rec = timeout(STEP, read_record(s, 1 << 16))
+            .await
+            .expect("reply in time")
+            .expect("readable reply")
+            .expect("a reply, not end of stream");
+        let mut d = Decoder::new(&rec);
+        let h = ReplyHeader::decode(&mut d).unwrap();
+        assert!(matches!(
+            h.status,
+            ReplyStatus::Accepted {
+                stat: AcceptStatus::Success,
+                ..
+            }
+        ));
+        (h.xid, d.get_u32().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_busy_polling_connection_neither_stalls_others_nor_misses_its_end() {
+        // A window far longer than any step below: a poller that kept the runtime to itself,
+        // or missed data or the end of its stream, would show as a step taking the window.
+        let window = Duration::from_secs(5);
+        let config = ServerConfig {
+            busy_poll: Some(window),
+            ..ServerConfig::default()
+        };
+        let server = RpcServer::builder(config)
+            .program(Arc::new(Held::default()))
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .start()
+            .await
+            .unwrap();
+        let addr = server.tcp_addrs()[0];
+        let quick = Duration::from_secs(2);
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        a.write_all(&call(1, NOW, 11)).await.unwrap();
+        assert_eq!(reply(&mut a).await, (1, 11));
+        // `a` now polls; `b` is served meanwhile, and so is `a`'s next call.
+        let started = std::time::Instant::now();
+        b.write_all(&call(2, NOW, 22)).await.unwrap();
+        assert_eq!(reply(&mut b).await, (2, 22));
+        a.write_all(&call(3, NOW, 33)).await.unwrap();
+        assert_eq!(reply(&mut a).await, (3, 33));
+        // A call split across writes while polling is reassembled.
+        let wire = call(4, NOW, 44);
+        let (head, tail) = wire.split_at(6);
+        a.write_all(head).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a.write_all(tail).await.unwrap();
+        assert_eq!(reply(&mut a).await, (4, 44));
+        assert!(
+            started.elapsed() < quick,
+            "a polling connection held up the others"
+        );
+        // Closing while the server polls ends the connection at once; so does shutdown.
+        a.shutdown().await.unwrap();
+        let mut buf = [0u8; 16];
+        let closed = timeout(quick, tokio::io::AsyncReadExt::read(&mut a, &mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "server kept a closed connection"
+        );
+        b.write_all(&call(5, NOW, 55)).await.unwrap();
+        assert_eq!(reply(&mut b).await, (5, 55));
+        let stopping = std::time::Instant::now();
+        timeout(STEP, server.shutdown()).await.expect("shutdown");
+        assert!(
+            stopping.elapsed() < quick,
+            "shutdown waited for a polling window"
+        );
+    }
+
+    #[tokio::test]
+    async fn deferred_replies_interleave_with_a_burst_of_immediate_ones() {
+        let held = Arc::new(Held::default());
+        let server = RpcServer::builder(ServerConfig::default())
+            .program(held.clone())
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .start()
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+        // Two held calls, then a burst of immediate ones in a single write, so many records
+        // arrive in one read.
+        let mut wire = call(1, LATER, 10);
+        wire.extend(call(2, LATER, 20));
+        for x in 3..200u32 {
+            wire.extend(call(x, NOW, x * 3));
+        }
+        s.write_all(&wire).await.unwrap();
+        for x in 3..200u32 {
+            assert_eq!(reply(&mut s).await, (x, x * 3));
+        }
+        let mut senders = std::mem::take(&mut *held.senders.lock().unwrap());
+        assert_eq!(senders.len(), 2);
+        // A reply given up by its program sends nothing; the other still arrives.
+        let second = senders.pop().unwrap();
+        drop(senders);
+        assert!(second.send(to_bytes(&40u32)));
+        assert_eq!(reply(&mut s).await, (2, 40));
+        // The connection keeps serving after both.
+        s.write_all(&call(500, NOW, 7)).await.unwrap();
+        assert_eq!(reply(&mut s).await, (500, 7));
+        timeout(STEP, server.shutdown()).await.expect("shutdown");
     }
 }
