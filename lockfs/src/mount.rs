@@ -82,7 +82,7 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and
 /// returns the set, for `sigwait`.
-fn block_termination() -> libc::sigset_t {
+pub(crate) fn block_termination() -> libc::sigset_t {
     // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.

@@ -79,25 +79,10 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
     l
 }
 
-/// Blocks SIGINT and SIGTERM in this thread and every thread started after,
-/// so that only the `sigwait` below sees them.
-fn block_termination() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let cfg = resolve_config(config_path)?;
-    let set = block_termination();
+    let set = crate::mount::block_termination();
     if let Err(e) = fuse_lockfs::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the descriptor limit");
     }
