@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     pub(crate) dirs: HandleTable<OpenDir>,
     /// Whether the kernel accepted passthrough at init.
     pub(crate) passthrough: AtomicBool,
+    /// Whether the kernel accepted `FUSE_HANDLE_KILLPRIV_V2`: the daemon drops
+    /// set-ID bits after unprivileged writes and truncates, and the kernel stops
+    /// asking for `security.capability` before every write.
+    pub(crate) killpriv: AtomicBool,
     /// Read and write requests served by the daemon (direct I/O files only; with
     /// passthrough the kernel never sends them).
     pub(crate) daemon_io: AtomicU64,
@@ -108,6 +112,7 @@ impl LockFs {
                 files: HandleTable::with_base(base),
                 dirs: HandleTable::new(),
                 passthrough: AtomicBool::new(false),
+                killpriv: AtomicBool::new(false),
                 daemon_io: AtomicU64::new(0),
             }),
             ttl: opts.ttl,
@@ -198,6 +203,15 @@ impl LockFs {
             None if self.mandatory.applies(attr) => IoMode::DirectIo,
             None => IoMode::Passthrough,
         };
+        if wanted == IoMode::Passthrough
+            && self.shared.killpriv.load(Ordering::Relaxed)
+            && is_set_id(u32::from(attr.perm))
+        {
+            // The kernel does passthrough writes with the daemon's rights and,
+            // under KILLPRIV_V2, leaves dropping the set-ID bits to the daemon,
+            // which only sees writes it serves itself.
+            return IoMode::DirectIo;
+        }
         if wanted == IoMode::Passthrough && !self.shared.passthrough.load(Ordering::Relaxed) {
             // When passthrough was switched off on purpose, direct I/O is no news.
             if self.want_passthrough {
@@ -430,6 +444,7 @@ impl Detached {
             size,
             atime,
             mtime,
+            kill_suidgid,
         } = ch;
         let inode = self.inode(ino)?;
         let file = match fh {
@@ -463,6 +478,11 @@ impl Detached {
                     let fd = sys::reopen(inode.fd.as_fd(), libc::O_WRONLY).map_err(errno)?;
                     sys::ftruncate(fd.as_fd(), size).map_err(errno)?;
                 }
+            }
+            if kill_suidgid {
+                // The daemon truncates as root, which the backing file system
+                // lets keep the bits; the caller could not have.
+                kill_set_id(inode.fd.as_fd())?;
             }
         }
         if atime.is_some() || mtime.is_some() {
@@ -626,28 +646,36 @@ fn write_and_kill(
 ) -> R<u32> {
     let n = write_at(shared, file, offset, data)?;
     if flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-        kill_suid(file)?;
+        kill_set_id(file.fd.as_fd())?;
     }
     Ok(n)
 }
 
+/// Whether a file with mode `mode` loses bits when an unprivileged caller writes
+/// to it: set-user-ID, or set-group-ID with group execute.
+fn is_set_id(mode: u32) -> bool {
+    mode & libc::S_ISUID != 0
+        || mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP
+}
+
 /// Drops set-user-ID (and group-executable set-group-ID) after an unprivileged
-/// caller wrote to the file, as a local file system would.
+/// caller wrote to or truncated the file, as a local file system would.
 ///
-/// The kernel leaves this to the daemon for direct-I/O writes and says so
-/// with `FUSE_WRITE_KILL_SUIDGID`; the daemon writes as root, which the backing
-/// file system would not strip the bits for.
-fn kill_suid(file: &OpenFile) -> R<()> {
-    let st = sys::fstat(file.fd.as_fd()).map_err(errno)?;
-    let mut mode = st.st_mode & 0o7777;
-    mode &= !libc::S_ISUID;
+/// The kernel leaves this to the daemon for direct-I/O writes and, once
+/// `FUSE_HANDLE_KILLPRIV_V2` is negotiated, for truncates; the daemon works as
+/// root, for which the backing file system keeps the bits. Set-group-ID without
+/// group execute is the mandatory-locking mark and stays, as it did on Linux
+/// before 5.15.
+fn kill_set_id(fd: BorrowedFd<'_>) -> R<()> {
+    let st = sys::fstat(fd).map_err(errno)?;
+    if !is_set_id(st.st_mode) {
+        return Ok(());
+    }
+    let mut mode = st.st_mode & 0o7777 & !libc::S_ISUID;
     if mode & libc::S_IXGRP != 0 {
         mode &= !libc::S_ISGID;
     }
-    if mode != st.st_mode & 0o7777 {
-        sys::fchmod(file.fd.as_fd(), mode).map_err(errno)?;
-    }
-    Ok(())
+    sys::chmod_path_fd(fd, mode).map_err(errno)
 }
 
 impl LockFs {
@@ -775,6 +803,8 @@ struct Changes {
     size: Option<u64>,
     atime: Option<TimeOrNow>,
     mtime: Option<TimeOrNow>,
+    /// The caller lacked CAP_FSETID: a size change drops the set-ID bits.
+    kill_suidgid: bool,
 }
 
 /// Supplementary groups of process `pid`, read from `/proc/<pid>/status`.
@@ -850,6 +880,17 @@ impl Filesystem for LockFs {
             if let Err(missing) = config.add_capabilities(want) {
                 tracing::warn!(?missing, "kernel cannot forward lock requests");
             }
+        }
+        if caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok()
+        {
+            // Without it the kernel cannot mark inodes S_NOSEC on a FUSE mount
+            // and asks the daemon for `security.capability` before every write
+            // (a full round trip, half the cost of a passthrough write). With
+            // it, the daemon drops set-ID bits itself: see `kill_set_id`.
+            self.shared.killpriv.store(true, Ordering::Relaxed);
         }
         if caps.contains(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) && self.mandatory == Mandatory::Off {
             // Shared mmap of direct-I/O files would otherwise fail with ENODEV. With
@@ -936,6 +977,7 @@ impl Filesystem for LockFs {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         let ch = Changes {
@@ -945,6 +987,7 @@ impl Filesystem for LockFs {
             size,
             atime,
             mtime,
+            kill_suidgid,
         };
         if let Some(size) = size {
             match self.truncate_gate(req, ino, fh, size) {

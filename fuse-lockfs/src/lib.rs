@@ -70,6 +70,19 @@
 //! with `EBUSY`, so no new unchecked I/O can start. Direct-I/O opens follow the
 //! mark at once when it changes through the mount.
 //!
+//! # Set-ID bits
+//! The daemon negotiates `FUSE_HANDLE_KILLPRIV_V2` when the kernel offers it.
+//! Without it, the kernel cannot mark a FUSE inode as free of set-ID bits and
+//! capabilities, and asks the daemon for `security.capability` before every
+//! write, a round trip that halved passthrough write throughput. With it, the
+//! daemon drops the bits itself, as a local file system would: set-user-ID, and
+//! set-group-ID with group execute, go when a caller without `CAP_FSETID` writes
+//! or truncates. Files with such bits are therefore opened with direct I/O (the
+//! daemon sees their writes); the mandatory mark (set-group-ID without group
+//! execute) always stays, as on Linux before 5.15. A file that gains a set-ID bit
+//! while it is open with passthrough keeps it through writes of those opens,
+//! which the kernel does without asking the daemon.
+//!
 //! # Share reservations
 //! Every open takes a Windows-style access/deny reservation; conflicts fail with
 //! `EBUSY`. See [`share`] for the ioctl and the open-time xattr request.

@@ -933,5 +933,66 @@ fn unprivileged_writes_and_truncates_drop_set_user_id() {
                 "{name} root write (passthrough {passthrough})"
             );
         }
+        // Set-group-ID without group execute is the mandatory-locking mark: an
+        // unprivileged write or truncate keeps it, as Linux did before 5.15.
+        fs::write(fx.s("mark"), b"x").unwrap();
+        fs::set_permissions(fx.s("mark"), fs::Permissions::from_mode(0o2666)).unwrap();
+        let out = sh_as(
+            Some(NOBODY),
+            &format!("echo more >> {m}/mark && truncate -s 2 {m}/mark"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read(fx.s("mark")).unwrap(), b"xm");
+        let mode = fs::metadata(fx.s("mark")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o2666, "mark (passthrough {passthrough})");
+    }
+}
+
+#[test]
+fn writes_drop_file_capabilities() {
+    // The kernel no longer asks the daemon for `security.capability` before each
+    // write (FUSE_HANDLE_KILLPRIV_V2), so dropping it is the daemon's side's job:
+    // the backing file system does it for the daemon's own write.
+    for passthrough in [true, false] {
+        let opts = fuse_lockfs::MountOptions {
+            passthrough,
+            ..fuse_lockfs::MountOptions::default()
+        };
+        let Some(fx) = mount_with(opts) else { return };
+        if !is_root() {
+            eprintln!("SKIPPING capability test: needs root to set security.capability");
+            return;
+        }
+        let p = fx.m("cap");
+        fs::write(&p, b"x").unwrap();
+        let c = cpath(&p);
+        let name = c"security.capability";
+        // vfs_cap_data revision 2, effective, CAP_NET_RAW permitted.
+        let mut v = Vec::new();
+        for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+            v.extend_from_slice(&word.to_le_bytes());
+        }
+        let has_cap = move || {
+            // SAFETY: valid C strings; a size query writes nothing.
+            unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) }
+        };
+        let c2 = cpath(&p);
+        // SAFETY: valid C strings and buffer.
+        let r =
+            unsafe { libc::setxattr(c2.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+        assert_eq!(has_cap(), v.len() as isize);
+        let q = p.clone();
+        within(move || {
+            let mut f = OpenOptions::new().append(true).open(q).unwrap();
+            f.write_all(b"y").unwrap();
+        });
+        assert_eq!(has_cap(), -1, "passthrough {passthrough}");
+        assert_eq!(last_errno(), libc::ENODATA);
+        assert_eq!(fs::read(fx.s("cap")).unwrap(), b"xy");
     }
 }

@@ -7,6 +7,12 @@
 //!   the daemon answers `ENOTTY` at once; on a file system without FUSE the
 //!   kernel answers it); prints `trips_per_sec N`. Two of these are the transport
 //!   floor of a lock+unlock pair.
+//! - `lockfs-bench compare FILE SECONDS`: alternates short rounds of lock+unlock
+//!   pairs and of pairs of no-op round trips on the same descriptor for SECONDS in
+//!   all; prints the medians of both rates and the median of the per-round ratios
+//!   `cost_ratio R` (time of a lock+unlock pair over two no-op round trips).
+//!   Alternating keeps both sides under the same load when the machine's speed
+//!   drifts, which separate runs seconds apart do not.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -17,7 +23,7 @@ const NOOP_IOCTL: libc::c_ulong = ((b'S' as libc::c_ulong) << 8) | 99;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(path), Some(secs)) = (args.get(1), args.get(2), args.get(3)) else {
-        anyhow::bail!("usage: lockfs-bench locks|noop FILE SECONDS");
+        anyhow::bail!("usage: lockfs-bench locks|noop|compare FILE SECONDS");
     };
     let secs: f64 = secs.parse()?;
     let f = std::fs::OpenOptions::new()
@@ -30,36 +36,81 @@ fn main() -> anyhow::Result<()> {
     let mut n: u64 = 0;
     match mode.as_str() {
         "locks" => {
-            // SAFETY: an all-zero flock is a valid value; fields set below.
-            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-            fl.l_whence = libc::SEEK_SET as i16;
-            fl.l_start = 0;
-            fl.l_len = 1;
             while t0.elapsed() < limit {
-                for _ in 0..256 {
-                    for ty in [libc::F_WRLCK, libc::F_UNLCK] {
-                        fl.l_type = ty as i16;
-                        // SAFETY: valid descriptor and flock.
-                        if unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) } == -1 {
-                            anyhow::bail!("fcntl: {}", std::io::Error::last_os_error());
-                        }
-                    }
-                }
+                lock_pairs(fd, 256)?;
                 n += 256;
             }
             println!("pairs_per_sec {:.0}", n as f64 / t0.elapsed().as_secs_f64());
         }
         "noop" => {
             while t0.elapsed() < limit {
-                for _ in 0..256 {
-                    // SAFETY: an argument-less ioctl on a valid descriptor.
-                    unsafe { libc::ioctl(fd, NOOP_IOCTL) };
-                }
+                noops(fd, 256);
                 n += 256;
             }
             println!("trips_per_sec {:.0}", n as f64 / t0.elapsed().as_secs_f64());
         }
+        "compare" => {
+            const ROUND: Duration = Duration::from_millis(250);
+            let (mut pairs, mut trips, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            while t0.elapsed() < limit {
+                let p = rate(ROUND, || lock_pairs(fd, 64))?;
+                let t = rate(ROUND, || {
+                    noops(fd, 64);
+                    Ok(())
+                })?;
+                // Seconds per pair over seconds per two round trips.
+                ratios.push((1.0 / p) / (2.0 / t));
+                pairs.push(p);
+                trips.push(t);
+            }
+            println!("pairs_per_sec {:.0}", median(&mut pairs));
+            println!("trips_per_sec {:.0}", median(&mut trips));
+            println!("cost_ratio {:.3}", median(&mut ratios));
+            println!("rounds {}", ratios.len());
+        }
         m => anyhow::bail!("unknown mode {m}"),
     }
     Ok(())
+}
+
+/// `n` write lock + unlock pairs on byte 0.
+fn lock_pairs(fd: i32, n: u32) -> anyhow::Result<()> {
+    // SAFETY: an all-zero flock is a valid value; fields set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 1;
+    for _ in 0..n {
+        for ty in [libc::F_WRLCK, libc::F_UNLCK] {
+            fl.l_type = ty as i16;
+            // SAFETY: valid descriptor and flock.
+            if unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) } == -1 {
+                anyhow::bail!("fcntl: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `n` no-op round trips.
+fn noops(fd: i32, n: u32) {
+    for _ in 0..n {
+        // SAFETY: an argument-less ioctl on a valid descriptor.
+        unsafe { libc::ioctl(fd, NOOP_IOCTL) };
+    }
+}
+
+/// Calls of `batch` per second (each counted as 64 operations) over `round`.
+fn rate(round: Duration, mut batch: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed() < round {
+        batch()?;
+        n += 64;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

@@ -439,6 +439,10 @@ pub trait Filesystem: Send + Sync + 'static {
     }
 
     /// Set file attributes.
+    ///
+    /// lockfs patch: `kill_suidgid` is the kernel's `FATTR_KILL_SUIDGID` (an
+    /// unprivileged truncate or chown with `FUSE_HANDLE_KILLPRIV_V2` negotiated):
+    /// the server must drop the set-ID bits itself.
     fn setattr(
         &self,
         _req: &Request,
@@ -455,6 +459,7 @@ pub trait Filesystem: Send + Sync + 'static {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         flags: Option<BsdFileFlags>,
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         warn!(
