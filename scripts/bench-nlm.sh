@@ -4,7 +4,9 @@
 #
 # For each server: two NULL calls per iteration (the transport floor of one
 # pair), then LOCK+UNLOCK pairs with 1 and 16 concurrent clients, each with
-# its own TCP connection, host name, owner and byte range.
+# its own TCP connection, host name, owner and byte range. Last, for lockfs,
+# LOCK+UNLOCK against two NULL calls in alternating quarter-second rounds on one
+# connection (the pair's cost over its transport floor, both under one load).
 #
 # Usage (as root): scripts/bench-nlm.sh [--seconds N] [--only ganesha|lockfs]
 # Prints one line per run and a summary table with ratios.
@@ -70,6 +72,7 @@ wait_registered() { # program version seconds
 }
 
 results=()
+compares=()
 
 run_ganesha() {
     mkdir -p "$work/ganesha/export" /var/lib/nfs/ganesha
@@ -137,6 +140,7 @@ EOF
     results+=("$(bench --null --clients 1 --label lockfs-null)")
     results+=("$(bench --fh "$fh" --clients 1 --label lockfs-pairs)")
     results+=("$(bench --fh "$fh" --clients 16 --label lockfs-pairs)")
+    compares+=("$("$work/nlm-bench" --server 127.0.0.1 --seconds $((secs * 2)) --fh "$fh" --compare --label lockfs)")
     kill "$s"
     wait "$s" 2>/dev/null || true
 }
@@ -156,3 +160,7 @@ printf '%s\n' "${results[@]}" | awk '
         n = rate["lockfs-null/1"]; p = rate["lockfs-pairs/1"]
         if (n > 0 && p > 0) printf "lockfs pair time / two-NULL time: %.2f\n", n / p
     }'
+if [ ${#compares[@]} -gt 0 ]; then
+    printf '%s\n' "${compares[@]}"
+    printf '%s\n' "${compares[@]}" | awk '{ printf "%s pair time / two-NULL time, alternating rounds: %s (median of %s; target <= 1.25)\n", $2, $10, $4 }'
+fi

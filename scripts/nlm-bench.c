@@ -8,10 +8,16 @@
  * --null it sends two NLM NULL calls instead of LOCK+UNLOCK: the transport
  * floor of one pair. Prints one line:
  *   label clients pairs seconds pairs_per_s p50_us p99_us errors
+ * With --compare (one client) it alternates quarter-second rounds of
+ * LOCK+UNLOCK and of two NULL calls on the same connection and prints
+ *   compare label rounds N pairs_per_s X null_pairs_per_s Y ratio R
+ * where R is the median over adjacent rounds of (time of a pair) / (time of
+ * two NULL calls): both sides measured under the same load, even when the
+ * machine's speed drifts between seconds.
  *
  * Build: cc -O2 -o nlm-bench scripts/nlm-bench.c -lnfs
  * Usage: nlm-bench --server 127.0.0.1 [--port P] (--fh HEX | --mount EXPORT:PATH)
- *                  [--clients N] [--seconds S] [--null] [--label L]
+ *                  [--clients N] [--seconds S] [--null | --compare] [--label L]
  */
 #include <sys/time.h>
 #include <errno.h>
@@ -53,6 +59,12 @@ static double *samples;
 static long nsamples;
 static long errors;
 static int connected;
+#define MAX_ROUNDS 4096
+static int compare_mode;
+static double round_start;
+static long round_count;
+static double lock_rates[MAX_ROUNDS], null_rates[MAX_ROUNDS];
+static int nlock_rounds, nnull_rounds;
 
 static double now(void)
 {
@@ -65,7 +77,8 @@ static void start_pair(struct client *c);
 
 static void record(struct client *c)
 {
-    if (nsamples < MAX_SAMPLES)
+    round_count++;
+    if (nsamples < MAX_SAMPLES && !compare_mode)
         samples[nsamples++] = (now() - c->started) * 1e6;
 }
 
@@ -127,6 +140,16 @@ static void start_pair(struct client *c)
 {
     if (c->phase == FAILED || now() >= deadline)
         return;
+    if (compare_mode && now() >= round_start + 0.25) {
+        double rate = round_count / (now() - round_start);
+        if (null_mode && nnull_rounds < MAX_ROUNDS)
+            null_rates[nnull_rounds++] = rate;
+        else if (!null_mode && nlock_rounds < MAX_ROUNDS)
+            lock_rates[nlock_rounds++] = rate;
+        null_mode = !null_mode;
+        round_start = now();
+        round_count = 0;
+    }
     c->started = now();
     if (null_mode) {
         c->phase = NULL1;
@@ -217,6 +240,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--null")) { null_mode = 1; continue; }
+        if (!strcmp(a, "--compare")) { compare_mode = 1; continue; }
         if (!v) { fprintf(stderr, "%s needs a value\n", a); return 2; }
         if (!strcmp(a, "--server")) server = v;
         else if (!strcmp(a, "--port")) port = atoi(v);
@@ -229,6 +253,7 @@ int main(int argc, char **argv)
         i++;
     }
     if (nclients < 1 || nclients > MAX_CLIENTS) { fprintf(stderr, "1..%d clients\n", MAX_CLIENTS); return 2; }
+    if (compare_mode && (null_mode || nclients != 1)) { fprintf(stderr, "--compare takes one client and no --null\n"); return 2; }
     if (!null_mode) {
         if (fh_hex ? parse_hex(fh_hex) : mount_spec ? fh_from_mount(server, mount_spec) : -1) {
             fprintf(stderr, "need a valid --fh HEX or --mount EXPORT:PATH\n");
@@ -270,6 +295,7 @@ int main(int argc, char **argv)
             started = 1;
             t0 = now();
             deadline = t0 + seconds;
+            round_start = t0;
             for (int i = 0; i < nclients; i++) start_pair(&cl[i]);
         }
         if (!started && now() > connect_deadline) { fprintf(stderr, "connect timed out\n"); return 1; }
@@ -296,6 +322,19 @@ int main(int argc, char **argv)
         }
     }
     double elapsed = now() - t0;
+    if (compare_mode) {
+        int n = nlock_rounds < nnull_rounds ? nlock_rounds : nnull_rounds;
+        static double ratios[MAX_ROUNDS];
+        for (int i = 0; i < n; i++)
+            ratios[i] = null_rates[i] / lock_rates[i];
+        qsort(ratios, n, sizeof(double), cmp_double);
+        qsort(lock_rates, nlock_rounds, sizeof(double), cmp_double);
+        qsort(null_rates, nnull_rounds, sizeof(double), cmp_double);
+        printf("compare %s rounds %d pairs_per_s %.0f null_pairs_per_s %.0f ratio %.3f errors %ld\n", label, n,
+               nlock_rounds ? lock_rates[nlock_rounds / 2] : 0, nnull_rounds ? null_rates[nnull_rounds / 2] : 0,
+               n ? ratios[n / 2] : 0, errors);
+        return n == 0 || errors > 0 ? 1 : 0;
+    }
     qsort(samples, nsamples, sizeof(double), cmp_double);
     double p50 = nsamples ? samples[nsamples / 2] : 0;
     double p99 = nsamples ? samples[(long)(nsamples * 0.99)] : 0;

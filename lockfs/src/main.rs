@@ -103,6 +103,19 @@ enum Command {
     Trace(trace::TraceArgs),
 }
 
+/// Logs to stderr at `RUST_LOG` (default `info`), coloured only on a terminal: a log
+/// file or journal gets plain text.
+fn init_logging() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -111,13 +124,7 @@ fn main() -> Result<()> {
             mountpoint,
             options,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging();
             mount::run(&source, &mountpoint, &options)?;
         }
         Command::Locks { json, socket } => {
@@ -155,13 +162,7 @@ fn main() -> Result<()> {
         } => share_open::run(&access, &deny, fd, &file, &cmd)?,
         Command::Trace(args) => trace::run(&args)?,
         Command::Serve { config } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging();
             serve::run(config.as_deref())?;
         }
         Command::Clear { host, socket } => {

@@ -15,6 +15,11 @@
 //! - A reclaim outside grace, like a non-reclaim inside it: DENIED_GRACE_PERIOD.
 //! - UNLOCK and CANCEL are served during grace: they only give up state.
 //! - GRANTED sent to this server: DENIED, since a server has no blocked requests of its own.
+//!
+//! Each request runs in a debug-level span carrying client, file and owner
+//! (`RUST_LOG=lockd_user=debug` shows them). Info-level spans cost a formatted string
+//! per request, measurable next to a call that takes tens of microseconds; warnings
+//! name client and file themselves.
 
 use super::Call;
 use crate::callbacks::Pending;
@@ -27,7 +32,7 @@ use lock_table::{
 };
 use share_reservations::{ShareAccess, ShareDeny, ShareMode, ShareRequest};
 use std::borrow::Cow;
-use tracing::{debug, info_span, warn};
+use tracing::{debug, debug_span, warn};
 
 use v4::Stats;
 
@@ -137,7 +142,7 @@ impl Lockd {
         let owner = self
             .known_owner(&host, a.alock.svid, &a.alock.oh)
             .unwrap_or(NOBODY);
-        let _s = info_span!("nlm_test", client = %host, file = ?file, owner = ?owner).entered();
+        let _s = debug_span!("nlm_test", client = %host, file = ?file, owner = ?owner).entered();
         let out = self.table.read(|t| {
             t.test(&TestRequest {
                 file,
@@ -185,10 +190,10 @@ impl Lockd {
             warn!(client = %host, file = ?file, svid = a.alock.svid, "lock owner limit of the host reached");
             return Stats::DeniedNolocks;
         };
-        let _s = info_span!("nlm_lock", client = %host, file = ?file, owner = ?owner).entered();
+        let _s = debug_span!("nlm_lock", client = %host, file = ?file, owner = ?owner).entered();
         let block = a.block && monitored;
         if block && self.table.read(|t| t.waiter_count()) >= self.limits.max_waiters {
-            warn!("waiter limit reached");
+            warn!(client = %host, file = ?file, "waiter limit reached");
             return Stats::DeniedNolocks;
         }
         if monitored && !self.monitor_client(scope, &host, call) {
@@ -288,7 +293,7 @@ impl Lockd {
         let Some(owner) = self.known_owner(&host, a.alock.svid, &a.alock.oh) else {
             return Stats::Denied;
         };
-        let _s = info_span!("nlm_cancel", client = %host, file = ?file, owner = ?owner).entered();
+        let _s = debug_span!("nlm_cancel", client = %host, file = ?file, owner = ?owner).entered();
         let kind = kind_of(a.exclusive);
         let cancelled = self
             .table
@@ -330,7 +335,7 @@ impl Lockd {
         };
         if let Some(owner) = self.known_owner(&host, a.alock.svid, &a.alock.oh) {
             let _s =
-                info_span!("nlm_unlock", client = %host, file = ?file, owner = ?owner).entered();
+                debug_span!("nlm_unlock", client = %host, file = ?file, owner = ?owner).entered();
             self.table.with(|t| t.unlock(file, owner, range));
             debug!("unlock");
         }
@@ -363,7 +368,7 @@ impl Lockd {
             let h = t.registry_mut().host(&host);
             t.registry_mut().nlm_share_owner(h, &s.oh)
         });
-        let _sp = info_span!("nlm_share", client = %host, file = ?file, owner = ?owner).entered();
+        let _sp = debug_span!("nlm_share", client = %host, file = ?file, owner = ?owner).entered();
         if !self.monitor_client(scope, &host, call) {
             return Stats::DeniedNolocks;
         }
