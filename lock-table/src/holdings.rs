@@ -12,7 +12,7 @@
 //! Segments are keyed by start offset in a B-tree, so finding the locks that
 //! overlap a range costs O(log n + k) however many locks the file holds.
 
-use crate::ids::{LockKind, Owner};
+use crate::ids::{HostId, LockKind, Owner};
 use crate::range::Range;
 use crate::segmap::SegMap;
 use rustc_hash::FxHashMap;
@@ -61,7 +61,8 @@ impl OwnerCounts {
         }
     }
 
-    fn add(&mut self, owner: Owner, n: u32) {
+    fn add(&mut self, owner: Owner, n: u32, deltas: &mut HostDeltas) {
+        note(deltas, owner.host, i64::from(n));
         match self {
             OwnerCounts::Small(v) => {
                 if let Some(e) = v.iter_mut().find(|(o, _)| *o == owner) {
@@ -78,31 +79,39 @@ impl OwnerCounts {
         }
     }
 
-    fn sub(&mut self, owner: Owner, n: u32) {
-        match self {
-            OwnerCounts::Small(v) => {
-                if let Some(i) = v.iter().position(|(o, _)| *o == owner) {
-                    v[i].1 = v[i].1.saturating_sub(n);
+    fn sub(&mut self, owner: Owner, n: u32, deltas: &mut HostDeltas) {
+        let taken = match self {
+            OwnerCounts::Small(v) => match v.iter().position(|(o, _)| *o == owner) {
+                Some(i) => {
+                    let taken = v[i].1.min(n);
+                    v[i].1 -= taken;
                     if v[i].1 == 0 {
                         v.swap_remove(i);
                     }
+                    taken
                 }
-            }
-            OwnerCounts::Large(m) => {
-                if let Some(c) = m.get_mut(&owner) {
-                    *c = c.saturating_sub(n);
+                None => 0,
+            },
+            OwnerCounts::Large(m) => match m.get_mut(&owner) {
+                Some(c) => {
+                    let taken = (*c).min(n);
+                    *c -= taken;
                     if *c == 0 {
                         m.remove(&owner);
                     }
+                    taken
                 }
-            }
-        }
+                None => 0,
+            },
+        };
+        note(deltas, owner.host, -i64::from(taken));
     }
 
-    fn owners(&self) -> Vec<Owner> {
+    /// Every owner with its count.
+    fn entries(&self) -> Vec<(Owner, u32)> {
         match self {
-            OwnerCounts::Small(v) => v.iter().map(|(o, _)| *o).collect(),
-            OwnerCounts::Large(m) => m.keys().copied().collect(),
+            OwnerCounts::Small(v) => v.to_vec(),
+            OwnerCounts::Large(m) => m.iter().map(|(o, n)| (*o, *n)).collect(),
         }
     }
 
@@ -112,6 +121,19 @@ impl OwnerCounts {
             OwnerCounts::Small(v) => v.is_empty(),
             OwnerCounts::Large(m) => m.is_empty(),
         }
+    }
+}
+
+/// Net change of the segments each host's owners hold, since the table last took it.
+pub(crate) type HostDeltas = SmallVec<[(HostId, i64); 2]>;
+
+fn note(deltas: &mut HostDeltas, host: HostId, n: i64) {
+    if n == 0 {
+        return;
+    }
+    match deltas.iter_mut().find(|(h, _)| *h == host) {
+        Some(e) => e.1 += n,
+        None => deltas.push((host, n)),
     }
 }
 
@@ -140,6 +162,9 @@ pub(crate) struct Run {
 pub(crate) struct Holdings {
     segs: SegMap,
     counts: OwnerCounts,
+    /// Segment-count changes per host, for the table's per-host totals (NLM's limit
+    /// on the locks one client may hold).
+    host_deltas: HostDeltas,
 }
 
 #[inline]
@@ -160,7 +185,7 @@ impl Holdings {
     /// Owners holding anything on this file.
     #[cfg(test)]
     pub fn owners(&self) -> Vec<Owner> {
-        self.counts.owners()
+        self.counts.entries().into_iter().map(|(o, _)| o).collect()
     }
 
     /// Segments overlapping `r`, in offset order.
@@ -294,7 +319,7 @@ impl Holdings {
         seg.end = at - 1;
         debug_assert!(k < at);
         for h in &right.holders {
-            self.counts.add(h.owner, 1);
+            self.counts.add(h.owner, 1, &mut self.host_deltas);
         }
         self.segs.insert(at, right);
     }
@@ -344,7 +369,7 @@ impl Holdings {
                             holders: smallvec![new_holder(kind)],
                         },
                     );
-                    self.counts.add(owner, 1);
+                    self.counts.add(owner, 1, &mut self.host_deltas);
                 }
             }
             let Some(seg) = self.segs.get_mut(k) else {
@@ -354,7 +379,7 @@ impl Holdings {
             match (seg.holders.binary_search_by(|h| h.owner.cmp(&owner)), kind) {
                 (Ok(i), None) => {
                     seg.holders.remove(i);
-                    self.counts.sub(owner, 1);
+                    self.counts.sub(owner, 1, &mut self.host_deltas);
                 }
                 (Ok(i), Some(kind)) => {
                     if seg.holders[i].kind != kind {
@@ -363,7 +388,7 @@ impl Holdings {
                 }
                 (Err(i), Some(kind)) => {
                     seg.holders.insert(i, new_holder(kind));
-                    self.counts.add(owner, 1);
+                    self.counts.add(owner, 1, &mut self.host_deltas);
                 }
                 (Err(_), None) => {}
             }
@@ -380,7 +405,7 @@ impl Holdings {
                         holders: smallvec![new_holder(kind)],
                     },
                 );
-                self.counts.add(owner, 1);
+                self.counts.add(owner, 1, &mut self.host_deltas);
             }
         }
         self.coalesce(r);
@@ -428,7 +453,7 @@ impl Holdings {
                         }],
                     },
                 );
-                self.counts.add(owner, 1);
+                self.counts.add(owner, 1, &mut self.host_deltas);
                 Some(if before {
                     Presence::Unchanged
                 } else {
@@ -441,7 +466,7 @@ impl Holdings {
                     return None;
                 }
                 self.segs.remove(r.start());
-                self.counts.sub(owner, 1);
+                self.counts.sub(owner, 1, &mut self.host_deltas);
                 Some(if self.counts.get(&owner) == 0 {
                     Presence::Lost
                 } else {
@@ -486,7 +511,7 @@ impl Holdings {
                 continue;
             };
             for h in &b.holders {
-                self.counts.sub(h.owner, 1);
+                self.counts.sub(h.owner, 1, &mut self.host_deltas);
             }
             if let Some(a) = self.segs.get_mut(cur) {
                 a.end = b.end;
@@ -498,6 +523,18 @@ impl Holdings {
                 }
             }
         }
+    }
+
+    /// Hands over the per-host segment-count changes made since the last call.
+    pub fn take_host_deltas(&mut self) -> HostDeltas {
+        std::mem::take(&mut self.host_deltas)
+    }
+
+    /// Segments held by `owner` (at least its number of locks, more where other
+    /// owners' locks cut its runs).
+    #[cfg(test)]
+    pub fn segments_of(&self, owner: &Owner) -> u32 {
+        self.counts.get(owner)
     }
 
     /// Drop every lock of `owner`. Returns whether it held an exclusive lock.
@@ -513,7 +550,7 @@ impl Holdings {
             }
         });
         self.segs.retain(|seg| !seg.holders.is_empty());
-        self.counts.sub(*owner, u32::MAX);
+        self.counts.sub(*owner, u32::MAX, &mut self.host_deltas);
         let keys: Vec<u64> = self.segs.iter().map(|(k, _)| k).collect();
         self.coalesce_keys(&keys);
         had_exclusive
@@ -526,7 +563,11 @@ impl Holdings {
             .segs
             .iter()
             .any(|(_, s)| s.holders.iter().any(|h| h.kind == LockKind::Exclusive));
-        let owners = self.counts.owners();
+        let entries = self.counts.entries();
+        for &(o, n) in &entries {
+            note(&mut self.host_deltas, o.host, -i64::from(n));
+        }
+        let owners = entries.into_iter().map(|(o, _)| o).collect();
         self.segs.clear();
         self.counts = OwnerCounts::default();
         (owners, had_exclusive)
@@ -607,7 +648,7 @@ impl Holdings {
         for (o, n) in &counts {
             assert_eq!(self.counts.get(o), *n, "owner count drifted for {o:?}");
         }
-        assert_eq!(self.counts.owners().len(), counts.len());
+        assert_eq!(self.counts.entries().len(), counts.len());
         assert_eq!(self.counts.is_empty(), counts.is_empty());
     }
 }

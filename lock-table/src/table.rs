@@ -135,6 +135,8 @@ pub struct LockTable {
     waiters: FxHashMap<WaiterId, Waiter>,
     scopes: FxHashMap<ScopeId, ScopeState>,
     registry: Registry,
+    /// Lock segments held by each host's owners (see [`LockTable::host_segments`]).
+    host_segments: FxHashMap<HostId, u64>,
     events: Vec<Event>,
     next_waiter: u64,
     idle_notes: usize,
@@ -156,6 +158,7 @@ impl LockTable {
             waiters: FxHashMap::default(),
             scopes: FxHashMap::default(),
             registry: Registry::default(),
+            host_segments: FxHashMap::default(),
             events: Vec::new(),
             next_waiter: 1,
             idle_notes: 0,
@@ -365,6 +368,7 @@ impl LockTable {
             && !file.queue.is_empty()
             && file.holdings.holds_exclusive_in(&owner, range);
         let presence = file.holdings.set(owner, Some(kind), range, pid, now);
+        settle(&mut self.host_segments, &mut file.holdings);
         for f in self.note_gain(owner, file_id, presence) {
             self.wake(f);
         }
@@ -443,6 +447,7 @@ impl LockTable {
             return;
         };
         let presence = file.holdings.set(owner, None, range, 0, 0);
+        settle(&mut self.host_segments, &mut file.holdings);
         let wake = !file.queue.is_empty();
         if presence == Presence::Lost {
             self.forget_owner_file(owner, file_id);
@@ -629,6 +634,7 @@ impl LockTable {
                 restart =
                     w.kind == LockKind::Shared && fs.holdings.holds_exclusive_in(&w.owner, w.range);
                 let presence = fs.holdings.set(w.owner, Some(w.kind), w.range, w.pid, now);
+                settle(&mut self.host_segments, &mut fs.holdings);
                 for f in self.note_gain(w.owner, file_id, presence) {
                     if !work.contains(&f) {
                         work.push(f);
@@ -821,6 +827,7 @@ impl LockTable {
             };
             if let Some(f) = self.files.get_mut(&file_id) {
                 let had_exclusive = f.holdings.remove_owner(&owner);
+                settle(&mut self.host_segments, &mut f.holdings);
                 if had_exclusive && how == Release::Abnormal {
                     f.invalidate_lvb();
                 }
@@ -857,6 +864,7 @@ impl LockTable {
             return;
         }
         f.holdings.remove_owner(&owner);
+        settle(&mut self.host_segments, &mut f.holdings);
         if probe::all_enabled() {
             Probe::new(ProbeKind::LockReleased, file_id, owner, pid).fire(&self.registry);
         }
@@ -938,6 +946,7 @@ impl LockTable {
                 continue;
             };
             let (owners, had_exclusive) = f.holdings.clear();
+            settle(&mut self.host_segments, &mut f.holdings);
             if had_exclusive && how == Release::Abnormal {
                 f.invalidate_lvb();
             }
@@ -1077,6 +1086,13 @@ impl LockTable {
         self.files.values().filter(|f| !f.is_idle()).count()
     }
 
+    /// Lock segments the owners of `host` hold over all files: at least the number of
+    /// their locks, more where other owners' locks cut a lock into pieces. What the
+    /// table's memory grows with, so what a per-client limit should count.
+    pub fn host_segments(&self, host: HostId) -> u64 {
+        self.host_segments.get(&host).copied().unwrap_or(0)
+    }
+
     /// Number of queued requests.
     pub fn waiter_count(&self) -> usize {
         self.waiters.len()
@@ -1089,6 +1105,16 @@ impl LockTable {
 
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
+        let mut per_host: FxHashMap<HostId, u64> = FxHashMap::default();
+        for f in self.files.values() {
+            for o in f.holdings.owners() {
+                *per_host.entry(o.host).or_insert(0) += u64::from(f.holdings.segments_of(&o));
+            }
+        }
+        per_host.retain(|_, n| *n > 0);
+        let mut kept = self.host_segments.clone();
+        kept.retain(|_, n| *n > 0);
+        assert_eq!(kept, per_host, "per-host segment totals drifted");
         for (id, f) in &self.files {
             f.holdings.check_invariants();
             for o in f.holdings.owners() {
@@ -1117,5 +1143,16 @@ impl LockTable {
         }
         let queued: usize = self.files.values().map(|f| f.queue.len()).sum();
         assert_eq!(queued, self.waiters.len(), "waiter map and queues disagree");
+    }
+}
+
+/// Adds a file's per-host segment-count changes to the table's totals.
+fn settle(totals: &mut FxHashMap<HostId, u64>, holdings: &mut Holdings) {
+    for (host, d) in holdings.take_host_deltas() {
+        let n = totals.entry(host).or_insert(0);
+        *n = n.saturating_add_signed(d);
+        if *n == 0 {
+            totals.remove(&host);
+        }
     }
 }

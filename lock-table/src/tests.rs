@@ -596,6 +596,33 @@ fn release_host_frees_every_owner_of_the_host() {
 }
 
 #[test]
+fn per_host_segment_totals_follow_locks_splits_and_releases() {
+    let mut t = LockTable::new();
+    let a = t.registry_mut().host("client-a");
+    let b = t.registry_mut().host("client-b");
+    let a1 = t.registry_mut().nlm_owner(a, 1, b"p1");
+    let a2 = t.registry_mut().nlm_owner(a, 2, b"p2");
+    let b1 = t.registry_mut().nlm_owner(b, 1, b"p1");
+    ok(&mut t, req(F, a1, R, 0, 99));
+    ok(&mut t, req(G, a2, W, 0, 9));
+    ok(&mut t, req(G, a2, W, 20, 29));
+    assert_eq!((t.host_segments(a), t.host_segments(b)), (3, 0));
+    // Another host's shared lock inside a1's cuts a1's lock in three pieces.
+    ok(&mut t, req(F, b1, R, 40, 49));
+    assert_eq!((t.host_segments(a), t.host_segments(b)), (5, 1));
+    // Merging a2's two locks into one run: a1's three pieces and a2's one.
+    ok(&mut t, req(G, a2, W, 10, 19));
+    assert_eq!(t.host_segments(a), 4);
+    t.unlock(F, b1, rg(40, 49));
+    assert_eq!((t.host_segments(a), t.host_segments(b)), (2, 0));
+    t.check_invariants();
+    t.release_host(a, Release::Normal);
+    assert_eq!(t.host_segments(a), 0);
+    assert_eq!(t.host_segments(HostId::LOCAL), 0);
+    t.check_invariants();
+}
+
+#[test]
 fn release_scope_leaves_other_scopes_alone() {
     let mut t = LockTable::new();
     let s1 = ScopeId(1);

@@ -22,6 +22,9 @@ use tracing::{info, warn};
 pub struct Limits {
     /// Distinct NLM lock owners (client processes) one host may have.
     pub max_owners_per_host: usize,
+    /// Locks one host may hold, counted as lock-table segments
+    /// ([`lock_table::LockTable::host_segments`]).
+    pub max_locks_per_host: u64,
     /// Blocked requests queued in the whole table (local ones included) before NLM blocking
     /// requests are refused.
     pub max_waiters: usize,
@@ -31,6 +34,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_owners_per_host: 4096,
+            max_locks_per_host: 1 << 20,
             max_waiters: 65_536,
         }
     }
@@ -117,6 +121,8 @@ pub struct Lockd {
     /// GRANTED_MSG callbacks waiting for the client's GRANTED_RES, by token.
     pub(crate) grant_replies: Mutex<HashMap<u64, oneshot::Sender<v4::Stats>>>,
     pub(crate) grace_len: Duration,
+    /// Per-group grace lengths that differ from `grace_len`.
+    pub(crate) group_grace: HashMap<ScopeId, Duration>,
     /// Bumped at each grace start of a group, so an older timer does not end a newer grace.
     pub(crate) grace_gen: Mutex<HashMap<ScopeId, u64>>,
 }

@@ -38,7 +38,11 @@ use tracing::{debug, info, warn};
 /// Starts (or restarts) the grace period of `scope`; it ends by itself after the configured
 /// length unless a later restart of the same group extended it.
 pub(crate) fn start_grace(lockd: &Arc<Lockd>, scope: ScopeId) {
-    let len = lockd.grace_len;
+    let len = lockd
+        .group_grace
+        .get(&scope)
+        .copied()
+        .unwrap_or(lockd.grace_len);
     if len.is_zero() {
         lockd.table.with(|t| t.end_grace(scope));
         return;

@@ -38,6 +38,7 @@ use crate::proto::nsm::{SM_PROG, SM_VERS};
 use crate::server::{RpcServer, ServerConfig, ServerError, Transport};
 use lock_table::{ScopeId, SharedTable};
 use share_reservations::ShareTable;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -69,6 +70,8 @@ pub struct LockdConfig {
     pub exports: Vec<Export>,
     /// Length of each group's grace period after a restart (zero: none).
     pub grace: Duration,
+    /// Groups whose grace period has another length than `grace`.
+    pub group_grace: HashMap<ScopeId, Duration>,
     pub limits: Limits,
     pub callbacks: CallbackPolicy,
     /// NLM and NSM listen addresses (port 0 picks one).
@@ -88,6 +91,7 @@ impl LockdConfig {
             state_dir: state_dir.into(),
             exports: Vec::new(),
             grace: Duration::from_secs(90),
+            group_grace: HashMap::new(),
             limits: Limits::default(),
             callbacks: CallbackPolicy::default(),
             udp: vec![lo],
@@ -169,6 +173,7 @@ impl LockdService {
             next_token: AtomicU64::new(1),
             grant_replies: Mutex::new(Default::default()),
             grace_len: config.grace,
+            group_grace: config.group_grace.clone(),
             grace_gen: Mutex::new(Default::default()),
         });
         let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lock_table::SharedTable;
+use lock_table::{ScopeId, SharedTable};
 use lockd_user::proto::nlm::{
     proc_, v3, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG, NLM_VERS, NLM_VERSX,
 };
@@ -773,6 +773,70 @@ async fn refused_handles_clients_and_limits() {
     );
     ha.stop().await;
     hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_at_its_lock_limit_gets_denied_nolocks() {
+    let h = Harness::start(|c| c.limits.max_locks_per_host = 3).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    for i in 0..3 {
+        assert_eq!(
+            a.lock(a.lock4(&fh, 1, i * 10, 5), true, false, false).await,
+            v4::Stats::Granted
+        );
+    }
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 100, 5), true, false, false).await,
+        v4::Stats::DeniedNolocks
+    );
+    // Another owner of the same host counts against the same limit.
+    assert_eq!(
+        a.lock(a.lock4(&fh, 2, 200, 5), false, false, false).await,
+        v4::Stats::DeniedNolocks
+    );
+    // Other hosts are not affected.
+    assert_eq!(
+        b.lock(b.lock4(&fh, 1, 100, 5), true, false, false).await,
+        v4::Stats::Granted
+    );
+    // Giving one back makes room.
+    assert_eq!(a.unlock(a.lock4(&fh, 1, 0, 5)).await, v4::Stats::Granted);
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 300, 5), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(h.table.read(|t| t.snapshot().len()), 4);
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_has_its_own_grace_length() {
+    let h = Harness::start(|c| {
+        c.grace = Duration::from_millis(300);
+        c.exports[1].scope = ScopeId(1);
+        c.group_grace.insert(ScopeId(1), Duration::from_secs(30));
+    })
+    .await;
+    let fh = h.fh();
+    let ro = fh_of(&h.state, h.ro_export.clone(), &h.ro_file);
+    let (ha, a) = h.host(2, "alpha").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted,
+        "the default group's short grace is over"
+    );
+    assert_eq!(
+        a.lock(a.lock4(&ro, 1, 0, 10), false, false, false).await,
+        v4::Stats::DeniedGracePeriod,
+        "the other group is still in its own grace"
+    );
+    ha.stop().await;
     h.stop().await;
 }
 

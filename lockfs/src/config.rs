@@ -22,6 +22,7 @@
 //!
 //! [limits]
 //! owners_per_host = 4096
+//! locks_per_host = 1048576             # lock-table segments a client may hold
 //! waiters = 65536
 //! connections = 1024
 //!
@@ -123,6 +124,7 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     owners_per_host: Option<usize>,
+    locks_per_host: Option<u64>,
     waiters: Option<usize>,
     connections: Option<usize>,
 }
@@ -186,6 +188,7 @@ pub struct Config {
     /// `None` sleeps at once.
     pub busy_poll: Option<Duration>,
     pub owners_per_host: usize,
+    pub locks_per_host: u64,
     pub waiters: usize,
     pub connections: usize,
     /// Release a host whose callbacks have failed this long (opt-in).
@@ -412,6 +415,7 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             us => Some(Duration::from_micros(us)),
         },
         owners_per_host: raw.limits.owners_per_host.unwrap_or(4096),
+        locks_per_host: raw.limits.locks_per_host.unwrap_or(1 << 20),
         waiters: raw.limits.waiters.unwrap_or(65_536),
         connections: raw.limits.connections.unwrap_or(1024),
         release_unreachable_after,
@@ -499,6 +503,7 @@ port = 4045
 busy_poll_us = 0
 [limits]
 waiters = 10
+locks_per_host = 5000
 [[group]]
 name = "g1"
 grace_period = 30
@@ -523,6 +528,7 @@ mountpoint = "/mnt/b"
         assert_eq!(c.port, 4045);
         assert_eq!(c.busy_poll, None);
         assert_eq!(c.waiters, 10);
+        assert_eq!(c.locks_per_host, 5000);
         assert_eq!(c.release_unreachable_after, Some(Duration::from_secs(600)));
         assert_eq!(c.group("default").unwrap().grace, Duration::from_secs(120));
         assert_eq!(c.group("g1").unwrap().grace, Duration::from_secs(30));

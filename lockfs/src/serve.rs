@@ -57,13 +57,16 @@ pub fn lockd_exports(cfg: &Config) -> Vec<LockdExport> {
 fn lockd_config(cfg: &Config) -> LockdConfig {
     let mut l = LockdConfig::new(cfg.node_name.clone(), cfg.state_dir.clone());
     l.exports = lockd_exports(cfg);
-    // The NLM service keeps one grace length for every group; the default
-    // group's is used (per-group lengths are a configuration of the
-    // service-group work that builds on this).
     l.grace = cfg
         .group(config::DEFAULT_GROUP)
         .map_or(l.grace, |g| g.grace);
+    l.group_grace = cfg
+        .groups
+        .iter()
+        .map(|g| (ScopeId(g.scope), g.grace))
+        .collect();
     l.limits.max_owners_per_host = cfg.owners_per_host;
+    l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
     l.server.max_tcp_connections = cfg.connections;
     l.server.busy_poll = cfg.busy_poll;

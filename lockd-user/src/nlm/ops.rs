@@ -7,8 +7,11 @@
 //! - A client outside the export's allowed list: FAILED (DENIED in versions 1/3). FAILED
 //!   rather than DENIED, because DENIED means "a conflicting lock is held" and invites a
 //!   retry; clients report FAILED as an error (Linux: ENOLCK).
-//! - A limit reached (lock owners per host, queued requests) or the client list cannot be
-//!   written: DENIED_NOLOCKS, logged.
+//! - A limit reached (locks or lock owners per host, queued requests) or the client list
+//!   cannot be written: DENIED_NOLOCKS, logged. Locks per host are counted as the lock
+//!   table's segments, what the table's memory grows with: a lock that other owners' locks
+//!   cut in pieces counts once per piece. A host at its limit gets DENIED_NOLOCKS for new
+//!   LOCK requests until it releases some.
 //! - An exclusive lock or a write share on a read-only export: ROFS (DENIED in 1/3).
 //! - A range whose end passes the largest 64-bit offset: FBIG (version 4 only; in versions
 //!   1/3 a range ending beyond the 32-bit space extends to end of file, as in Linux).
@@ -100,18 +103,22 @@ impl Lockd {
         })
     }
 
-    /// Interns the lock owner unless its host is at its owner limit.
-    fn owner_for_lock(&self, host: &str, svid: i32, oh: &[u8]) -> Option<Owner> {
-        let max = self.limits.max_owners_per_host;
+    /// Interns the lock owner unless its host is at one of its limits (names the limit).
+    fn owner_for_lock(&self, host: &str, svid: i32, oh: &[u8]) -> Result<Owner, &'static str> {
+        let max_owners = self.limits.max_owners_per_host;
+        let max_locks = self.limits.max_locks_per_host;
         self.table.with(|t| {
             let h = t.registry_mut().host(host);
+            if t.host_segments(h) >= max_locks {
+                return Err("locks");
+            }
             if let Some(o) = t.registry().find_nlm_owner(h, svid as u32, oh) {
-                return Some(o);
+                return Ok(o);
             }
-            if t.registry().owner_count(h) >= max {
-                return None;
+            if t.registry().owner_count(h) >= max_owners {
+                return Err("lock owners");
             }
-            Some(t.registry_mut().nlm_owner(h, svid as u32, oh))
+            Ok(t.registry_mut().nlm_owner(h, svid as u32, oh))
         })
     }
 
@@ -186,9 +193,12 @@ impl Lockd {
             return Stats::Rofs;
         }
         let scope = export.export.scope;
-        let Some(owner) = self.owner_for_lock(&host, a.alock.svid, &a.alock.oh) else {
-            warn!(client = %host, file = ?file, svid = a.alock.svid, "lock owner limit of the host reached");
-            return Stats::DeniedNolocks;
+        let owner = match self.owner_for_lock(&host, a.alock.svid, &a.alock.oh) {
+            Ok(o) => o,
+            Err(limit) => {
+                warn!(client = %host, file = ?file, svid = a.alock.svid, limit, "a per-host limit is reached; refusing");
+                return Stats::DeniedNolocks;
+            }
         };
         let _s = debug_span!("nlm_lock", client = %host, file = ?file, owner = ?owner).entered();
         let block = a.block && monitored;
