@@ -127,8 +127,11 @@ impl OwnerCounts {
 /// Net change of the segments each host's owners hold, since the table last took it.
 pub(crate) type HostDeltas = SmallVec<[(HostId, i64); 2]>;
 
+/// Local owners are not counted: the per-host totals serve a limit on remote clients,
+/// and the local lock path is the table's hottest.
+#[inline]
 fn note(deltas: &mut HostDeltas, host: HostId, n: i64) {
-    if n == 0 {
+    if host == HostId::LOCAL || n == 0 {
         return;
     }
     match deltas.iter_mut().find(|(h, _)| *h == host) {
@@ -526,8 +529,9 @@ impl Holdings {
     }
 
     /// Hands over the per-host segment-count changes made since the last call.
-    pub fn take_host_deltas(&mut self) -> HostDeltas {
-        std::mem::take(&mut self.host_deltas)
+    #[inline]
+    pub fn take_host_deltas(&mut self) -> Option<HostDeltas> {
+        (!self.host_deltas.is_empty()).then(|| std::mem::take(&mut self.host_deltas))
     }
 
     /// Segments held by `owner` (at least its number of locks, more where other

@@ -135,8 +135,9 @@ pub struct LockTable {
     waiters: FxHashMap<WaiterId, Waiter>,
     scopes: FxHashMap<ScopeId, ScopeState>,
     registry: Registry,
-    /// Lock segments held by each host's owners (see [`LockTable::host_segments`]).
-    host_segments: FxHashMap<HostId, u64>,
+    /// Lock segments held by each remote host's owners, by host index (see
+    /// [`LockTable::host_segments`]).
+    host_segments: Vec<u64>,
     events: Vec<Event>,
     next_waiter: u64,
     idle_notes: usize,
@@ -158,7 +159,7 @@ impl LockTable {
             waiters: FxHashMap::default(),
             scopes: FxHashMap::default(),
             registry: Registry::default(),
-            host_segments: FxHashMap::default(),
+            host_segments: Vec::new(),
             events: Vec::new(),
             next_waiter: 1,
             idle_notes: 0,
@@ -1089,8 +1090,12 @@ impl LockTable {
     /// Lock segments the owners of `host` hold over all files: at least the number of
     /// their locks, more where other owners' locks cut a lock into pieces. What the
     /// table's memory grows with, so what a per-client limit should count.
+    /// Local owners are not counted (always 0).
     pub fn host_segments(&self, host: HostId) -> u64 {
-        self.host_segments.get(&host).copied().unwrap_or(0)
+        self.host_segments
+            .get(host.0 as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Number of queued requests.
@@ -1105,16 +1110,18 @@ impl LockTable {
 
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        let mut per_host: FxHashMap<HostId, u64> = FxHashMap::default();
+        let mut per_host = vec![0u64; self.host_segments.len()];
         for f in self.files.values() {
             for o in f.holdings.owners() {
-                *per_host.entry(o.host).or_insert(0) += u64::from(f.holdings.segments_of(&o));
+                if o.host != HostId::LOCAL {
+                    per_host[o.host.0 as usize] += u64::from(f.holdings.segments_of(&o));
+                }
             }
         }
-        per_host.retain(|_, n| *n > 0);
-        let mut kept = self.host_segments.clone();
-        kept.retain(|_, n| *n > 0);
-        assert_eq!(kept, per_host, "per-host segment totals drifted");
+        assert_eq!(
+            self.host_segments, per_host,
+            "per-host segment totals drifted"
+        );
         for (id, f) in &self.files {
             f.holdings.check_invariants();
             for o in f.holdings.owners() {
@@ -1147,12 +1154,16 @@ impl LockTable {
 }
 
 /// Adds a file's per-host segment-count changes to the table's totals.
-fn settle(totals: &mut FxHashMap<HostId, u64>, holdings: &mut Holdings) {
-    for (host, d) in holdings.take_host_deltas() {
-        let n = totals.entry(host).or_insert(0);
-        *n = n.saturating_add_signed(d);
-        if *n == 0 {
-            totals.remove(&host);
+#[inline]
+fn settle(totals: &mut Vec<u64>, holdings: &mut Holdings) {
+    let Some(deltas) = holdings.take_host_deltas() else {
+        return;
+    };
+    for (host, d) in deltas {
+        let i = host.0 as usize;
+        if i >= totals.len() {
+            totals.resize(i + 1, 0);
         }
+        totals[i] = totals[i].saturating_add_signed(d);
     }
 }
