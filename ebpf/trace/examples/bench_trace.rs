@@ -19,6 +19,14 @@
 //! figure is the steadier one: it does not count time spent waiting for a
 //! CPU that other work holds). While attached, a second thread consumes the
 //! ring buffer as `lockfs trace` would. Run as root.
+//!
+//! Attached rounds also read the kernel's own accounting of the programs
+//! (`kernel.bpf_stats_enabled`): how often they ran per pair, how long they
+//! ran, and how many of the runs were uprobes (each a trap into the kernel and
+//! back, about 15 us on these VMs, not included in the run time). With no
+//! uprobe runs, the programs' run time is all that attaching adds to a pair,
+//! a figure that does not drift with the load of the machine as the
+//! throughput and CPU medians do.
 
 use std::{
     os::fd::AsRawFd as _,
@@ -97,6 +105,15 @@ fn process_cpu_ns(pid: u32) -> u64 {
 struct Sample {
     pairs_per_s: f64,
     cpu_ns_per_pair: f64,
+    pairs: u64,
+}
+
+/// What the kernel counted for the attached programs during one round.
+#[derive(Clone, Copy, Default)]
+struct BpfCost {
+    runs: u64,
+    uprobe_runs: u64,
+    run_ns: u64,
 }
 
 /// Runs `pair` for `secs`.
@@ -116,6 +133,7 @@ fn rate(secs: f64, daemon: Option<u32>, mut pair: impl FnMut()) -> Sample {
             return Sample {
                 pairs_per_s: n as f64 / el.as_secs_f64(),
                 cpu_ns_per_pair: cpu as f64 / n as f64,
+                pairs: n,
             };
         }
     }
@@ -163,14 +181,22 @@ impl Attached {
         })
     }
 
-    fn stop(self) -> Result<usize, Error> {
+    fn stop(self) -> Result<(usize, BpfCost), Error> {
         if let Some(g) = &self.gate {
             g.set(0)?;
         }
         self.stop.store(true, Ordering::Relaxed);
         let (mut tracer, seen) = self.thread.join().map_err(|_| "drain thread panicked")?;
+        let mut cost = BpfCost::default();
+        for st in tracer.program_stats()? {
+            cost.runs += st.run_count;
+            cost.run_ns += st.run_time.as_nanos() as u64;
+            if st.name.starts_with("lfs_up_") {
+                cost.uprobe_runs += st.run_count;
+            }
+        }
         tracer.unpin()?;
-        Ok(seen)
+        Ok((seen, cost))
     }
 }
 
@@ -188,8 +214,10 @@ fn compare(
     mut pair: impl FnMut(),
 ) -> Result<(), Error> {
     rate(secs / 4.0, cpu_of, &mut pair); // warm up
+    let _stats_on = Tracer::enable_program_stats()?;
     let mut detached = Vec::new();
     let mut attached: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+    let mut costs: Vec<Vec<(BpfCost, u64)>> = vec![Vec::new(); variants.len()];
     let mut events = vec![0usize; variants.len()];
     let rounds = rounds();
     for round in 0..rounds {
@@ -198,8 +226,11 @@ fn compare(
         }
         for (i, &(_, kernel, daemon, gate)) in variants.iter().enumerate() {
             let a = Attached::start(kernel, daemon, gate)?;
-            attached[i].push(rate(secs, cpu_of, &mut pair));
-            events[i] += a.stop()?;
+            let s = rate(secs, cpu_of, &mut pair);
+            attached[i].push(s);
+            let (seen, cost) = a.stop()?;
+            events[i] += seen;
+            costs[i].push((cost, s.pairs));
         }
         if round % 2 == 1 {
             detached.push(rate(secs, cpu_of, &mut pair));
@@ -233,6 +264,23 @@ fn compare(
             m / base,
             cpu / base_cpu,
             events[i]
+        );
+    }
+    println!("  kernel accounting of the attached programs (all rounds):");
+    println!(
+        "  {:<22} {:>10} {:>13} {:>13} {:>13}",
+        "", "runs/pair", "uprobe runs", "BPF ns/pair", "of detached"
+    );
+    for (i, (name, ..)) in variants.iter().enumerate() {
+        let (runs, uprobes, ns, pairs) = costs[i].iter().fold((0, 0, 0, 0), |a, (c, p)| {
+            (a.0 + c.runs, a.1 + c.uprobe_runs, a.2 + c.run_ns, a.3 + p)
+        });
+        let per_pair = ns as f64 / pairs.max(1) as f64;
+        println!(
+            "  {:<22} {:>10.2} {uprobes:>13} {per_pair:>13.0} {:>12.2}%",
+            format!("attached, {name}"),
+            runs as f64 / pairs.max(1) as f64,
+            100.0 * per_pair / base_cpu
         );
     }
     Ok(())
