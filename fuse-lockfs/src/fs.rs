@@ -1699,12 +1699,7 @@ impl Filesystem for LockFs {
         };
         let prepared = self.file(fh).and_then(|file| {
             let range = locking::fuse_range(start, end)?;
-            let kind = match typ {
-                libc::F_RDLCK => Some(LockKind::Shared),
-                libc::F_WRLCK => Some(LockKind::Exclusive),
-                libc::F_UNLCK => None,
-                _ => return Err(Errno::EINVAL),
-            };
+            let kind = locking::lock_kind(typ)?;
             let (owner, id, range) =
                 lk.lock_target(&file, fh.0, lock_owner.0, [req.pid(), pid], range, flock);
             Ok((owner, id, range, kind))
@@ -1713,6 +1708,10 @@ impl Filesystem for LockFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        // Debug level: a formatted span per request would cost more than the
+        // table operation it describes.
+        let _span =
+            tracing::debug_span!("setlk", ?file, ?owner, pid, ?range, ?kind, sleep).entered();
         let request = LockRequest {
             file,
             scope: lk.ctx.scope,
@@ -1754,11 +1753,8 @@ impl Filesystem for LockFs {
         };
         let res = self.file(fh).and_then(|file| {
             let range = locking::fuse_range(start, end)?;
-            let kind = match typ {
-                libc::F_RDLCK => LockKind::Shared,
-                libc::F_WRLCK => LockKind::Exclusive,
-                _ => return Err(Errno::EINVAL),
-            };
+            // F_GETLK asks about a lock it would take; F_UNLCK makes no sense there.
+            let kind = locking::lock_kind(typ)?.ok_or(Errno::EINVAL)?;
             let (owner, id, range) =
                 lk.lock_target(&file, fh.0, lock_owner.0, [req.pid(), pid], range, flock);
             Ok(lk.test(TestRequest {

@@ -89,6 +89,17 @@ pub(crate) fn refusal_errno(r: Refusal) -> Errno {
     }
 }
 
+/// The lock kind of an fcntl lock type: `None` for `F_UNLCK`, `EINVAL` for
+/// anything else the kernel should never send.
+pub(crate) fn lock_kind(typ: i32) -> Result<Option<LockKind>, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(Some(LockKind::Shared)),
+        libc::F_WRLCK => Ok(Some(LockKind::Exclusive)),
+        libc::F_UNLCK => Ok(None),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 /// A FUSE lock range (inclusive end, `OFFSET_MAX` for "to end of file") as a
 /// table range.
 pub(crate) fn fuse_range(start: u64, end: u64) -> Result<Range, Errno> {
@@ -473,6 +484,19 @@ mod tests {
         assert_ne!(f, real);
         assert_eq!(f.ino, 42);
         assert_eq!(f.dev & !FLOCK_DEV_BIT, real.dev);
+    }
+
+    #[test]
+    fn lock_types_map_to_kinds_and_anything_else_is_einval() {
+        assert_eq!(lock_kind(libc::F_RDLCK).ok(), Some(Some(LockKind::Shared)));
+        assert_eq!(
+            lock_kind(libc::F_WRLCK).ok(),
+            Some(Some(LockKind::Exclusive))
+        );
+        assert_eq!(lock_kind(libc::F_UNLCK).ok(), Some(None));
+        for bad in [-1, 3, 42] {
+            assert_eq!(lock_kind(bad).err().map(i32::from), Some(libc::EINVAL));
+        }
     }
 
     #[test]
