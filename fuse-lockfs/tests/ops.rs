@@ -887,14 +887,22 @@ fn access_is_answered_by_the_daemon_without_default_permissions() {
     });
 }
 
-#[test]
-fn unprivileged_writes_and_truncates_drop_set_user_id() {
+/// Runs `test` on a mount with kernel passthrough, then on one with direct I/O
+/// through the daemon: the two paths write by different means.
+fn in_both_io_modes(mut test: impl FnMut(bool, Fixture)) {
     for passthrough in [true, false] {
         let opts = fuse_lockfs::MountOptions {
             passthrough,
             ..fuse_lockfs::MountOptions::default()
         };
         let Some(fx) = mount_with(opts) else { return };
+        test(passthrough, fx);
+    }
+}
+
+#[test]
+fn unprivileged_writes_and_truncates_drop_set_user_id() {
+    in_both_io_modes(|passthrough, fx| {
         if !is_root() {
             eprintln!("SKIPPING set-user-ID test: needs root to switch users");
             return;
@@ -949,7 +957,7 @@ fn unprivileged_writes_and_truncates_drop_set_user_id() {
         assert_eq!(fs::read(fx.s("mark")).unwrap(), b"xm");
         let mode = fs::metadata(fx.s("mark")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o2666, "mark (passthrough {passthrough})");
-    }
+    });
 }
 
 #[test]
@@ -957,12 +965,7 @@ fn writes_drop_file_capabilities() {
     // The kernel no longer asks the daemon for `security.capability` before each
     // write (FUSE_HANDLE_KILLPRIV_V2), so dropping it is the daemon's side's job:
     // the backing file system does it for the daemon's own write.
-    for passthrough in [true, false] {
-        let opts = fuse_lockfs::MountOptions {
-            passthrough,
-            ..fuse_lockfs::MountOptions::default()
-        };
-        let Some(fx) = mount_with(opts) else { return };
+    in_both_io_modes(|passthrough, fx| {
         if !is_root() {
             eprintln!("SKIPPING capability test: needs root to set security.capability");
             return;
@@ -994,5 +997,5 @@ fn writes_drop_file_capabilities() {
         assert_eq!(has_cap(), -1, "passthrough {passthrough}");
         assert_eq!(last_errno(), libc::ENODATA);
         assert_eq!(fs::read(fx.s("cap")).unwrap(), b"xy");
-    }
+    });
 }

@@ -573,14 +573,20 @@ fn release_open_file_drops_ofd_and_flock_locks() {
     assert_eq!(held(&t, G), vec![(6, R, 0, 0)]);
 }
 
-#[test]
-fn release_host_frees_every_owner_of_the_host() {
+/// A table with NLM hosts `client-a` (owners a1, a2) and `client-b` (owner b1).
+fn two_hosts() -> (LockTable, [HostId; 2], [Owner; 3]) {
     let mut t = LockTable::new();
     let a = t.registry_mut().host("client-a");
     let b = t.registry_mut().host("client-b");
     let a1 = t.registry_mut().nlm_owner(a, 1, b"p1");
     let a2 = t.registry_mut().nlm_owner(a, 2, b"p2");
     let b1 = t.registry_mut().nlm_owner(b, 1, b"p1");
+    (t, [a, b], [a1, a2, b1])
+}
+
+#[test]
+fn release_host_frees_every_owner_of_the_host() {
+    let (mut t, [a, _], [a1, a2, b1]) = two_hosts();
     ok(&mut t, req(F, a1, W, 0, 9));
     ok(&mut t, req(G, a2, R, 0, 9));
     ok(&mut t, req(G, b1, R, 0, 9));
@@ -597,12 +603,7 @@ fn release_host_frees_every_owner_of_the_host() {
 
 #[test]
 fn per_host_segment_totals_follow_locks_splits_and_releases() {
-    let mut t = LockTable::new();
-    let a = t.registry_mut().host("client-a");
-    let b = t.registry_mut().host("client-b");
-    let a1 = t.registry_mut().nlm_owner(a, 1, b"p1");
-    let a2 = t.registry_mut().nlm_owner(a, 2, b"p2");
-    let b1 = t.registry_mut().nlm_owner(b, 1, b"p1");
+    let (mut t, [a, b], [a1, a2, b1]) = two_hosts();
     ok(&mut t, req(F, a1, R, 0, 99));
     ok(&mut t, req(G, a2, W, 0, 9));
     ok(&mut t, req(G, a2, W, 20, 29));
