@@ -60,29 +60,41 @@ struct LockRecord {
     ret: i32,
 }
 
+/// Bytes of the lock record the programs use: everything up to `ret`.
+const LOCK_RECORD_LEN: usize = OFF_RET + 4;
+
+#[inline(always)]
+fn field<const N: usize>(raw: &[u8; LOCK_RECORD_LEN], off: usize) -> [u8; N] {
+    let mut b = [0u8; N];
+    b.copy_from_slice(&raw[off..off + N]);
+    b
+}
+
 #[inline(always)]
 fn read_lock_record(ctx: &TracePointContext) -> Option<LockRecord> {
-    // SAFETY: offsets lie inside the record (checked against the format file
-    // by the loader); `read_at` uses bpf_probe_read_kernel, which fails
-    // cleanly instead of faulting.
-    unsafe {
-        let fl_end: i64 = ctx.read_at(OFF_END).ok()?;
-        Some(LockRecord {
-            ino: ctx.read_at(OFF_INO).ok()?,
-            dev: kernel_dev_to_user(ctx.read_at::<u32>(OFF_DEV).ok()?),
-            pid: ctx.read_at(OFF_PID).ok()?,
-            flags: ctx.read_at(OFF_FLAGS).ok()?,
-            typ: ctx.read_at(OFF_TYPE).ok()?,
-            start: ctx.read_at::<i64>(OFF_START).ok()? as u64,
-            // OFFSET_MAX (i64::MAX) is the kernel's "to end of file".
-            end: if fl_end == i64::MAX {
-                TO_EOF
-            } else {
-                fl_end as u64
-            },
-            ret: ctx.read_at(OFF_RET).ok()?,
-        })
-    }
+    // One helper call for the whole record: the fields one by one cost a
+    // bpf_probe_read_kernel each, several times the rest of the program on
+    // the hot path of every native lock operation.
+    // SAFETY: the record is at least LOCK_RECORD_LEN bytes (the loader checks
+    // the live format file against these offsets); `read_at` uses
+    // bpf_probe_read_kernel, which fails cleanly instead of faulting.
+    let raw: [u8; LOCK_RECORD_LEN] = unsafe { ctx.read_at(0).ok()? };
+    let fl_end = i64::from_ne_bytes(field(&raw, OFF_END));
+    Some(LockRecord {
+        ino: u64::from_ne_bytes(field(&raw, OFF_INO)),
+        dev: kernel_dev_to_user(u32::from_ne_bytes(field(&raw, OFF_DEV))),
+        pid: u32::from_ne_bytes(field(&raw, OFF_PID)),
+        flags: u32::from_ne_bytes(field(&raw, OFF_FLAGS)),
+        typ: raw[OFF_TYPE],
+        start: i64::from_ne_bytes(field(&raw, OFF_START)) as u64,
+        // OFFSET_MAX (i64::MAX) is the kernel's "to end of file".
+        end: if fl_end == i64::MAX {
+            TO_EOF
+        } else {
+            fl_end as u64
+        },
+        ret: i32::from_ne_bytes(field(&raw, OFF_RET)),
+    })
 }
 
 impl LockRecord {
@@ -151,7 +163,7 @@ fn lock_attempt(ctx: &TracePointContext, point: KernelPoint) {
         dev: rec.dev,
         ino: rec.ino,
     };
-    match waits::open_file(&key) {
+    let open = match waits::open_file(&key) {
         Some(open) if open != (rec.dev, rec.ino) => {
             // A wait on another file is still open for this thread: its end
             // went unseen (a kernel-internal caller that gave up without a
@@ -166,10 +178,12 @@ fn lock_attempt(ctx: &TracePointContext, point: KernelPoint) {
                     caller_ts_ns: 0,
                 },
             );
+            false
         }
-        _ => {}
-    }
-    if waits::is_open(&key) {
+        Some(_) => true,
+        None => false,
+    };
+    if open {
         // The retry after a wake-up: not a new attempt.
         match rec.ret {
             FILE_LOCK_DEFERRED => {}
