@@ -19,9 +19,14 @@
 //! | non-blocking lock meets a conflict | `EAGAIN` |
 //! | blocking lock would deadlock (POSIX owners) | `EDEADLK` |
 //! | a signal interrupts a wait | `EINTR` |
-//! | the scope is in its grace period | `ENOLCK` |
+//! | non-blocking request while the scope is in its grace period | `ENOLCK` |
 //! | the table dropped a waiter, or the mount ended under it | `ENOLCK` |
 //! | mandatory I/O meets a conflict on an `O_NONBLOCK` open | `EAGAIN` |
+//!
+//! During a grace period (after a restart, while NLM clients reclaim their locks)
+//! blocking requests (`F_SETLKW`, `F_OFD_SETLKW`, `flock` without `LOCK_NB`) wait
+//! until it ends, interruptibly, as an NFS client's callers do; a local program
+//! cannot take a lock a client is about to reclaim.
 //!
 //! `F_GETLK` reports the holder's pid for POSIX locks; for OFD and flock holders
 //! and remote NLM holders it reports 0, because FUSE carries the pid as an

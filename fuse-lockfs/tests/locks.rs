@@ -148,6 +148,42 @@ fn posix_locks_conflict_between_processes_and_any_close_releases_them() {
 }
 
 #[test]
+fn during_grace_blocking_locks_wait_for_its_end_and_others_get_enolck() {
+    let ctx = LockContext::new();
+    ctx.table.with(|t| t.begin_grace(ctx.scope));
+    let Some(fx) = mount_with(lock_options(&ctx)) else {
+        return;
+    };
+    let p = file(&fx, "f", 0o644);
+    let (mut a, mut b, mut c) = (Ctl::start(), Ctl::start(), Ctl::start());
+    let fa = a.open(&p, "rw");
+    let fb = b.open(&p, "rw");
+    let fc = c.open(&p, "rw");
+    a.fails(&format!("lock {fa} setlk w 0 10"), libc::ENOLCK);
+    b.fails(&format!("flock {fb} ex nb"), libc::ENOLCK);
+    // Blocking requests wait the grace period out; a signal still ends the wait.
+    a.send(&format!("lock {fa} setlkw w 0 10"));
+    b.send(&format!("flock {fb} sh"));
+    c.send(&format!("lock {fc} setlkw r 100 1"));
+    wait_for_waiters(&ctx, 3);
+    assert_eq!(a.recv(Duration::from_millis(200)), None, "a waits");
+    // SAFETY: signalling our own helper process.
+    unsafe { libc::kill(c.pid() as i32, libc::SIGUSR1) };
+    let answer = c.recv(OP_TIMEOUT).expect("the signalled waiter answers");
+    assert!(
+        answer.starts_with(&format!("err {} ", libc::EINTR)),
+        "{answer}"
+    );
+    wait_for_waiters(&ctx, 2);
+    ctx.table.with(|t| t.end_grace(ctx.scope));
+    assert_eq!(a.recv(OP_TIMEOUT).as_deref(), Some("ok"), "a is granted");
+    assert_eq!(b.recv(OP_TIMEOUT).as_deref(), Some("ok"), "b is granted");
+    // Normal service after grace.
+    c.fails(&format!("lock {fc} setlk w 5 1"), libc::EAGAIN);
+    c.ok(&format!("lock {fc} setlk w 200 1"));
+}
+
+#[test]
 fn fork_does_not_inherit_posix_locks_but_shares_ofd_locks() {
     let ctx = LockContext::new();
     let Some(fx) = mount_with(lock_options(&ctx)) else {

@@ -209,13 +209,25 @@ impl LockTable {
     // ----- scopes -------------------------------------------------------
 
     /// Start the grace period of a scope: from now until [`Self::end_grace`],
-    /// only reclaims are granted in it.
+    /// only reclaims are granted in it. Local blocking requests queue until it
+    /// ends; other requests are refused with [`Refusal::Grace`].
     pub fn begin_grace(&mut self, scope: ScopeId) {
         self.scopes.entry(scope).or_default().grace = true;
     }
 
+    /// End the grace period of a scope; local requests that waited it out
+    /// are decided now.
     pub fn end_grace(&mut self, scope: ScopeId) {
         self.scopes.entry(scope).or_default().grace = false;
+        let waiting: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.scope == scope && !f.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for f in waiting {
+            self.wake(f);
+        }
     }
 
     pub fn in_grace(&self, scope: ScopeId) -> bool {
@@ -265,8 +277,18 @@ impl LockTable {
     }
 
     fn decide_lock(&mut self, req: &LockRequest) -> LockOutcome {
+        // A local program's blocking request waits the grace period out, as an
+        // NFS client's lock manager does for its callers, so that it cannot
+        // take a lock a remote client is about to reclaim. Everything else that
+        // the gate stops is refused.
+        let mut sit_out_grace = false;
         if let Some(refusal) = self.grace_gate(req.scope, req.reclaim) {
-            return LockOutcome::Refused(refusal);
+            sit_out_grace = refusal == Refusal::Grace
+                && req.owner.host == HostId::LOCAL
+                && matches!(req.wait, Wait::Yes { .. });
+            if !sit_out_grace {
+                return LockOutcome::Refused(refusal);
+            }
         }
         let selves = [req.owner];
         let (conflict, queue_busy) = {
@@ -287,6 +309,7 @@ impl LockTable {
                 self.grant(req.file, req.owner, req.kind, req.range, req.pid);
                 return LockOutcome::Granted;
             }
+            (None, Wait::Yes { token }) if sit_out_grace => token,
             (None, Wait::Yes { token }) => {
                 // A blocking request of an owner holding nothing yields to
                 // earlier conflicting waiters (see the module doc).
@@ -671,6 +694,9 @@ impl LockTable {
             return false;
         };
         if file.holdings.has_conflict(w.range, w.kind, &w.selves()) {
+            return false;
+        }
+        if !w.io && self.in_grace(file.scope) {
             return false;
         }
         let yields = !w.io

@@ -714,6 +714,56 @@ fn grace_admits_only_reclaims_per_scope() {
 }
 
 #[test]
+fn local_blocking_requests_wait_out_grace() {
+    let mut t = LockTable::new();
+    let s1 = ScopeId(1);
+    let in1 = |r: LockRequest| LockRequest { scope: s1, ..r };
+    t.begin_grace(s1);
+    // A local blocking request queues even though nothing conflicts...
+    queued(&mut t, in1(blocking(req(F, p(1), W, 0, 9), 7)));
+    // ...a non-blocking one is refused, and so is a remote blocking one.
+    assert_eq!(
+        t.lock(&in1(req(G, p(2), W, 0, 9))),
+        LockOutcome::Refused(Refusal::Grace)
+    );
+    let h = t.registry_mut().host("client");
+    let remote = t.registry_mut().nlm_owner(h, 1, b"o");
+    assert_eq!(
+        t.lock(&in1(blocking(req(G, remote, W, 0, 9), 8))),
+        LockOutcome::Refused(Refusal::Grace)
+    );
+    // A reclaim is granted meanwhile, over the waiting local request.
+    let reclaimer = t.registry_mut().nlm_owner(h, 2, b"r");
+    ok(
+        &mut t,
+        LockRequest {
+            reclaim: true,
+            ..in1(req(F, reclaimer, W, 5, 5))
+        },
+    );
+    assert!(granted_tokens(&mut t).is_empty());
+    t.check_invariants();
+    // Grace over: the local request now meets the reclaimed lock and waits on.
+    t.end_grace(s1);
+    assert!(granted_tokens(&mut t).is_empty());
+    t.unlock(F, reclaimer, rg(5, 5));
+    assert_eq!(granted_tokens(&mut t), vec![7]);
+    assert_eq!(held(&t, F), vec![(1, W, 0, 9)]);
+    t.check_invariants();
+}
+
+#[test]
+fn a_local_request_waiting_out_grace_is_granted_when_it_ends() {
+    let mut t = LockTable::new();
+    t.begin_grace(S);
+    queued(&mut t, blocking(req(F, p(1), R, 0, 9), 3));
+    queued(&mut t, blocking(req(F, p(2), R, 0, 9), 4));
+    t.end_grace(S);
+    assert_eq!(granted_tokens(&mut t), vec![3, 4]);
+    t.check_invariants();
+}
+
+#[test]
 fn lvb_starts_zero_and_valid_and_needs_the_right_lock() {
     let mut t = LockTable::new();
     assert_eq!(t.lvb_peek(F), LvbValue::default());

@@ -37,6 +37,11 @@ use tracing::{debug, info, warn};
 
 /// Starts (or restarts) the grace period of `scope`; it ends by itself after the configured
 /// length unless a later restart of the same group extended it.
+///
+/// A group whose client list is empty gets none: a client is listed (on disk) before its
+/// first lock or share in the group is granted, so an empty list means nobody can have
+/// state to reclaim, and new locks need not wait. That spares a first start, or a group
+/// no client ever used, the whole grace period.
 pub(crate) fn start_grace(lockd: &Arc<Lockd>, scope: ScopeId) {
     let len = lockd
         .group_grace
@@ -45,6 +50,11 @@ pub(crate) fn start_grace(lockd: &Arc<Lockd>, scope: ScopeId) {
         .unwrap_or(lockd.grace_len);
     if len.is_zero() {
         lockd.table.with(|t| t.end_grace(scope));
+        return;
+    }
+    if lockd.store.clients(scope).is_empty() {
+        lockd.table.with(|t| t.end_grace(scope));
+        info!(group = scope.0, "no client to reclaim: no grace period");
         return;
     }
     let gen = {

@@ -820,6 +820,8 @@ async fn each_group_has_its_own_grace_length() {
         c.grace = Duration::from_millis(300);
         c.exports[1].scope = ScopeId(1);
         c.group_grace.insert(ScopeId(1), Duration::from_secs(30));
+        listed_before_restart(c, ScopeId::DEFAULT, "alpha");
+        listed_before_restart(c, ScopeId(1), "alpha");
     })
     .await;
     let fh = h.fh();
@@ -840,9 +842,41 @@ async fn each_group_has_its_own_grace_length() {
     h.stop().await;
 }
 
+/// Puts `host` on `scope`'s client list in the state directory, as a run before a
+/// restart would have (a group with no listed client gets no grace period).
+fn listed_before_restart(c: &LockdConfig, scope: ScopeId, host: &str) {
+    let store = lockd_user::nsm::store::NsmStore::open(&c.state_dir).unwrap();
+    store
+        .add_client(scope, host, "127.0.0.2".parse().unwrap())
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_grace_period_without_clients_to_reclaim() {
+    let h = Harness::start(|c| c.grace = Duration::from_secs(60)).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted,
+        "a fresh state directory lists no client, so nothing waits for reclaims"
+    );
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 20, 10), true, false, true).await,
+        v4::Stats::DeniedGracePeriod,
+        "and a reclaim outside grace is refused"
+    );
+    ha.stop().await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_admits_only_reclaims() {
-    let h = Harness::start(|c| c.grace = Duration::from_millis(1500)).await;
+    let h = Harness::start(|c| {
+        c.grace = Duration::from_millis(1500);
+        listed_before_restart(c, ScopeId::DEFAULT, "alpha");
+    })
+    .await;
     let fh = h.fh();
     let (ha, a) = h.host(2, "alpha").await;
     assert_eq!(
