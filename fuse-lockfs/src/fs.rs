@@ -1714,7 +1714,7 @@ impl Filesystem for LockFs {
             tracing::debug_span!("setlk", ?file, ?owner, pid, ?range, ?kind, sleep).entered();
         let request = LockRequest {
             file,
-            scope: lk.ctx.scope,
+            scope: lk.scope_of(file),
             owner,
             pid,
             kind: kind.unwrap_or(LockKind::Shared),
@@ -1759,7 +1759,7 @@ impl Filesystem for LockFs {
                 lk.lock_target(&file, fh.0, lock_owner.0, [req.pid(), pid], range, flock);
             Ok(lk.test(TestRequest {
                 file: id,
-                scope: lk.ctx.scope,
+                scope: lk.scope_of(id),
                 owner,
                 kind,
                 range,

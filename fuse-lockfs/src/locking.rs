@@ -24,9 +24,11 @@
 //! | mandatory I/O meets a conflict on an `O_NONBLOCK` open | `EAGAIN` |
 //!
 //! During a grace period (after a restart, while NLM clients reclaim their locks)
-//! blocking requests (`F_SETLKW`, `F_OFD_SETLKW`, `flock` without `LOCK_NB`) wait
-//! until it ends, interruptibly, as an NFS client's callers do; a local program
-//! cannot take a lock a client is about to reclaim.
+//! blocking requests (`F_SETLKW`, `F_OFD_SETLKW`, and `flock` without `LOCK_NB`
+//! when flock locks are shared with NLM) wait until it ends, interruptibly, as an
+//! NFS client's callers do; a local program cannot take a lock a client is about
+//! to reclaim. flock in its own namespace is not affected (no client can reclaim
+//! there), and `F_GETLK` reports what is held at the moment.
 //!
 //! `F_GETLK` reports the holder's pid for POSIX locks; for OFD and flock holders
 //! and remote NLM holders it reports 0, because FUSE carries the pid as an
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 use fuser::Errno;
 use lock_table::{
     Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Owner, OwnerKind,
-    Range, Refusal, TestOutcome, TestRequest, Wait,
+    Range, Refusal, ScopeId, TestOutcome, TestRequest, Wait,
 };
 use rustc_hash::FxHashMap;
 use share_reservations::ShareMode;
@@ -149,6 +151,17 @@ impl Locking {
             flock,
             owners: Owners::default(),
             pending: Mutex::default(),
+        }
+    }
+
+    /// The scope of lock requests on `file`: the mount's, except for the
+    /// separate flock namespace, which no NLM client can reach and so never
+    /// waits for a grace period.
+    pub(crate) fn scope_of(&self, file: FileId) -> ScopeId {
+        if file.dev & FLOCK_DEV_BIT != 0 {
+            ScopeId::LOCAL_ONLY
+        } else {
+            self.ctx.scope
         }
     }
 

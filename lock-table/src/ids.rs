@@ -32,6 +32,10 @@ pub struct ScopeId(pub u32);
 impl ScopeId {
     /// The scope of exports that name no service group.
     pub const DEFAULT: ScopeId = ScopeId(0);
+    /// A scope no grace period covers, for lock namespaces only local programs
+    /// use (lockfs's separate flock namespace): no remote client can reclaim
+    /// anything there, so nothing there waits for reclaims.
+    pub const LOCAL_ONLY: ScopeId = ScopeId(u32::MAX);
 }
 
 /// A host that owns locks. [`HostId::LOCAL`] is this machine (FUSE callers);

@@ -482,10 +482,11 @@ impl LockTable {
         self.drop_if_idle(file_id);
     }
 
-    /// Who would block a lock (F_GETLK, NLM TEST). During grace the answer
-    /// is [`TestOutcome::Grace`], as NLM requires.
+    /// Who would block a lock (F_GETLK, NLM TEST). During grace a remote
+    /// owner's answer is [`TestOutcome::Grace`], as NLM requires; a local
+    /// program is told what is held now (F_GETLK has no way to say "later").
     pub fn test(&self, req: &TestRequest) -> TestOutcome {
-        if self.in_grace(req.scope) {
+        if self.in_grace(req.scope) && req.owner.host != HostId::LOCAL {
             return TestOutcome::Grace;
         }
         match self

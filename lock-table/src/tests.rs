@@ -687,15 +687,22 @@ fn grace_admits_only_reclaims_per_scope() {
         t.lock(&reclaim(blocking(req(F, p(2), W, 5, 5), 2))),
         LockOutcome::Refused(Refusal::Conflict(_))
     ));
-    // Tests are refused during grace; unlocks are allowed.
+    // A remote owner's test is refused during grace; a local one is told what
+    // is held now. Unlocks are allowed.
+    let h = t.registry_mut().host("client");
+    let remote = t.registry_mut().nlm_owner(h, 3, b"o");
     let tr = TestRequest {
         file: F,
         scope: s1,
-        owner: p(3),
+        owner: remote,
         kind: R,
         range: rg(0, 0),
     };
     assert_eq!(t.test(&tr), TestOutcome::Grace);
+    assert!(matches!(
+        t.test(&TestRequest { owner: p(3), ..tr }),
+        TestOutcome::Conflict(h) if h.owner == p(1)
+    ));
     t.unlock(F, p(1), rg(0, 4));
     // Another scope is not in grace.
     ok(
