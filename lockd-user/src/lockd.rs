@@ -190,7 +190,7 @@ impl Lockd {
             None => 0,
         };
         self.pending().retain(|_, p| p.host != name);
-        let was_monitored = match self.store.remove_client(name) {
+        let was_monitored = match off_the_workers(|| self.store.remove_client(name)) {
             Ok(groups) => !groups.is_empty(),
             Err(e) => {
                 warn!(client = name, error = %e, "cannot update client lists");
@@ -215,5 +215,19 @@ impl Lockd {
     /// a reboot notification from it would do. Lock value blocks treat it as abnormal.
     pub fn clear_host(&self, name: &str) -> HostReleased {
         self.release_host(name, Release::Abnormal)
+    }
+}
+
+/// Runs `f`, a durable write (fsync), without holding up the runtime's other tasks.
+///
+/// The RPC server runs on one runtime worker (`lockfs serve`); an fsync on it would stall
+/// every connection until the disk answers, tenths of a millisecond here and milliseconds
+/// on a real disk. On a multi-thread runtime the worker hands its queue to another thread
+/// meanwhile; the calling connection still waits, so its requests stay in order.
+pub(crate) fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }

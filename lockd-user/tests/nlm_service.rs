@@ -842,6 +842,97 @@ async fn each_group_has_its_own_grace_length() {
     h.stop().await;
 }
 
+/// Unblocks a writer stuck opening a FIFO when dropped, and in any case after a
+/// while from a thread of its own: if the writer blocked the runtime's only worker,
+/// nothing in the runtime (timers included) runs until then, and the test must fail,
+/// not hang.
+struct FifoRelease(std::path::PathBuf);
+
+impl FifoRelease {
+    fn new(path: std::path::PathBuf) -> Self {
+        let p = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(8));
+            open_read_end(&p);
+        });
+        FifoRelease(path)
+    }
+}
+
+/// Opening the read end lets a writer's open return; what it then writes fits in
+/// the pipe buffer.
+fn open_read_end(path: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(|mut f| std::io::Read::read_to_end(&mut f, &mut Vec::new()));
+}
+
+impl Drop for FifoRelease {
+    fn drop(&mut self) {
+        open_read_end(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// One runtime worker, as `lockfs serve` runs the service; TCP clients, each served by
+// its own connection task (a UDP socket is served by one task for all its clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_client_list_write_that_hangs_does_not_stall_other_connections() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, _) = h.host(2, "alpha").await;
+    let (hb, _) = h.host(3, "beta").await;
+    let a = Nlm::tcp(h.tcp(), ha.ip, "alpha").await;
+    let b = Nlm::tcp(h.tcp(), hb.ip, "beta").await;
+    // alpha's first lock lists it.
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    // The next write of the client list hangs: its temporary file is a FIFO that
+    // no one reads yet, so opening it for writing blocks.
+    let fifo = h.state.join(".clients-0.json.tmp");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let release = FifoRelease::new(fifo);
+    let fh2 = fh.clone();
+    let stuck = tokio::spawn(async move {
+        let st = b.lock(b.lock4(&fh2, 2, 100, 10), true, false, false).await;
+        (b, st)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stuck.is_finished(),
+        "beta's first lock waits for its client list"
+    );
+    // alpha, already listed, is served meanwhile.
+    assert_eq!(
+        timeout(
+            Duration::from_secs(5),
+            a.lock(a.lock4(&fh, 1, 20, 10), true, false, false)
+        )
+        .await
+        .expect("another connection is served while a client list write hangs"),
+        v4::Stats::Granted
+    );
+    assert!(!stuck.is_finished());
+    // Let the write through. A FIFO cannot be synced, so beta cannot be recorded
+    // and is refused, as after any failed write of the list.
+    drop(release);
+    let (_b, st) = timeout(Duration::from_secs(10), stuck)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, v4::Stats::DeniedNolocks);
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
 /// Puts `host` on `scope`'s client list in the state directory, as a run before a
 /// restart would have (a group with no listed client gets no grace period).
 fn listed_before_restart(c: &LockdConfig, scope: ScopeId, host: &str) {

@@ -128,7 +128,7 @@ impl Lockd {
         if self.store.has_client(scope, host, ip) {
             return true;
         }
-        match self.store.add_client(scope, host, ip) {
+        match crate::lockd::off_the_workers(|| self.store.add_client(scope, host, ip)) {
             Ok(_) => true,
             Err(e) => {
                 warn!(client = host, error = %e, "cannot record the client; refusing");

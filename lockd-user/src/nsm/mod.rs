@@ -20,7 +20,7 @@
 
 pub mod store;
 
-use crate::lockd::Lockd;
+use crate::lockd::{off_the_workers, Lockd};
 use crate::proto::nsm::{
     proc_, Mon, MonId, MyId, SmName, SmRes, SmStat, SmStatRes, StatChge, SM_PROG, SM_VERS,
 };
@@ -73,7 +73,7 @@ impl RpcProgram for NsmProgram {
                     priv_: a.priv_,
                     caller: ctx.peer.ip(),
                 };
-                let res_stat = match l.store.monitor(m) {
+                let res_stat = match off_the_workers(|| l.store.monitor(m)) {
                     Ok(()) => SmRes::Succ,
                     Err(e) => {
                         warn!(peer = %ctx.peer, error = %e, "cannot record SM_MON");
@@ -87,14 +87,14 @@ impl RpcProgram for NsmProgram {
             }
             proc_::UNMON => {
                 let a: MonId = decode_args(args)?;
-                if let Err(e) = l.store.unmonitor(&a.mon_name, &a.my_id) {
+                if let Err(e) = off_the_workers(|| l.store.unmonitor(&a.mon_name, &a.my_id)) {
                     warn!(peer = %ctx.peer, error = %e, "cannot record SM_UNMON");
                 }
                 Ok(Reply::encode(&SmStat { state: l.state() }))
             }
             proc_::UNMON_ALL => {
                 let a: MyId = decode_args(args)?;
-                if let Err(e) = l.store.unmonitor_all(&a) {
+                if let Err(e) = off_the_workers(|| l.store.unmonitor_all(&a)) {
                     warn!(peer = %ctx.peer, error = %e, "cannot record SM_UNMON_ALL");
                 }
                 Ok(Reply::encode(&SmStat { state: l.state() }))

@@ -14,6 +14,11 @@
 //!
 //! Every file is replaced atomically: written to a temporary file, synced, renamed over the
 //! old one, and the directory synced, before the reply that depends on it is sent.
+//!
+//! Writers take turns on a writer lock and update the in-memory copy only once their file is
+//! durable; the in-memory copy is locked just long enough to read or update it. So a check
+//! such as [`NsmStore::has_client`] never waits for a disk, and never sees a change that is
+//! not yet on disk.
 
 use crate::proto::nsm::{MyId, SM_PRIV_SIZE};
 use lock_table::ScopeId;
@@ -68,6 +73,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct NsmStore {
     dir: PathBuf,
+    /// Held for the whole of a durable change, from reading what to write to updating
+    /// `inner`.
+    writer: Mutex<()>,
     inner: Mutex<Inner>,
 }
 
@@ -142,12 +150,17 @@ impl NsmStore {
         }
         Ok(Self {
             dir: dir.to_path_buf(),
+            writer: Mutex::new(()),
             inner: Mutex::new(inner),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_turn(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The directory this store lives in.
@@ -160,16 +173,17 @@ impl NsmStore {
         self.lock().state
     }
 
-    fn set_state(&self, inner: &mut Inner, n: i32) -> io::Result<i32> {
+    /// Writes state number `n`; the caller holds the write turn.
+    fn set_state(&self, n: i32) -> io::Result<i32> {
         write_atomic(&self.dir, STATE_FILE, format!("{n}\n").as_bytes())?;
-        inner.state = n;
+        self.lock().state = n;
         Ok(n)
     }
 
     /// Makes the state number odd and larger than before (a start or a simulated crash).
     pub fn advance(&self) -> io::Result<i32> {
-        let mut inner = self.lock();
-        let n = inner.state;
+        let _turn = self.write_turn();
+        let n = self.state();
         let next = if n % 2 != 0 {
             n.wrapping_add(2)
         } else {
@@ -177,38 +191,39 @@ impl NsmStore {
         };
         // Wrapping past i32::MAX restarts at 1, as statd does.
         let next = if next <= 0 { 1 } else { next };
-        self.set_state(&mut inner, next)
+        self.set_state(next)
     }
 
     /// Makes the state number even (a clean stop).
     pub fn mark_stopped(&self) -> io::Result<i32> {
-        let mut inner = self.lock();
-        let n = inner.state;
+        let _turn = self.write_turn();
+        let n = self.state();
         if n % 2 == 0 {
             return Ok(n);
         }
-        self.set_state(&mut inner, n.wrapping_add(1).max(0))
+        self.set_state(n.wrapping_add(1).max(0))
     }
 
     /// Records that `name` (reached at `addr`) holds state in `scope`; durable when this
     /// returns. Returns false, without I/O, when the host was already listed at `addr`.
     pub fn add_client(&self, scope: ScopeId, name: &str, addr: IpAddr) -> io::Result<bool> {
-        let mut inner = self.lock();
-        let group = inner.groups.entry(scope.0).or_default();
+        if self.has_client(scope, name, addr) {
+            return Ok(false);
+        }
+        let _turn = self.write_turn();
+        let mut group = self
+            .lock()
+            .groups
+            .get(&scope.0)
+            .cloned()
+            .unwrap_or_default();
+        // Another writer may have listed it while this one waited for its turn.
         if group.get(name) == Some(&addr) {
             return Ok(false);
         }
-        let old = group.insert(name.to_string(), addr);
-        let data = serialize_group(group);
-        if let Err(e) = write_atomic(&self.dir, &client_file(scope), &data) {
-            // Keep memory equal to disk, so the next lock tries again.
-            let group = inner.groups.entry(scope.0).or_default();
-            match old {
-                Some(a) => group.insert(name.to_string(), a),
-                None => group.remove(name),
-            };
-            return Err(e);
-        }
+        group.insert(name.to_string(), addr);
+        write_atomic(&self.dir, &client_file(scope), &serialize_group(&group))?;
+        self.lock().groups.insert(scope.0, group);
         Ok(true)
     }
 
@@ -222,13 +237,23 @@ impl NsmStore {
 
     /// Drops `name` from every group's list; returns the groups it was in.
     pub fn remove_client(&self, name: &str) -> io::Result<Vec<ScopeId>> {
-        let mut inner = self.lock();
+        let _turn = self.write_turn();
+        let lists: Vec<(u32, BTreeMap<String, IpAddr>)> = self
+            .lock()
+            .groups
+            .iter()
+            .filter(|(_, list)| list.contains_key(name))
+            .map(|(g, list)| {
+                let mut list = list.clone();
+                list.remove(name);
+                (*g, list)
+            })
+            .collect();
         let mut changed = Vec::new();
-        for (g, list) in inner.groups.iter_mut() {
-            if list.remove(name).is_some() {
-                write_atomic(&self.dir, &client_file(ScopeId(*g)), &serialize_group(list))?;
-                changed.push(ScopeId(*g));
-            }
+        for (g, list) in lists {
+            write_atomic(&self.dir, &client_file(ScopeId(g)), &serialize_group(&list))?;
+            self.lock().groups.insert(g, list);
+            changed.push(ScopeId(g));
         }
         Ok(changed)
     }
@@ -268,8 +293,8 @@ impl NsmStore {
 
     /// Adds an SM_MON registration (replacing an identical one), durably.
     pub fn monitor(&self, m: Monitor) -> io::Result<()> {
-        let mut inner = self.lock();
-        let mut next = inner.monitors.clone();
+        let _turn = self.write_turn();
+        let mut next = self.lock().monitors.clone();
         next.retain(|x| {
             !(x.mon_name == m.mon_name
                 && x.my_name == m.my_name
@@ -278,23 +303,23 @@ impl NsmStore {
                 && x.my_proc == m.my_proc)
         });
         next.push(m);
-        self.save_monitors(&mut inner, next)
+        self.save_monitors(next)
     }
 
     /// Removes the registrations of `my_id` for `mon_name`, durably.
     pub fn unmonitor(&self, mon_name: &str, my_id: &MyId) -> io::Result<()> {
-        let mut inner = self.lock();
-        let mut next = inner.monitors.clone();
+        let _turn = self.write_turn();
+        let mut next = self.lock().monitors.clone();
         next.retain(|x| !(x.mon_name == mon_name && x.same_caller(my_id)));
-        self.save_monitors(&mut inner, next)
+        self.save_monitors(next)
     }
 
     /// Removes every registration of `my_id`, durably.
     pub fn unmonitor_all(&self, my_id: &MyId) -> io::Result<()> {
-        let mut inner = self.lock();
-        let mut next = inner.monitors.clone();
+        let _turn = self.write_turn();
+        let mut next = self.lock().monitors.clone();
         next.retain(|x| !x.same_caller(my_id));
-        self.save_monitors(&mut inner, next)
+        self.save_monitors(next)
     }
 
     /// The registrations watching `mon_name`.
@@ -312,13 +337,14 @@ impl NsmStore {
         self.lock().monitors.len()
     }
 
-    fn save_monitors(&self, inner: &mut Inner, next: Vec<Monitor>) -> io::Result<()> {
-        if next == inner.monitors {
+    /// Writes the registrations `next`; the caller holds the write turn.
+    fn save_monitors(&self, next: Vec<Monitor>) -> io::Result<()> {
+        if next == self.lock().monitors {
             return Ok(());
         }
         let data = serde_json::to_vec_pretty(&next).map_err(io::Error::other)?;
         write_atomic(&self.dir, MONITORS_FILE, &data)?;
-        inner.monitors = next;
+        self.lock().monitors = next;
         Ok(())
     }
 }
