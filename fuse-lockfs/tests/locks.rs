@@ -143,8 +143,13 @@ fn posix_locks_conflict_between_processes_and_any_close_releases_them() {
     a.ok(&format!("close {fa2}"));
     b.ok(&format!("lock {fb} setlk w 0 10"));
     drop((a, b));
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(ctx.table.read(|t| t.file_count()), 0, "exit released all");
+    // The kernel flushes and releases the files of a killed process after it is
+    // reaped, asynchronously.
+    let t0 = Instant::now();
+    while ctx.table.read(|t| t.file_count()) != 0 {
+        assert!(t0.elapsed() < OP_TIMEOUT, "exit released all");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -481,6 +486,7 @@ fn a_file_made_mandatory_while_open_refuses_new_opens_until_closed() {
     let mut b = Ctl::start();
     b.fails(&format!("open {} r", p.display()), libc::EBUSY);
     a.ok(&format!("close {fa}"));
+    wait_open_files(&fx, 0);
     let fb = b.open(&p, "r");
     assert_eq!(fx.handle().stats().direct_io_files, 1);
     a.ok(&format!("open {} rw", p.display()));

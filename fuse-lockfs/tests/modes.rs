@@ -125,13 +125,8 @@ fn one_io_mode_per_inode_while_it_is_open() {
     let st = fx.handle().stats();
     assert_eq!((st.open_files, st.direct_io_files), (2, 0), "{st:?}");
     drop((first, second));
-    // Once every open is released, the next open asks the policy again. The kernel
-    // sends RELEASE after close(2) has returned, so wait for the daemon to see it.
-    let t0 = std::time::Instant::now();
-    while fx.handle().stats().open_files != 0 {
-        assert!(t0.elapsed() < OP_TIMEOUT, "the releases never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    // Once every open is released, the next open asks the policy again.
+    wait_open_files(&fx, 0);
     let m = fx.m("f");
     let third = within(move || File::open(m).unwrap());
     let st = fx.handle().stats();

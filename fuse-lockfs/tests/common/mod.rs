@@ -160,6 +160,20 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
+/// Waits (bounded) until the daemon holds `n` open files: the kernel sends RELEASE
+/// after close(2) has returned, so a test that reopens at once can overtake it.
+pub fn wait_open_files(fx: &Fixture, n: usize) {
+    let t0 = std::time::Instant::now();
+    while fx.handle().stats().open_files != n {
+        assert!(
+            t0.elapsed() < OP_TIMEOUT,
+            "open files never came to {n}: {:?}",
+            fx.handle().stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Runs `f` on a helper thread and fails the test if it takes longer than
 /// [`OP_TIMEOUT`].
 pub fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
