@@ -13,7 +13,7 @@
 //! callback has failed for the configured time is cleared.
 
 use crate::client::{ClientConfig, RpcClient};
-use crate::lockd::Lockd;
+use crate::lockd::{CallbackPolicy, Lockd};
 use crate::portmap::{Mapping, RpcbindClient};
 use crate::proto::nlm::{proc_, v3, v4, NLM_PROG};
 use crate::server::Transport;
@@ -56,7 +56,7 @@ pub(crate) enum CallbackJob {
 }
 
 /// Finds where `prog`/`vers` listens over UDP on `host`, through the portmapper at `port`.
-pub(crate) async fn lookup_udp(
+async fn lookup_udp(
     host: IpAddr,
     port: u16,
     prog: u32,
@@ -83,12 +83,33 @@ pub(crate) async fn lookup_udp(
     }
 }
 
-pub(crate) fn client_config(timeout: Duration) -> ClientConfig {
+fn client_config(timeout: Duration) -> ClientConfig {
     ClientConfig {
         retransmit: (timeout / 8).max(Duration::from_millis(50)),
         total_timeout: timeout,
         ..ClientConfig::default()
     }
+}
+
+/// A UDP client of `prog`/`vers` on `host`, found through the host's portmapper, with the
+/// policy's port and per-attempt time limit: how every callback reaches a client.
+pub(crate) async fn connect_udp(
+    host: IpAddr,
+    prog: u32,
+    vers: u32,
+    policy: &CallbackPolicy,
+) -> Result<RpcClient, String> {
+    let at = lookup_udp(
+        host,
+        policy.client_portmap_port,
+        prog,
+        vers,
+        policy.attempt_timeout,
+    )
+    .await?;
+    RpcClient::udp(at, client_config(policy.attempt_timeout))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The worker: runs until every sender is gone or the service aborts it.
@@ -120,17 +141,7 @@ async fn send_res(lockd: Arc<Lockd>, peer: IpAddr, vers: u32, proc_: u32, body: 
     let mut backoff = p.initial_backoff;
     for attempt in 0..3 {
         let r = async {
-            let addr = lookup_udp(
-                peer,
-                p.client_portmap_port,
-                NLM_PROG,
-                vers,
-                p.attempt_timeout,
-            )
-            .await?;
-            let c = RpcClient::udp(addr, client_config(p.attempt_timeout))
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = connect_udp(peer, NLM_PROG, vers, p).await?;
             c.send_oneway(NLM_PROG, vers, proc_, &body)
                 .await
                 .map_err(|e| e.to_string())
@@ -207,17 +218,7 @@ async fn deliver_grant(lockd: Arc<Lockd>, token: u64) {
 /// lock, Ok(false) when it answered anything else.
 async fn attempt_grant(lockd: &Lockd, token: u64, p: &Pending) -> Result<bool, String> {
     let pol = &lockd.policy;
-    let addr = lookup_udp(
-        p.peer,
-        pol.client_portmap_port,
-        NLM_PROG,
-        p.vers,
-        pol.attempt_timeout,
-    )
-    .await?;
-    let c = RpcClient::udp(addr, client_config(pol.attempt_timeout))
-        .await
-        .map_err(|e| e.to_string())?;
+    let c = connect_udp(p.peer, NLM_PROG, p.vers, pol).await?;
     let cookie = grant_cookie(token);
     let exclusive = p.kind == LockKind::Exclusive;
     let body = if p.vers == crate::proto::nlm::NLM4_VERS {

@@ -21,8 +21,7 @@
 //! notifications for that group alone) without touching other groups: the seam for
 //! failover.
 
-use crate::callbacks::{client_config, lookup_udp};
-use crate::client::RpcClient;
+use crate::callbacks::connect_udp;
 use crate::lockd::Lockd;
 use crate::nsm::store::Monitor;
 use crate::proto::nsm::{proc_ as sm_proc, StatChge, Status, SM_PROG, SM_VERS};
@@ -98,17 +97,7 @@ async fn notify_one(lockd: Arc<Lockd>, client: String, addr: IpAddr, state: i32)
     };
     loop {
         let r = async {
-            let at = lookup_udp(
-                addr,
-                pol.client_portmap_port,
-                SM_PROG,
-                SM_VERS,
-                pol.attempt_timeout,
-            )
-            .await?;
-            let c = RpcClient::udp(at, client_config(pol.attempt_timeout))
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = connect_udp(addr, SM_PROG, SM_VERS, &pol).await?;
             c.call_raw(SM_PROG, SM_VERS, sm_proc::NOTIFY, &to_bytes(&args))
                 .await
                 .map_err(|e| e.to_string())
@@ -199,17 +188,7 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
     let mut backoff = pol.initial_backoff;
     for _ in 0..5 {
         let r = async {
-            let at = lookup_udp(
-                m.caller,
-                pol.client_portmap_port,
-                m.my_prog,
-                m.my_vers,
-                pol.attempt_timeout,
-            )
-            .await?;
-            let c = RpcClient::udp(at, client_config(pol.attempt_timeout))
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = connect_udp(m.caller, m.my_prog, m.my_vers, pol).await?;
             c.call_raw(m.my_prog, m.my_vers, m.my_proc, &to_bytes(&args))
                 .await
                 .map_err(|e| e.to_string())
