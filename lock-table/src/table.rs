@@ -629,6 +629,11 @@ impl LockTable {
         // Earlier waiters still blocked; later ones that conflict with them
         // may have to yield.
         let mut blocked: SmallVec<[WaiterId; 8]> = SmallVec::new();
+        // Lock waiters wait out their scope's grace period (see `decide_lock`).
+        let in_grace = self
+            .files
+            .get(&file_id)
+            .is_some_and(|f| self.in_grace(f.scope));
         let mut i = 0;
         loop {
             let Some(id) = self
@@ -638,7 +643,7 @@ impl LockTable {
             else {
                 return;
             };
-            if !self.grantable(file_id, id, &blocked) {
+            if !self.grantable(file_id, id, &blocked, in_grace) {
                 blocked.push(id);
                 i += 1;
                 continue;
@@ -690,14 +695,20 @@ impl LockTable {
 
     /// Whether a queued request can be granted now, given the earlier
     /// waiters of the same file that are still blocked.
-    fn grantable(&self, file_id: FileId, id: WaiterId, blocked: &[WaiterId]) -> bool {
+    fn grantable(
+        &self,
+        file_id: FileId,
+        id: WaiterId,
+        blocked: &[WaiterId],
+        in_grace: bool,
+    ) -> bool {
         let (Some(file), Some(w)) = (self.files.get(&file_id), self.waiters.get(&id)) else {
             return false;
         };
         if file.holdings.has_conflict(w.range, w.kind, &w.selves()) {
             return false;
         }
-        if !w.io && self.in_grace(file.scope) {
+        if !w.io && in_grace {
             return false;
         }
         let yields = !w.io
