@@ -112,7 +112,10 @@ pub use context::LockContext;
 pub use error::{Error, Result};
 pub use inode::FileKey;
 pub use locking::FLOCK_DEV_BIT;
-pub use mount::{mount, prepare, raise_fd_limit, run, MountHandle, MountStats, Mounted, Unmounter};
+pub use mount::{
+    block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, MountHandle,
+    MountStats, Mounted, Unmounter,
+};
 pub use options::{
     is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,
 };

@@ -311,6 +311,36 @@ impl Drop for MountHandle {
     }
 }
 
+/// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts
+/// later) and returns the set, for `sigwait`. Call it before any thread starts, so
+/// that only the waiting thread sees the signals.
+pub fn block_termination() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Waits on a thread of its own for a signal of `set` (see [`block_termination`]),
+/// then unmounts with `unmounter`.
+pub fn unmount_on_termination(set: libc::sigset_t, unmounter: Unmounter) {
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        tracing::info!(signal = sig, "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+}
+
 /// Unmounts a lockfs served by [`Mounted::run`]; cloneable and `Send`, for a
 /// thread that waits for SIGTERM/SIGINT.
 #[derive(Clone)]

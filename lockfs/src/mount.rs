@@ -80,28 +80,13 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
     Ok(p)
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts later) and
-/// returns the set, for `sigwait`.
-pub(crate) fn block_termination() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset is initialised by sigemptyset before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the calls modify it and this thread's mask.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
 /// Mounts and serves until a termination signal or an external unmount.
 pub fn run(source: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
     let Parsed {
         mut options,
         socket,
     } = parse_options(options)?;
-    let set = block_termination();
+    let set = fuse_lockfs::block_termination();
     if let Err(e) = fuse_lockfs::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the descriptor limit");
     }
@@ -111,16 +96,7 @@ pub fn run(source: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
     let socket = socket.unwrap_or_else(|| admin::default_socket(mountpoint));
     let mut mounted = fuse_lockfs::prepare(source, mountpoint, options)?;
     let _admin = admin::serve(&socket, ctx)?;
-    let unmounter = mounted.unmounter();
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        tracing::info!(signal = sig, "unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!(error = %e, "unmount failed");
-        }
-    });
+    fuse_lockfs::unmount_on_termination(set, mounted.unmounter());
     eprintln!(
         "lockfs: {} mounted at {}, admin socket {}",
         source.display(),

@@ -85,7 +85,7 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let cfg = resolve_config(config_path)?;
-    let set = crate::mount::block_termination();
+    let set = fuse_lockfs::block_termination();
     if let Err(e) = fuse_lockfs::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the descriptor limit");
     }

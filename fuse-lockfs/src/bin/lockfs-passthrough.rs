@@ -27,32 +27,15 @@ fn main() -> anyhow::Result<()> {
         options.io_policy = Some(Arc::new(|_ino: u64, _attr: &FileAttr| IoMode::DirectIo));
     }
 
-    // Block the signals before any thread starts so that only sigwait sees them.
-    // SAFETY: an empty sigset is initialised by sigemptyset before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the calls only modify it and this thread's mask.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // Before any thread starts, so that only the waiting thread sees the signals.
+    let set = fuse_lockfs::block_termination();
 
     match fuse_lockfs::raise_fd_limit() {
         Ok(n) => tracing::debug!(limit = n, "descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
     let mut mounted = fuse_lockfs::prepare(source, mountpoint, options)?;
-    let unmounter = mounted.unmounter();
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        tracing::info!(signal = sig, "unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!(error = %e, "unmount failed");
-        }
-    });
+    fuse_lockfs::unmount_on_termination(set, mounted.unmounter());
     println!("ready");
     mounted.run()?;
     println!("unmounted");
