@@ -689,3 +689,76 @@ fn the_live_view_redraws_every_interval() {
     assert!(screen.contains("ATTEMPTS"), "{screen}");
     assert!(!pins.exists());
 }
+
+/// A file created after the trace started is not in the first walk of the
+/// `--path-prefix` directory, and the next walk is rate-limited: it must
+/// still be counted in the file table (by device and inode until it can be
+/// named), not only in the header's waits.
+#[test]
+fn a_file_created_while_tracing_is_listed_under_a_path_prefix() {
+    if !can_trace("a_file_created_while_tracing_is_listed_under_a_path_prefix") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pins = pin_dir("late");
+    let trace = TraceCmd::spawn(&[
+        "--kernel-only",
+        "--json",
+        "--once",
+        "--duration",
+        "120",
+        "--path-prefix",
+        dir.path().to_str().unwrap(),
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--unpin",
+    ]);
+    let _hello = trace.next_line();
+    // Well after the start, as an operator's file would be: any start-up
+    // walk of the directory is long over.
+    std::thread::sleep(Duration::from_millis(500));
+    let path = dir.path().join("late");
+    std::fs::write(&path, b"x").expect("creating the late file");
+    let ino = std::fs::metadata(&path).expect("stat").ino();
+    let mut holder = Command::new("flock")
+        .arg(&path)
+        .args(["-c", "sleep 0.3"])
+        .spawn()
+        .expect("flock(1)");
+    std::thread::sleep(Duration::from_millis(100));
+    let waiter = Command::new("timeout")
+        .args(["20", "flock"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .expect("flock(1)");
+    assert!(waiter.success());
+    assert!(holder.wait().expect("holder").success());
+    std::thread::sleep(Duration::from_millis(300));
+    trace.interrupt();
+    let values = parse(&trace.finish());
+
+    // The streamed wait of the file: path null (not walked yet) or the path.
+    let ended: Vec<&Value> = values
+        .iter()
+        .filter(|v| v["kind"] == "wait_ended" && v["ino"] == ino)
+        .collect();
+    assert_eq!(ended.len(), 1, "{values:#?}");
+    assert!(
+        ended[0]["path"].is_null() || ended[0]["path"] == path.to_str().unwrap(),
+        "{:#?}",
+        ended[0]
+    );
+
+    let snap = &values.last().expect("a snapshot line")["snapshot"];
+    assert!(snap["wait"]["count"].as_u64() >= Some(1), "{snap:#}");
+    let files = snap["files"].as_array().expect("files");
+    let row = files
+        .iter()
+        .find(|f| f["ino"] == ino)
+        .unwrap_or_else(|| panic!("the late file is missing from the table: {snap:#}"));
+    assert_eq!(row["waits"], 1, "{row:#}");
+    assert_eq!(row["blocked"], 1, "{row:#}");
+    // The one-shot snapshot walks again, so by then it has its name.
+    assert_eq!(row["path"], path.to_str().unwrap(), "{row:#}");
+}

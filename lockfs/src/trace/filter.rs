@@ -29,7 +29,8 @@ impl Filter {
         self.matches(ev.pid, ev.tgid, &ev.host)
     }
 
-    /// Files of unknown path never pass a path filter.
+    /// Whether a file's path passes the path filter. Files the path index
+    /// cannot name yet are not decided here (see `paths::Name`).
     pub fn matches_path(&self, path: Option<&str>) -> bool {
         match &self.path_prefix {
             None => true,

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result};
 use lockfs_trace::{DaemonGate, TraceOptions, Tracer, GATE_ALL, GATE_CONTENTION};
 
 use filter::Filter;
-use paths::PathIndex;
+use paths::{Name, PathIndex};
 use view::{MapState, View};
 
 /// Options of `lockfs trace`.
@@ -214,13 +214,15 @@ fn trace(
             None
         }
     };
+    // Built before the start is announced: a file created after that line
+    // is one the first walk did not see.
+    let mut paths = PathIndex::new(args.path_prefix.clone());
     tracing::info!(%header, "tracing");
     if args.json {
         // Tells a reader (and the tests) that events from now on are seen.
         emit_line(&serde_json::json!({ "tracing": header, "pin_dir": tracer.pin_dir() }))?;
     }
 
-    let mut paths = PathIndex::new(args.path_prefix.clone());
     let mut view = View::default();
     view.daemon_holders = args.all_events;
     let started = Instant::now();
@@ -240,10 +242,7 @@ fn trace(
         for ev in tracer.poll_events(wait)? {
             view.record(&ev, filter);
             if args.json && filter.matches_party(&ev) {
-                let path = paths.lookup(ev.dev, ev.ino);
-                if filter.matches_path(path.as_deref()) {
-                    emit_line(&json::event(&ev, path.as_deref()))?;
-                }
+                emit_event(&ev, filter, &mut paths)?;
             }
         }
         if live && Instant::now() >= next_screen {
@@ -263,13 +262,13 @@ fn trace(
     for ev in tracer.drain_events() {
         view.record(&ev, filter);
         if args.json && filter.matches_party(&ev) {
-            let path = paths.lookup(ev.dev, ev.ino);
-            if filter.matches_path(path.as_deref()) {
-                emit_line(&json::event(&ev, path.as_deref()))?;
-            }
+            emit_event(&ev, filter, &mut paths)?;
         }
     }
     if args.once {
+        // One snapshot: name files created since the last walk rather than
+        // listing them by number.
+        paths.walk_on_next_miss();
         let snap = view.snapshot(
             &read_maps(tracer)?,
             filter,
@@ -284,6 +283,17 @@ fn trace(
         }
     }
     Ok(())
+}
+
+/// One JSON event line, unless the file is known to lie outside the prefix
+/// (a file not named yet goes out with a null path and its device and inode).
+fn emit_event(ev: &lockfs_trace::Event, filter: &Filter, paths: &mut PathIndex) -> Result<()> {
+    let path = match paths.resolve(ev.dev, ev.ino) {
+        Name::Path(p) if filter.matches_path(Some(&p)) => Some(p),
+        Name::Unnamed => None,
+        Name::Path(_) | Name::Outside => return Ok(()),
+    };
+    emit_line(&json::event(ev, path.as_deref()))
 }
 
 fn emit_text(s: &str) -> Result<()> {

@@ -13,7 +13,7 @@ use lockfs_trace::{
 use serde::Serialize;
 
 use super::filter::Filter;
-use super::paths::PathIndex;
+use super::paths::{Name, PathIndex};
 
 /// Wait samples kept per file for percentiles; older ones are dropped.
 const SAMPLES_PER_FILE: usize = 4096;
@@ -287,10 +287,13 @@ impl View {
             let id = (key.dev, key.ino);
             let seen = self.files.get(&id);
             let file_waiters = waiters.remove(&id).unwrap_or_default();
-            let path = paths.lookup(key.dev, key.ino);
-            if !filter.matches_path(path.as_deref()) {
-                continue;
-            }
+            // A file that cannot be named yet is listed by device and inode:
+            // only one known to be outside the prefix is left out.
+            let path = match paths.resolve(key.dev, key.ino) {
+                Name::Path(p) if filter.matches_path(Some(&p)) => Some(p),
+                Name::Unnamed => None,
+                Name::Path(_) | Name::Outside => continue,
+            };
             if filter.filters_parties()
                 && !seen.is_some_and(|s| s.matched)
                 && !file_waiters
