@@ -67,6 +67,15 @@ pub enum ConfigError {
     },
     #[error("{path}: {0}", path = .1)]
     Read(#[source] std::io::Error, String),
+    #[error("{path}: line {line}, column {column}: unknown key {key:?} in {section}; its keys are: {expected}")]
+    UnknownKey {
+        path: String,
+        line: usize,
+        column: usize,
+        key: String,
+        section: &'static str,
+        expected: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -242,6 +251,7 @@ fn this_host() -> String {
 
 /// Parse and validate configuration text. `path` names the source in errors.
 pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+    check_known_keys(text, path)?;
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_string(),
         message: e.to_string().trim_end().to_string(),
@@ -458,6 +468,398 @@ mandatory = "file"
     parse(&text, "embedded default").expect("the embedded default configuration is valid")
 }
 
+/// Where a configuration key lives: the top level or one of its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Top,
+    Listen,
+    Limits,
+    Group,
+    Export,
+}
+
+impl Section {
+    pub const ALL: [Section; 5] = [
+        Section::Top,
+        Section::Listen,
+        Section::Limits,
+        Section::Group,
+        Section::Export,
+    ];
+
+    /// The key that opens the section at the top level (`None`: the top level).
+    pub fn table(self) -> Option<&'static str> {
+        match self {
+            Section::Top => None,
+            Section::Listen => Some("listen"),
+            Section::Limits => Some("limits"),
+            Section::Group => Some("group"),
+            Section::Export => Some("export"),
+        }
+    }
+
+    /// How the section is written in the file.
+    pub fn header(self) -> &'static str {
+        match self {
+            Section::Top => "the top level",
+            Section::Listen => "[listen]",
+            Section::Limits => "[limits]",
+            Section::Group => "[[group]]",
+            Section::Export => "[[export]]",
+        }
+    }
+
+    /// What the section is for.
+    pub fn doc(self) -> &'static str {
+        match self {
+            Section::Top => "Keys before the first table apply to the whole daemon.",
+            Section::Listen => "Where NLM and NSM listen for remote clients, over UDP and TCP.",
+            Section::Limits => {
+                "Bounds on what remote clients may hold or queue. A request beyond a limit \
+                 is refused with DENIED_NOLOCKS and logged."
+            }
+            Section::Group => {
+                "A service group: exports that fail over together, with their own client \
+                 list and grace period, so that recovering one group never touches another's \
+                 locks. A group named \"default\" exists without being declared; declaring it \
+                 sets its grace period."
+            }
+            Section::Export => {
+                "A directory served through the FUSE file system (and to NLM clients). At \
+                 least one export is required."
+            }
+        }
+    }
+}
+
+/// One configuration key: the table [`parse`] checks every key of a file
+/// against and the lockfs.toml(5) manual page is generated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub section: Section,
+    pub name: &'static str,
+    /// The kind of value, as the manual page shows it.
+    pub value: &'static str,
+    /// The value used when the key is absent (`None`: the key is required).
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+/// Every key the configuration file accepts.
+pub const KEYS: &[Key] = &[
+    Key {
+        section: Section::Top,
+        name: "node_name",
+        value: "string",
+        default: Some("this machine's host name"),
+        doc: "The name this server gives itself in SM_NOTIFY messages to NLM clients \
+              after a restart.",
+    },
+    Key {
+        section: Section::Top,
+        name: "state_dir",
+        value: "absolute path",
+        default: Some("/var/lib/lockfs"),
+        doc: "Where the daemon keeps its NSM state number, the client list of every \
+              service group and the key that signs NLM file handles. Created if missing. \
+              Keep it across restarts: crash recovery depends on it.",
+    },
+    Key {
+        section: Section::Top,
+        name: "admin_socket",
+        value: "path",
+        default: Some("/run/lockfs/admin.sock"),
+        doc: "The root-only Unix socket that lockfs locks and lockfs clear talk to.",
+    },
+    Key {
+        section: Section::Top,
+        name: "grace_period",
+        value: "duration",
+        default: Some("90"),
+        doc: "How long after a restart only reclaims of locks held before it are \
+              granted, for every group that does not set its own. A duration is a \
+              number of seconds, or a string with a unit: \"90s\", \"2m\", \"1h\".",
+    },
+    Key {
+        section: Section::Top,
+        name: "release_unreachable_after",
+        value: "duration",
+        default: Some("never"),
+        doc: "Opt-in: release every lock, waiter and share reservation of a remote host \
+              once callbacks to it (GRANTED, _RES) have failed for this long, as after a \
+              network partition that outlived it. Lock value blocks the host was writing \
+              become not-valid.",
+    },
+    Key {
+        section: Section::Listen,
+        name: "addresses",
+        value: "array of IP addresses",
+        default: Some("[\"127.0.0.1\"]"),
+        doc: "The addresses NLM and NSM listen on.",
+    },
+    Key {
+        section: Section::Listen,
+        name: "port",
+        value: "integer",
+        default: Some("0"),
+        doc: "The port NLM and NSM listen on; 0 takes any free port. The services are \
+              registered with the system's rpcbind or, when none runs, with lockfs's own \
+              portmapper.",
+    },
+    Key {
+        section: Section::Listen,
+        name: "busy_poll_us",
+        value: "integer (microseconds)",
+        default: Some("200"),
+        doc: "After a reply, keep polling the connection this long before sleeping: \
+              lower latency for a busy client at the cost of CPU time. 0 turns it off.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "owners_per_host",
+        value: "integer",
+        default: Some("4096"),
+        doc: "NLM lock owners (client processes) one client host may have.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "locks_per_host",
+        value: "integer",
+        default: Some("1048576"),
+        doc: "Lock-table segments one client host may hold.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "waiters",
+        value: "integer",
+        default: Some("65536"),
+        doc: "Queued blocking requests, local ones included.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "connections",
+        value: "integer",
+        default: Some("1024"),
+        doc: "Open TCP connections.",
+    },
+    Key {
+        section: Section::Group,
+        name: "name",
+        value: "string",
+        default: None,
+        doc: "The group's name, unique, non-empty; exports name it in their group key.",
+    },
+    Key {
+        section: Section::Group,
+        name: "grace_period",
+        value: "duration",
+        default: Some("the top-level grace_period"),
+        doc: "This group's own grace period after a restart.",
+    },
+    Key {
+        section: Section::Export,
+        name: "name",
+        value: "string",
+        default: None,
+        doc: "The export's name, unique, non-empty, without '/'.",
+    },
+    Key {
+        section: Section::Export,
+        name: "source",
+        value: "absolute path",
+        default: None,
+        doc: "The directory served.",
+    },
+    Key {
+        section: Section::Export,
+        name: "mountpoint",
+        value: "absolute path",
+        default: None,
+        doc: "Where local programs reach the export through FUSE; must differ from source.",
+    },
+    Key {
+        section: Section::Export,
+        name: "group",
+        value: "string",
+        default: Some("\"default\""),
+        doc: "The service group the export belongs to; a group other than \"default\" \
+              must be declared with [[group]].",
+    },
+    Key {
+        section: Section::Export,
+        name: "mandatory",
+        value: "off | file | all",
+        default: Some("off"),
+        doc: "Mandatory locking: off (advisory only), file (files marked by the System V \
+              convention: set-group-ID on, group-execute off) or all files. On a \
+              mandatory file a read, write or truncate that meets another owner's \
+              conflicting lock waits, or fails with EAGAIN on an O_NONBLOCK open.",
+    },
+    Key {
+        section: Section::Export,
+        name: "flock",
+        value: "separate | shared",
+        default: Some("separate"),
+        doc: "separate: flock locks conflict only with flock locks, as on native Linux. \
+              shared: flock locks are whole-file locks in the shared table, seen by NLM \
+              clients and POSIX locks.",
+    },
+    Key {
+        section: Section::Export,
+        name: "clients",
+        value: "array of addresses or CIDR blocks",
+        default: Some("any client"),
+        doc: "The NLM clients allowed to lock files of this export, such as \
+              \"10.0.0.0/8\" or \"::1\".",
+    },
+    Key {
+        section: Section::Export,
+        name: "read_only",
+        value: "boolean",
+        default: Some("false"),
+        doc: "Serve the export read-only.",
+    },
+];
+
+/// The keys of one section, in table order.
+pub fn keys_of(section: Section) -> impl Iterator<Item = &'static Key> {
+    KEYS.iter().filter(move |k| k.section == section)
+}
+
+/// The keys of a TOML document with their spans, tables nested: only what
+/// [`check_known_keys`] needs. An array's entries are its elements' keys
+/// run together (every element of `[[export]]` is an export).
+#[derive(Default)]
+struct KeyTree(Vec<(toml::Spanned<String>, KeyTree)>);
+
+impl<'de> Deserialize<'de> for KeyTree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyTree;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any TOML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<KeyTree, E> {
+                Ok(KeyTree::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<KeyTree, E> {
+                Ok(KeyTree::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<KeyTree, E> {
+                Ok(KeyTree::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<KeyTree, E> {
+                Ok(KeyTree::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<KeyTree, E> {
+                Ok(KeyTree::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<KeyTree, A::Error> {
+                let mut all = Vec::new();
+                while let Some(KeyTree(entries)) = seq.next_element()? {
+                    all.extend(entries);
+                }
+                Ok(KeyTree(all))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<KeyTree, A::Error> {
+                let mut all = Vec::new();
+                while let Some(key) = map.next_key::<toml::Spanned<String>>()? {
+                    all.push((key, map.next_value()?));
+                }
+                Ok(KeyTree(all))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Refuses a key that is not in [`KEYS`], naming its line and column and
+/// the keys its section takes. Text that does not parse as TOML is left to
+/// the full parse, which says where.
+fn check_known_keys(text: &str, path: &str) -> Result<(), ConfigError> {
+    let Ok(top) = toml::from_str::<KeyTree>(text) else {
+        return Ok(());
+    };
+    let unknown = |key: &toml::Spanned<String>, section: Section| {
+        let start = key.span().start.min(text.len());
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let mut expected: Vec<&str> = keys_of(section).map(|k| k.name).collect();
+        if section == Section::Top {
+            expected.extend(Section::ALL.iter().filter_map(|s| s.table()));
+        }
+        ConfigError::UnknownKey {
+            path: path.to_string(),
+            line: line_of(text, start),
+            column: text[line_start..start].chars().count() + 1,
+            key: key.get_ref().clone(),
+            section: section.header(),
+            expected: expected.join(", "),
+        }
+    };
+    for (key, value) in &top.0 {
+        let name = key.get_ref().as_str();
+        if let Some(section) = Section::ALL.into_iter().find(|s| s.table() == Some(name)) {
+            for (inner, _) in &value.0 {
+                if !keys_of(section).any(|k| k.name == inner.get_ref()) {
+                    return Err(unknown(inner, section));
+                }
+            }
+        } else if !keys_of(Section::Top).any(|k| k.name == name) {
+            return Err(unknown(key, Section::Top));
+        }
+    }
+    Ok(())
+}
+
+/// The fields serde's derive accepts for a struct: its unknown-field
+/// error lists them all.
+#[cfg(test)]
+fn serde_fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+    let e = toml::from_str::<T>("zz_not_a_key = 1\n")
+        .unwrap_err()
+        .to_string();
+    let list = e
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no field list in: {e}"))
+        .1;
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every key the parser accepts, as (section, name): what serde's
+/// structs take, tables included, independently of [`KEYS`].
+#[cfg(test)]
+pub(crate) fn accepted_keys() -> Vec<(Section, String)> {
+    let mut out = Vec::new();
+    for name in serde_fields::<RawConfig>() {
+        if !Section::ALL
+            .iter()
+            .any(|s| s.table() == Some(name.as_str()))
+        {
+            out.push((Section::Top, name));
+        }
+    }
+    for (section, fields) in [
+        (Section::Listen, serde_fields::<RawListen>()),
+        (Section::Limits, serde_fields::<RawLimits>()),
+        (Section::Group, serde_fields::<RawGroup>()),
+        (Section::Export, serde_fields::<RawExport>()),
+    ] {
+        out.extend(fields.into_iter().map(|f| (section, f)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,5 +985,66 @@ mountpoint = "/mnt/b"
         assert_eq!(c.exports[0].mountpoint, PathBuf::from("/tmp/base/mnt"));
         assert_eq!(c.state_dir, PathBuf::from("/tmp/base/state"));
         assert_eq!(c.exports[0].mandatory, MandatoryPolicy::File);
+    }
+
+    #[test]
+    fn the_key_table_is_exactly_what_the_parser_accepts() {
+        let mut accepted = accepted_keys();
+        // Sanity: the enumeration sees real fields in every section.
+        assert!(accepted.contains(&(Section::Top, "grace_period".into())));
+        assert!(accepted.contains(&(Section::Export, "clients".into())));
+        let mut table: Vec<(Section, String)> = KEYS
+            .iter()
+            .map(|k| (k.section, k.name.to_string()))
+            .collect();
+        let order = |v: &mut Vec<(Section, String)>| {
+            v.sort_by_key(|(s, n)| (*s as u8, n.clone()));
+        };
+        order(&mut accepted);
+        order(&mut table);
+        assert_eq!(table, accepted);
+        // Every section's table is a key serde takes at the top level.
+        let top = serde_fields::<RawConfig>();
+        for s in Section::ALL.iter().filter_map(|s| s.table()) {
+            assert!(top.iter().any(|f| f == s), "{s} in {top:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_outside_the_table_is_refused_with_its_line_and_column() {
+        let e = err(&format!("{MINIMAL}  mandatroy = \"file\"\n"));
+        assert!(
+            e.contains("line 6, column 3")
+                && e.contains("\"mandatroy\" in [[export]]")
+                && e.contains("mountpoint"),
+            "{e}"
+        );
+        let e = err(&format!("[listen]\nprot = 1\n{MINIMAL}"));
+        assert!(
+            e.contains("line 2, column 1") && e.contains("[listen]"),
+            "{e}"
+        );
+        let e = err(&format!("[lisen]\nport = 1\n{MINIMAL}"));
+        assert!(
+            e.contains("line 1") && e.contains("\"lisen\" in the top level"),
+            "{e}"
+        );
+        let e = err(&format!("[[group]]\nname = \"g\"\ngrace = 3\n{MINIMAL}"));
+        assert!(e.contains("line 3") && e.contains("[[group]]"), "{e}");
+        // Inline and dotted tables are checked the same way.
+        let e = err(&format!("listen = {{ port = 1, host = \"x\" }}\n{MINIMAL}"));
+        assert!(e.contains("line 1") && e.contains("\"host\""), "{e}");
+        let e = err(&format!("limits.lock = 1\n{MINIMAL}"));
+        assert!(e.contains("\"lock\" in [limits]"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_configuration_is_valid() {
+        let c = parse(
+            include_str!("../../scripts/lockfs.toml"),
+            "scripts/lockfs.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.exports.is_empty());
     }
 }

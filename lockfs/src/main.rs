@@ -5,6 +5,7 @@
 mod admin;
 mod config;
 mod demo;
+mod manpage;
 mod mount;
 mod serve;
 mod share_open;
@@ -14,13 +15,30 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+/// `lockfs --version`: the package version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LOCKFS_COMMIT"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "lockfs",
-    version,
-    about = "lockfs: one lock table for local and remote locks"
+    version = VERSION,
+    about = "lockfs: one lock table for local and remote locks",
+    long_about = "lockfs enforces advisory and mandatory byte-range locks and \
+                  Windows-style share reservations for local programs, through a FUSE \
+                  passthrough file system mounted over each exported directory, and for \
+                  remote NFS clients, through a user-space lockd speaking NLM v1, v3 and v4 \
+                  and NSM. One daemon (lockfs serve) holds one lock table behind all of them, \
+                  so a local fcntl lock and a remote NLM lock on the same file conflict.\n\n\
+                  The other commands mount a single export in the foreground, list and clear \
+                  the locks of running daemons, open a file under a share reservation, and \
+                  trace lock contention with eBPF."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,7 +57,9 @@ enum Command {
     /// Mount SOURCE at MOUNTPOINT through lockfs and serve it in the foreground
     /// until SIGTERM or SIGINT (which unmount).
     Mount {
+        /// The directory to serve.
         source: PathBuf,
+        /// Where to mount it.
         mountpoint: PathBuf,
         /// Comma-separated options: mandatory=off|file|all, flock=separate|shared,
         /// ro, threads=N, nopassthrough, socket=PATH.
@@ -67,7 +87,9 @@ enum Command {
         /// The descriptor CMD finds the file on.
         #[arg(long, default_value_t = 3)]
         fd: i32,
+        /// The file to open.
         file: PathBuf,
+        /// The command to run, and its arguments.
         #[arg(last = true, required = true)]
         cmd: Vec<OsString>,
     },
@@ -75,16 +97,17 @@ enum Command {
     /// NLM and NSM to remote clients, all over one lock table. Without
     /// --config, an embedded default under ./lockfs-data.
     Serve {
-        /// The TOML configuration file.
-        #[arg(long)]
+        /// The TOML configuration file (see lockfs.toml(5)).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Print the NLM file handle (hex) of a file under an export, named
     /// through the export's source or its mount point.
     Fh {
+        /// A file under an export's source or mount point.
         path: PathBuf,
-        /// The TOML configuration file.
-        #[arg(long)]
+        /// The TOML configuration file (see lockfs.toml(5)).
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Release every lock, waiter and share reservation a remote NLM host
@@ -117,6 +140,16 @@ fn init_logging() {
 }
 
 fn main() -> Result<()> {
+    // `lockfs generate-docs DIR` writes the manual pages and the bash
+    // completion for packaging. It is no clap subcommand, so that it appears
+    // neither in the pages nor in the completion it generates.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "generate-docs") {
+        let [_, _, dir] = &args[..] else {
+            anyhow::bail!("usage: lockfs generate-docs DIR");
+        };
+        return manpage::generate(Cli::command(), std::path::Path::new(dir));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Mount {
