@@ -18,12 +18,15 @@ fi
 # libnfs-dev and libtirpc-dev (independent NLM/NSM clients in the tests),
 # tshark (wire decoding checks), bpftool, iproute2 (network namespaces),
 # attr (xattr tools), procps/psmisc (process checks), pkg-config and a C
-# compiler for the test clients.
+# compiler for the test clients. The Debian package (scripts/build-deb.sh)
+# and its test: dpkg-dev (dpkg-shlibdeps), binutils (objcopy), lintian,
+# man-db (man -l) and systemd (systemd-analyze verify).
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
     rpcbind nfs-common libnfs-dev libtirpc-dev
     tshark bpftool
+    dpkg-dev binutils lintian man-db systemd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
