@@ -528,6 +528,71 @@ mod tests {
         assert!(quiet.files[&(5, 6)].holders.is_empty());
     }
 
+    /// The screen of `--path-prefix DIR` for a file created under DIR after
+    /// the index walked it: listed by device and inode, not "no activity".
+    #[test]
+    fn a_file_not_named_yet_is_listed_by_device_and_inode() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = PathIndex::new(Some(dir.path().to_path_buf()));
+        let late = dir.path().join("late");
+        std::fs::write(&late, b"x").unwrap();
+        let m = std::fs::metadata(&late).unwrap();
+        // And a file of another file system, which the prefix excludes.
+        let other = std::fs::metadata("/proc/self/stat").unwrap();
+        let stats = FileStats {
+            blocked: 1,
+            waits: 1,
+            wait_ns_total: 5_000_000,
+            wait_ns_max: 5_000_000,
+            ..FileStats::default()
+        };
+        let maps = MapState {
+            files: vec![
+                (
+                    FileKey {
+                        dev: m.dev(),
+                        ino: m.ino(),
+                    },
+                    stats,
+                ),
+                (
+                    FileKey {
+                        dev: other.dev(),
+                        ino: other.ino(),
+                    },
+                    stats,
+                ),
+            ],
+            waiters: Vec::new(),
+            histogram: WaitHistogram {
+                buckets: std::array::from_fn(|_| 0),
+            },
+            diagnostics: Diagnostics::default(),
+            now_ns: 0,
+        };
+        let filter = Filter {
+            path_prefix: Some(dir.path().to_path_buf()),
+            ..Filter::default()
+        };
+        let snap = View::default().snapshot(&maps, &filter, &mut paths, 10, Duration::ZERO);
+        assert_eq!(snap.files.len(), 1, "{:?}", snap.files);
+        assert_eq!((snap.files[0].ino, snap.files[0].waits), (m.ino(), 1));
+        assert_eq!(snap.files[0].path, None);
+        let screen = render(&snap, "test");
+        assert!(
+            screen.contains(&format!("dev {:#x} ino {}", m.dev(), m.ino())),
+            "{screen}"
+        );
+        assert!(!screen.contains("no lock activity"), "{screen}");
+
+        // A one-shot snapshot walks again and names it.
+        paths.walk_on_next_miss();
+        let snap = View::default().snapshot(&maps, &filter, &mut paths, 10, Duration::ZERO);
+        assert_eq!(snap.files.len(), 1, "{:?}", snap.files);
+        assert_eq!(snap.files[0].path.as_deref(), Some(late.to_str().unwrap()));
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(human_ns(950), "950ns");
