@@ -62,6 +62,21 @@ const PENDING_TTL: Duration = Duration::from_secs(30);
 /// The largest offset FUSE lock requests carry (`OFFSET_MAX`): "to end of file".
 const OFFSET_MAX: u64 = i64::MAX as u64;
 
+/// Mandatory-locked I/O waiting to be admitted: which file, through which open
+/// file and owner, which bytes, and whether it may wait.
+pub(crate) struct Gate {
+    pub(crate) lk: Arc<Locking>,
+    /// The kernel's id of the request, for interrupts.
+    pub(crate) unique: u64,
+    pub(crate) pid: u32,
+    pub(crate) file_id: FileId,
+    pub(crate) file: Option<(Arc<OpenFile>, u64)>,
+    pub(crate) lock_owner: Option<u64>,
+    pub(crate) checks: Vec<(Access, Range)>,
+    /// `O_NONBLOCK`: a conflict fails `EAGAIN` instead of waiting.
+    pub(crate) nonblock: bool,
+}
+
 /// Lock state of one mount.
 pub(crate) struct Locking {
     pub(crate) ctx: LockContext,
@@ -372,6 +387,24 @@ impl Locking {
             // Nobody to count as own: an owner that holds nothing.
             (None, None) => (Owner::ofd(0), None),
         }
+    }
+
+    /// Passes `gate` and runs `run` once the I/O may proceed, or with the error
+    /// when it must not happen.
+    pub(crate) fn pass(gate: Gate, run: Box<dyn FnOnce(Result<(), Errno>) + Send>) {
+        let Gate {
+            lk,
+            unique,
+            pid,
+            file_id,
+            file,
+            lock_owner,
+            checks,
+            nonblock,
+        } = gate;
+        lk.gate(
+            unique, pid, file_id, file, lock_owner, checks, nonblock, run,
+        )
     }
 
     /// Checks mandatory-locked I/O on `file_id` and runs `run` once it may
