@@ -54,7 +54,7 @@ pub use ids::{Access, FileId, HostId, LockKind, Owner, OwnerKind, ScopeId};
 pub use lvb::{LvbError, LvbValue, LVB_LEN};
 pub use ops::{
     CancelReason, DropReason, Event, Holding, IoOutcome, IoRequest, LockOutcome, LockRequest,
-    Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaiterId,
+    Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaitFor, WaiterId, WaiterInfo,
 };
 pub use range::{Range, RangeError};
 pub use registry::Registry;

@@ -1,0 +1,42 @@
+//! Scopes and their grace periods: after a restart or a failover, only
+//! reclaims are admitted in a scope until its grace period ends.
+
+use super::LockTable;
+use crate::ids::{FileId, ScopeId};
+use crate::ops::Refusal;
+
+impl LockTable {
+    /// Start the grace period of a scope: from now until [`Self::end_grace`],
+    /// only reclaims are granted in it. Local blocking requests queue until it
+    /// ends; other requests are refused with [`Refusal::Grace`].
+    pub fn begin_grace(&mut self, scope: ScopeId) {
+        self.scopes.entry(scope).or_default().grace = true;
+    }
+
+    /// End the grace period of a scope; local requests that waited it out
+    /// are decided now.
+    pub fn end_grace(&mut self, scope: ScopeId) {
+        self.scopes.entry(scope).or_default().grace = false;
+        let waiting: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.scope == scope && !f.queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for f in waiting {
+            self.wake(f);
+        }
+    }
+
+    pub fn in_grace(&self, scope: ScopeId) -> bool {
+        self.scopes.get(&scope).is_some_and(|s| s.grace)
+    }
+
+    pub(super) fn grace_gate(&self, scope: ScopeId, reclaim: bool) -> Option<Refusal> {
+        match (self.in_grace(scope), reclaim) {
+            (true, false) => Some(Refusal::Grace),
+            (false, true) => Some(Refusal::NotInGrace),
+            _ => None,
+        }
+    }
+}
