@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use fuser::Errno;
 use lock_table::{
-    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Owner, OwnerKind,
-    Range, Refusal, ScopeId, TestOutcome, TestRequest, Wait,
+    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Namespace, Owner,
+    OwnerKind, Range, Refusal, TestOutcome, TestRequest, Wait,
 };
 use rustc_hash::FxHashMap;
 use share_reservations::ShareMode;
@@ -51,10 +51,6 @@ use crate::handles::OpenFile;
 use crate::options::{FlockMode, Mandatory};
 use crate::owners::{Class, Owners};
 use crate::wake::{Continuation, Parked, Wake};
-
-/// Set in the device number of flock locks kept in their own namespace. Linux
-/// device numbers are 32 bits wide, so no real file has it.
-pub const FLOCK_DEV_BIT: u64 = 1 << 63;
 
 /// How long a share-open request waits for its process to open the file.
 const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -149,7 +145,7 @@ pub(crate) fn io_range(offset: u64, len: u64) -> Option<Range> {
 
 /// The identity flock locks of `file` use in their own namespace.
 pub(crate) fn flock_file_id(file: FileId) -> FileId {
-    FileId::new(file.dev | FLOCK_DEV_BIT, file.ino)
+    file.in_namespace(Namespace::Flock)
 }
 
 impl Locking {
@@ -166,17 +162,6 @@ impl Locking {
             flock,
             owners: Owners::default(),
             pending: Mutex::default(),
-        }
-    }
-
-    /// The scope of lock requests on `file`: the mount's, except for the
-    /// separate flock namespace, which no NLM client can reach and so never
-    /// waits for a grace period.
-    pub(crate) fn scope_of(&self, file: FileId) -> ScopeId {
-        if file.dev & FLOCK_DEV_BIT != 0 {
-            ScopeId::LOCAL_ONLY
-        } else {
-            self.ctx.scope
         }
     }
 
@@ -534,7 +519,8 @@ mod tests {
         let f = flock_file_id(real);
         assert_ne!(f, real);
         assert_eq!(f.ino, 42);
-        assert_eq!(f.dev & !FLOCK_DEV_BIT, real.dev);
+        assert_eq!(f.dev, real.dev);
+        assert_eq!(f.ns, Namespace::Flock);
     }
 
     #[test]

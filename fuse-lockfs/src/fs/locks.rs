@@ -61,7 +61,7 @@ impl LockFs {
         .entered();
         let request = LockRequest {
             file,
-            scope: lk.scope_of(file),
+            scope: lk.ctx.scope,
             owner,
             pid: a.pid,
             kind: kind.unwrap_or(LockKind::Shared),
@@ -93,7 +93,7 @@ impl LockFs {
         );
         let (start, end, typ, pid) = lk.test(TestRequest {
             file: id,
-            scope: lk.scope_of(id),
+            scope: lk.ctx.scope,
             owner,
             kind,
             range,

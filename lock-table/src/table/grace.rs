@@ -2,7 +2,7 @@
 //! reclaims are admitted in a scope until its grace period ends.
 
 use super::LockTable;
-use crate::ids::{FileId, ScopeId};
+use crate::ids::{FileId, Namespace, ScopeId};
 use crate::ops::Refusal;
 
 impl LockTable {
@@ -30,6 +30,17 @@ impl LockTable {
 
     pub fn in_grace(&self, scope: ScopeId) -> bool {
         self.scopes.get(&scope).is_some_and(|s| s.grace)
+    }
+
+    /// The scope a request on `file` belongs to: the scope its front door names
+    /// (the service group of the export), except for a separate flock
+    /// namespace, which no remote client can reach and which so never waits
+    /// for reclaims.
+    pub(super) fn scope_of(file: FileId, named: ScopeId) -> ScopeId {
+        match file.ns {
+            Namespace::Fcntl => named,
+            Namespace::Flock => ScopeId::LOCAL_ONLY,
+        }
     }
 
     pub(super) fn grace_gate(&self, scope: ScopeId, reclaim: bool) -> Option<Refusal> {

@@ -49,7 +49,8 @@ impl LockTable {
         // take a lock a remote client is about to reclaim. Everything else that
         // the gate stops is refused.
         let mut sit_out_grace = false;
-        if let Some(refusal) = self.grace_gate(req.scope, req.reclaim) {
+        let scope = Self::scope_of(req.file, req.scope);
+        if let Some(refusal) = self.grace_gate(scope, req.reclaim) {
             sit_out_grace = refusal == Refusal::Grace
                 && req.owner.host == HostId::LOCAL
                 && matches!(req.wait, Wait::Yes { .. });
@@ -62,9 +63,9 @@ impl LockTable {
             let file = self
                 .files
                 .entry(req.file)
-                .or_insert_with(|| FileState::new(req.scope));
+                .or_insert_with(|| FileState::new(scope));
             if file.is_idle() {
-                file.scope = req.scope;
+                file.scope = scope;
             }
             (
                 file.holdings.first_conflict(req.range, req.kind, &selves),
@@ -203,7 +204,7 @@ impl LockTable {
     /// owner's answer is [`TestOutcome::Grace`], as NLM requires; a local
     /// program is told what is held now (F_GETLK has no way to say "later").
     pub fn test(&self, req: &TestRequest) -> TestOutcome {
-        if self.in_grace(req.scope) && req.owner.host != HostId::LOCAL {
+        if self.in_grace(Self::scope_of(req.file, req.scope)) && req.owner.host != HostId::LOCAL {
             return TestOutcome::Grace;
         }
         match self
