@@ -190,19 +190,15 @@ impl Locking {
         (owner, file.file_id, range)
     }
 
-    /// Sets or clears a lock without waiting.
-    pub(crate) fn set_now(&self, req: LockRequest, unlock: bool, flock: bool) -> Result<(), Errno> {
+    /// Sets or clears a lock without waiting. (The table converts flock locks
+    /// the Linux way: see [`lock_table::LockTable::lock`].)
+    pub(crate) fn set_now(&self, req: LockRequest, unlock: bool) -> Result<(), Errno> {
         let table = &self.ctx.table;
         if unlock {
             table.with(|t| t.unlock(req.file, req.owner, req.range));
             return Ok(());
         }
-        match table.with(|t| {
-            if flock {
-                flock_convert(t, &req);
-            }
-            t.lock(&req)
-        }) {
+        match table.with(|t| t.lock(&req)) {
             LockOutcome::Granted => Ok(()),
             LockOutcome::Refused(r) => Err(refusal_errno(r)),
             LockOutcome::Queued(id) => {
@@ -218,7 +214,6 @@ impl Locking {
         &self,
         unique: u64,
         mut req: LockRequest,
-        flock: bool,
         reply: impl FnOnce(Result<(), Errno>) + Send + 'static,
     ) {
         let cont: Continuation = Box::new(move |w| {
@@ -236,12 +231,7 @@ impl Locking {
         };
         req.wait = Wait::Yes { token };
         let table = &self.ctx.table;
-        let out = table.with(|t| {
-            if flock {
-                flock_convert(t, &req);
-            }
-            t.lock(&req)
-        });
+        let out = table.with(|t| t.lock(&req));
         match out {
             LockOutcome::Queued(id) => wake.queued(token, id, table),
             LockOutcome::Granted => {
@@ -477,19 +467,6 @@ impl Locking {
                 .iter()
                 .all(|&(a, r)| t.io_check(file_id, a, r, owner, open_file).is_none())
         })
-    }
-}
-
-/// flock(2) converts a lock by dropping the old one first, so that two shared
-/// holders upgrading at once do not deadlock (as Linux `flock_lock_inode` does).
-fn flock_convert(t: &mut lock_table::LockTable, req: &LockRequest) {
-    let held = t
-        .held_on(req.file)
-        .into_iter()
-        .find(|h| h.owner == req.owner)
-        .map(|h| h.kind);
-    if held.is_some_and(|k| k != req.kind) {
-        t.unlock(req.file, req.owner, Range::WHOLE);
     }
 }
 

@@ -949,3 +949,28 @@ fn the_flock_namespace_is_a_file_of_its_own_outside_every_grace_period() {
     assert_eq!(listed, vec![(flock_f, ScopeId::LOCAL_ONLY)]);
     t.check_invariants();
 }
+
+#[test]
+fn flock_conversion_drops_the_old_lock_first() {
+    let mut t = LockTable::new();
+    let (a, b) = (Owner::flock(1), Owner::flock(2));
+    ok(&mut t, req(F, a, R, 0, MAX));
+    ok(&mut t, req(F, b, R, 0, MAX));
+    // Both shared holders upgrade: a's upgrade drops its shared lock and waits
+    // for b's; b's drops b's shared lock, which lets a in. No deadlock.
+    queued(&mut t, blocking(req(F, a, W, 0, MAX), 1));
+    assert_eq!(held(&t, F), vec![(2, R, 0, MAX)]);
+    queued(&mut t, blocking(req(F, b, W, 0, MAX), 2));
+    assert_eq!(granted_tokens(&mut t), vec![1]);
+    assert_eq!(held(&t, F), vec![(1, W, 0, MAX)]);
+    t.unlock(F, a, Range::WHOLE);
+    assert_eq!(granted_tokens(&mut t), vec![2]);
+    // A refused conversion leaves its owner with no lock, as on Linux (a POSIX
+    // owner keeps its old lock: see `refused_conversion_leaves_the_old_lock`).
+    let c = Owner::flock(3);
+    ok(&mut t, req(G, c, R, 0, MAX));
+    ok(&mut t, req(G, b, R, 0, MAX));
+    conflict(&mut t, req(G, c, W, 0, MAX));
+    assert_eq!(held(&t, G), vec![(2, R, 0, MAX)]);
+    t.check_invariants();
+}

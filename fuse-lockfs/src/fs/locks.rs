@@ -70,10 +70,10 @@ impl LockFs {
             reclaim: false,
         };
         if a.sleep && kind.is_some() {
-            lk.set_wait(req.unique().0, request, a.flock, move |r| reply.send(r));
+            lk.set_wait(req.unique().0, request, move |r| reply.send(r));
             return;
         }
-        reply.send(lk.set_now(request, kind.is_none(), a.flock))
+        reply.send(lk.set_now(request, kind.is_none()))
     }
 
     /// `GETLK`: the first lock that would block the request, or `F_UNLCK`.

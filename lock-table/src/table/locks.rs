@@ -3,7 +3,7 @@
 
 use super::{settle, FileState, LockTable, Waiter};
 use crate::holdings::Presence;
-use crate::ids::{FileId, HostId, LockKind, Owner};
+use crate::ids::{FileId, HostId, LockKind, Owner, OwnerKind};
 use crate::ops::*;
 use crate::probe::{self, Probe};
 use crate::range::Range;
@@ -11,8 +11,16 @@ use lockfs_probes::EventKind as ProbeKind;
 use smallvec::SmallVec;
 
 impl LockTable {
-    /// Take, convert or extend a lock (F_SETLK/F_SETLKW, NLM LOCK).
+    /// Take, convert or extend a lock (F_SETLK/F_SETLKW, flock, NLM LOCK).
+    ///
+    /// A flock owner's conversion drops its old lock before the new one is
+    /// decided, as Linux `flock_lock_inode` does: two shared holders upgrading
+    /// at once then do not deadlock, waiters the drop lets through go first,
+    /// and a conversion that is refused leaves the owner with no lock.
     pub fn lock(&mut self, req: &LockRequest) -> LockOutcome {
+        if req.owner.kind == OwnerKind::Flock {
+            self.drop_flock_to_convert(req);
+        }
         if !probe::contention_enabled() {
             return self.decide_lock(req);
         }
@@ -41,6 +49,25 @@ impl LockTable {
             p.fire(&self.registry);
         }
         out
+    }
+
+    /// Drops the lock `req`'s flock owner holds on the file when `req` asks for
+    /// the other kind.
+    fn drop_flock_to_convert(&mut self, req: &LockRequest) {
+        let Some(f) = self.files.get(&req.file) else {
+            return;
+        };
+        if !f.holdings.holds(&req.owner) {
+            return;
+        }
+        let held = if f.holdings.holds_exclusive_in(&req.owner, Range::WHOLE) {
+            LockKind::Exclusive
+        } else {
+            LockKind::Shared
+        };
+        if held != req.kind {
+            self.unlock(req.file, req.owner, Range::WHOLE);
+        }
     }
 
     pub(super) fn decide_lock(&mut self, req: &LockRequest) -> LockOutcome {
