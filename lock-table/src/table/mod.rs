@@ -15,9 +15,9 @@
 //! requests follow POSIX exactly: granted unless a held lock conflicts.
 //!
 //! The table's state and housekeeping live here; its operations are grouped
-//! by what they decide: [`locks`] (take, convert, release, test), [`queue`]
-//! (waiting and granting), [`deadlock`], [`mandatory`] I/O, bulk [`release`],
-//! [`grace`], [`value_blocks`] and [`listing`].
+//! in private modules by what they decide: `locks` (take, convert, release,
+//! test), `queue` (waiting and granting), `deadlock`, `mandatory` I/O, bulk
+//! `release`, `grace`, `value_blocks` and `listing`.
 
 mod deadlock;
 mod grace;
