@@ -125,7 +125,7 @@ impl LockContext {
     /// follows renames; a file the kernel no longer caches has no path.
     pub fn path_of(&self, file: FileId) -> Option<PathBuf> {
         let key = crate::inode::FileKey {
-            dev: file.dev & !crate::locking::FLOCK_DEV_BIT,
+            dev: file.dev,
             ino: file.ino,
         };
         for m in self.mounts().iter() {

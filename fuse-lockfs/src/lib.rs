@@ -111,7 +111,6 @@ pub mod wake;
 pub use context::LockContext;
 pub use error::{Error, Result};
 pub use inode::FileKey;
-pub use locking::FLOCK_DEV_BIT;
 pub use mount::{
     block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, MountHandle,
     MountStats, Mounted, Unmounter,

@@ -4,11 +4,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use lock_table::{FileId, LockKind, LockState, OwnerKind};
+use lock_table::{FileId, LockKind, LockState, Namespace, OwnerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::context::LockContext;
-use crate::locking::FLOCK_DEV_BIT;
 
 /// One row of the listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +49,7 @@ pub fn command_of(pid: u32) -> Option<String> {
 }
 
 fn kind_name(kind: OwnerKind, file: FileId) -> &'static str {
-    if file.dev & FLOCK_DEV_BIT != 0 {
+    if file.ns == Namespace::Flock {
         return "FLOCK";
     }
     match kind {
@@ -68,7 +67,7 @@ pub fn list(ctx: &LockContext) -> Vec<LockRow> {
     let shares = ctx.shares().snapshot();
     let mut rows = Vec::with_capacity(locks.len() + shares.len());
     for l in locks {
-        let real = FileId::new(l.file.dev & !FLOCK_DEV_BIT, l.file.ino);
+        let real = FileId::new(l.file.dev, l.file.ino);
         let local = !l.owner.is_remote();
         rows.push(LockRow {
             kind: kind_name(l.owner.kind, l.file).to_string(),

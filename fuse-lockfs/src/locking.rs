@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use fuser::Errno;
 use lock_table::{
-    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Owner, OwnerKind,
-    Range, Refusal, ScopeId, TestOutcome, TestRequest, Wait,
+    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Namespace, Owner,
+    OwnerKind, Range, Refusal, TestOutcome, TestRequest, Wait,
 };
 use rustc_hash::FxHashMap;
 use share_reservations::ShareMode;
@@ -52,15 +52,26 @@ use crate::options::{FlockMode, Mandatory};
 use crate::owners::{Class, Owners};
 use crate::wake::{Continuation, Parked, Wake};
 
-/// Set in the device number of flock locks kept in their own namespace. Linux
-/// device numbers are 32 bits wide, so no real file has it.
-pub const FLOCK_DEV_BIT: u64 = 1 << 63;
-
 /// How long a share-open request waits for its process to open the file.
 const PENDING_TTL: Duration = Duration::from_secs(30);
 
 /// The largest offset FUSE lock requests carry (`OFFSET_MAX`): "to end of file".
 const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// Mandatory-locked I/O waiting to be admitted: which file, through which open
+/// file and owner, which bytes, and whether it may wait.
+pub(crate) struct Gate {
+    pub(crate) lk: Arc<Locking>,
+    /// The kernel's id of the request, for interrupts.
+    pub(crate) unique: u64,
+    pub(crate) pid: u32,
+    pub(crate) file_id: FileId,
+    pub(crate) file: Option<(Arc<OpenFile>, u64)>,
+    pub(crate) lock_owner: Option<u64>,
+    pub(crate) checks: Vec<(Access, Range)>,
+    /// `O_NONBLOCK`: a conflict fails `EAGAIN` instead of waiting.
+    pub(crate) nonblock: bool,
+}
 
 /// Lock state of one mount.
 pub(crate) struct Locking {
@@ -134,7 +145,7 @@ pub(crate) fn io_range(offset: u64, len: u64) -> Option<Range> {
 
 /// The identity flock locks of `file` use in their own namespace.
 pub(crate) fn flock_file_id(file: FileId) -> FileId {
-    FileId::new(file.dev | FLOCK_DEV_BIT, file.ino)
+    file.in_namespace(Namespace::Flock)
 }
 
 impl Locking {
@@ -151,17 +162,6 @@ impl Locking {
             flock,
             owners: Owners::default(),
             pending: Mutex::default(),
-        }
-    }
-
-    /// The scope of lock requests on `file`: the mount's, except for the
-    /// separate flock namespace, which no NLM client can reach and so never
-    /// waits for a grace period.
-    pub(crate) fn scope_of(&self, file: FileId) -> ScopeId {
-        if file.dev & FLOCK_DEV_BIT != 0 {
-            ScopeId::LOCAL_ONLY
-        } else {
-            self.ctx.scope
         }
     }
 
@@ -190,19 +190,15 @@ impl Locking {
         (owner, file.file_id, range)
     }
 
-    /// Sets or clears a lock without waiting.
-    pub(crate) fn set_now(&self, req: LockRequest, unlock: bool, flock: bool) -> Result<(), Errno> {
+    /// Sets or clears a lock without waiting. (The table converts flock locks
+    /// the Linux way: see [`lock_table::LockTable::lock`].)
+    pub(crate) fn set_now(&self, req: LockRequest, unlock: bool) -> Result<(), Errno> {
         let table = &self.ctx.table;
         if unlock {
             table.with(|t| t.unlock(req.file, req.owner, req.range));
             return Ok(());
         }
-        match table.with(|t| {
-            if flock {
-                flock_convert(t, &req);
-            }
-            t.lock(&req)
-        }) {
+        match table.with(|t| t.lock(&req)) {
             LockOutcome::Granted => Ok(()),
             LockOutcome::Refused(r) => Err(refusal_errno(r)),
             LockOutcome::Queued(id) => {
@@ -218,7 +214,6 @@ impl Locking {
         &self,
         unique: u64,
         mut req: LockRequest,
-        flock: bool,
         reply: impl FnOnce(Result<(), Errno>) + Send + 'static,
     ) {
         let cont: Continuation = Box::new(move |w| {
@@ -236,12 +231,7 @@ impl Locking {
         };
         req.wait = Wait::Yes { token };
         let table = &self.ctx.table;
-        let out = table.with(|t| {
-            if flock {
-                flock_convert(t, &req);
-            }
-            t.lock(&req)
-        });
+        let out = table.with(|t| t.lock(&req));
         match out {
             LockOutcome::Queued(id) => wake.queued(token, id, table),
             LockOutcome::Granted => {
@@ -374,6 +364,24 @@ impl Locking {
         }
     }
 
+    /// Passes `gate` and runs `run` once the I/O may proceed, or with the error
+    /// when it must not happen.
+    pub(crate) fn pass(gate: Gate, run: Box<dyn FnOnce(Result<(), Errno>) + Send>) {
+        let Gate {
+            lk,
+            unique,
+            pid,
+            file_id,
+            file,
+            lock_owner,
+            checks,
+            nonblock,
+        } = gate;
+        lk.gate(
+            unique, pid, file_id, file, lock_owner, checks, nonblock, run,
+        )
+    }
+
     /// Checks mandatory-locked I/O on `file_id` and runs `run` once it may
     /// proceed: at once, or after waiting for the conflicting locks to go. `run`
     /// gets the error instead when the I/O must not happen.
@@ -462,19 +470,6 @@ impl Locking {
     }
 }
 
-/// flock(2) converts a lock by dropping the old one first, so that two shared
-/// holders upgrading at once do not deadlock (as Linux `flock_lock_inode` does).
-fn flock_convert(t: &mut lock_table::LockTable, req: &LockRequest) {
-    let held = t
-        .held_on(req.file)
-        .into_iter()
-        .find(|h| h.owner == req.owner)
-        .map(|h| h.kind);
-    if held.is_some_and(|k| k != req.kind) {
-        t.unlock(req.file, req.owner, Range::WHOLE);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +496,8 @@ mod tests {
         let f = flock_file_id(real);
         assert_ne!(f, real);
         assert_eq!(f.ino, 42);
-        assert_eq!(f.dev & !FLOCK_DEV_BIT, real.dev);
+        assert_eq!(f.dev, real.dev);
+        assert_eq!(f.ns, Namespace::Flock);
     }
 
     #[test]

@@ -62,8 +62,8 @@ impl FromStr for Mandatory {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum FlockMode {
     /// Their own namespace, as on native Linux: flock and POSIX locks never
-    /// conflict. The table keys them by the file's identity with bit 63 of the
-    /// device number set, which no real device number has.
+    /// conflict. The table keys them by the file's identity in its flock
+    /// namespace (`lock_table::Namespace::Flock`).
     #[default]
     Separate,
     /// Whole-file locks on the real file (as NFS clients emulate flock), so POSIX,

@@ -308,6 +308,46 @@ fn flock_is_its_own_namespace_unless_shared() {
 }
 
 #[test]
+fn two_flock_holders_upgrading_at_once_do_not_deadlock() {
+    // Linux converts a flock lock by dropping the old one first: of two shared
+    // holders that both upgrade, the first waits for the second, whose own
+    // upgrade drops its shared lock and so lets the first in.
+    let ctx = LockContext::new();
+    let Some(fx) = mount_with(lock_options(&ctx)) else {
+        return;
+    };
+    let p = file(&fx, "f", 0o644);
+    let (mut a, mut b) = (Ctl::start(), Ctl::start());
+    let fa = a.open(&p, "rw");
+    let fb = b.open(&p, "rw");
+    a.ok(&format!("flock {fa} sh nb"));
+    b.ok(&format!("flock {fb} sh nb"));
+    a.send(&format!("flock {fa} ex"));
+    wait_for_waiters(&ctx, 1);
+    assert!(
+        a.recv(Duration::from_millis(200)).is_none(),
+        "a waits for b"
+    );
+    b.send(&format!("flock {fb} ex"));
+    let answer = a.recv(OP_TIMEOUT).expect("a's upgrade is granted");
+    assert!(answer.starts_with("ok"), "{answer}");
+    wait_for_waiters(&ctx, 1);
+    assert!(
+        b.recv(Duration::from_millis(200)).is_none(),
+        "b waits for a"
+    );
+    a.ok(&format!("flock {fa} un"));
+    let answer = b.recv(OP_TIMEOUT).expect("b's upgrade is granted");
+    assert!(answer.starts_with("ok"), "{answer}");
+    // A refused non-blocking conversion leaves no lock behind, as on Linux.
+    b.ok(&format!("flock {fb} un"));
+    a.ok(&format!("flock {fa} sh nb"));
+    b.ok(&format!("flock {fb} sh nb"));
+    b.fails(&format!("flock {fb} ex nb"), libc::EWOULDBLOCK);
+    a.ok(&format!("flock {fa} ex nb"));
+}
+
+#[test]
 fn a_signal_interrupts_a_waiter_with_eintr_and_sigkill_reaps_it() {
     let ctx = LockContext::new();
     let Some(fx) = mount_with(lock_options(&ctx)) else {

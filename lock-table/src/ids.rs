@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A backing file: the device and inode number of the file an export serves.
+/// A lockable file: the device and inode number of the file an export serves,
+/// and the namespace of locks on it.
 ///
 /// Front doors that cannot name a file by device and inode (a synthetic
 /// export, a test) may use any stable pair, for example an export id as `dev`
@@ -15,11 +16,46 @@ use serde::{Deserialize, Serialize};
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
+    /// Which of the file's lock namespaces; absent in listings for the usual one.
+    #[serde(default, skip_serializing_if = "Namespace::is_fcntl")]
+    pub ns: Namespace,
 }
 
 impl FileId {
+    /// A file's locks in the usual namespace.
     pub const fn new(dev: u64, ino: u64) -> Self {
-        FileId { dev, ino }
+        FileId {
+            dev,
+            ino,
+            ns: Namespace::Fcntl,
+        }
+    }
+
+    /// The same file in namespace `ns`.
+    pub const fn in_namespace(self, ns: Namespace) -> Self {
+        FileId { ns, ..self }
+    }
+}
+
+/// The lock namespaces of one file. As on Linux, `flock` locks may live apart
+/// from byte-range locks: they never conflict with each other.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[repr(u8)]
+pub enum Namespace {
+    /// POSIX, OFD and NLM byte-range locks (and flock locks when they share
+    /// the byte-range namespace, as NFS clients' flock does).
+    #[default]
+    Fcntl = 0,
+    /// `flock` locks kept in a namespace of their own. No remote client can
+    /// reach it, so no grace period applies there.
+    Flock = 1,
+}
+
+impl Namespace {
+    pub fn is_fcntl(&self) -> bool {
+        *self == Namespace::Fcntl
     }
 }
 

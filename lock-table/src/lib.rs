@@ -34,7 +34,10 @@
 //!   file it uses are its own.
 //! - **Scopes and grace**: every file belongs to a scope (a service group).
 //!   While a scope is in grace only reclaims are admitted; a conflicting
-//!   reclaim is refused; other requests get [`Refusal::Grace`].
+//!   reclaim is refused; other requests get [`Refusal::Grace`]. A file's
+//!   separate flock namespace ([`Namespace::Flock`]) belongs to
+//!   [`ScopeId::LOCAL_ONLY`] whatever scope the request names: no client can
+//!   reclaim there.
 //! - **Lock value blocks** ([`LvbValue`]): DLM semantics, see [`lvb`].
 
 mod holdings;
@@ -50,11 +53,11 @@ pub mod shared;
 pub mod snapshot;
 pub mod table;
 
-pub use ids::{Access, FileId, HostId, LockKind, Owner, OwnerKind, ScopeId};
+pub use ids::{Access, FileId, HostId, LockKind, Namespace, Owner, OwnerKind, ScopeId};
 pub use lvb::{LvbError, LvbValue, LVB_LEN};
 pub use ops::{
     CancelReason, DropReason, Event, Holding, IoOutcome, IoRequest, LockOutcome, LockRequest,
-    Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaiterId,
+    Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaitFor, WaiterId, WaiterInfo,
 };
 pub use range::{Range, RangeError};
 pub use registry::Registry;

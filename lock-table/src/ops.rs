@@ -74,6 +74,25 @@ pub struct Holding {
     pub since: SystemTime,
 }
 
+/// What a queued request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// A lock, held by the request's owner once granted.
+    Lock,
+    /// Permission for mandatory-locked I/O; nothing is held once granted.
+    Io,
+}
+
+/// A queued request as the table keeps it ([`crate::LockTable::waiter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaiterInfo {
+    pub file: FileId,
+    pub owner: Owner,
+    pub kind: LockKind,
+    pub range: Range,
+    pub waits_for: WaitFor,
+}
+
 /// Identifies a queued request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WaiterId(pub u64);

@@ -922,3 +922,55 @@ fn flock_and_ofd_locks_of_the_same_open_file_are_the_callers_own_for_io() {
             .is_some());
     }
 }
+
+#[test]
+fn the_flock_namespace_is_a_file_of_its_own_outside_every_grace_period() {
+    let mut t = LockTable::new();
+    let flock_f = F.in_namespace(Namespace::Flock);
+    assert_ne!(flock_f, F);
+    // Locks in the two namespaces of one file never meet.
+    ok(&mut t, req(F, p(1), W, 0, MAX));
+    ok(&mut t, req(flock_f, Owner::flock(7), W, 0, MAX));
+    // A grace period of the scope the front door names does not reach the
+    // flock namespace: no client can reclaim there.
+    t.release_owner(p(1), Release::Normal);
+    t.release_owner(Owner::flock(7), Release::Normal);
+    t.begin_grace(S);
+    assert_eq!(
+        t.lock(&req(F, p(2), W, 0, MAX)),
+        LockOutcome::Refused(Refusal::Grace)
+    );
+    ok(&mut t, req(flock_f, Owner::flock(8), W, 0, MAX));
+    let listed: Vec<_> = t
+        .snapshot()
+        .into_iter()
+        .map(|l| (l.file, l.scope))
+        .collect();
+    assert_eq!(listed, vec![(flock_f, ScopeId::LOCAL_ONLY)]);
+    t.check_invariants();
+}
+
+#[test]
+fn flock_conversion_drops_the_old_lock_first() {
+    let mut t = LockTable::new();
+    let (a, b) = (Owner::flock(1), Owner::flock(2));
+    ok(&mut t, req(F, a, R, 0, MAX));
+    ok(&mut t, req(F, b, R, 0, MAX));
+    // Both shared holders upgrade: a's upgrade drops its shared lock and waits
+    // for b's; b's drops b's shared lock, which lets a in. No deadlock.
+    queued(&mut t, blocking(req(F, a, W, 0, MAX), 1));
+    assert_eq!(held(&t, F), vec![(2, R, 0, MAX)]);
+    queued(&mut t, blocking(req(F, b, W, 0, MAX), 2));
+    assert_eq!(granted_tokens(&mut t), vec![1]);
+    assert_eq!(held(&t, F), vec![(1, W, 0, MAX)]);
+    t.unlock(F, a, Range::WHOLE);
+    assert_eq!(granted_tokens(&mut t), vec![2]);
+    // A refused conversion leaves its owner with no lock, as on Linux (a POSIX
+    // owner keeps its old lock: see `refused_conversion_leaves_the_old_lock`).
+    let c = Owner::flock(3);
+    ok(&mut t, req(G, c, R, 0, MAX));
+    ok(&mut t, req(G, b, R, 0, MAX));
+    conflict(&mut t, req(G, c, W, 0, MAX));
+    assert_eq!(held(&t, G), vec![(2, R, 0, MAX)]);
+    t.check_invariants();
+}
