@@ -932,6 +932,7 @@ impl Filesystem for LockFs {
             for (fh, f) in left {
                 lk.release_abandoned(&f, fh);
             }
+            crate::lvb::on_unmount(lk, &self.shared);
             lk.ctx.remove_mount(lk.mount);
         }
         tracing::info!("lockfs session ends");
@@ -1271,6 +1272,7 @@ impl Filesystem for LockFs {
         match self.file(fh) {
             Ok(file) => {
                 if let Some(lk) = &self.locking {
+                    crate::lvb::on_flush(lk, &file, fh.0, req.pid(), lock_owner.0);
                     lk.flush(&file, req.pid(), lock_owner.0);
                 }
                 reply.ok()
@@ -1295,6 +1297,7 @@ impl Filesystem for LockFs {
         };
         tracing::trace!(fh = fh.0, flags = file.flags, mode = ?file.mode, "release");
         if let Some(lk) = &self.locking {
+            crate::lvb::on_release(lk, &file, fh.0);
             lk.release(&file, fh.0);
         }
         let mut io = file.inode.io_state();
@@ -1782,6 +1785,17 @@ impl Filesystem for LockFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let Some(reply) = crate::lvb::ioctl(
+            self.locking.as_deref(),
+            self.file(fh),
+            fh.0,
+            req.pid(),
+            cmd,
+            in_data,
+            reply,
+        ) else {
+            return;
+        };
         if cmd != share::LOCKFS_IOC_SET_SHARE {
             return reply.error(Errno::from_i32(libc::ENOTTY));
         }

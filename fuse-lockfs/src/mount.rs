@@ -171,6 +171,9 @@ pub fn prepare(
     } else {
         None
     };
+    if let Some(lk) = &locking {
+        lk.lvb.open(root.as_fd(), st.st_dev);
+    }
     let fs = LockFs::new(root, &st, &options, locking.clone());
     let shared = fs.shared();
     if let Some(lk) = &locking {
