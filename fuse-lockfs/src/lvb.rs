@@ -20,7 +20,7 @@
 //! belong to the open file.
 //!
 //! Other errors: `EOPNOTSUPP` if the export's storage cannot keep blocks (no
-//! `trusted.` extended attributes), the storage's own errno if a store fails
+//! `trusted.` extended attributes) or the mount is read-only, the storage's own errno if a store fails
 //! (nothing changed then), `ENOTTY` on a mount whose locks the kernel keeps.
 //!
 //! # Not-valid marks
