@@ -87,6 +87,12 @@
 //! Every open takes a Windows-style access/deny reservation; conflicts fail with
 //! `EBUSY`. See [`share`] for the ioctl and the open-time xattr request.
 //!
+//! # Lock value blocks
+//! Every file has a 32-byte value block with DLM semantics, reached through the
+//! ioctls of `include/lockfs.h` (see [`lvb`] for who may do what, and what makes a
+//! block not-valid) and kept on the export's storage (see [`lvb_store`] for the
+//! format and the durability promise).
+//!
 //! # Several mounts, one table
 //! A [`LockContext`] carries the lock table, the share table and the router of
 //! wake-ups; mounts get clones of it, so one daemon can serve several mounts and
@@ -101,6 +107,8 @@ mod handles;
 mod inode;
 pub mod listing;
 pub mod locking;
+pub mod lvb;
+pub mod lvb_store;
 mod mount;
 mod options;
 pub mod owners;
@@ -111,6 +119,10 @@ pub mod wake;
 pub use context::LockContext;
 pub use error::{Error, Result};
 pub use inode::FileKey;
+pub use lvb::{
+    LOCKFS_IOC_LVB_GET, LOCKFS_IOC_LVB_INVALIDATE, LOCKFS_IOC_LVB_SET, LVB_ERRNO, LVB_NOTVALID,
+    LVB_UNLOCKED,
+};
 pub use mount::{
     block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, MountHandle,
     MountStats, Mounted, Unmounter,

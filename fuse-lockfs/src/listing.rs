@@ -1,5 +1,7 @@
 //! What `lockfs locks` shows: every held and waiting lock and every share
-//! reservation, with who holds it and where, like `lslocks`.
+//! reservation, with who holds it and where, like `lslocks`, and the value
+//! blocks the daemon holds (loaded or changed since it started), with their
+//! sequence numbers and validity.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +14,7 @@ use crate::context::LockContext;
 /// One row of the listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRow {
-    /// `POSIX`, `OFD`, `FLOCK`, `NLM` or `SHARE`.
+    /// `POSIX`, `OFD`, `FLOCK`, `NLM`, `SHARE`, or `LVB` for a value block.
     pub kind: String,
     /// `held`, `waiting` (a lock request) or `waiting-io` (mandatory-locked I/O).
     pub state: String,
@@ -37,6 +39,12 @@ pub struct LockRow {
     pub access: Option<String>,
     /// Share reservation deny (`-`, `R`, `W`, `RW`).
     pub deny: Option<String>,
+    /// A value block's sequence number (number of sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Whether a value block is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
 }
 
 /// The command name of a local process, if it still exists.
@@ -92,6 +100,27 @@ pub fn list(ctx: &LockContext) -> Vec<LockRow> {
             end: (!l.range.is_to_eof()).then(|| l.range.end()),
             access: None,
             deny: None,
+            seq: None,
+            valid: None,
+        });
+    }
+    for (file, v) in ctx.table.read(|t| t.lvb_blocks()) {
+        rows.push(LockRow {
+            kind: "LVB".to_string(),
+            state: if v.valid { "valid" } else { "not-valid" }.to_string(),
+            pid: 0,
+            command: None,
+            host: None,
+            path: ctx.path_of(file).map(|p| p.display().to_string()),
+            dev: file.dev,
+            ino: file.ino,
+            mode: "-".to_string(),
+            start: 0,
+            end: None,
+            access: None,
+            deny: None,
+            seq: Some(v.seq),
+            valid: Some(v.valid),
         });
     }
     for s in shares {
@@ -111,6 +140,8 @@ pub fn list(ctx: &LockContext) -> Vec<LockRow> {
             end: None,
             access: Some(r.mode.access.to_string()),
             deny: Some(r.mode.deny.to_string()),
+            seq: None,
+            valid: None,
         });
     }
     rows.sort_by(|a, b| (&a.path, a.dev, a.ino, a.start).cmp(&(&b.path, b.dev, b.ino, b.start)));
@@ -125,7 +156,7 @@ pub fn format_table(rows: &[LockRow]) -> String {
         "{:<16} {:>7} {:<8} {:<10} {:<6} {:>10} {:>10} PATH",
         "COMMAND", "PID", "TYPE", "STATE", "MODE", "START", "END"
     );
-    for r in rows {
+    for r in rows.iter().filter(|r| r.kind != "LVB") {
         let who = match (&r.host, &r.command) {
             (Some(h), _) => h.clone(),
             (None, Some(c)) => c.clone(),
@@ -141,6 +172,17 @@ pub fn format_table(rows: &[LockRow]) -> String {
             "{:<16} {:>7} {:<8} {:<10} {:<6} {:>10} {:>10} {}",
             who, r.pid, r.kind, r.state, r.mode, r.start, end, path
         );
+    }
+    let blocks: Vec<&LockRow> = rows.iter().filter(|r| r.kind == "LVB").collect();
+    if !blocks.is_empty() {
+        let _ = writeln!(out, "\nVALUE BLOCKS\n{:>10} {:<10} PATH", "SEQ", "STATE");
+        for r in blocks {
+            let path = r
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("[{}:{}]", r.dev, r.ino));
+            let _ = writeln!(out, "{:>10} {:<10} {}", r.seq.unwrap_or(0), r.state, path);
+        }
     }
     out
 }

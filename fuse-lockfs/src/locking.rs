@@ -80,6 +80,8 @@ pub(crate) struct Locking {
     pub(crate) mandatory: Mandatory,
     pub(crate) flock: FlockMode,
     pub(crate) owners: Owners,
+    /// Lock value blocks of the mount's export.
+    pub(crate) lvb: crate::lvb::LvbDoor,
     /// Share-open requests: (pid, file) -> mode, consumed by that pid's next open.
     pending: Mutex<FxHashMap<(u32, FileId), (ShareMode, Instant)>>,
 }
@@ -161,6 +163,7 @@ impl Locking {
             mandatory,
             flock,
             owners: Owners::default(),
+            lvb: Default::default(),
             pending: Mutex::default(),
         }
     }
@@ -301,6 +304,7 @@ impl Locking {
     /// the kernel releasing it (an aborted connection): its OFD, flock and share
     /// state and the POSIX locks of every owner that used it.
     pub(crate) fn release_abandoned(&self, file: &OpenFile, fh: u64) {
+        crate::lvb::on_abandoned(self, file, fh);
         let id = file.file_id;
         let owners = file.lock_owners();
         self.ctx.table.with(|t| {

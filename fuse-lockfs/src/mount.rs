@@ -171,6 +171,10 @@ pub fn prepare(
     } else {
         None
     };
+    if let Some(lk) = locking.as_ref().filter(|_| !options.read_only) {
+        // A read-only mount writes nothing to its source, value blocks included.
+        lk.lvb.open(root.as_fd(), st.st_dev);
+    }
     let fs = LockFs::new(root, &st, &options, locking.clone());
     let shared = fs.shared();
     if let Some(lk) = &locking {

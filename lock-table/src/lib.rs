@@ -54,7 +54,7 @@ pub mod snapshot;
 pub mod table;
 
 pub use ids::{Access, FileId, HostId, LockKind, Namespace, Owner, OwnerKind, ScopeId};
-pub use lvb::{LvbError, LvbValue, LVB_LEN};
+pub use lvb::{Claims, LvbError, LvbValue, LVB_LEN};
 pub use ops::{
     CancelReason, DropReason, Event, Holding, IoOutcome, IoRequest, LockOutcome, LockRequest,
     Refusal, Release, Released, TestOutcome, TestRequest, Wait, WaitFor, WaiterId, WaiterInfo,

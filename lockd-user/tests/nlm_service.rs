@@ -1373,6 +1373,13 @@ async fn waiter_limit_and_unreachable_client_policy() {
         "one waiter at most"
     );
     assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+    // alpha's ordinary unlock keeps the value block valid.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&h.file).unwrap();
+        let id = lock_table::FileId::new(m.dev(), m.ino());
+        assert!(h.table.read(|t| t.lvb_peek(id)).valid);
+    }
     // beta holds the lock now, but cannot be told; the policy releases it.
     assert!(matches!(
         a.test(la.clone(), true).await,
@@ -1387,6 +1394,14 @@ async fn waiter_limit_and_unreachable_client_policy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(released, "the unreachable host was not released");
+    // beta held an exclusive lock: releasing it this way is abnormal, so the
+    // file's value block may be stale.
+    let id = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&h.file).unwrap();
+        lock_table::FileId::new(m.dev(), m.ino())
+    };
+    assert!(!h.table.read(|t| t.lvb_peek(id)).valid);
     let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
     assert!(!list.contains("beta") && list.contains("alpha"), "{list}");
     ha.stop().await;

@@ -5,6 +5,7 @@
 mod admin;
 mod config;
 mod demo;
+mod lvb;
 mod manpage;
 mod mount;
 mod serve;
@@ -121,9 +122,37 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Read or write a file's lock value block (32 bytes a holder of an
+    /// exclusive lock leaves for the next holder; see include/lockfs.h).
+    #[command(subcommand)]
+    Lvb(LvbCommand),
     /// Trace lock contention with eBPF: the kernel's file locks and a running
     /// daemon's lock table, live like top, as one snapshot, or as JSON lines.
     Trace(trace::TraceArgs),
+}
+
+#[derive(Subcommand)]
+enum LvbCommand {
+    /// Print the value, its sequence number and whether it is valid, read
+    /// under a shared lock on the file.
+    Get {
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store VALUE (text, or hex with --hex; at most 32 bytes) under an
+    /// exclusive lock on the file, which the command takes and drops.
+    Set {
+        path: PathBuf,
+        value: String,
+        /// VALUE is hex digits.
+        #[arg(long)]
+        hex: bool,
+        /// Print the new block as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Logs to stderr at `RUST_LOG` (default `info`), coloured only on a terminal: a log
@@ -194,6 +223,13 @@ fn main() -> Result<()> {
             cmd,
         } => share_open::run(&access, &deny, fd, &file, &cmd)?,
         Command::Trace(args) => trace::run(&args)?,
+        Command::Lvb(LvbCommand::Get { path, json }) => lvb::get(&path, json)?,
+        Command::Lvb(LvbCommand::Set {
+            path,
+            value,
+            hex,
+            json,
+        }) => lvb::set(&path, &value, hex, json)?,
         Command::Serve { config } => {
             init_logging();
             serve::run(config.as_deref())?;

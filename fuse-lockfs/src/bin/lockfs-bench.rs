@@ -13,6 +13,11 @@
 //!   `cost_ratio R` (time of a lock+unlock pair over two no-op round trips).
 //!   Alternating keeps both sides under the same load when the machine's speed
 //!   drifts, which separate runs seconds apart do not.
+//! - `lockfs-bench lvb FILE SECONDS`: holding a whole-file write lock, alternates
+//!   short rounds of value-block gets, of value-block sets and of no-op round
+//!   trips on the same descriptor; prints the medians of the three rates and the
+//!   medians of the per-round ratios `get_ratio` and `set_ratio` (time of one
+//!   get or set over one no-op round trip).
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -23,7 +28,7 @@ const NOOP_IOCTL: libc::c_ulong = ((b'S' as libc::c_ulong) << 8) | 99;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(path), Some(secs)) = (args.get(1), args.get(2), args.get(3)) else {
-        anyhow::bail!("usage: lockfs-bench locks|noop|compare FILE SECONDS");
+        anyhow::bail!("usage: lockfs-bench locks|noop|compare|lvb FILE SECONDS");
     };
     let secs: f64 = secs.parse()?;
     let f = std::fs::OpenOptions::new()
@@ -67,6 +72,50 @@ fn main() -> anyhow::Result<()> {
             println!("trips_per_sec {:.0}", median(&mut trips));
             println!("cost_ratio {:.3}", median(&mut ratios));
             println!("rounds {}", ratios.len());
+        }
+        "lvb" => {
+            const ROUND: Duration = Duration::from_millis(250);
+            // SAFETY: an all-zero flock is valid; a whole-file write lock.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as i16;
+            // SAFETY: valid descriptor and flock.
+            if unsafe { libc::fcntl(fd, libc::F_SETLKW, &fl) } == -1 {
+                anyhow::bail!("fcntl: {}", std::io::Error::last_os_error());
+            }
+            let b = std::os::fd::AsFd::as_fd(&f);
+            let mut counter = 0u64;
+            let (mut gets, mut sets, mut trips) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut gr, mut sr) = (Vec::new(), Vec::new());
+            while t0.elapsed() < limit {
+                let g = rate(ROUND, || {
+                    for _ in 0..64 {
+                        fuse_lockfs::lvb::get(b)?;
+                    }
+                    Ok(())
+                })?;
+                let s = rate(ROUND, || {
+                    for _ in 0..64 {
+                        counter += 1;
+                        fuse_lockfs::lvb::set(b, &counter.to_le_bytes())?;
+                    }
+                    Ok(())
+                })?;
+                let t = rate(ROUND, || {
+                    noops(fd, 64);
+                    Ok(())
+                })?;
+                gr.push(t / g);
+                sr.push(t / s);
+                gets.push(g);
+                sets.push(s);
+                trips.push(t);
+            }
+            println!("gets_per_sec {:.0}", median(&mut gets));
+            println!("sets_per_sec {:.0}", median(&mut sets));
+            println!("trips_per_sec {:.0}", median(&mut trips));
+            println!("get_ratio {:.3}", median(&mut gr));
+            println!("set_ratio {:.3}", median(&mut sr));
+            println!("rounds {}", gr.len());
         }
         m => anyhow::bail!("unknown mode {m}"),
     }

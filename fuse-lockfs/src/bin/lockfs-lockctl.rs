@@ -14,6 +14,15 @@
 //! - `share FD ACCESS DENY` (wire values 0..3) through the lockfs ioctl
 //! - `mmap FD`: a shared writable mapping of the first page
 //! - `close FD`, `pid` -> `ok PID`
+//! - `lvbget FD` -> `ok SEQ valid|notvalid locked|unlocked TEXT` (the value up
+//!   to its first zero byte, `-` if empty); `lvbset FD TEXT` -> `ok SEQ`;
+//!   `lvbinval FD` -> `ok SEQ`
+//! - `forklvbset FD TEXT`: a forked child tries the set on the inherited
+//!   descriptor -> `ok 0` or `ok ERRNO`
+//! - `lvbcount FD N`: N times: take a whole-file F_WRLCK (waiting), read the
+//!   value block as a little-endian u64 counter, store it plus one, unlock ->
+//!   `ok`
+//! - `exit`: exits at once, holding whatever it holds (no unlock, no close)
 //!
 //! SIGUSR1 is caught without `SA_RESTART`, so it interrupts a blocked call with
 //! `EINTR`, which is how tests signal a waiter.
@@ -232,6 +241,75 @@ impl Ctl {
                     .map_err(|e| fail(e.raw_os_error().unwrap_or(0)))?;
                 Ok("ok".into())
             }
+            "lvbget" | "lvbset" | "lvbinval" => {
+                let fd = self.fd(w.next())?;
+                // SAFETY: the descriptor is owned by `self.fds` for the call.
+                let b = unsafe { BorrowedFd::borrow_raw(fd) };
+                let r = match cmd {
+                    "lvbget" => fuse_lockfs::lvb::get(b),
+                    "lvbset" => fuse_lockfs::lvb::set(b, w.next().unwrap_or("").as_bytes()),
+                    _ => fuse_lockfs::lvb::invalidate(b),
+                }
+                .map_err(|e| fail(e.raw_os_error().unwrap_or(0)))?;
+                if cmd != "lvbget" {
+                    return Ok(format!("ok {}", r.seq));
+                }
+                let end = r
+                    .value
+                    .iter()
+                    .position(|&c| c == 0)
+                    .unwrap_or(r.value.len());
+                let text = String::from_utf8_lossy(&r.value[..end]).into_owned();
+                Ok(format!(
+                    "ok {} {} {} {}",
+                    r.seq,
+                    if r.valid { "valid" } else { "notvalid" },
+                    if r.unlocked { "unlocked" } else { "locked" },
+                    if text.is_empty() {
+                        "-".to_string()
+                    } else {
+                        text
+                    }
+                ))
+            }
+            "forklvbset" => {
+                let fd = self.fd(w.next())?;
+                let text = w.next().unwrap_or("").to_string();
+                // SAFETY: the child makes one ioctl and exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: the inherited descriptor is open in the child.
+                    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+                    let code = match fuse_lockfs::lvb::set(b, text.as_bytes()) {
+                        Ok(_) => 0,
+                        Err(e) => e.raw_os_error().unwrap_or(1),
+                    };
+                    // SAFETY: leaves the child without running the parent's handlers.
+                    unsafe { libc::_exit(code) };
+                }
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                Ok(format!("ok {}", libc::WEXITSTATUS(status)))
+            }
+            "lvbcount" => {
+                let fd = self.fd(w.next())?;
+                let n: u64 = num(w.next())?;
+                // SAFETY: the descriptor is owned by `self.fds` for the call.
+                let b = unsafe { BorrowedFd::borrow_raw(fd) };
+                let io = |e: std::io::Error| fail(e.raw_os_error().unwrap_or(0));
+                for _ in 0..n {
+                    fcntl_lock(fd, "setlkw", libc::F_WRLCK as i16, 0, 0).map_err(fail)?;
+                    let r = fuse_lockfs::lvb::get(b).map_err(io)?;
+                    let mut c = [0u8; 8];
+                    c.copy_from_slice(&r.value[..8]);
+                    let next = u64::from_le_bytes(c) + 1;
+                    fuse_lockfs::lvb::set(b, &next.to_le_bytes()).map_err(io)?;
+                    fcntl_lock(fd, "setlk", libc::F_UNLCK as i16, 0, 0).map_err(fail)?;
+                }
+                Ok("ok".into())
+            }
+            "exit" => std::process::exit(0),
             "mmap" => {
                 let fd = self.fd(w.next())?;
                 // SAFETY: a fresh mapping, unmapped at once.

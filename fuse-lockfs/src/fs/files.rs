@@ -279,6 +279,7 @@ impl LockFs {
         // on the file. Never ENOSYS: the kernel would stop sending FLUSH.
         let file = self.file(fh)?;
         if let Some(lk) = &self.locking {
+            crate::lvb::on_flush(lk, &file, fh.0, req.pid(), lock_owner.0);
             lk.flush(&file, req.pid(), lock_owner.0);
         }
         Ok(())
@@ -289,6 +290,7 @@ impl LockFs {
         let file = self.shared.files.remove(fh.0).ok_or(Errno::EBADF)?;
         tracing::trace!(fh = fh.0, flags = file.flags, mode = ?file.mode, "release");
         if let Some(lk) = &self.locking {
+            crate::lvb::on_release(lk, &file, fh.0);
             lk.release(&file, fh.0);
         }
         let mut io = file.inode.io_state();

@@ -563,6 +563,17 @@ impl Filesystem for LockFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let Some(reply) = crate::lvb::ioctl(
+            self.locking.as_deref(),
+            self.file(fh),
+            fh.0,
+            req.pid(),
+            cmd,
+            in_data,
+            reply,
+        ) else {
+            return;
+        };
         reply.send(self.ioctl(req, fh, cmd, in_data))
     }
 

@@ -71,6 +71,7 @@ impl LockFs {
             for (fh, f) in left {
                 lk.release_abandoned(&f, fh);
             }
+            crate::lvb::on_unmount(lk, &self.shared);
             lk.ctx.remove_mount(lk.mount);
         }
         tracing::info!("lockfs session ends");

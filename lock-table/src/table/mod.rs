@@ -77,15 +77,15 @@ impl Waiter {
 
 /// One file's held locks, wait queue, scope and value block.
 #[derive(Debug)]
-struct FileState {
-    holdings: Holdings,
+pub(crate) struct FileState {
+    pub(crate) holdings: Holdings,
     queue: VecDeque<WaiterId>,
     scope: ScopeId,
-    lvb: Option<Box<LvbValue>>,
+    pub(crate) lvb: Option<Box<LvbValue>>,
 }
 
 impl FileState {
-    fn new(scope: ScopeId) -> Self {
+    pub(crate) fn new(scope: ScopeId) -> Self {
         FileState {
             holdings: Holdings::default(),
             queue: VecDeque::new(),
@@ -98,7 +98,7 @@ impl FileState {
         self.holdings.is_empty() && self.queue.is_empty() && self.lvb.is_none()
     }
 
-    fn invalidate_lvb(&mut self) {
+    pub(crate) fn invalidate_lvb(&mut self) {
         let lvb = self.lvb.get_or_insert_with(Default::default);
         lvb.valid = false;
     }
@@ -126,7 +126,7 @@ struct ScopeState {
 /// The lock table. See the crate documentation for the model.
 #[derive(Debug)]
 pub struct LockTable {
-    files: FxHashMap<FileId, FileState>,
+    pub(crate) files: FxHashMap<FileId, FileState>,
     owners: FxHashMap<Owner, OwnerEntry>,
     waiters: FxHashMap<WaiterId, Waiter>,
     scopes: FxHashMap<ScopeId, ScopeState>,

@@ -1,0 +1,446 @@
+//! Lock value blocks through the real daemon (`lockfs serve`, a separate
+//! process): `lockfs lvb get|set`, `lockfs locks`, what a daemon crash and a
+//! clean restart do to stored blocks, and remote NLM hosts lost abnormally.
+//!
+//! Needs root and /dev/fuse; skips loudly without them. The NLM test starts
+//! RPC services: run it in a private network namespace.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lockd_user::client::{ClientConfig, RpcClient};
+use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
+use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
+
+const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/dev/fuse").exists() {
+        eprintln!(
+            "*** SKIPPED: value-block daemon tests need root and /dev/fuse (root={root}) ***"
+        );
+        return false;
+    }
+    true
+}
+
+/// A daemon over one export in `dir`, which outlives restarts.
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    tcp: Option<SocketAddr>,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        for sub in ["export", "mnt", "state"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let cfg = format!(
+            "state_dir = {state:?}\nadmin_socket = {sock:?}\ngrace_period = 0\n\
+             [listen]\naddresses = [\"127.0.0.1\"]\n\
+             [[export]]\nname = \"x\"\nsource = {src:?}\nmountpoint = {mnt:?}\n",
+            state = dir.join("state"),
+            sock = dir.join("admin.sock"),
+            src = dir.join("export"),
+            mnt = dir.join("mnt"),
+        );
+        std::fs::write(dir.join("lockfs.toml"), cfg).unwrap();
+        let mut child = Command::new(LOCKFS)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("lockfs.toml"))
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting lockfs serve");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[daemon] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut tcp = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("daemon did not become ready in 30 s");
+            if let Some(rest) = line.split("tcp [").nth(1) {
+                tcp = rest.split(']').next().and_then(|a| a.parse().ok());
+            }
+            if line.contains("admin socket") {
+                break;
+            }
+        }
+        Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            tcp,
+        }
+    }
+
+    fn mnt(&self, name: &str) -> PathBuf {
+        self.dir.join("mnt").join(name)
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGKILL, then clear the dead mount.
+    fn crash(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+        assert!(self.wait_exit(Duration::from_secs(10)));
+        self.detach();
+    }
+
+    /// SIGTERM: unmount and stop cleanly.
+    fn stop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        assert!(
+            self.wait_exit(Duration::from_secs(20)),
+            "daemon did not stop"
+        );
+        self.detach();
+    }
+
+    fn detach(&self) {
+        let mnt = self.dir.join("mnt");
+        let mounted = std::fs::read_to_string("/proc/mounts")
+            .map(|m| m.contains(&*mnt.to_string_lossy()))
+            .unwrap_or(false);
+        if mounted {
+            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        }
+    }
+
+    fn fh(&self, path: &Path) -> Vec<u8> {
+        let out = Command::new(LOCKFS)
+            .arg("fh")
+            .arg("--config")
+            .arg(self.dir.join("lockfs.toml"))
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lockfs fh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let hex = hex.trim();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// `lockfs locks --json` of this daemon.
+    fn locks(&self) -> serde_json::Value {
+        let out = lockfs(
+            &["locks", "--json", "--socket"],
+            Some(&self.dir.join("admin.sock")),
+        );
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if !self.wait_exit(Duration::from_secs(10)) {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        self.detach();
+    }
+}
+
+/// Runs `lockfs ARGS [PATH]` with a time limit; returns stdout, panics on failure.
+fn lockfs(args: &[&str], path: Option<&Path>) -> String {
+    let mut c = Command::new("timeout");
+    c.arg("30").arg(LOCKFS).args(args);
+    if let Some(p) = path {
+        c.arg(p);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "lockfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `(text, seq, valid)` from `lockfs lvb get --json`.
+fn get(p: &Path) -> (String, u64, bool) {
+    let j: serde_json::Value =
+        serde_json::from_str(&lockfs(&["lvb", "get", "--json"], Some(p))).unwrap();
+    (
+        j["text"].as_str().unwrap_or("").to_string(),
+        j["seq"].as_u64().unwrap(),
+        j["valid"].as_bool().unwrap(),
+    )
+}
+
+fn set(p: &Path, v: &str) -> (String, u64, bool) {
+    let mut c = Command::new("timeout");
+    c.arg("30")
+        .arg(LOCKFS)
+        .args(["lvb", "set", "--json"])
+        .arg(p)
+        .arg(v);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "lockfs lvb set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        j["text"].as_str().unwrap_or("").to_string(),
+        j["seq"].as_u64().unwrap(),
+        j["valid"].as_bool().unwrap(),
+    )
+}
+
+/// The `(seq, valid)` `lockfs locks` shows for the block of `p`.
+fn listed(d: &Daemon, p: &Path) -> Option<(u64, bool)> {
+    let rows = d.locks();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "LVB" && r["path"].as_str() == Some(&*p.to_string_lossy()))
+        .map(|r| (r["seq"].as_u64().unwrap(), r["valid"].as_bool().unwrap()))
+}
+
+#[test]
+fn a_daemon_crash_leaves_values_not_valid_and_a_clean_restart_keeps_them() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path());
+    let f = d.mnt("f");
+    std::fs::write(&f, b"data").unwrap();
+    assert_eq!(get(&f), (String::new(), 0, true), "initial block");
+    assert_eq!(set(&f, "v1"), ("v1".into(), 1, true));
+    assert_eq!(get(&f), ("v1".into(), 1, true));
+    assert_eq!(listed(&d, &f), Some((1, true)));
+    // Too long a value is refused, and changes nothing.
+    let out = Command::new(LOCKFS)
+        .args(["lvb", "set"])
+        .arg(&f)
+        .arg("x".repeat(33))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32 bytes"));
+
+    d.crash();
+    let mut d = Daemon::start(dir.path());
+    let f = d.mnt("f");
+    assert_eq!(
+        get(&f),
+        ("v1".into(), 1, false),
+        "after a crash: kept, not-valid"
+    );
+    assert_eq!(listed(&d, &f), Some((1, false)));
+    assert_eq!(set(&f, "v2"), ("v2".into(), 2, true));
+
+    d.stop();
+    let d = Daemon::start(dir.path());
+    let f = d.mnt("f");
+    assert_eq!(
+        get(&f),
+        ("v2".into(), 2, true),
+        "after a clean stop: kept, valid"
+    );
+    // A crash while nobody touched the block since the restart.
+    let mut d = d;
+    d.crash();
+    let d = Daemon::start(dir.path());
+    assert_eq!(get(&d.mnt("f")), ("v2".into(), 2, false));
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn nlm(host: &str, fh: &[u8]) -> v4::Lock {
+    v4::Lock {
+        caller_name: host.into(),
+        fh: fh.to_vec(),
+        oh: format!("{host}-1").into_bytes(),
+        svid: 1,
+        l_offset: 0,
+        l_len: 0,
+    }
+}
+
+async fn nlm_lock(c: &RpcClient, l: v4::Lock, exclusive: bool) -> v4::Stats {
+    let args = v4::LockArgs {
+        cookie: vec![1],
+        block: false,
+        exclusive,
+        alock: l,
+        reclaim: false,
+        state: 1,
+    };
+    let r: v4::Res = c
+        .call(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
+        .await
+        .unwrap();
+    r.stat
+}
+
+async fn nlm_unlock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
+    let args = v4::UnlockArgs {
+        cookie: vec![2],
+        alock: l,
+    };
+    let r: v4::Res = c
+        .call(NLM_PROG, NLM4_VERS, proc_::UNLOCK, &args)
+        .await
+        .unwrap();
+    r.stat
+}
+
+/// Waits until `lockfs locks` shows no NLM lock.
+fn wait_no_nlm_locks(d: &Daemon) {
+    let t0 = Instant::now();
+    while d
+        .locks()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "NLM")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "NLM locks never went"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path());
+    let tcp = d.tcp.expect("daemon printed its NLM TCP address");
+    let (f, g, h, k) = (d.mnt("f"), d.mnt("g"), d.mnt("h"), d.mnt("k"));
+    for p in [&f, &g, &h, &k] {
+        std::fs::write(p, b"data").unwrap();
+        assert_eq!(set(p, "v1").1, 1);
+    }
+    let rt = rt();
+    let c = rt
+        .block_on(RpcClient::tcp(tcp, ClientConfig::default()))
+        .unwrap();
+
+    // A host holding an exclusive lock reboots: its SM_NOTIFY releases it.
+    let (fhf, fhh) = (d.fh(&f), d.fh(&h));
+    assert_eq!(
+        rt.block_on(nlm_lock(&c, nlm("host-a", &fhf), true)),
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        rt.block_on(nlm_lock(&c, nlm("host-a", &fhh), true)),
+        v4::Stats::Granted
+    );
+    let notify = lockd_user::xdr::to_bytes(&nsm::StatChge {
+        mon_name: "host-a".into(),
+        state: 3,
+    });
+    rt.block_on(c.call_raw(SM_PROG, SM_VERS, nsm::proc_::NOTIFY, &notify))
+        .unwrap();
+    wait_no_nlm_locks(&d);
+    assert_eq!(
+        get(&f),
+        ("v1".into(), 1, false),
+        "SM_NOTIFY of an exclusive holder"
+    );
+
+    // `lockfs clear --host` of an exclusive holder.
+    let fhg = d.fh(&g);
+    assert_eq!(
+        rt.block_on(nlm_lock(&c, nlm("host-b", &fhg), true)),
+        v4::Stats::Granted
+    );
+    lockfs(
+        &["clear", "--host", "host-b", "--socket"],
+        Some(&dir.path().join("admin.sock")),
+    );
+    assert_eq!(
+        get(&g),
+        ("v1".into(), 1, false),
+        "clear --host of an exclusive holder"
+    );
+
+    // An ordinary unlock, and the loss of a shared holder, keep it valid.
+    let fhk = d.fh(&k);
+    assert_eq!(
+        rt.block_on(nlm_lock(&c, nlm("host-c", &fhk), true)),
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        rt.block_on(nlm_unlock(&c, nlm("host-c", &fhk))),
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        rt.block_on(nlm_lock(&c, nlm("host-d", &fhk), false)),
+        v4::Stats::Granted
+    );
+    lockfs(
+        &["clear", "--host", "host-d", "--socket"],
+        Some(&dir.path().join("admin.sock")),
+    );
+    assert_eq!(get(&k), ("v1".into(), 1, true));
+
+    // h was marked not-valid by the reboot but never read since: a clean
+    // restart must still find it not-valid.
+    d.stop();
+    let d = Daemon::start(dir.path());
+    assert_eq!(get(&d.mnt("h")), ("v1".into(), 1, false));
+    assert_eq!(get(&d.mnt("f")), ("v1".into(), 1, false));
+    assert_eq!(get(&d.mnt("k")), ("v1".into(), 1, true));
+    drop(c);
+}
