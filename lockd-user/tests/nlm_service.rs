@@ -135,7 +135,7 @@ async fn v4_lock_test_unlock_and_client_list() {
         v4::Stats::Granted
     );
     // The host is on the group's client list, durably, once its first lock is granted.
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(
         list.contains("alpha") && list.contains("127.0.0.2"),
         "{list}"
@@ -469,7 +469,7 @@ async fn share_unshare_nm_lock_and_free_all() {
             .await
             .unwrap();
     assert_eq!(r.stat, v3::Stats::Denied, "NM_LOCK never blocks");
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("pcnfs"), "{list}");
     // FREE_ALL releases the host's locks and shares.
     let _: () = {
@@ -894,7 +894,7 @@ async fn a_client_list_write_that_hangs_does_not_stall_other_connections() {
     );
     // The next write of the client list hangs: its temporary file is a FIFO that
     // no one reads yet, so opening it for writing blocks.
-    let fifo = h.state.join(".clients-0.json.tmp");
+    let fifo = h.state.join("clients/0/.tmp-c-beta");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -1040,22 +1040,39 @@ async fn client_reboot_frees_its_locks_and_nsm_calls() {
         },
         priv_: [7; 16],
     };
+    // SM_MON is a call of the local lock manager: refused from another host.
     let r: nsm::SmStatRes = sm
         .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon)
         .await
         .unwrap();
+    assert_eq!(r.res_stat, nsm::SmRes::Fail, "SM_MON from 127.0.0.2");
+    assert!(!monitors_text(&h.state).contains("beta"));
+    let local = client_at(h.udp(), "127.0.0.1".parse().unwrap()).await;
+    let r: nsm::SmStatRes = local
+        .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon)
+        .await
+        .unwrap();
     assert_eq!(r.res_stat, nsm::SmRes::Succ);
-    assert!(std::fs::read_to_string(h.state.join("monitors.json"))
-        .unwrap()
-        .contains("beta"));
-    let r: nsm::SmStat = sm
+    assert!(monitors_text(&h.state).contains("beta"));
+    // Nor may another host remove it.
+    for (proc_, args) in [
+        (nsm::proc_::UNMON_ALL, to_bytes(&my_id)),
+        (nsm::proc_::UNMON, to_bytes(&mon.mon_id)),
+    ] {
+        let r: nsm::SmStat =
+            from_bytes(&sm.call_raw(SM_PROG, SM_VERS, proc_, &args).await.unwrap()).unwrap();
+        assert_eq!(r.state, st.state);
+        assert!(
+            monitors_text(&h.state).contains("beta"),
+            "procedure {proc_}"
+        );
+    }
+    let r: nsm::SmStat = local
         .call(SM_PROG, SM_VERS, nsm::proc_::UNMON_ALL, &my_id)
         .await
         .unwrap();
     assert_eq!(r.state, st.state);
-    assert!(!std::fs::read_to_string(h.state.join("monitors.json"))
-        .unwrap()
-        .contains("beta"));
+    assert!(!monitors_text(&h.state).contains("beta"));
 
     // alpha reboots: its statd tells us; beta's waiter is granted.
     sm.call_raw(
@@ -1073,7 +1090,7 @@ async fn client_reboot_frees_its_locks_and_nsm_calls() {
         Some(Received::Granted { args, .. }) => assert_eq!(args.alock, lb),
         other => panic!("{other:?}"),
     }
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("alpha") && list.contains("beta"), "{list}");
     // The administrative clear does the same for beta.
     let r = h.svc.clear_host("beta");
@@ -1166,7 +1183,7 @@ async fn libnfs_client_drives_nlm4_and_nsm() {
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got, expected, "client output:\n{out}");
     assert_eq!(h.table.read(|t| t.waiter_count()), 0);
-    let mons = std::fs::read_to_string(h.state.join("monitors.json")).unwrap();
+    let mons = monitors_text(&h.state);
     assert!(mons.contains("libnfs-b"), "{mons}");
     h.stop().await;
 }
@@ -1387,7 +1404,7 @@ async fn waiter_limit_and_unreachable_client_policy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(released, "the unreachable host was not released");
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("beta") && list.contains("alpha"), "{list}");
     ha.stop().await;
     h.stop().await;

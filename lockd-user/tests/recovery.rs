@@ -121,7 +121,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
         std::fs::read_to_string(state_dir.join("state")).unwrap(),
         "1\n"
     );
-    let list = std::fs::read_to_string(state_dir.join("clients-0.json")).unwrap();
+    let list = list_text(&state_dir, 0);
     for (name, ip) in [
         ("alpha", "127.0.0.2"),
         ("beta", "127.0.0.3"),
@@ -196,7 +196,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
         Some(Received::Granted { args, .. }) => assert_eq!(args.alock, lc),
         other => panic!("expected GRANTED for gamma, got {other:?}"),
     }
-    let list = std::fs::read_to_string(state_dir.join("clients-0.json")).unwrap();
+    let list = list_text(&state_dir, 0);
     assert!(!list.contains("alpha") && list.contains("beta"), "{list}");
 
     // A clean stop leaves an even state number.

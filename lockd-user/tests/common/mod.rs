@@ -372,3 +372,29 @@ impl Nlm {
         r.stat
     }
 }
+
+/// Every file of a directory of the state directory, concatenated ("" when it is absent):
+/// what the files say, for `contains` checks.
+fn dir_text(dir: &Path) -> String {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut names: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    names.sort();
+    names
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The client list of a group on disk (one file per client), as text.
+pub fn list_text(state_dir: &Path, group: u32) -> String {
+    dir_text(&state_dir.join("clients").join(group.to_string()))
+}
+
+/// The SM_MON registrations on disk (one file each), as text.
+pub fn monitors_text(state_dir: &Path) -> String {
+    dir_text(&state_dir.join("monitors"))
+}
