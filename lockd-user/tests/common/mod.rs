@@ -398,3 +398,33 @@ pub fn list_text(state_dir: &Path, group: u32) -> String {
 pub fn monitors_text(state_dir: &Path) -> String {
     dir_text(&state_dir.join("monitors"))
 }
+
+/// Lists `names` at `addr` in group `group` of a state directory the way the daemon does
+/// (one file per client), without syncing: for tests that need thousands of listed clients
+/// before a start.
+pub fn list_clients(state_dir: &Path, group: u32, names: &[String], addr: IpAddr) {
+    let dir = state_dir.join("clients").join(group.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in names {
+        let body = format!(
+            r#"{{"name":{n:?},"addr":"{addr}","status_monitor":{{"prog":100024,"vers":1,"proc":6}}}}"#
+        );
+        std::fs::write(
+            dir.join(format!("c-{}", lockd_user::nsm::store::encode(n))),
+            body,
+        )
+        .unwrap();
+    }
+}
+
+/// A process's resident and peak resident memory, in KiB (VmRSS, VmHWM).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
