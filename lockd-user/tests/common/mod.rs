@@ -428,3 +428,99 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// `lockd-test-server` running as a child process, its log (standard error) collected.
+pub struct Server {
+    pub child: tokio::process::Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub state: i32,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Whether a log line contains every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Waits until a log line contains every one of `parts`.
+    pub async fn wait_log(&self, parts: &[&str], within: Duration) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < end {
+            if self.logged(parts) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// Starts `lockd-test-server` named `lockd-server` over `state_dir` with export 1 at
+/// `export`, client portmappers at `pm_port`, and `extra` arguments.
+pub async fn spawn_server(
+    state_dir: &Path,
+    export: &Path,
+    grace_ms: u64,
+    pm_port: u16,
+    extra: &[String],
+) -> Server {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lockd-test-server"))
+        .args(["--name", "lockd-server", "--state-dir"])
+        .arg(state_dir)
+        .args(["--grace-ms", &grace_ms.to_string()])
+        .args(["--client-portmap-port", &pm_port.to_string()])
+        .arg("--export")
+        .arg(format!("1:{}", export.display()))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start lockd-test-server");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = err.next_line().await {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let line = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("server did not get ready")
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "server exited before it was ready: {:?}",
+                log.lock().unwrap()
+            )
+        });
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .to_string()
+    };
+    assert!(line.starts_with("READY"), "{line}");
+    Server {
+        udp: field("udp=").parse().unwrap(),
+        tcp: field("tcp=").parse().unwrap(),
+        state: field("state=").parse().unwrap(),
+        child,
+        log,
+    }
+}
