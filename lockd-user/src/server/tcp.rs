@@ -103,9 +103,7 @@ impl Conns {
                 .values()
                 .min_by_key(|s| s.last_active.load(Ordering::Relaxed))
                 .cloned();
-            let Some(victim) = idlest else {
-                return None;
-            };
+            let victim = idlest?;
             g.by_id.remove(&victim.id);
             dec_peer(&mut g.per_peer, victim.peer);
             victim.evict.notify_one();
