@@ -122,6 +122,9 @@ async fn unfinished_records_are_bounded_in_total_and_their_memory_returns() {
         &BUDGET.to_string(),
         "--max-record",
         "262144",
+        // All the connections come from 127.0.0.1: only the budget may close them here.
+        "--conns-per-address",
+        "1000",
     ]
     .iter()
     .map(|s| s.to_string())

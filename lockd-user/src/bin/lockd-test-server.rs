@@ -5,6 +5,7 @@
 //! lockd-test-server --name NAME --state-dir DIR [--listen IP] [--port N] [--grace-ms N]
 //!     [--client-portmap-port N] [--portmap off|auto|IP:PORT] [--unreachable-ms N]
 //!     [--max-owners N] [--max-waiters N] [--max-record N] [--record-budget N]
+//!     [--conns-per-address N]
 //!     [--notify-per-second N] [--fh-of PATH ...]
 //!     --export ID:DIR[:GROUP[:ro|CIDR,CIDR...]] ...
 //! ```
@@ -69,6 +70,7 @@ async fn main() -> Result<()> {
     let mut max_waiters = None;
     let mut max_record = None;
     let mut record_budget = None;
+    let mut conns_per_address = None;
     let mut notify_rate = None;
     let mut fh_of = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -86,6 +88,7 @@ async fn main() -> Result<()> {
             "--max-waiters" => max_waiters = Some(val()?.parse()?),
             "--max-record" => max_record = Some(val()?.parse()?),
             "--record-budget" => record_budget = Some(val()?.parse()?),
+            "--conns-per-address" => conns_per_address = Some(val()?.parse()?),
             "--notify-per-second" => notify_rate = Some(val()?.parse()?),
             "--portmap" => {
                 portmap = match val()?.as_str() {
@@ -121,6 +124,9 @@ async fn main() -> Result<()> {
     }
     if let Some(n) = max_record {
         config.server.max_record_size = n;
+    }
+    if let Some(n) = conns_per_address {
+        config.server.max_tcp_connections_per_peer = n;
     }
     if let Some(n) = record_budget {
         config.server.max_unfinished_record_bytes = n;
