@@ -74,7 +74,7 @@ impl Default for CallbackPolicy {
             max_backoff: Duration::from_secs(30),
             notify_give_up: Duration::from_secs(3600),
             notify_per_second: 500,
-            notify_in_flight: 256,
+            notify_in_flight: 1024,
             release_unreachable_after: None,
         }
     }

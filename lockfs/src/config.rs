@@ -33,7 +33,7 @@
 //! monitors = 65536                     # SM_MON registrations
 //! monitors_per_host = 64               # SM_MON registrations for one monitored host
 //! notify_per_second = 500              # clients a restart's SM_NOTIFY round starts per second
-//! notify_in_flight = 256               # SM_NOTIFY requests awaiting a reply at once
+//! notify_in_flight = 1024             # SM_NOTIFY requests awaiting a reply at once
 //!
 //! [[group]]                            # a service group: its own grace period
 //! name = "default"                     # and client list; fails over as a unit
@@ -461,7 +461,7 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             monitors: raw.limits.monitors.unwrap_or(65_536),
             monitors_per_host: raw.limits.monitors_per_host.unwrap_or(64),
             notify_per_second: raw.limits.notify_per_second.unwrap_or(500).max(1),
-            notify_in_flight: raw.limits.notify_in_flight.unwrap_or(256).max(1),
+            notify_in_flight: raw.limits.notify_in_flight.unwrap_or(1024).max(1),
         },
         release_unreachable_after,
         groups,
