@@ -19,7 +19,8 @@
 //! - [`nlm`]: the NLM program (versions 1, 3, 4) over the shared lock and share tables.
 //! - [`nsm`]: the status program and the durable state (state number, client lists).
 //! - [`callbacks`] and [`recovery`]: GRANTED and `*_RES` callbacks, grace periods,
-//!   SM_NOTIFY in both directions, host release.
+//!   SM_NOTIFY in both directions, host release; [`notify`]: a restart's paced round of
+//!   SM_NOTIFY.
 //! - [`service`]: starts all of it; [`lockd::Lockd`] is the state its programs share.
 //!
 //! Procedure logic sits above this crate's transport layer and is written as plain functions
@@ -74,6 +75,7 @@ pub mod exports;
 pub mod fh;
 pub mod lockd;
 pub mod nlm;
+pub mod notify;
 pub mod nsm;
 pub mod portmap;
 pub mod proto;

@@ -6,11 +6,12 @@
 use crate::callbacks::{CallbackJob, Pending};
 use crate::exports::Exports;
 use crate::fh::FileHandles;
-use crate::nsm::store::NsmStore;
+use crate::nsm::store::{NsmStore, StoreLimits};
 use crate::proto::nlm::v4;
 use lock_table::{Event, OwnerKind, Release, Released, ScopeId, SharedTable};
 use share_reservations::ShareTable;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct Limits {
     /// Blocked requests queued in the whole table (local ones included) before NLM blocking
     /// requests are refused.
     pub max_waiters: usize,
+    /// Caps on the client lists and SM_MON registrations.
+    pub store: StoreLimits,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_owners_per_host: 4096,
             max_locks_per_host: 1 << 20,
             max_waiters: 65_536,
+            store: StoreLimits::default(),
         }
     }
 }
@@ -53,6 +57,10 @@ pub struct CallbackPolicy {
     pub max_backoff: Duration,
     /// SM_NOTIFY to a client is abandoned after this long.
     pub notify_give_up: Duration,
+    /// Clients a restart's SM_NOTIFY round starts per second.
+    pub notify_per_second: u32,
+    /// SM_NOTIFY requests (portmapper lookups included) awaiting a reply at once.
+    pub notify_in_flight: usize,
     /// Opt-in: release everything a host holds once its callbacks have failed this long.
     pub release_unreachable_after: Option<Duration>,
 }
@@ -65,6 +73,8 @@ impl Default for CallbackPolicy {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             notify_give_up: Duration::from_secs(3600),
+            notify_per_second: 500,
+            notify_in_flight: 1024,
             release_unreachable_after: None,
         }
     }
@@ -209,6 +219,19 @@ impl Lockd {
             shares,
             was_monitored,
         }
+    }
+
+    /// FREE_ALL from `from`: the host `name` says it rebooted. Refused (and logged) when the
+    /// host is on a client list but `from` is not one of its addresses on record: only a
+    /// host itself may end its locks.
+    pub(crate) fn free_all(&self, name: &str, from: IpAddr) -> Option<HostReleased> {
+        if let Some((_, addrs)) = self.store.record(name) {
+            if !addrs.contains(&from) {
+                warn!(client = name, %from, on_record = ?addrs, "FREE_ALL from an address not on record for that host; refused, nothing released");
+                return None;
+            }
+        }
+        Some(self.release_host(name, Release::Normal))
     }
 
     /// The administrative remedy for a partitioned client (`lockfs clear --host NAME`): what

@@ -7,6 +7,9 @@
 //! record that would exceed it is an error and the caller closes the connection.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -23,6 +26,91 @@ pub enum RecordError {
     Truncated,
     #[error("I/O error reading a record: {0}")]
     Io(#[from] io::Error),
+    /// Unfinished records of all connections together would hold more than the shared
+    /// budget ([`RecordBudget`]).
+    #[error("unfinished records would exceed the shared budget of {limit} bytes")]
+    OverBudget { limit: usize },
+}
+
+/// Bytes of unfinished records (received, not yet complete) that all the connections of a
+/// server may hold together. A connection holds its first [`RecordBudget::FREE_PER_RECORD`]
+/// bytes of a record without charge, so ordinary calls (NLM and NSM calls are a few
+/// kilobytes at most) never touch the budget; only what lies beyond is charged, as it
+/// arrives, and given back when the record completes or the connection closes.
+///
+/// Memory freed by large records goes back to the system: glibc keeps freed blocks of
+/// many threads' arenas for reuse, so after large records are released the allocator is
+/// asked to return free pages, at most once per [`RecordBudget::TRIM_DELAY`].
+#[derive(Debug)]
+pub struct RecordBudget {
+    limit: usize,
+    used: AtomicUsize,
+    trim_pending: AtomicBool,
+}
+
+impl RecordBudget {
+    /// Bytes of a record held without charge.
+    pub const FREE_PER_RECORD: usize = 16 * 1024;
+    /// How long after a release the allocator is asked to return free memory.
+    pub const TRIM_DELAY: Duration = Duration::from_millis(200);
+
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+            trim_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn charge(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(self: &Arc<Self>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if self.trim_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    tokio::time::sleep(Self::TRIM_DELAY).await;
+                    me.trim_pending.store(false, Ordering::Release);
+                    return_free_memory();
+                });
+            }
+            Err(_) => {
+                self.trim_pending.store(false, Ordering::Release);
+                return_free_memory();
+            }
+        }
+    }
+}
+
+/// Asks the allocator to give free memory back to the system.
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Reads one complete record, reassembling its fragments.
@@ -94,6 +182,15 @@ pub struct RecordReader {
     fragment: Option<(usize, bool)>,
     /// The previous call returned `record`, which must be cleared before reuse.
     returned: bool,
+    budget: Option<Arc<RecordBudget>>,
+    /// Bytes of the current record charged to `budget`.
+    charged: usize,
+}
+
+impl Drop for RecordReader {
+    fn drop(&mut self) {
+        self.uncharge();
+    }
 }
 
 /// A reassembly buffer larger than this is given back after its record.
@@ -111,7 +208,39 @@ impl RecordReader {
             max_record,
             fragment: None,
             returned: false,
+            budget: None,
+            charged: 0,
         }
+    }
+
+    /// Charges the bytes of unfinished records beyond the free allowance to `budget`.
+    pub fn with_budget(mut self, budget: Arc<RecordBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    fn uncharge(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(std::mem::take(&mut self.charged));
+        }
+    }
+
+    /// Makes room in the budget for the record to grow to `len` bytes.
+    fn reserve(&mut self, len: usize) -> Result<(), RecordError> {
+        let Some(b) = &self.budget else {
+            return Ok(());
+        };
+        let need = len
+            .saturating_sub(RecordBudget::FREE_PER_RECORD)
+            .saturating_sub(self.charged);
+        if need == 0 {
+            return Ok(());
+        }
+        if !b.charge(need) {
+            return Err(RecordError::OverBudget { limit: b.limit });
+        }
+        self.charged += need;
+        Ok(())
     }
 
     /// The next complete record among the bytes received so far, or `None` until more bytes
@@ -119,6 +248,7 @@ impl RecordReader {
     pub fn next_record(&mut self) -> Result<Option<&[u8]>, RecordError> {
         if self.returned {
             self.returned = false;
+            self.uncharge();
             self.record.clear();
             if self.record.capacity() > KEEP_RECORD_CAPACITY {
                 self.record.shrink_to(KEEP_RECORD_CAPACITY);
@@ -146,6 +276,7 @@ impl RecordReader {
                 }
             };
             let take = left.min(self.end - self.pos);
+            self.reserve(self.record.len() + take)?;
             self.record
                 .extend_from_slice(&self.input[self.pos..self.pos + take]);
             self.pos += take;
@@ -366,6 +497,61 @@ mod tests {
         }
         assert_eq!(got, vec![big, b"next".to_vec()]);
         assert!(rr.record.capacity() <= KEEP_RECORD_CAPACITY);
+    }
+
+    #[test]
+    fn unfinished_records_share_a_budget_and_give_it_back() {
+        let budget = Arc::new(RecordBudget::new(200_000));
+        let free = RecordBudget::FREE_PER_RECORD;
+        let feed = |rr: &mut RecordReader, bytes: &[u8]| -> Result<Vec<Vec<u8>>, RecordError> {
+            let mut out = Vec::new();
+            let mut rest = bytes;
+            loop {
+                while let Some(r) = rr.next_record()? {
+                    out.push(r.to_vec());
+                }
+                if rest.is_empty() {
+                    return Ok(out);
+                }
+                let spare = rr.spare();
+                let n = spare.len().min(rest.len());
+                spare[..n].copy_from_slice(&rest[..n]);
+                rr.filled(n);
+                rest = &rest[n..];
+            }
+        };
+        // Small records never touch the budget.
+        let mut a = RecordReader::new(1 << 20, 4096).with_budget(budget.clone());
+        assert_eq!(
+            feed(&mut a, &encode_record(&[1; 1000], 1 << 20))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(budget.used(), 0);
+        // Two unfinished large records: charged beyond the free part, as bytes arrive.
+        let big = encode_record(&vec![2u8; 200_000], 1 << 20);
+        assert!(feed(&mut a, &big[..free + 60_000]).unwrap().is_empty());
+        assert_eq!(budget.used(), 60_000 - 4);
+        let mut b = RecordReader::new(1 << 20, 4096).with_budget(budget.clone());
+        assert!(matches!(
+            feed(&mut b, &big[..free + 150_000]),
+            Err(RecordError::OverBudget { limit: 200_000 })
+        ));
+        drop(b);
+        assert_eq!(
+            budget.used(),
+            60_000 - 4,
+            "a refused reader gives back what it held"
+        );
+        // Completing a record gives its charge back; so does closing.
+        assert_eq!(feed(&mut a, &big[free + 60_000..]).unwrap().len(), 1);
+        assert!(a.next_record().unwrap().is_none());
+        assert_eq!(budget.used(), 0);
+        assert!(feed(&mut a, &big[..free + 50_000]).unwrap().is_empty());
+        assert!(budget.used() > 0);
+        drop(a);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! grace period (only reclaims are granted; its length is configured; each group's ends on
 //! its own timer), and every client on the group's list is sent SM_NOTIFY with our name and
 //! new state, so its lockd reclaims. Notifications go to the status monitor found through
-//! the client's portmapper at the address recorded for it, and are retried with doubling
-//! backoff in the background until answered or until the configured give-up time.
+//! the client's portmapper at the address recorded for it, paced and in the background
+//! ([`crate::notify`]), retried with doubling backoff until answered or until the
+//! configured give-up time.
 //!
 //! **A client rebooted** (SM_NOTIFY from it, or FREE_ALL): everything it held is released
-//! and waiters of other clients are granted.
+//! and waiters of other clients are granted, once the sender is found to be that client
+//! ([`judge_sender`]): a notification from this server itself, or naming a host from an
+//! address not on record for it, releases nothing.
 //!
 //! **A client is unreachable** (network partition): its locks stay, as NLM requires, until
 //! an administrator clears the host ([`crate::lockd::Lockd::clear_host`], `lockfs clear
@@ -24,14 +27,13 @@
 use crate::callbacks::connect_udp;
 use crate::lockd::Lockd;
 use crate::nsm::store::Monitor;
-use crate::proto::nsm::{proc_ as sm_proc, StatChge, Status, SM_PROG, SM_VERS};
+use crate::proto::nsm::Status;
 use crate::xdr::to_bytes;
 use lock_table::{Release, ScopeId};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Starts (or restarts) the grace period of `scope`; it ends by itself after the configured
@@ -75,50 +77,21 @@ pub(crate) fn start_grace(lockd: &Arc<Lockd>, scope: ScopeId) {
 }
 
 /// Sends SM_NOTIFY with the current state to every client of the given groups (each host
-/// and address once).
+/// and address once), in the background and paced ([`crate::notify`]).
 pub(crate) fn notify_clients(lockd: &Arc<Lockd>, scopes: &[ScopeId]) {
     let state = lockd.state();
     let mut targets: BTreeSet<(String, IpAddr)> = BTreeSet::new();
     for s in scopes {
         targets.extend(lockd.store.clients(*s));
     }
-    for (name, addr) in targets {
-        tokio::spawn(notify_one(lockd.clone(), name, addr, state));
+    if targets.is_empty() {
+        return;
     }
-}
-
-async fn notify_one(lockd: Arc<Lockd>, client: String, addr: IpAddr, state: i32) {
-    let pol = lockd.policy.clone();
-    let started = Instant::now();
-    let mut backoff = pol.initial_backoff;
-    let args = StatChge {
-        mon_name: lockd.name.clone(),
+    tokio::spawn(crate::notify::notify_round(
+        lockd.clone(),
+        targets.into_iter().collect(),
         state,
-    };
-    loop {
-        let r = async {
-            let c = connect_udp(addr, SM_PROG, SM_VERS, &pol).await?;
-            c.call_raw(SM_PROG, SM_VERS, sm_proc::NOTIFY, &to_bytes(&args))
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match r {
-            Ok(_) => {
-                info!(client = %client, %addr, state, "SM_NOTIFY delivered");
-                return;
-            }
-            Err(e) => {
-                if started.elapsed() >= pol.notify_give_up {
-                    warn!(client = %client, %addr, error = %e, "SM_NOTIFY abandoned");
-                    return;
-                }
-                debug!(client = %client, %addr, error = %e, retry_in = ?backoff, "SM_NOTIFY failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(pol.max_backoff);
-            }
-        }
-    }
+    ));
 }
 
 /// Every group this server knows: those of the exports and those with client lists.
@@ -158,20 +131,76 @@ pub(crate) fn restart_in_place(lockd: &Arc<Lockd>) -> io::Result<i32> {
     Ok(state)
 }
 
+/// Whose reboot a notification announces, once its sender is checked against the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sender {
+    /// The named host, on record at the sender's address: its state may be released.
+    Host(String),
+    /// This server itself (its own name, or its own state from a local address): a
+    /// notification lockfs sent that came back through a local portmapper.
+    Ourselves,
+    /// The named host is on record, but not at the sender's address.
+    Mismatch(Vec<IpAddr>),
+    /// Not named, and several hosts are on record at the sender's address.
+    Ambiguous(Vec<String>),
+    /// Nobody on record by that name or at that address.
+    Unknown,
+}
+
+/// Decides who sent a reboot notification naming `mon_name` with `state` from `from`.
+///
+/// Only a host itself may end its locks, and NSM has no authentication but the source
+/// address. So a named host on a client list is believed only from an address on record
+/// for it (the addresses its NLM requests came from). A name that is on no list is matched
+/// by address only when exactly one host is on record there and the address is not a
+/// loopback one, which every program of this machine shares, lockfs itself included.
+pub(crate) fn judge_sender(lockd: &Lockd, mon_name: &str, state: i32, from: IpAddr) -> Sender {
+    if mon_name.eq_ignore_ascii_case(&lockd.name) {
+        return Sender::Ourselves;
+    }
+    if let Some((name, addrs)) = lockd.store.record(mon_name) {
+        return if addrs.contains(&from) {
+            Sender::Host(name)
+        } else {
+            Sender::Mismatch(addrs)
+        };
+    }
+    if from.is_loopback() {
+        if state == lockd.state() {
+            return Sender::Ourselves;
+        }
+        return Sender::Unknown;
+    }
+    let names = lockd.store.names_at(from);
+    match names.len() {
+        0 => Sender::Unknown,
+        1 => Sender::Host(names.into_iter().next().unwrap_or_default()),
+        _ => Sender::Ambiguous(names),
+    }
+}
+
 /// SM_NOTIFY from `mon_name` (reached at `from`): it rebooted with state `state`.
 pub(crate) fn peer_rebooted(lockd: &Arc<Lockd>, mon_name: &str, state: i32, from: IpAddr) {
-    let known = lockd
-        .table
-        .read(|t| t.registry().find_host(mon_name).is_some())
-        || lockd.store.lists(mon_name);
-    let names = if known {
-        vec![mon_name.to_string()]
-    } else {
-        lockd.store.names_at(from)
-    };
-    info!(client = mon_name, %from, state, hosts = ?names, "peer rebooted");
-    for n in &names {
-        lockd.release_host(n, Release::Abnormal);
+    match judge_sender(lockd, mon_name, state, from) {
+        Sender::Ourselves => {
+            info!(client = mon_name, %from, state, "SM_NOTIFY from this server itself ignored");
+            return;
+        }
+        Sender::Mismatch(on_record) => {
+            warn!(client = mon_name, %from, state, ?on_record, "SM_NOTIFY from an address not on record for that host; refused, nothing released");
+            return;
+        }
+        Sender::Ambiguous(hosts) => {
+            warn!(client = mon_name, %from, state, ?hosts, "SM_NOTIFY names no listed host and several hosts share its address; refused, nothing released");
+            return;
+        }
+        Sender::Unknown => {
+            info!(client = mon_name, %from, state, "SM_NOTIFY from a host that holds nothing here");
+        }
+        Sender::Host(name) => {
+            info!(client = mon_name, %from, state, host = %name, "peer rebooted");
+            lockd.release_host(&name, Release::Abnormal);
+        }
     }
     for m in lockd.store.monitors_of(mon_name) {
         tokio::spawn(status_callback(lockd.clone(), m, state));

@@ -155,7 +155,9 @@ impl LockdService {
             path: config.state_dir.clone(),
             source,
         };
-        let store = NsmStore::open(&config.state_dir).map_err(sd)?;
+        let store = NsmStore::open(&config.state_dir)
+            .map_err(sd)?
+            .with_limits(config.limits.store.clone());
         let key = FhKey::load_or_create(&config.state_dir).map_err(sd)?;
         let exports = Exports::open(config.exports.clone())?;
         let state = store.advance().map_err(sd)?;

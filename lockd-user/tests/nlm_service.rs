@@ -52,7 +52,7 @@ impl Harness {
         let mut ro_export = Export::new(2, &ro_root);
         ro_export.read_only = true;
         ro_export.allowed = vec!["127.0.0.2".parse().unwrap()];
-        let ips: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
@@ -66,6 +66,7 @@ impl Harness {
         config.callbacks.max_backoff = Duration::from_millis(500);
         config.callbacks.attempt_timeout = Duration::from_secs(1);
         tune(&mut config);
+        let state = config.state_dir.clone();
         let (sink, queue) = EventSink::new();
         let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
         let shares = Arc::new(Mutex::new(ShareTable::new()));
@@ -135,7 +136,7 @@ async fn v4_lock_test_unlock_and_client_list() {
         v4::Stats::Granted
     );
     // The host is on the group's client list, durably, once its first lock is granted.
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(
         list.contains("alpha") && list.contains("127.0.0.2"),
         "{list}"
@@ -469,7 +470,7 @@ async fn share_unshare_nm_lock_and_free_all() {
             .await
             .unwrap();
     assert_eq!(r.stat, v3::Stats::Denied, "NM_LOCK never blocks");
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("pcnfs"), "{list}");
     // FREE_ALL releases the host's locks and shares.
     let _: () = {
@@ -894,7 +895,7 @@ async fn a_client_list_write_that_hangs_does_not_stall_other_connections() {
     );
     // The next write of the client list hangs: its temporary file is a FIFO that
     // no one reads yet, so opening it for writing blocks.
-    let fifo = h.state.join(".clients-0.json.tmp");
+    let fifo = h.state.join("clients/0/.tmp-c-beta");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -1040,22 +1041,39 @@ async fn client_reboot_frees_its_locks_and_nsm_calls() {
         },
         priv_: [7; 16],
     };
+    // SM_MON is a call of the local lock manager: refused from another host.
     let r: nsm::SmStatRes = sm
         .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon)
         .await
         .unwrap();
+    assert_eq!(r.res_stat, nsm::SmRes::Fail, "SM_MON from 127.0.0.2");
+    assert!(!monitors_text(&h.state).contains("beta"));
+    let local = client_at(h.udp(), "127.0.0.1".parse().unwrap()).await;
+    let r: nsm::SmStatRes = local
+        .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon)
+        .await
+        .unwrap();
     assert_eq!(r.res_stat, nsm::SmRes::Succ);
-    assert!(std::fs::read_to_string(h.state.join("monitors.json"))
-        .unwrap()
-        .contains("beta"));
-    let r: nsm::SmStat = sm
+    assert!(monitors_text(&h.state).contains("beta"));
+    // Nor may another host remove it.
+    for (proc_, args) in [
+        (nsm::proc_::UNMON_ALL, to_bytes(&my_id)),
+        (nsm::proc_::UNMON, to_bytes(&mon.mon_id)),
+    ] {
+        let r: nsm::SmStat =
+            from_bytes(&sm.call_raw(SM_PROG, SM_VERS, proc_, &args).await.unwrap()).unwrap();
+        assert_eq!(r.state, st.state);
+        assert!(
+            monitors_text(&h.state).contains("beta"),
+            "procedure {proc_}"
+        );
+    }
+    let r: nsm::SmStat = local
         .call(SM_PROG, SM_VERS, nsm::proc_::UNMON_ALL, &my_id)
         .await
         .unwrap();
     assert_eq!(r.state, st.state);
-    assert!(!std::fs::read_to_string(h.state.join("monitors.json"))
-        .unwrap()
-        .contains("beta"));
+    assert!(!monitors_text(&h.state).contains("beta"));
 
     // alpha reboots: its statd tells us; beta's waiter is granted.
     sm.call_raw(
@@ -1073,7 +1091,7 @@ async fn client_reboot_frees_its_locks_and_nsm_calls() {
         Some(Received::Granted { args, .. }) => assert_eq!(args.alock, lb),
         other => panic!("{other:?}"),
     }
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("alpha") && list.contains("beta"), "{list}");
     // The administrative clear does the same for beta.
     let r = h.svc.clear_host("beta");
@@ -1166,7 +1184,7 @@ async fn libnfs_client_drives_nlm4_and_nsm() {
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got, expected, "client output:\n{out}");
     assert_eq!(h.table.read(|t| t.waiter_count()), 0);
-    let mons = std::fs::read_to_string(h.state.join("monitors.json")).unwrap();
+    let mons = monitors_text(&h.state);
     assert!(mons.contains("libnfs-b"), "{mons}");
     h.stop().await;
 }
@@ -1402,7 +1420,7 @@ async fn waiter_limit_and_unreachable_client_policy() {
         lock_table::FileId::new(m.dev(), m.ino())
     };
     assert!(!h.table.read(|t| t.lvb_peek(id)).valid);
-    let list = std::fs::read_to_string(h.state.join("clients-0.json")).unwrap();
+    let list = list_text(&h.state, 0);
     assert!(!list.contains("beta") && list.contains("alpha"), "{list}");
     ha.stop().await;
     h.stop().await;
@@ -1561,4 +1579,270 @@ async fn mutated_arguments_never_break_the_service() {
     );
     ha.stop().await;
     h.stop().await;
+}
+
+/// The lock service's own notifications reach its own status program when a client is
+/// listed at 127.0.0.1 and the built-in portmapper answers there: they name this server
+/// and must release nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_notification_releases_nothing() {
+    let h = Harness::start(|c| {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        c.portmap =
+            PortmapMode::Builtin(vec![SocketAddr::new(lo, c.callbacks.client_portmap_port)]);
+    })
+    .await;
+    let fh = h.fh();
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let loopy = Nlm::udp(h.udp(), lo, "loopy").await;
+    let (mut hw, w) = h.host(3, "witness").await;
+    let ll = loopy.lock4(&fh, 1, 0, 100);
+    assert_eq!(
+        loopy.lock(ll.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        w.lock(w.lock4(&fh, 2, 500, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert!(list_text(&h.state, 0).contains("loopy"));
+    // The group restarts: SM_NOTIFY goes to every listed client, loopy's through our own
+    // portmapper to our own status program.
+    let state = h.svc.group_online(ScopeId::DEFAULT).unwrap();
+    match hw.next(STEP).await {
+        Some(Received::Notify(n)) => {
+            assert_eq!((n.mon_name.as_str(), n.state), ("lockd-test", state))
+        }
+        other => panic!("witness: expected SM_NOTIFY, got {other:?}"),
+    }
+    // Notifications go out in name order: loopy's went before the witness's; give our
+    // status program time to handle it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let holder = denied_holder(w.test(w.lock4(&fh, 9, 0, 10), true).await);
+    assert_eq!(holder.svid, 1, "loopy's lock survived our own notification");
+    assert!(
+        list_text(&h.state, 0).contains("loopy"),
+        "and so did its listing"
+    );
+    hw.stop().await;
+    h.stop().await;
+}
+
+/// Only a host itself may end its locks: a reboot notification (or FREE_ALL) naming a host
+/// from an address not on record for it releases nothing; from its own address it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_from_another_address_releases_nothing() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    let la = a.lock4(&fh, 1, 0, 100);
+    assert_eq!(
+        a.lock(la.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    // A second client name behind alpha's address (clients behind one NAT).
+    let a2 = Nlm::udp(h.udp(), ha.ip, "alpha-two").await;
+    assert_eq!(
+        a2.lock(a2.lock4(&fh, 5, 300, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let notify = |name: &str| {
+        to_bytes(&nsm::StatChge {
+            mon_name: name.into(),
+            state: 9,
+        })
+    };
+    let held = |r: v4::TestReply| matches!(r, v4::TestReply::Denied(_));
+    // beta claims alpha rebooted.
+    let from_b = client_at(h.udp(), hb.ip).await;
+    from_b
+        .call_raw(SM_PROG, SM_VERS, nsm::proc_::NOTIFY, &notify("alpha"))
+        .await
+        .unwrap();
+    let free_all = to_bytes(&v4::Notify {
+        name: "alpha".into(),
+        state: 9,
+    });
+    from_b
+        .call_raw(NLM_PROG, NLM4_VERS, proc_::FREE_ALL, &free_all)
+        .await
+        .unwrap();
+    // So does a host nobody knows, and an unlisted name from alpha's shared address.
+    let from_d = client_at(h.udp(), "127.0.0.4".parse().unwrap()).await;
+    from_d
+        .call_raw(SM_PROG, SM_VERS, nsm::proc_::NOTIFY, &notify("alpha"))
+        .await
+        .unwrap();
+    let from_a = client_at(h.udp(), ha.ip).await;
+    from_a
+        .call_raw(SM_PROG, SM_VERS, nsm::proc_::NOTIFY, &notify("somebody"))
+        .await
+        .unwrap();
+    assert!(
+        held(b.test(b.lock4(&fh, 2, 0, 10), true).await),
+        "alpha's lock survived"
+    );
+    assert!(
+        held(b.test(b.lock4(&fh, 2, 300, 10), true).await),
+        "alpha-two's too"
+    );
+    assert!(list_text(&h.state, 0).contains("\"alpha\""));
+    // alpha's own notification, from its own address, releases alpha alone.
+    from_a
+        .call_raw(SM_PROG, SM_VERS, nsm::proc_::NOTIFY, &notify("alpha"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.test(b.lock4(&fh, 2, 0, 10), true).await,
+        v4::TestReply::Other(v4::Stats::Granted)
+    );
+    assert!(held(b.test(b.lock4(&fh, 2, 300, 10), true).await));
+    assert!(!list_text(&h.state, 0).contains("\"alpha\""));
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(&at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .status()
+            .ok()?;
+        st.success().then_some(Self(at))
+    }
+
+    fn remount(&self, opt: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {opt}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills a file system until it refuses a write.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0x55u8; 4096];
+    loop {
+        if f.write_all(&block).and_then(|_| f.sync_all()).is_err() {
+            break;
+        }
+    }
+}
+
+/// A request that needs a durable change fails while the state directory cannot take it
+/// (full, or read-only), is never granted without it, and succeeds once it can again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_state_directory_refuses_instead_of_granting() {
+    let base = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(base.path().join("state"), "256k") else {
+        skip("cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let state_dir = fs.0.clone();
+    let h = Harness::start(|c| c.state_dir = state_dir.clone()).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    let local = client_at(h.udp(), "127.0.0.1".parse().unwrap()).await;
+    let mon = |host: &str| nsm::Mon {
+        mon_id: nsm::MonId {
+            mon_name: host.into(),
+            my_id: nsm::MyId {
+                my_name: "localhost".into(),
+                my_prog: NLM_PROG,
+                my_vers: 4,
+                my_proc: 16,
+            },
+        },
+        priv_: [1; 16],
+    };
+    let sm_mon = |host: &'static str| {
+        let local = &local;
+        async move {
+            let r: nsm::SmStatRes = local
+                .call(SM_PROG, SM_VERS, nsm::proc_::MON, &mon(host))
+                .await
+                .unwrap();
+            r.res_stat
+        }
+    };
+    let lb = b.lock4(&fh, 2, 100, 10);
+    let free = |r: v4::TestReply| r == v4::TestReply::Other(v4::Stats::Granted);
+
+    // Full.
+    let filler = fs.0.join("filler");
+    fill(&filler);
+    assert_eq!(
+        b.lock(lb.clone(), true, false, false).await,
+        v4::Stats::DeniedNolocks,
+        "beta's first lock needs its listing on disk"
+    );
+    assert!(
+        free(a.test(a.lock4(&fh, 1, 100, 10), true).await),
+        "nothing was granted"
+    );
+    assert!(!list_text(&h.state, 0).contains("beta"));
+    assert_eq!(sm_mon("peer-a").await, nsm::SmRes::Fail);
+    // alpha, listed already, needs no write and is still served.
+    assert_eq!(
+        a.lock(a.lock4(&fh, 1, 20, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        b.lock(lb.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert!(list_text(&h.state, 0).contains("beta"));
+    assert_eq!(sm_mon("peer-a").await, nsm::SmRes::Succ);
+
+    // Read-only.
+    let (hc, c) = h.host(4, "gamma").await;
+    let lc = c.lock4(&fh, 3, 200, 10);
+    fs.remount("ro");
+    assert_eq!(
+        c.lock(lc.clone(), true, false, false).await,
+        v4::Stats::DeniedNolocks
+    );
+    assert!(free(a.test(a.lock4(&fh, 1, 200, 10), true).await));
+    assert_eq!(sm_mon("peer-b").await, nsm::SmRes::Fail);
+    fs.remount("rw");
+    assert_eq!(c.lock(lc, true, false, false).await, v4::Stats::Granted);
+    assert_eq!(sm_mon("peer-b").await, nsm::SmRes::Succ);
+    assert!(list_text(&h.state, 0).contains("gamma"));
+    ha.stop().await;
+    hb.stop().await;
+    hc.stop().await;
+    h.stop().await;
+    drop(fs);
 }

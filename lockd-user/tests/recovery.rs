@@ -7,52 +7,8 @@ mod common;
 use common::*;
 use lockd_user::proto::nlm::v4;
 use lockd_user::Export;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::time::timeout;
-
-struct Server {
-    child: Child,
-    udp: SocketAddr,
-    state: i32,
-}
-
-async fn spawn_server(state_dir: &Path, export: &Path, grace_ms: u64, pm_port: u16) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockd-test-server"))
-        .args(["--name", "lockd-server", "--state-dir"])
-        .arg(state_dir)
-        .args(["--grace-ms", &grace_ms.to_string()])
-        .args(["--client-portmap-port", &pm_port.to_string()])
-        .arg("--export")
-        .arg(format!("1:{}", export.display()))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start lockd-test-server");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let line = timeout(STEP, lines.next_line())
-        .await
-        .expect("server did not get ready")
-        .unwrap()
-        .expect("server exited before it was ready");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .to_string()
-    };
-    assert!(line.starts_with("READY"), "{line}");
-    Server {
-        udp: field("udp=").parse().unwrap(),
-        state: field("state=").parse().unwrap(),
-        child,
-    }
-}
 
 async fn expect_notify(h: &mut ClientHost, min_state: i32) -> i32 {
     match h.next(STEP).await {
@@ -93,7 +49,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     let fh1 = fh_of(&state_dir, Export::new(1, &root), &f1);
     let fh2 = fh_of(&state_dir, Export::new(1, &root), &f2);
 
-    let mut srv = spawn_server(&state_dir, &root, 0, pm_port).await;
+    let mut srv = spawn_server(&state_dir, &root, 0, pm_port, &[]).await;
     assert_eq!(srv.state, 1);
     let a = Nlm::udp(srv.udp, ha.ip, "alpha").await;
     let b = Nlm::udp(srv.udp, hb.ip, "beta").await;
@@ -121,7 +77,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
         std::fs::read_to_string(state_dir.join("state")).unwrap(),
         "1\n"
     );
-    let list = std::fs::read_to_string(state_dir.join("clients-0.json")).unwrap();
+    let list = list_text(&state_dir, 0);
     for (name, ip) in [
         ("alpha", "127.0.0.2"),
         ("beta", "127.0.0.3"),
@@ -134,7 +90,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     }
 
     let grace = Duration::from_millis(2500);
-    let mut srv = spawn_server(&state_dir, &root, grace.as_millis() as u64, pm_port).await;
+    let mut srv = spawn_server(&state_dir, &root, grace.as_millis() as u64, pm_port, &[]).await;
     let restarted = tokio::time::Instant::now();
     assert_eq!(srv.state, 3);
     assert_eq!(
@@ -196,7 +152,7 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
         Some(Received::Granted { args, .. }) => assert_eq!(args.alock, lc),
         other => panic!("expected GRANTED for gamma, got {other:?}"),
     }
-    let list = std::fs::read_to_string(state_dir.join("clients-0.json")).unwrap();
+    let list = list_text(&state_dir, 0);
     assert!(!list.contains("alpha") && list.contains("beta"), "{list}");
 
     // A clean stop leaves an even state number.
@@ -212,4 +168,92 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     ha.stop().await;
     hb.stop().await;
     hc.stop().await;
+}
+
+/// A client on 127.0.0.1 reached through lockfs's own portmapper: after a kill and restart,
+/// the restart's notifications to loopback clients come back to lockfs's own status
+/// program. They name lockfs itself and must not release the lock the client reclaims
+/// while they go out, nor its listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_loopback_lock_survives_the_restarts_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let root = dir.path().join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let f1 = root.join("one");
+    let f2 = root.join("two");
+    std::fs::write(&f1, b"1").unwrap();
+    std::fs::write(&f2, b"2").unwrap();
+    let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let ips: Vec<_> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let pm_port = shared_port(&ips);
+    // lockfs serves the portmapper on 127.0.0.1 itself, as when no rpcbind runs.
+    let builtin = vec!["--portmap".to_string(), format!("127.0.0.1:{pm_port}")];
+    let mut hw = ClientHost::start("127.0.0.2", "witness", pm_port).await;
+    let fh1 = fh_of(&state_dir, Export::new(1, &root), &f1);
+    let fh2 = fh_of(&state_dir, Export::new(1, &root), &f2);
+
+    let mut srv = spawn_server(&state_dir, &root, 0, pm_port, &builtin).await;
+    let loopy = Nlm::udp(srv.udp, lo, "loopy").await;
+    let w = Nlm::udp(srv.udp, hw.ip, "witness").await;
+    let ll = loopy.lock4(&fh1, 7, 0, 0);
+    assert_eq!(
+        loopy.lock(ll.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        w.lock(w.lock4(&fh2, 8, 0, 0), true, false, false).await,
+        v4::Stats::Granted
+    );
+    srv.child.start_kill().unwrap();
+    timeout(STEP, srv.child.wait()).await.unwrap().unwrap();
+    // Many more loopback clients on the list make the restart's notifications take a while.
+    let more: Vec<String> = (0..300).map(|i| format!("loop-{i:04}")).collect();
+    list_clients(&state_dir, 0, &more, lo);
+
+    let grace = Duration::from_millis(3000);
+    let srv = spawn_server(
+        &state_dir,
+        &root,
+        grace.as_millis() as u64,
+        pm_port,
+        &builtin,
+    )
+    .await;
+    let restarted = tokio::time::Instant::now();
+    let loopy = Nlm::udp(srv.udp, lo, "loopy").await;
+    assert_eq!(
+        loopy.lock(ll.clone(), true, false, true).await,
+        v4::Stats::Granted,
+        "the reclaim in grace"
+    );
+    assert_eq!(expect_notify(&mut hw, 1).await, srv.state);
+    assert!(
+        srv.wait_log(&["SM_NOTIFY round finished", "delivered=302"], STEP)
+            .await,
+        "every notification was answered: {:#?}",
+        srv.log.lock().unwrap()
+    );
+    assert!(srv.logged(&["SM_NOTIFY from this server itself ignored"]));
+    assert!(
+        !srv.logged(&["peer rebooted"]),
+        "a notification released something: {:#?}",
+        srv.log.lock().unwrap()
+    );
+    assert!(list_text(&state_dir, 0).contains("\"loopy\""));
+    // After grace, another host still finds loopy's reclaimed lock.
+    tokio::time::sleep_until(restarted + grace + Duration::from_millis(300)).await;
+    let other = Nlm::udp(srv.udp, "127.0.0.3".parse().unwrap(), "other").await;
+    assert_eq!(
+        other
+            .lock(other.lock4(&fh1, 9, 0, 1), true, false, false)
+            .await,
+        v4::Stats::Denied
+    );
+    drop(srv);
+    hw.stop().await;
 }

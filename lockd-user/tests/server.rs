@@ -1,6 +1,6 @@
 //! The server against a toy program on 127.0.0.1, over UDP and TCP: every RPC-level error
-//! reply, deferred and absent replies, record marking limits, the connection limit, the
-//! duplicate request cache and shutdown.
+//! reply, deferred and absent replies, record marking limits, the connection limits, the
+//! verifier check, the duplicate request cache and shutdown.
 
 use lockd_user::record::{encode_record, read_record};
 use lockd_user::rpc::{
@@ -447,38 +447,136 @@ async fn over_limit_record_closes_the_connection() {
     server.shutdown().await;
 }
 
+/// A raw TCP connection to the toy program from `from` (any port).
+async fn raw_from(server: &RpcServer, from: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(server.tcp_addrs()[0]).await.unwrap()
+}
+
+/// Calls ECHO on a raw connection; true if it was answered.
+async fn echo_on(s: &mut TcpStream, xid: u32) -> bool {
+    let call = CallHeader::new(xid, TOY, 1, ECHO, OpaqueAuth::none()).to_message(&to_bytes(&7u32));
+    if s.write_all(&encode_record(&call, 1 << 20)).await.is_err() {
+        return false;
+    }
+    match timeout(STEP, read_record(s, 1 << 16)).await {
+        Ok(Ok(Some(rec))) => {
+            let h = ReplyHeader::decode(&mut Decoder::new(&rec)).unwrap();
+            h.xid == xid
+        }
+        _ => false,
+    }
+}
+
 #[tokio::test]
-async fn connection_limit_closes_extra_connections() {
+async fn a_full_connection_table_closes_its_idlest_connection() {
     let config = ServerConfig {
         max_tcp_connections: 2,
         ..ServerConfig::default()
     };
     let (server, _toy) = start(config).await;
-    timeout(Duration::from_secs(20), async {
-        let a = client(&server, Transport::Tcp, OpaqueAuth::none()).await;
-        let b = client(&server, Transport::Tcp, OpaqueAuth::none()).await;
-        a.call_raw(TOY, 1, NULL, &[]).await.unwrap();
-        b.call_raw(TOY, 1, NULL, &[]).await.unwrap();
-        let mut extra = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
-        let call = CallHeader::new(1, TOY, 1, NULL, OpaqueAuth::none()).to_message(&[]);
-        let _ = extra.write_all(&encode_record(&call, 1 << 20)).await;
+    timeout(Duration::from_secs(30), async {
+        let mut a = raw_from(&server, "127.0.0.1").await;
+        let mut b = raw_from(&server, "127.0.0.2").await;
+        assert!(echo_on(&mut b, 1).await);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(echo_on(&mut a, 2).await);
+        // The table is full; b has been idle longest and makes room for c.
+        let mut c = raw_from(&server, "127.0.0.3").await;
+        assert!(echo_on(&mut c, 3).await, "a new connection is served");
+        assert!(
+            closed_by_peer(&mut b).await,
+            "the idlest connection is closed"
+        );
+        assert!(echo_on(&mut a, 4).await, "the busier connection stays");
+        assert!(echo_on(&mut c, 5).await);
+    })
+    .await
+    .expect("test timed out");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    let config = ServerConfig {
+        max_tcp_connections_per_peer: 2,
+        ..ServerConfig::default()
+    };
+    let (server, _toy) = start(config).await;
+    timeout(Duration::from_secs(30), async {
+        let mut a = raw_from(&server, "127.0.0.1").await;
+        let mut b = raw_from(&server, "127.0.0.1").await;
+        assert!(echo_on(&mut a, 1).await && echo_on(&mut b, 2).await);
+        let mut extra = raw_from(&server, "127.0.0.1").await;
+        assert!(!echo_on(&mut extra, 3).await);
         assert!(
             closed_by_peer(&mut extra).await,
-            "third connection is closed"
+            "a third one from 127.0.0.1 is closed"
         );
-        a.call_raw(TOY, 1, NULL, &[]).await.unwrap();
+        // Other addresses are not affected, nor are the first two.
+        let mut other = raw_from(&server, "127.0.0.2").await;
+        assert!(echo_on(&mut other, 4).await);
+        assert!(echo_on(&mut a, 5).await);
+        // A closed connection frees its address's place once the server notices.
         drop(b);
-        // The freed slot becomes available once the server notices the close.
         let mut ok = false;
-        for _ in 0..50 {
-            let c = client(&server, Transport::Tcp, OpaqueAuth::none()).await;
-            if c.call_raw(TOY, 1, NULL, &[]).await.is_ok() {
+        for i in 0..50 {
+            let mut c = raw_from(&server, "127.0.0.1").await;
+            if echo_on(&mut c, 100 + i).await {
                 ok = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(ok, "a slot freed by a closed connection is reused");
+        assert!(ok, "a place freed by a closed connection is reused");
+    })
+    .await
+    .expect("test timed out");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_verifier_flavour_gets_auth_badverf() {
+    let (server, toy) = start(ServerConfig::default()).await;
+    timeout(Duration::from_secs(20), async {
+        for t in [Transport::Udp, Transport::Tcp] {
+            let c = client(&server, t, OpaqueAuth::none()).await;
+            for (xid, cred, verf) in [
+                (41, OpaqueAuth::none(), 7u32),
+                (42, auth_sys(), 7),
+                (43, auth_sys(), flavor::AUTH_SYS),
+                (44, OpaqueAuth::none(), flavor::RPCSEC_GSS),
+            ] {
+                let mut h = CallHeader::new(xid, TOY, 1, ECHO, cred);
+                h.verf = OpaqueAuth {
+                    flavor: verf,
+                    body: vec![1, 2, 3, 4],
+                };
+                let reply = c
+                    .exchange(xid, &h.to_message(&to_bytes(&1u32)))
+                    .await
+                    .unwrap();
+                let r = ReplyHeader::decode(&mut Decoder::new(&reply)).unwrap();
+                assert_eq!(r.xid, xid);
+                // MSG_DENIED, AUTH_ERROR, AUTH_BADVERF.
+                assert_eq!(
+                    r.status,
+                    ReplyStatus::Denied(lockd_user::rpc::RejectStatus::AuthError(
+                        AuthStat::BadVerf
+                    )),
+                    "{t:?} verifier flavour {verf}"
+                );
+                assert_eq!(&reply[4..8], &1u32.to_be_bytes(), "REPLY");
+                assert_eq!(&reply[8..12], &1u32.to_be_bytes(), "MSG_DENIED");
+                assert_eq!(&reply[12..16], &1u32.to_be_bytes(), "AUTH_ERROR");
+                assert_eq!(&reply[16..20], &3u32.to_be_bytes(), "AUTH_BADVERF");
+            }
+        }
+        assert_eq!(toy.echo_calls.load(Ordering::SeqCst), 0, "no call ran");
+        // An AUTH_NONE verifier is still accepted.
+        let c = client(&server, Transport::Udp, auth_sys()).await;
+        c.call_raw(TOY, 1, ECHO, &to_bytes(&1u32)).await.unwrap();
     })
     .await
     .expect("test timed out");

@@ -24,7 +24,16 @@
 //! owners_per_host = 4096
 //! locks_per_host = 1048576             # lock-table segments a client may hold
 //! waiters = 65536
-//! connections = 1024
+//! connections = 1024                   # TCP; when full, the idlest one is closed
+//! connections_per_address = 64         # TCP connections from one peer address
+//! unfinished_record_bytes = 33554432   # unfinished TCP records, all connections together
+//! clients = 65536                      # listed clients, all groups together
+//! client_names_per_address = 1024      # listed client names at one address
+//! addresses_per_client = 16            # addresses recorded for one client
+//! monitors = 65536                     # SM_MON registrations
+//! monitors_per_host = 64               # SM_MON registrations for one monitored host
+//! notify_per_second = 500              # clients a restart's SM_NOTIFY round starts per second
+//! notify_in_flight = 1024             # SM_NOTIFY requests awaiting a reply at once
 //!
 //! [[group]]                            # a service group: its own grace period
 //! name = "default"                     # and client list; fails over as a unit
@@ -136,6 +145,30 @@ struct RawLimits {
     locks_per_host: Option<u64>,
     waiters: Option<usize>,
     connections: Option<usize>,
+    connections_per_address: Option<usize>,
+    unfinished_record_bytes: Option<usize>,
+    clients: Option<usize>,
+    client_names_per_address: Option<usize>,
+    addresses_per_client: Option<usize>,
+    monitors: Option<usize>,
+    monitors_per_host: Option<usize>,
+    notify_per_second: Option<u32>,
+    notify_in_flight: Option<usize>,
+}
+
+/// Limits of the network side beyond the lock table's: TCP connections and record memory,
+/// client lists and SM_MON registrations, the pace of a restart's notifications.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetLimits {
+    pub connections_per_address: usize,
+    pub unfinished_record_bytes: usize,
+    pub clients: usize,
+    pub client_names_per_address: usize,
+    pub addresses_per_client: usize,
+    pub monitors: usize,
+    pub monitors_per_host: usize,
+    pub notify_per_second: u32,
+    pub notify_in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +233,7 @@ pub struct Config {
     pub locks_per_host: u64,
     pub waiters: usize,
     pub connections: usize,
+    pub net: NetLimits,
     /// Release a host whose callbacks have failed this long (opt-in).
     pub release_unreachable_after: Option<Duration>,
     pub groups: Vec<Group>,
@@ -428,6 +462,17 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         locks_per_host: raw.limits.locks_per_host.unwrap_or(1 << 20),
         waiters: raw.limits.waiters.unwrap_or(65_536),
         connections: raw.limits.connections.unwrap_or(1024),
+        net: NetLimits {
+            connections_per_address: raw.limits.connections_per_address.unwrap_or(64),
+            unfinished_record_bytes: raw.limits.unfinished_record_bytes.unwrap_or(32 << 20),
+            clients: raw.limits.clients.unwrap_or(65_536),
+            client_names_per_address: raw.limits.client_names_per_address.unwrap_or(1024),
+            addresses_per_client: raw.limits.addresses_per_client.unwrap_or(16),
+            monitors: raw.limits.monitors.unwrap_or(65_536),
+            monitors_per_host: raw.limits.monitors_per_host.unwrap_or(64),
+            notify_per_second: raw.limits.notify_per_second.unwrap_or(500).max(1),
+            notify_in_flight: raw.limits.notify_in_flight.unwrap_or(1024).max(1),
+        },
         release_unreachable_after,
         groups,
         exports,
@@ -906,6 +951,9 @@ busy_poll_us = 0
 [limits]
 waiters = 10
 locks_per_host = 5000
+connections_per_address = 8
+monitors_per_host = 3
+notify_per_second = 50
 [[group]]
 name = "g1"
 grace_period = 30
@@ -931,6 +979,10 @@ mountpoint = "/mnt/b"
         assert_eq!(c.busy_poll, None);
         assert_eq!(c.waiters, 10);
         assert_eq!(c.locks_per_host, 5000);
+        assert_eq!(c.net.connections_per_address, 8);
+        assert_eq!(c.net.monitors_per_host, 3);
+        assert_eq!(c.net.notify_per_second, 50);
+        assert_eq!(c.net.clients, 65_536);
         assert_eq!(c.release_unreachable_after, Some(Duration::from_secs(600)));
         assert_eq!(c.group("default").unwrap().grace, Duration::from_secs(120));
         assert_eq!(c.group("g1").unwrap().grace, Duration::from_secs(30));

@@ -69,6 +69,17 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
     l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
     l.server.max_tcp_connections = cfg.connections;
+    l.server.max_tcp_connections_per_peer = cfg.net.connections_per_address;
+    l.server.max_unfinished_record_bytes = cfg.net.unfinished_record_bytes;
+    l.limits.store = lockd_user::nsm::store::StoreLimits {
+        clients: cfg.net.clients,
+        names_per_address: cfg.net.client_names_per_address,
+        addresses_per_client: cfg.net.addresses_per_client,
+        monitors: cfg.net.monitors,
+        monitors_per_host: cfg.net.monitors_per_host,
+    };
+    l.callbacks.notify_per_second = cfg.net.notify_per_second;
+    l.callbacks.notify_in_flight = cfg.net.notify_in_flight;
     l.server.busy_poll = cfg.busy_poll;
     l.callbacks.release_unreachable_after = cfg.release_unreachable_after;
     let addrs: Vec<std::net::SocketAddr> = cfg

@@ -4,7 +4,9 @@
 //! ```text
 //! lockd-test-server --name NAME --state-dir DIR [--listen IP] [--port N] [--grace-ms N]
 //!     [--client-portmap-port N] [--portmap off|auto|IP:PORT] [--unreachable-ms N]
-//!     [--max-owners N] [--max-waiters N] [--fh-of PATH ...]
+//!     [--max-owners N] [--max-waiters N] [--max-record N] [--record-budget N]
+//!     [--conns-per-address N]
+//!     [--notify-per-second N] [--fh-of PATH ...]
 //!     --export ID:DIR[:GROUP[:ro|CIDR,CIDR...]] ...
 //! ```
 //!
@@ -53,6 +55,7 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut name = None;
     let mut state_dir = None;
@@ -65,6 +68,10 @@ async fn main() -> Result<()> {
     let mut unreachable = None;
     let mut max_owners = None;
     let mut max_waiters = None;
+    let mut max_record = None;
+    let mut record_budget = None;
+    let mut conns_per_address = None;
+    let mut notify_rate = None;
     let mut fh_of = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -79,6 +86,10 @@ async fn main() -> Result<()> {
             "--unreachable-ms" => unreachable = Some(Duration::from_millis(val()?.parse()?)),
             "--max-owners" => max_owners = Some(val()?.parse()?),
             "--max-waiters" => max_waiters = Some(val()?.parse()?),
+            "--max-record" => max_record = Some(val()?.parse()?),
+            "--record-budget" => record_budget = Some(val()?.parse()?),
+            "--conns-per-address" => conns_per_address = Some(val()?.parse()?),
+            "--notify-per-second" => notify_rate = Some(val()?.parse()?),
             "--portmap" => {
                 portmap = match val()?.as_str() {
                     "off" => PortmapMode::Off,
@@ -110,6 +121,18 @@ async fn main() -> Result<()> {
     }
     if let Some(n) = max_waiters {
         config.limits.max_waiters = n;
+    }
+    if let Some(n) = max_record {
+        config.server.max_record_size = n;
+    }
+    if let Some(n) = conns_per_address {
+        config.server.max_tcp_connections_per_peer = n;
+    }
+    if let Some(n) = record_budget {
+        config.server.max_unfinished_record_bytes = n;
+    }
+    if let Some(n) = notify_rate {
+        config.callbacks.notify_per_second = n;
     }
 
     let config_dir = config.state_dir.clone();

@@ -355,7 +355,7 @@ impl RpcProgram for NlmProgram {
                         state: n.state,
                     }
                 };
-                l.release_host(&n.name, lock_table::Release::Normal);
+                l.free_all(&n.name, ctx.peer.ip());
                 Ok(Reply::Now(Vec::new()))
             }
             _ => Err(ProcError::ProcUnavail),

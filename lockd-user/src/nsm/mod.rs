@@ -5,9 +5,14 @@
 //! one local fsync and no round trip. The program serves peers and tools:
 //!
 //! - SM_STAT: our state number (`res_stat` is always success: any name may be monitored).
+//! - SM_MON, SM_UNMON, SM_UNMON_ALL are calls of a local lock manager, accepted only from a
+//!   local caller, as Linux statd does: from 127.0.0.1 (or `::1`), from any port (statd
+//!   checks no port). Others get `res_stat` fail (SM_MON) or our state with nothing
+//!   changed, and a warning in the log.
 //! - SM_MON: records, durably before replying, that the caller wants to hear when
 //!   `mon_name` reboots; the `status` callback goes to `my_prog`/`my_vers`/`my_proc` through
-//!   the portmapper of the host the SM_MON came from.
+//!   the local portmapper. Registrations are capped in total and per monitored host;
+//!   beyond a cap, or when the registration cannot be written, `res_stat` is fail.
 //! - SM_UNMON, SM_UNMON_ALL: remove registrations; reply with our state.
 //! - SM_SIMU_CRASH: accepted from loopback callers only; behaves as a restart of lockd in
 //!   place: every remote lock and share is released, the state number advances, every
@@ -15,8 +20,10 @@
 //! - SM_NOTIFY: a peer rebooted. Everything its lockd held here (locks, waiters, shares) is
 //!   released, so other clients' waiters are granted, and it leaves the client lists;
 //!   callers that monitor it are called back. The host is found by `mon_name` (its NLM
-//!   caller name) or, when no host of that name holds state, by the address the
-//!   notification came from.
+//!   caller name) and believed only from an address on record for it; a name on no list is
+//!   matched by its address only when exactly one host is on record there; a notification
+//!   naming this server, or coming back from it, releases nothing
+//!   ([`crate::recovery::judge_sender`]).
 
 pub mod store;
 
@@ -26,6 +33,7 @@ use crate::proto::nsm::{
 };
 use crate::server::{decode_args, CallContext, ProcError, Reply, RpcProgram};
 use crate::xdr::Decoder;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use store::Monitor;
 use tracing::{info, warn};
@@ -39,6 +47,17 @@ pub struct NsmProgram {
 impl NsmProgram {
     pub fn new(lockd: Arc<Lockd>) -> Self {
         Self { lockd }
+    }
+}
+
+/// Whether a call comes from this machine's local lock manager, as Linux statd decides it:
+/// the loopback address 127.0.0.1 (or `::1`, or 127.0.0.1 mapped into IPv6).
+pub fn local_caller(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(a) => {
+            a == Ipv6Addr::LOCALHOST || a.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
+        }
     }
 }
 
@@ -64,6 +83,13 @@ impl RpcProgram for NsmProgram {
             }
             proc_::MON => {
                 let a: Mon = decode_args(args)?;
+                if !local_caller(ctx.peer) {
+                    warn!(peer = %ctx.peer, mon_name = %a.mon_id.mon_name, "SM_MON from a non-local caller refused");
+                    return Ok(Reply::encode(&SmStatRes {
+                        res_stat: SmRes::Fail,
+                        state: l.state(),
+                    }));
+                }
                 let m = Monitor {
                     mon_name: a.mon_id.mon_name,
                     my_name: a.mon_id.my_id.my_name,
@@ -87,14 +113,19 @@ impl RpcProgram for NsmProgram {
             }
             proc_::UNMON => {
                 let a: MonId = decode_args(args)?;
-                if let Err(e) = off_the_workers(|| l.store.unmonitor(&a.mon_name, &a.my_id)) {
+                if !local_caller(ctx.peer) {
+                    warn!(peer = %ctx.peer, mon_name = %a.mon_name, "SM_UNMON from a non-local caller refused");
+                } else if let Err(e) = off_the_workers(|| l.store.unmonitor(&a.mon_name, &a.my_id))
+                {
                     warn!(peer = %ctx.peer, error = %e, "cannot record SM_UNMON");
                 }
                 Ok(Reply::encode(&SmStat { state: l.state() }))
             }
             proc_::UNMON_ALL => {
                 let a: MyId = decode_args(args)?;
-                if let Err(e) = off_the_workers(|| l.store.unmonitor_all(&a)) {
+                if !local_caller(ctx.peer) {
+                    warn!(peer = %ctx.peer, my_name = %a.my_name, "SM_UNMON_ALL from a non-local caller refused");
+                } else if let Err(e) = off_the_workers(|| l.store.unmonitor_all(&a)) {
                     warn!(peer = %ctx.peer, error = %e, "cannot record SM_UNMON_ALL");
                 }
                 Ok(Reply::encode(&SmStat { state: l.state() }))

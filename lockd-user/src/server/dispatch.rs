@@ -106,6 +106,14 @@ impl Dispatcher {
                 )));
             }
         };
+        // Calls carry an AUTH_NONE verifier with the credentials served here (RFC 5531
+        // section 8.2; Linux checks the same); any other is a bad verifier.
+        if h.verf.flavor != flavor::AUTH_NONE {
+            debug!(xid, flavor = h.verf.flavor, "unsupported verifier flavour");
+            return send(ReplyStatus::Denied(RejectStatus::AuthError(
+                AuthStat::BadVerf,
+            )));
+        }
         let Some(prog) = self.programs.get(&h.prog) else {
             return send(ReplyStatus::accepted(AcceptStatus::ProgUnavail));
         };

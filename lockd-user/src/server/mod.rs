@@ -7,9 +7,14 @@
 //! unsupported credentials) is answered here, so program code never builds RPC headers.
 //!
 //! Robustness: malformed messages are dropped or answered with an error reply, TCP records
-//! beyond the configured size close their connection, connections beyond the configured
-//! number are closed at once, a panicking handler produces SYSTEM_ERR instead of taking the
-//! listener down, and UDP retransmissions are answered from the [`DuplicateCache`].
+//! beyond the configured size close their connection, a panicking handler produces
+//! SYSTEM_ERR instead of taking the listener down, and UDP retransmissions are answered
+//! from the [`DuplicateCache`]. TCP connections are bounded per peer address (a further one
+//! from that address is closed at once) and in total (when the table is full, the idlest
+//! connection is closed to make room, so one peer cannot lock others out until its
+//! connections time out); the bytes of unfinished records are bounded over all connections
+//! ([`crate::record::RecordBudget`]: the connection whose record would pass the budget is
+//! closed).
 
 use std::collections::HashMap;
 use std::io;
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 
@@ -65,8 +70,14 @@ impl Transport {
 pub struct ServerConfig {
     /// Largest TCP record accepted; a larger one closes the connection.
     pub max_record_size: usize,
-    /// Most TCP connections served at once; further ones are closed on accept.
+    /// Most TCP connections served at once; when the table is full, a new connection closes
+    /// the one that has been idle longest.
     pub max_tcp_connections: usize,
+    /// Most TCP connections from one peer address; further ones are closed on accept.
+    pub max_tcp_connections_per_peer: usize,
+    /// Bytes of unfinished TCP records all connections may hold together, beyond the
+    /// first [`crate::record::RecordBudget::FREE_PER_RECORD`] bytes of each record.
+    pub max_unfinished_record_bytes: usize,
     /// A TCP connection silent this long is closed.
     pub tcp_idle_timeout: Option<Duration>,
     /// After answering, keep polling for the next call this long before sleeping (per UDP
@@ -86,6 +97,8 @@ impl Default for ServerConfig {
         Self {
             max_record_size: 256 * 1024,
             max_tcp_connections: 1024,
+            max_tcp_connections_per_peer: 64,
+            max_unfinished_record_bytes: 32 * 1024 * 1024,
             tcp_idle_timeout: Some(Duration::from_secs(360)),
             busy_poll: Some(Duration::from_micros(200)),
             drc_capacity: 4096,
@@ -230,7 +243,7 @@ impl ServerBuilder {
             ));
         }
         let mut tcp_addrs = Vec::new();
-        let slots = Arc::new(Semaphore::new(self.config.max_tcp_connections));
+        let slots = Arc::new(tcp::Conns::new(&self.config));
         for l in tcp {
             let addr = l
                 .local_addr()

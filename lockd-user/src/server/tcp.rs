@@ -1,5 +1,10 @@
-//! The TCP listener: accepts within the connection limit and serves each connection as a
+//! The TCP listener: accepts within the connection limits and serves each connection as a
 //! sequence of records, replies written in the order they become ready.
+//!
+//! Connections are kept in one table for all listeners ([`Conns`]) with the time each was
+//! last active: a peer address at its own limit has its new connection closed; a full
+//! table closes its idlest connection to admit the new one, so a peer that opens many
+//! connections and leaves them silent cannot lock others out until the idle timeout.
 //!
 //! The per-record path is kept free of work that does not depend on the record: one task
 //! owns the connection and is the only writer (deferred replies come back to it instead of
@@ -15,15 +20,16 @@
 
 use super::dispatch::{result_msg, Action, Dispatcher};
 use super::{stopped, unspecified, ServerConfig, Transport};
-use crate::record::{encode_record_into, RecordError, RecordReader, MAX_FRAGMENT};
+use crate::record::{encode_record_into, RecordBudget, RecordError, RecordReader, MAX_FRAGMENT};
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -31,11 +37,129 @@ use tracing::{debug, warn};
 /// Bytes asked of the socket per read: several small records fit in one.
 const READ_SIZE: usize = 16 * 1024;
 
+/// The TCP connections of a server, shared by its listeners.
+pub(super) struct Conns {
+    max_total: usize,
+    max_per_peer: usize,
+    budget: Arc<RecordBudget>,
+    epoch: std::time::Instant,
+    inner: Mutex<ConnsInner>,
+}
+
+#[derive(Default)]
+struct ConnsInner {
+    next_id: u64,
+    by_id: HashMap<u64, Arc<Slot>>,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// One connection's entry: its peer, when it was last active, and how to close it.
+struct Slot {
+    id: u64,
+    peer: IpAddr,
+    /// Milliseconds since [`Conns::epoch`].
+    last_active: AtomicU64,
+    evict: Notify,
+}
+
+/// A connection's place in the table, given back when the connection ends.
+struct Admitted {
+    conns: Arc<Conns>,
+    slot: Arc<Slot>,
+}
+
+impl Conns {
+    pub(super) fn new(config: &ServerConfig) -> Self {
+        Self {
+            max_total: config.max_tcp_connections,
+            max_per_peer: config.max_tcp_connections_per_peer,
+            budget: Arc::new(RecordBudget::new(config.max_unfinished_record_bytes)),
+            epoch: std::time::Instant::now(),
+            inner: Mutex::new(ConnsInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A place for a new connection from `peer`, making room by closing the idlest one when
+    /// the table is full; `None` when `peer` is at its own limit.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<Admitted> {
+        let ip = peer.ip();
+        let mut g = self.lock();
+        if g.per_peer.get(&ip).copied().unwrap_or(0) >= self.max_per_peer {
+            drop(g);
+            warn!(%peer, limit = self.max_per_peer, "TCP connection limit per address reached; closing new connection");
+            return None;
+        }
+        if g.by_id.len() >= self.max_total {
+            let idlest = g
+                .by_id
+                .values()
+                .min_by_key(|s| s.last_active.load(Ordering::Relaxed))
+                .cloned();
+            let victim = idlest?;
+            g.by_id.remove(&victim.id);
+            dec_peer(&mut g.per_peer, victim.peer);
+            victim.evict.notify_one();
+            let idle_ms = self
+                .now_ms()
+                .saturating_sub(victim.last_active.load(Ordering::Relaxed));
+            warn!(%peer, limit = self.max_total, closed = %victim.peer, idle_ms, "TCP connection table full; closing the idlest connection");
+        }
+        g.next_id += 1;
+        let slot = Arc::new(Slot {
+            id: g.next_id,
+            peer: ip,
+            last_active: AtomicU64::new(self.now_ms()),
+            evict: Notify::new(),
+        });
+        g.by_id.insert(slot.id, slot.clone());
+        *g.per_peer.entry(ip).or_insert(0) += 1;
+        Some(Admitted {
+            conns: self.clone(),
+            slot,
+        })
+    }
+}
+
+fn dec_peer(per_peer: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = per_peer.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_peer.remove(&ip);
+        }
+    }
+}
+
+impl Admitted {
+    fn touch(&self) {
+        self.slot
+            .last_active
+            .store(self.conns.now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut g = self.conns.lock();
+        // An evicted connection already left the table.
+        if g.by_id.remove(&self.slot.id).is_some() {
+            dec_peer(&mut g.per_peer, self.slot.peer);
+        }
+    }
+}
+
 pub(super) async fn serve_tcp(
     listener: TcpListener,
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
-    slots: Arc<Semaphore>,
+    conns_table: Arc<Conns>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -54,8 +178,7 @@ pub(super) async fn serve_tcp(
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, limit = config.max_tcp_connections, "TCP connection limit reached; closing new connection");
+        let Some(admitted) = conns_table.admit(peer) else {
             drop(stream);
             continue;
         };
@@ -64,8 +187,7 @@ pub(super) async fn serve_tcp(
         let stop = stop.clone();
         let poller = poller.clone();
         conns.spawn(async move {
-            serve_connection(stream, peer, dispatcher, config, poller, stop).await;
-            drop(permit);
+            serve_connection(stream, peer, dispatcher, config, poller, admitted, stop).await;
         });
     }
     drop(listener);
@@ -84,11 +206,15 @@ async fn serve_connection(
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
     poller: Arc<Poller>,
+    admitted: Admitted,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or_else(|_| unspecified());
-    let mut reader = RecordReader::new(config.max_record_size, READ_SIZE);
+    let mut reader = RecordReader::new(config.max_record_size, READ_SIZE)
+        .with_budget(admitted.conns.budget.clone());
+    let evicted = admitted.slot.evict.notified();
+    tokio::pin!(evicted);
     let mut out = Vec::new();
     // Deferred replies are awaited in their own tasks and handed back here to be written.
     let mut deferred: JoinSet<Option<Vec<u8>>> = JoinSet::new();
@@ -145,7 +271,10 @@ async fn serve_connection(
         if let Some(window) = config.busy_poll.filter(|_| served) {
             if let Some(_turn) = PollTurn::take(&poller.turn) {
                 match busy_poll(&mut stream, &mut reader, window, &poller, &stop_flag).await {
-                    Polled::Data => continue,
+                    Polled::Data => {
+                        admitted.touch();
+                        continue;
+                    }
                     Polled::Nothing => {}
                     Polled::End => break End::Closed,
                 }
@@ -156,6 +285,10 @@ async fn serve_connection(
         tokio::select! {
             biased;
             _ = &mut stop_signal => break End::Stop,
+            _ = &mut evicted => {
+                debug!(%peer, "TCP connection closed to make room for a new one");
+                break End::Closed;
+            }
             Some(done) = deferred.join_next(), if !deferred.is_empty() => {
                 // A reply dropped by its program, or a task lost to shutdown: nothing to send.
                 if let Ok(Some(reply)) = done {
@@ -175,7 +308,10 @@ async fn serve_connection(
                     }
                     break End::Closed;
                 }
-                Ok(n) => reader.filled(n),
+                Ok(n) => {
+                    reader.filled(n);
+                    admitted.touch();
+                }
                 Err(e) => {
                     record_error(peer, &RecordError::Io(e));
                     break End::Closed;
@@ -272,6 +408,9 @@ fn record_error(peer: SocketAddr, e: &RecordError) {
     match e {
         RecordError::TooLarge { size, limit } => {
             warn!(%peer, size, limit, "TCP record over the limit; closing connection");
+        }
+        RecordError::OverBudget { limit } => {
+            warn!(%peer, limit, "unfinished TCP records of all connections over their shared budget; closing this connection");
         }
         e => debug!(%peer, error = %e, "TCP connection ended"),
     }
