@@ -118,6 +118,7 @@ pub use mount::{
 };
 pub use options::{
     is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,
+    OptionValueError,
 };
 pub use share::{set_share, LOCKFS_IOC_SET_SHARE, SHARE_ERRNO};
 pub use wake::{Wakeups, FUSE_TOKEN_BIT};
