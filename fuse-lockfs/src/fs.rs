@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     /// Read and write requests served by the daemon (direct I/O files only; with
     /// passthrough the kernel never sends them).
     pub(crate) daemon_io: AtomicU64,
+    /// How READs of direct-I/O files are answered.
+    pub(crate) reads: crate::read_reply::ReadReplies,
 }
 
 /// The passthrough file system served on one mount point.
@@ -114,6 +116,7 @@ impl LockFs {
                 passthrough: AtomicBool::new(false),
                 killpriv: AtomicBool::new(false),
                 daemon_io: AtomicU64::new(0),
+                reads: crate::read_reply::ReadReplies::new(opts.splice_read),
             }),
             ttl: opts.ttl,
             policy: opts.io_policy.clone(),
@@ -593,7 +596,7 @@ impl LockFs {
 }
 
 /// Reads up to `size` bytes at `offset` of an open file for the kernel.
-fn read_at(shared: &Shared, file: &OpenFile, offset: u64, size: u32) -> R<Vec<u8>> {
+pub(crate) fn read_at(shared: &Shared, file: &OpenFile, offset: u64, size: u32) -> R<Vec<u8>> {
     shared.daemon_io.fetch_add(1, Ordering::Relaxed);
     let size = (size as usize).min(MAX_READ);
     let mut buf = vec![0u8; size];
@@ -1184,21 +1187,16 @@ impl Filesystem for LockFs {
                         lo,
                         checks,
                         flags.0 & libc::O_NONBLOCK != 0,
-                        Box::new(move |r| {
-                            match r.and_then(|()| read_at(&shared, &f, offset, size)) {
-                                Ok(data) => reply.data(&data),
-                                Err(e) => reply.error(e),
-                            }
+                        Box::new(move |r| match r {
+                            Ok(()) => crate::read_reply::reply(&shared, &f, offset, size, reply),
+                            Err(e) => reply.error(e),
                         }),
                     );
                     return;
                 }
             }
         }
-        match read_at(&self.shared, &file, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        crate::read_reply::reply(&self.shared, &file, offset, size, reply);
     }
 
     fn write(

@@ -104,6 +104,7 @@ pub mod locking;
 mod mount;
 mod options;
 pub mod owners;
+mod read_reply;
 pub mod share;
 mod sys;
 pub mod wake;

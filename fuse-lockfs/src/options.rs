@@ -236,6 +236,14 @@ pub struct MountOptions {
     /// Chooses passthrough or direct I/O per file; `None` means passthrough (or,
     /// with mandatory locking, direct I/O exactly for mandatory files).
     pub io_policy: Option<Arc<dyn IoPolicy>>,
+    /// Answer reads of direct-I/O files by splicing from the backing file into
+    /// the FUSE device rather than copying through the daemon (on by default;
+    /// off only to compare the two).
+    pub splice_read: bool,
+    /// The largest read the kernel sends the daemon in one request (the
+    /// `max_read` mount option); `None` leaves the kernel's own limit (1 MiB
+    /// with its default `max_pages_limit`).
+    pub max_read: Option<u32>,
 }
 
 impl Default for MountOptions {
@@ -254,6 +262,8 @@ impl Default for MountOptions {
             mandatory: Mandatory::Off,
             flock: FlockMode::Separate,
             io_policy: None,
+            splice_read: true,
+            max_read: None,
         }
     }
 }
@@ -274,6 +284,8 @@ impl fmt::Debug for MountOptions {
             .field("mandatory", &self.mandatory)
             .field("flock", &self.flock)
             .field("io_policy", &self.io_policy.as_ref().map(|_| "custom"))
+            .field("splice_read", &self.splice_read)
+            .field("max_read", &self.max_read)
             .finish()
     }
 }

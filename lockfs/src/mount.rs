@@ -7,6 +7,8 @@
 //!   [`Mandatory::WORDS`] and [`FlockMode::WORDS`], the same as the
 //!   configuration file's
 //! - `ro`, `rw`, `threads=N`, `nopassthrough`
+//! - `max_read=BYTES` (default: what a spliced read reply can carry),
+//!   `nosplice` (copy read replies through the daemon instead of splicing them)
 //! - `socket=PATH`: the admin socket (default under `/run/lockfs/`)
 //! - `defaults`, `auto`, `noauto`, `nofail`, `_netdev`, `user`, `nouser`,
 //!   `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `atime`, `noatime`,
@@ -68,6 +70,10 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
             ("ro", None) => p.options.read_only = true,
             ("rw", None) => p.options.read_only = false,
             ("nopassthrough", None) => p.options.passthrough = false,
+            ("nosplice", None) => p.options.splice_read = false,
+            ("max_read", Some(v)) => {
+                p.options.max_read = Some(v.parse().with_context(|| format!("max_read={v}"))?)
+            }
             ("defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "nouser", None)
             | ("dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec", None)
             | ("atime" | "noatime" | "relatime" | "allow_other" | "default_permissions", None) => {}
