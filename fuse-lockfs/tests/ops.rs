@@ -317,19 +317,15 @@ fn fifos_through_mknod_connect_two_processes() {
     within(move || {
         let p = cpath(&mnt.join("node"));
         // SAFETY: valid C string.
-        assert_eq!(
-            unsafe { libc::mknod(p.as_ptr(), libc::S_IFREG | 0o600, 0) },
-            0
-        );
+        let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFREG | 0o600, 0) };
+        assert_eq!(r, 0);
         assert_eq!(
             fs::metadata(mnt.join("node")).unwrap().mode() & 0o777,
             0o600
         );
         // SAFETY: valid C string.
-        assert_eq!(
-            unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o600, 0) },
-            -1
-        );
+        let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+        assert_eq!(r, -1);
         assert_eq!(last_errno(), libc::EEXIST);
     });
     if is_root() {
@@ -566,10 +562,8 @@ fn fallocate_holes_and_seek_data() {
         assert!(buf.iter().all(|&b| b == 0));
         // Invalid mode combination is refused with the backing errno.
         // SAFETY: valid descriptor.
-        assert_eq!(
-            unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) },
-            -1
-        );
+        let r = unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) };
+        assert_eq!(r, -1);
         assert_eq!(last_errno(), libc::EOPNOTSUPP);
     });
 }
