@@ -19,9 +19,19 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Reports a skipped test on stderr; panics under `CI=true`. Use [`skip!`].
-pub fn report_skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
+/// Reports a skipped test on stderr; panics under `CI=true`. Use [`skip!`]
+/// or [`skipping!`]. The test is named by its thread (the test harnesses name
+/// each test's thread after the test), else by `module`.
+pub fn report_skip(module: &str, why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(module);
+    // Straight to the stderr handle: the test harness captures `eprintln!`
+    // and shows it only for failing tests.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: {why} !!!!!!!!\n"
+    );
     if in_ci() {
         panic!("{test} skipped under CI=true, where every capability must be present: {why}");
     }
@@ -40,9 +50,19 @@ pub fn report_skip(test: &str, why: &str) {
 #[macro_export]
 macro_rules! skip {
     ($($why:tt)+) => {{
-        $crate::report_skip(module_path!(), &format!($($why)+));
+        $crate::skipping!($($why)+);
         return;
     }};
+}
+
+/// Reports, like [`skip!`], that the current test is being skipped (and
+/// fails it under `CI=true`), without returning: for tests that skip from a
+/// helper or must clean up before they return.
+#[macro_export]
+macro_rules! skipping {
+    ($($why:tt)+) => {
+        $crate::report_skip(module_path!(), &format!($($why)+))
+    };
 }
 
 /// Polls `probe` until it returns `Some`, and returns that value; panics with

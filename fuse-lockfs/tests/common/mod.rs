@@ -36,7 +36,7 @@ pub fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
         true
     } else {
-        eprintln!("SKIPPING lockfs mount test: /dev/fuse is absent on this machine");
+        lockfs_testkit::skipping!("lockfs mount test: /dev/fuse is absent on this machine");
         false
     }
 }
