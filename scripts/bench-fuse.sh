@@ -12,13 +12,15 @@
 # medians over the rounds, the ratios the medians of the per-round ratios, so a
 # machine whose speed drifts weighs on both sides alike. BENCH_MOUNT_OPTS adds
 # `lockfs mount -o` options (for instance `nosplice`, `max_read=131072`,
-# `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once.
+# `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once;
+# FIO_TESTS (default "read write randread") chooses the fio tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 size=${2:-512}
 rounds=${ROUNDS:-5}
 fio_jobs=${FIO_JOBS:-1}
+fio_tests=${FIO_TESTS:-read write randread}
 extra_opts=${BENCH_MOUNT_OPTS:+,$BENCH_MOUNT_OPTS}
 
 if ! command -v fio >/dev/null 2>&1; then
@@ -88,8 +90,13 @@ ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]);
 
 echo "fio: $rounds alternating rounds of ${secs}s per file and test, $fio_jobs job(s); medians"
 printf '%-26s %12s %12s %12s %8s %8s\n' "test" "native" "passthrough" "mandatory" "pt/nat" "mand/nat"
-for job in "read 1M MiB/s" "write 1M MiB/s" "randread 4k IOPS"; do
-    set -- $job
+for test in $fio_tests; do
+    case $test in
+        read) set -- read 1M MiB/s ;;
+        write) set -- write 1M MiB/s ;;
+        randread) set -- randread 4k IOPS ;;
+        *) echo "unknown fio test $test" >&2; exit 2 ;;
+    esac
     rw=$1 bs=$2 unit=$3
     col=1; [ "$unit" = IOPS ] && col=2
     ns="" ps="" ms="" prs="" mrs=""
