@@ -7,10 +7,21 @@
 # Usage (as root, from anywhere): scripts/bench-fuse.sh [SECONDS_PER_JOB] [SIZE_MIB]
 # Installs fio if it is missing. Set BENCH_DIR to a directory on the file system
 # to measure (default: a new directory under /var/tmp); it is removed afterwards.
+# ROUNDS (default 5) is the number of alternating rounds per fio test: each round
+# runs native, passthrough and mandatory back to back, and the figures are the
+# medians over the rounds, the ratios the medians of the per-round ratios, so a
+# machine whose speed drifts weighs on both sides alike. BENCH_MOUNT_OPTS adds
+# `lockfs mount -o` options (for instance `nosplice`, `max_read=131072`,
+# `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once;
+# FIO_TESTS (default "read write randread") chooses the fio tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 size=${2:-512}
+rounds=${ROUNDS:-5}
+fio_jobs=${FIO_JOBS:-1}
+fio_tests=${FIO_TESTS:-read write randread}
+extra_opts=${BENCH_MOUNT_OPTS:+,$BENCH_MOUNT_OPTS}
 
 if ! command -v fio >/dev/null 2>&1; then
     apt-get install -y fio >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y fio >/dev/null; }
@@ -45,7 +56,7 @@ chmod 2644 "$src/mand"
 : >"$src/mandlock"
 chmod 2644 "$src/mandlock"
 
-"$bin/lockfs" mount "$src" "$mnt" -o "mandatory=file,socket=$base/admin.sock" 2>"$base/daemon.log" &
+"$bin/lockfs" mount "$src" "$mnt" -o "mandatory=file,socket=$base/admin.sock$extra_opts" 2>"$base/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do
     grep -q " $mnt .* - fuse.lockfs " /proc/self/mountinfo && break
@@ -53,12 +64,19 @@ for _ in $(seq 100); do
 done
 grep -q " $mnt .* - fuse.lockfs " /proc/self/mountinfo || { cat "$base/daemon.log"; exit 1; }
 
+# The baseline must be the warm page cache the mount reads from too: read every
+# file once, natively and through the mount, before anything is timed.
+for f in plain mand; do
+    cat "$src/$f" >/dev/null
+    cat "$mnt/$f" >/dev/null
+done
+
 # fio JOB FILE -> "MiB/s IOPS"
 fio_job() {
     local rw=$1 bs=$2 file=$3
     fio --name=b --filename="$file" --rw="$rw" --bs="$bs" --size="${size}M" \
-        --ioengine=psync --direct=0 --time_based --runtime="$secs" --numjobs=1 \
-        --invalidate=0 --output-format=json 2>/dev/null |
+        --ioengine=psync --direct=0 --time_based --runtime="$secs" --numjobs="$fio_jobs" \
+        --group_reporting --invalidate=0 --output-format=json 2>/dev/null |
         python3 -c '
 import json, sys
 j = json.load(sys.stdin)["jobs"][0]
@@ -66,17 +84,32 @@ side = j["read"] if j["read"]["io_bytes"] else j["write"]
 print("%.0f %.0f" % (side["bw_bytes"] / 2**20, side["iops"]))'
 }
 
+# median of the numbers on stdin
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print('%.2f' % (a / b if b else 0))" "$1" "$2"; }
 
+echo "fio: $rounds alternating rounds of ${secs}s per file and test, $fio_jobs job(s); medians"
 printf '%-26s %12s %12s %12s %8s %8s\n' "test" "native" "passthrough" "mandatory" "pt/nat" "mand/nat"
-for job in "read 1M MiB/s" "write 1M MiB/s" "randread 4k IOPS"; do
-    set -- $job
+for test in $fio_tests; do
+    case $test in
+        read) set -- read 1M MiB/s ;;
+        write) set -- write 1M MiB/s ;;
+        randread) set -- randread 4k IOPS ;;
+        *) echo "unknown fio test $test" >&2; exit 2 ;;
+    esac
     rw=$1 bs=$2 unit=$3
     col=1; [ "$unit" = IOPS ] && col=2
-    n=$(fio_job "$rw" "$bs" "$src/plain" | cut -d' ' -f$col)
-    p=$(fio_job "$rw" "$bs" "$mnt/plain" | cut -d' ' -f$col)
-    m=$(fio_job "$rw" "$bs" "$mnt/mand" | cut -d' ' -f$col)
-    printf '%-26s %12s %12s %12s %8s %8s\n' "$rw $bs ($unit)" "$n" "$p" "$m" "$(ratio "$p" "$n")" "$(ratio "$m" "$n")"
+    ns="" ps="" ms="" prs="" mrs=""
+    for _ in $(seq "$rounds"); do
+        n=$(fio_job "$rw" "$bs" "$src/plain" | cut -d' ' -f$col)
+        p=$(fio_job "$rw" "$bs" "$mnt/plain" | cut -d' ' -f$col)
+        m=$(fio_job "$rw" "$bs" "$mnt/mand" | cut -d' ' -f$col)
+        ns="$ns $n" ps="$ps $p" ms="$ms $m"
+        prs="$prs $(ratio "$p" "$n")" mrs="$mrs $(ratio "$m" "$n")"
+    done
+    med() { echo "$1" | tr ' ' '\n' | grep . | median; }
+    printf '%-26s %12s %12s %12s %8s %8s\n' "$rw $bs ($unit)" "$(med "$ns")" "$(med "$ps")" "$(med "$ms")" "$(med "$prs")" "$(med "$mrs")"
+    echo "    rounds: native$ns | passthrough$ps | mandatory$ms"
 done
 
 ln=$("$bin/lockfs-bench" locks "$src/lockfile" "$secs" | cut -d' ' -f2)

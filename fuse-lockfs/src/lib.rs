@@ -112,6 +112,7 @@ pub mod lvb_store;
 mod mount;
 mod options;
 pub mod owners;
+mod read_reply;
 pub mod share;
 mod sys;
 pub mod wake;
@@ -129,6 +130,7 @@ pub use mount::{
 };
 pub use options::{
     is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,
+    OptionValueError,
 };
 pub use share::{set_share, LOCKFS_IOC_SET_SHARE, SHARE_ERRNO};
 pub use wake::{Wakeups, FUSE_TOKEN_BIT};

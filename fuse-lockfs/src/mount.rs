@@ -36,6 +36,8 @@ pub struct MountStats {
     pub passthrough: bool,
     /// Read and write requests the daemon has served since the mount.
     pub daemon_io_requests: u64,
+    /// Of those, reads answered by splicing from the backing file.
+    pub spliced_reads: u64,
 }
 
 fn stats(shared: &Shared) -> MountStats {
@@ -50,6 +52,7 @@ fn stats(shared: &Shared) -> MountStats {
             .passthrough
             .load(std::sync::atomic::Ordering::Relaxed),
         daemon_io_requests: shared.daemon_io.load(std::sync::atomic::Ordering::Relaxed),
+        spliced_reads: shared.reads.spliced(),
     }
 }
 
@@ -85,6 +88,9 @@ fn config(opts: &MountOptions) -> Result<Config> {
     if opts.default_permissions {
         mount_options.push(MountOption::DefaultPermissions);
     }
+    if let Some(max_read) = effective_max_read(opts) {
+        mount_options.push(MountOption::CUSTOM(format!("max_read={max_read}")));
+    }
     let mut cfg = Config::default();
     cfg.mount_options = mount_options;
     cfg.acl = if opts.allow_other {
@@ -95,6 +101,25 @@ fn config(opts: &MountOptions) -> Result<Config> {
     cfg.n_threads = Some(opts.n_threads);
     cfg.clone_fd = opts.n_threads > 1;
     Ok(cfg)
+}
+
+/// The `max_read` a mount asks for: the one given, or with spliced reads the
+/// largest power of two a spliced reply can carry, so that the kernel never
+/// sends a read too large for the pipes (which would be copied instead). A
+/// power of two keeps a large aligned read in aligned pieces.
+fn effective_max_read(opts: &MountOptions) -> Option<u32> {
+    if let Some(m) = opts.max_read {
+        return Some(m);
+    }
+    if !opts.splice_read {
+        return None;
+    }
+    let fits = fuser::ReplyData::max_splice_size();
+    if fits < 4096 {
+        return None;
+    }
+    let pow2 = 1usize << (usize::BITS - 1 - fits.leading_zeros());
+    u32::try_from(pow2).ok()
 }
 
 /// A mounted, not yet served lockfs.

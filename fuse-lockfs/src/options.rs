@@ -46,15 +46,32 @@ pub fn is_mandatory_mode(mode: u32) -> bool {
     mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID
 }
 
+impl Mandatory {
+    /// Every word `mandatory=` accepts, in the configuration file and in `-o`
+    /// alike, with the policy it names.
+    pub const WORDS: &'static [(&'static str, Mandatory)] = &[
+        ("off", Mandatory::Off),
+        ("file", Mandatory::File),
+        ("all", Mandatory::All),
+    ];
+}
+
 impl FromStr for Mandatory {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Mandatory::Off),
-            "file" => Ok(Mandatory::File),
-            "all" => Ok(Mandatory::All),
-            _ => Err(format!("mandatory={s}: expected off, file or all")),
-        }
+    type Err = OptionValueError;
+    fn from_str(s: &str) -> Result<Self, OptionValueError> {
+        lookup("mandatory", Self::WORDS, s)
+    }
+}
+
+impl fmt::Display for Mandatory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(word_of(Self::WORDS, *self))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mandatory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_word(d)
     }
 }
 
@@ -71,15 +88,81 @@ pub enum FlockMode {
     Shared,
 }
 
+impl FlockMode {
+    /// Every word `flock=` accepts, in the configuration file and in `-o`
+    /// alike. `local` is an older name of `separate`, kept so that
+    /// configurations written with it still load.
+    pub const WORDS: &'static [(&'static str, FlockMode)] = &[
+        ("separate", FlockMode::Separate),
+        ("shared", FlockMode::Shared),
+        ("local", FlockMode::Separate),
+    ];
+}
+
 impl FromStr for FlockMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "separate" => Ok(FlockMode::Separate),
-            "shared" => Ok(FlockMode::Shared),
-            _ => Err(format!("flock={s}: expected separate or shared")),
-        }
+    type Err = OptionValueError;
+    fn from_str(s: &str) -> Result<Self, OptionValueError> {
+        lookup("flock", Self::WORDS, s)
     }
+}
+
+impl fmt::Display for FlockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(word_of(Self::WORDS, *self))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FlockMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_word(d)
+    }
+}
+
+/// A value a mount option does not accept.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{option}={value:?}: expected one of {}", .accepted.join(", "))]
+pub struct OptionValueError {
+    /// The option (`mandatory`, `flock`).
+    pub option: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Every word the option accepts.
+    pub accepted: Vec<&'static str>,
+}
+
+fn lookup<T: Copy>(
+    option: &'static str,
+    words: &[(&'static str, T)],
+    value: &str,
+) -> Result<T, OptionValueError> {
+    words
+        .iter()
+        .find(|(w, _)| *w == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| OptionValueError {
+            option,
+            value: value.to_string(),
+            accepted: words.iter().map(|(w, _)| *w).collect(),
+        })
+}
+
+/// The canonical word of a value: the first one the table gives for it.
+fn word_of<T: Copy + PartialEq>(words: &[(&'static str, T)], value: T) -> &'static str {
+    words
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("?", |(w, _)| *w)
+}
+
+/// Reads a word through the same `FromStr` as `-o`, so that the configuration
+/// file can never accept a word the command line refuses or the reverse.
+fn deserialize_word<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr<Err = OptionValueError>,
+{
+    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 /// How reads and writes of one open file are served.
@@ -153,6 +236,14 @@ pub struct MountOptions {
     /// Chooses passthrough or direct I/O per file; `None` means passthrough (or,
     /// with mandatory locking, direct I/O exactly for mandatory files).
     pub io_policy: Option<Arc<dyn IoPolicy>>,
+    /// Answer reads of direct-I/O files by splicing from the backing file into
+    /// the FUSE device rather than copying through the daemon (on by default;
+    /// off only to compare the two).
+    pub splice_read: bool,
+    /// The largest read the kernel sends the daemon in one request (the
+    /// `max_read` mount option); `None` leaves the kernel's own limit (1 MiB
+    /// with its default `max_pages_limit`).
+    pub max_read: Option<u32>,
 }
 
 impl Default for MountOptions {
@@ -171,6 +262,8 @@ impl Default for MountOptions {
             mandatory: Mandatory::Off,
             flock: FlockMode::Separate,
             io_policy: None,
+            splice_read: true,
+            max_read: None,
         }
     }
 }
@@ -191,6 +284,8 @@ impl fmt::Debug for MountOptions {
             .field("mandatory", &self.mandatory)
             .field("flock", &self.flock)
             .field("io_policy", &self.io_policy.as_ref().map(|_| "custom"))
+            .field("splice_read", &self.splice_read)
+            .field("max_read", &self.max_read)
             .finish()
     }
 }

@@ -12,7 +12,7 @@ fn the_c_header_matches_the_rust_constants() {
             .is_ok_and(|o| o.status.success())
     });
     let Some(cc) = cc else {
-        eprintln!("SKIPPING header check: no C compiler");
+        lockfs_testkit::skipping!("header check: no C compiler");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -736,8 +736,8 @@ fn an_aborted_connection_leaves_no_locks_in_the_shared_table() {
          echo 1 > $d/{conn}/abort"
     ));
     if !out.status.success() {
-        eprintln!(
-            "SKIPPING abort check: cannot reach the FUSE control file system: {}",
+        lockfs_testkit::skipping!(
+            "abort check: cannot reach the FUSE control file system: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         return;

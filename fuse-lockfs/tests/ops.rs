@@ -317,19 +317,15 @@ fn fifos_through_mknod_connect_two_processes() {
     within(move || {
         let p = cpath(&mnt.join("node"));
         // SAFETY: valid C string.
-        assert_eq!(
-            unsafe { libc::mknod(p.as_ptr(), libc::S_IFREG | 0o600, 0) },
-            0
-        );
+        let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFREG | 0o600, 0) };
+        assert_eq!(r, 0);
         assert_eq!(
             fs::metadata(mnt.join("node")).unwrap().mode() & 0o777,
             0o600
         );
         // SAFETY: valid C string.
-        assert_eq!(
-            unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o600, 0) },
-            -1
-        );
+        let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+        assert_eq!(r, -1);
         assert_eq!(last_errno(), libc::EEXIST);
     });
     if is_root() {
@@ -566,10 +562,8 @@ fn fallocate_holes_and_seek_data() {
         assert!(buf.iter().all(|&b| b == 0));
         // Invalid mode combination is refused with the backing errno.
         // SAFETY: valid descriptor.
-        assert_eq!(
-            unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) },
-            -1
-        );
+        let r = unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096) };
+        assert_eq!(r, -1);
         assert_eq!(last_errno(), libc::EOPNOTSUPP);
     });
 }
@@ -669,7 +663,7 @@ fn fsync_and_seek_on_open_files() {
 fn unprivileged_users_get_eacces_and_own_what_they_create() {
     let Some(fx) = mount() else { return };
     if !is_root() {
-        eprintln!("SKIPPING permission test: needs root to switch users");
+        lockfs_testkit::skipping!("permission test: needs root to switch users");
         return;
     }
     fs::write(fx.s("secret"), b"s").unwrap();
@@ -798,7 +792,7 @@ fn many_files_created_and_removed_do_not_leak_descriptors() {
 fn cached_inodes_are_released_when_the_kernel_forgets_them() {
     let Some(fx) = mount() else { return };
     if !is_root() {
-        eprintln!("SKIPPING forget test: needs root to drop caches");
+        lockfs_testkit::skipping!("forget test: needs root to drop caches");
         return;
     }
     let mnt = fx.mnt.clone();
@@ -843,7 +837,7 @@ fn access_is_answered_by_the_daemon_without_default_permissions() {
     };
     let Some(fx) = mount_with(opts) else { return };
     if !is_root() {
-        eprintln!("SKIPPING access test: needs root to switch users");
+        lockfs_testkit::skipping!("access test: needs root to switch users");
         return;
     }
     fs::write(fx.s("secret"), b"s").unwrap();
@@ -904,7 +898,7 @@ fn in_both_io_modes(mut test: impl FnMut(bool, Fixture)) {
 fn unprivileged_writes_and_truncates_drop_set_user_id() {
     in_both_io_modes(|passthrough, fx| {
         if !is_root() {
-            eprintln!("SKIPPING set-user-ID test: needs root to switch users");
+            lockfs_testkit::skipping!("set-user-ID test: needs root to switch users");
             return;
         }
         let m = fx.mnt.display().to_string();
@@ -967,7 +961,7 @@ fn writes_drop_file_capabilities() {
     // the backing file system does it for the daemon's own write.
     in_both_io_modes(|passthrough, fx| {
         if !is_root() {
-            eprintln!("SKIPPING capability test: needs root to set security.capability");
+            lockfs_testkit::skipping!("capability test: needs root to set security.capability");
             return;
         }
         let p = fx.m("cap");

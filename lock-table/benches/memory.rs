@@ -3,38 +3,13 @@
 //! Run: `cargo bench -p lock-table --bench memory`.
 
 use lock_table::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged and only
-// keeps a running total of the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        // SAFETY: `p` came from `System.alloc` with layout `l`.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
+use lockfs_testkit::alloc::Counting;
 
 #[global_allocator]
 static A: Counting = Counting;
 
 fn measure(locks: u64, files: u64, owners: u64) {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = Counting::live();
     let mut t = LockTable::new();
     let per_file = locks / files;
     for i in 0..locks {
@@ -58,7 +33,7 @@ fn measure(locks: u64, files: u64, owners: u64) {
         });
         assert_eq!(out, LockOutcome::Granted);
     }
-    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    let bytes = Counting::live() - before;
     println!(
         "{locks:>9} locks over {files:>6} files ({per_file} per file), {owners:>6} owners: {:>6.1} MiB, {:>5.1} bytes per lock",
         bytes as f64 / (1 << 20) as f64,

@@ -3,6 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lock_table::*;
+use lockfs_testkit::posix::setlk;
 
 fn req(file: FileId, owner: Owner, kind: LockKind, range: Range) -> LockRequest {
     LockRequest {
@@ -55,21 +56,10 @@ fn uncontended(c: &mut Criterion) {
     // native file system.
     g.bench_function("kernel_fcntl_pair_native", |b| {
         let file = tempfile::NamedTempFile::new_in(".").expect("temp file");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(file.as_file());
-        // SAFETY: flock is plain old data; all-zero is a valid value.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_whence = libc::SEEK_SET as i16;
-        fl.l_start = 0;
-        fl.l_len = 100;
+        let fd = std::os::fd::AsFd::as_fd(file.as_file());
         b.iter(|| {
-            fl.l_type = libc::F_WRLCK as i16;
-            // SAFETY: fd is open for the closure's lifetime; fl is a valid flock.
-            let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
-            assert_eq!(r, 0);
-            fl.l_type = libc::F_UNLCK as i16;
-            // SAFETY: as above.
-            let r = unsafe { libc::fcntl(fd, libc::F_SETLK, &fl) };
-            assert_eq!(r, 0);
+            setlk(fd, libc::F_WRLCK, 0, 100).expect("lock");
+            setlk(fd, libc::F_UNLCK, 0, 100).expect("unlock");
         })
     });
     g.bench_function("lock_unlock_pair_shared_table", |b| {

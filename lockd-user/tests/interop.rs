@@ -50,7 +50,7 @@ fn which(tool: &str) -> Option<String> {
 }
 
 fn skip(why: &str) {
-    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    lockfs_testkit::skipping!("{why}");
 }
 
 /// Runs a tool with a timeout; returns (success, stdout + stderr).

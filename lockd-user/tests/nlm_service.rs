@@ -1114,7 +1114,7 @@ async fn client_at(server: SocketAddr, from: IpAddr) -> lockd_user::RpcClient {
 }
 
 fn skip(why: &str) {
-    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    lockfs_testkit::skipping!("{why}");
 }
 
 async fn run_cmd(cmd: &mut tokio::process::Command, what: &str) -> String {

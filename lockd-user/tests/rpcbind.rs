@@ -86,7 +86,7 @@ fn lists(out: &str, prog: u32, vers: u32, proto: &str, port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_with_rpcbind_and_unregisters_on_stop() {
     if !std::path::Path::new("/usr/sbin/rpcinfo").exists() {
-        eprintln!("\n!!!!!!!! SKIPPED: rpcinfo missing (apt-get install rpcbind) !!!!!!!!\n");
+        lockfs_testkit::skipping!("rpcinfo missing (apt-get install rpcbind)");
         return;
     }
     let mut ours = None;
@@ -94,9 +94,7 @@ async fn registers_with_rpcbind_and_unregisters_on_stop() {
         let taken = std::net::UdpSocket::bind("0.0.0.0:111").is_err()
             || std::net::TcpListener::bind("0.0.0.0:111").is_err();
         if taken {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: port 111 is held by something that is not rpcbind !!!!!!!!\n"
-            );
+            lockfs_testkit::skipping!("port 111 is held by something that is not rpcbind");
             return;
         }
         std::fs::create_dir_all("/run/rpcbind").unwrap();
@@ -123,7 +121,9 @@ async fn registers_with_rpcbind_and_unregisters_on_stop() {
             .any(|l| l.split_whitespace().next() == Some(prog))
     };
     if taken("100021") || taken("100024") {
-        eprintln!("\n!!!!!!!! SKIPPED: another lock manager or status monitor is registered with rpcbind:\n{before} !!!!!!!!\n");
+        lockfs_testkit::skipping!(
+            "another lock manager or status monitor is registered with rpcbind:\n{before}"
+        );
         if let Some(mut c) = ours {
             c.start_kill().unwrap();
             let _ = timeout(STEP, c.wait()).await;

@@ -198,7 +198,7 @@ impl RpcProgram for Nsm {
 }
 
 fn skip(why: &str) {
-    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    lockfs_testkit::skipping!("{why}");
 }
 
 /// Runs a build or client command with a timeout; returns stdout, or the failure text.

@@ -45,7 +45,7 @@
 //! mountpoint = "/mnt/data"             # where local programs reach it
 //! group = "default"                    # default: "default"
 //! mandatory = "file"                   # off | file | all
-//! flock = "separate"                   # separate | shared
+//! flock = "separate"                   # separate (or local) | shared
 //! clients = ["10.0.0.0/8", "::1"]      # NLM clients allowed; default: any
 //! read_only = false
 //! ```
@@ -87,23 +87,9 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MandatoryPolicy {
-    Off,
-    File,
-    All,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlockPolicy {
-    /// flock locks conflict only with flock locks, as on native Linux.
-    #[serde(alias = "local")]
-    Separate,
-    /// flock locks are whole-file locks in the shared table, seen by NLM.
-    Shared,
-}
+/// `mandatory` and `flock` of an export: the very types, words and parser of
+/// the `-o` options of `lockfs mount`, so both accept the same words.
+pub use fuse_lockfs::{FlockMode as FlockPolicy, Mandatory as MandatoryPolicy};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

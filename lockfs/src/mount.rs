@@ -3,8 +3,12 @@
 //!
 //! Options (comma-separated, as in `/etc/fstab`):
 //! - `mandatory=off|file|all` (default `off`), `flock=separate|shared`
-//!   (default `separate`)
+//!   (default `separate`; `local` is an older name of it): the words of
+//!   [`Mandatory::WORDS`] and [`FlockMode::WORDS`], the same as the
+//!   configuration file's
 //! - `ro`, `rw`, `threads=N`, `nopassthrough`
+//! - `max_read=BYTES` (default: what a spliced read reply can carry),
+//!   `nosplice` (copy read replies through the daemon instead of splicing them)
 //! - `socket=PATH`: the admin socket (default under `/run/lockfs/`)
 //! - `defaults`, `auto`, `noauto`, `nofail`, `_netdev`, `user`, `nouser`,
 //!   `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `atime`, `noatime`,
@@ -57,12 +61,8 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
             None => (opt, None),
         };
         match (key, value) {
-            ("mandatory", Some(v)) => {
-                p.options.mandatory = v.parse::<Mandatory>().map_err(anyhow::Error::msg)?
-            }
-            ("flock", Some(v)) => {
-                p.options.flock = v.parse::<FlockMode>().map_err(anyhow::Error::msg)?
-            }
+            ("mandatory", Some(v)) => p.options.mandatory = v.parse::<Mandatory>()?,
+            ("flock", Some(v)) => p.options.flock = v.parse::<FlockMode>()?,
             ("threads", Some(v)) => {
                 p.options.n_threads = v.parse().with_context(|| format!("threads={v}"))?
             }
@@ -70,6 +70,10 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
             ("ro", None) => p.options.read_only = true,
             ("rw", None) => p.options.read_only = false,
             ("nopassthrough", None) => p.options.passthrough = false,
+            ("nosplice", None) => p.options.splice_read = false,
+            ("max_read", Some(v)) => {
+                p.options.max_read = Some(v.parse().with_context(|| format!("max_read={v}"))?)
+            }
             ("defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "nouser", None)
             | ("dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec", None)
             | ("atime" | "noatime" | "relatime" | "allow_other" | "default_permissions", None) => {}
@@ -130,5 +134,50 @@ mod tests {
         assert!(opts("mandatory=sometimes").is_err());
         assert!(opts("bogus").is_err());
         assert!(opts("threads=x").is_err());
+    }
+
+    /// The configuration file and `-o` must accept the same words with the
+    /// same meaning: every word either takes, and a few neither should.
+    #[test]
+    fn config_and_mount_options_accept_the_same_words() {
+        let export = |key: &str, word: &str| {
+            format!(
+                "[[export]]\nname = \"d\"\nsource = \"/s\"\nmountpoint = \"/m\"\n{key} = {word:?}\n"
+            )
+        };
+        let mut mandatory: Vec<&str> = Mandatory::WORDS.iter().map(|(w, _)| *w).collect();
+        let mut flock: Vec<&str> = FlockMode::WORDS.iter().map(|(w, _)| *w).collect();
+        let strangers = ["on", "none", "yes", "posix", "Local", "SHARED", " file", ""];
+        mandatory.extend(strangers);
+        flock.extend(strangers);
+        for word in mandatory {
+            let toml = crate::config::parse(&export("mandatory", word), "t.toml");
+            let dash_o = opts(&format!("mandatory={word}"));
+            match (toml, dash_o) {
+                (Ok(c), Ok(p)) => assert_eq!(c.exports[0].mandatory, p.options.mandatory, "{word}"),
+                (Err(_), Err(e)) => {
+                    let e = e.to_string();
+                    assert!(e.contains("off, file, all"), "{e}");
+                }
+                (t, o) => panic!("mandatory={word:?}: config {t:?}, -o {o:?}"),
+            }
+        }
+        for word in flock {
+            let toml = crate::config::parse(&export("flock", word), "t.toml");
+            let dash_o = opts(&format!("flock={word}"));
+            match (toml, dash_o) {
+                (Ok(c), Ok(p)) => assert_eq!(c.exports[0].flock, p.options.flock, "{word}"),
+                (Err(t), Err(e)) => {
+                    for msg in [t.to_string(), e.to_string()] {
+                        assert!(msg.contains("separate, shared, local"), "{msg}");
+                    }
+                }
+                (t, o) => panic!("flock={word:?}: config {t:?}, -o {o:?}"),
+            }
+        }
+        assert_eq!(
+            opts("flock=local").unwrap().options.flock,
+            FlockMode::Separate
+        );
     }
 }

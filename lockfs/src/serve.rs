@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use fuse_lockfs::{FlockMode, LockContext, Mandatory, MountOptions};
+use fuse_lockfs::{LockContext, MountOptions};
 use lock_table::{ScopeId, SharedTable};
 use lockd_user::exports::Export as LockdExport;
 use lockd_user::service::{LockdConfig, LockdService, PortmapMode};
 use share_reservations::ShareTable;
 
 use crate::admin;
-use crate::config::{self, Config, FlockPolicy, MandatoryPolicy};
+use crate::config::{self, Config};
 
 /// The configuration to run: the file given, or the embedded default rooted
 /// at `./lockfs-data` (whose directories are created).
@@ -152,15 +152,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             forward_locks: true,
             locks: Some(ctx),
             read_only: e.read_only,
-            mandatory: match e.mandatory {
-                MandatoryPolicy::Off => Mandatory::Off,
-                MandatoryPolicy::File => Mandatory::File,
-                MandatoryPolicy::All => Mandatory::All,
-            },
-            flock: match e.flock {
-                FlockPolicy::Separate => FlockMode::default(),
-                FlockPolicy::Shared => FlockMode::Shared,
-            },
+            mandatory: e.mandatory,
+            flock: e.flock,
             fsname: e.source.display().to_string().replace(',', "_"),
             ..MountOptions::default()
         };

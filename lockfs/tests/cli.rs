@@ -13,7 +13,7 @@ fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
         true
     } else {
-        eprintln!("SKIPPING lockfs mount test: /dev/fuse is absent on this machine");
+        lockfs_testkit::skipping!("lockfs mount test: /dev/fuse is absent on this machine");
         false
     }
 }
@@ -263,7 +263,7 @@ fn fstab_style_mount_through_the_helper() {
             .is_ok_and(|o| o.status.success())
     };
     if !have("unshare") || !have("mount") {
-        eprintln!("SKIPPING mount helper test: unshare or mount missing");
+        lockfs_testkit::skipping!("mount helper test: unshare or mount missing");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

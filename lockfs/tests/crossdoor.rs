@@ -23,7 +23,7 @@ fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || !Path::new("/dev/fuse").exists() {
-        eprintln!("*** SKIPPED: cross-door tests need root and /dev/fuse (root={root}) ***");
+        lockfs_testkit::skipping!("cross-door tests need root and /dev/fuse (root={root})");
         return false;
     }
     true

@@ -25,8 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 static GATE: Mutex<()> = Mutex::new(());
 
 fn skip(msg: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {msg} ***\n");
+    lockfs_testkit::skipping!("{msg}");
 }
 
 fn can_trace(name: &str) -> bool {

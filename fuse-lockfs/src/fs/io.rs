@@ -36,7 +36,7 @@ impl LockFs {
         size: u32,
         flags: OpenFlags,
         lock_owner: Option<LockOwner>,
-    ) -> R<Step<Vec<u8>>> {
+    ) -> R<Step<ReadOut>> {
         let file = self.file(fh)?;
         if let Some(lk) = self.mandatory_lock(&file) {
             let lo = lock_owner.map(|l| l.0);
@@ -54,12 +54,21 @@ impl LockFs {
                     checks: vec![(Access::Read, range)],
                     nonblock: flags.0 & libc::O_NONBLOCK != 0,
                 };
-                let shared = self.shared.clone();
-                let work = Box::new(move || read_at(&shared, &file, offset, size));
-                return Ok(Step::Gated(gate, work));
+                let out = ReadOut {
+                    shared: self.shared.clone(),
+                    file,
+                    offset,
+                    size,
+                };
+                return Ok(Step::Gated(gate, Box::new(move || Ok(out))));
             }
         }
-        read_at(&self.shared, &file, offset, size).map(Step::Done)
+        Ok(Step::Done(ReadOut {
+            shared: self.shared.clone(),
+            file,
+            offset,
+            size,
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -205,8 +214,18 @@ impl LockFs {
     }
 }
 
+/// An admitted READ, performed by the reply that answers it (see
+/// [`crate::read_reply`]): spliced from the backing file when it can be,
+/// copied through the daemon otherwise.
+pub(crate) struct ReadOut {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) file: Arc<OpenFile>,
+    pub(crate) offset: u64,
+    pub(crate) size: u32,
+}
+
 /// Reads up to `size` bytes at `offset` of an open file for the kernel.
-pub(super) fn read_at(shared: &Shared, file: &OpenFile, offset: u64, size: u32) -> R<Vec<u8>> {
+pub(crate) fn read_at(shared: &Shared, file: &OpenFile, offset: u64, size: u32) -> R<Vec<u8>> {
     shared.daemon_io.fetch_add(1, Ordering::Relaxed);
     let size = (size as usize).min(MAX_READ);
     let mut buf = vec![0u8; size];

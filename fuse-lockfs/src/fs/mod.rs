@@ -27,6 +27,8 @@ mod dirs;
 mod entries;
 mod files;
 mod io;
+
+pub(crate) use io::{read_at, ReadOut};
 mod locks;
 mod reply;
 mod session;
@@ -79,6 +81,8 @@ pub(crate) struct Shared {
     /// Read and write requests served by the daemon (direct I/O files only; with
     /// passthrough the kernel never sends them).
     pub(crate) daemon_io: AtomicU64,
+    /// How READs of direct-I/O files are answered.
+    pub(crate) reads: crate::read_reply::ReadReplies,
 }
 
 /// The passthrough file system served on one mount point.
@@ -122,6 +126,7 @@ impl LockFs {
                 passthrough: AtomicBool::new(false),
                 killpriv: AtomicBool::new(false),
                 daemon_io: AtomicU64::new(0),
+                reads: crate::read_reply::ReadReplies::new(opts.splice_read),
             }),
             ttl: opts.ttl,
             policy: opts.io_policy.clone(),

@@ -111,6 +111,15 @@ impl Answer<Vec<u8>> for ReplyData {
     }
 }
 
+impl Answer<super::ReadOut> for ReplyData {
+    fn send(self, res: R<super::ReadOut>) {
+        match res {
+            Ok(r) => crate::read_reply::reply(&r.shared, &r.file, r.offset, r.size, self),
+            Err(e) => self.error(e),
+        }
+    }
+}
+
 impl Answer<u32> for ReplyWrite {
     fn send(self, res: R<u32>) {
         match res {

@@ -36,7 +36,7 @@ pub fn fuse_available() -> bool {
     if Path::new("/dev/fuse").exists() {
         true
     } else {
-        eprintln!("SKIPPING lockfs mount test: /dev/fuse is absent on this machine");
+        lockfs_testkit::skipping!("lockfs mount test: /dev/fuse is absent on this machine");
         false
     }
 }
@@ -75,6 +75,26 @@ pub fn mount_with(opts: MountOptions) -> Option<Fixture> {
         mnt,
         handle: Some(handle),
         conn,
+        _dir: dir,
+    })
+}
+
+/// Mounts the existing directory `src` with `opts` on a fresh mount point, or
+/// `None` when FUSE is absent. `src` is left as it is.
+pub fn mount_with_source(src: &Path, opts: MountOptions) -> Option<Fixture> {
+    if !fuse_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let handle = fuse_lockfs::mount(src, &mnt, opts).expect("mount lockfs");
+    assert!(is_mounted(&mnt), "{} is not a FUSE mount", mnt.display());
+    Some(Fixture {
+        src: src.to_path_buf(),
+        mnt,
+        handle: Some(handle),
+        conn: None,
         _dir: dir,
     })
 }

@@ -96,6 +96,17 @@ impl ChannelSender {
         BackingId::create(&self.0, fd)
     }
 
+    /// Splices a READ reply from `file` (lockfs patch, see `splice.rs`).
+    pub(crate) fn splice_reply(
+        &self,
+        unique: crate::ll::RequestId,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        size: usize,
+    ) -> io::Result<crate::splice::Spliced> {
+        crate::splice::reply_from_file(self.0.as_fd(), unique, file, offset, size)
+    }
+
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
         unsafe { BackingId::wrap_raw(&self.0, id) }
     }

@@ -59,6 +59,21 @@ impl ReplySender {
         }
     }
 
+    /// Splice a READ reply from a file; `Err`: nothing was sent.
+    pub(crate) fn splice_reply(
+        &self,
+        unique: ll::RequestId,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        size: usize,
+    ) -> std::io::Result<crate::splice::Spliced> {
+        match self {
+            ReplySender::Channel(sender) => sender.splice_reply(unique, file, offset, size),
+            #[cfg(test)]
+            _ => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
     /// Open a backing file
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
@@ -207,6 +222,46 @@ impl ReplyData {
     /// Reply to a request with the given data
     pub fn data(self, data: &[u8]) {
         self.reply.send_ll(&ll::ResponseSlice(data));
+    }
+
+    /// Reply to a READ with up to `size` bytes of `file` from `offset`,
+    /// spliced from the file through a pipe into the FUSE device: the data is
+    /// never copied into this process (lockfs patch). A read that stops short
+    /// (end of file, or an error after some data) replies with what was read.
+    ///
+    /// `Ok(n)`: the reply was sent with `n` bytes of data (or was lost the way
+    /// a failed `data` reply is, which is logged). `Err`: nothing was sent
+    /// (the file cannot be spliced, the read failed before any data, the read
+    /// is larger than [`ReplyData::max_splice_size`]); the reply is handed
+    /// back to be answered another way.
+    pub fn splice_from(
+        mut self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        size: u32,
+    ) -> Result<usize, (ReplyData, std::io::Error)> {
+        let Some(sender) = self.reply.sender.as_ref() else {
+            return Err((self, std::io::ErrorKind::Other.into()));
+        };
+        match sender.splice_reply(self.reply.unique, file, offset, size as usize) {
+            Ok(crate::splice::Spliced::Sent(n)) => {
+                self.reply.sender = None;
+                Ok(n)
+            }
+            Ok(crate::splice::Spliced::Lost(err)) => {
+                self.reply.sender = None;
+                error!("Failed to send FUSE reply: {err}");
+                Ok(0)
+            }
+            Err(err) => Err((self, err)),
+        }
+    }
+
+    /// The largest READ, in bytes, that [`ReplyData::splice_from`] can carry
+    /// from a page-aligned offset on the calling thread: one pipe's capacity
+    /// less the page the reply header takes (0 when pipes cannot be made).
+    pub fn max_splice_size() -> usize {
+        crate::splice::max_splice_size()
     }
 
     /// Reply to a request with the given error code
