@@ -39,7 +39,7 @@ type R<T> = Result<T, Errno>;
 
 fn errno(e: io::Error) -> Errno {
     match e.raw_os_error() {
-        Some(n) if n > 0 => Errno::from_i32(n),
+        Some(n) if n > 0 => Errno::from_i32(sys::reply_errno(n)),
         _ => Errno::EIO,
     }
 }
@@ -465,7 +465,16 @@ impl Detached {
                 io.mandatory = self.mandatory.applies(&attr);
             }
         }
-        if uid.is_some() || gid.is_some() {
+        // A SETATTR changing nothing is chown(path, -1, -1), which updates ctime.
+        if uid.is_some()
+            || gid.is_some()
+            || [
+                mode.is_none(),
+                size.is_none(),
+                atime.is_none(),
+                mtime.is_none(),
+            ] == [true; 4]
+        {
             sys::chown_fd(inode.fd.as_fd(), uid, gid).map_err(errno)?;
         }
         if let Some(size) = size {

@@ -94,6 +94,9 @@ pub struct RecordReader {
     fragment: Option<(usize, bool)>,
     /// The previous call returned `record`, which must be cleared before reuse.
     returned: bool,
+    /// A fragment header of the record being assembled was received (an empty
+    /// non-final fragment adds no bytes but still begins a record).
+    begun: bool,
 }
 
 /// A reassembly buffer larger than this is given back after its record.
@@ -111,6 +114,7 @@ impl RecordReader {
             max_record,
             fragment: None,
             returned: false,
+            begun: false,
         }
     }
 
@@ -134,6 +138,7 @@ impl RecordReader {
                     let h = &self.input[self.pos..self.pos + 4];
                     let word = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
                     self.pos += 4;
+                    self.begun = true;
                     let len = (word & !LAST_FRAGMENT) as usize;
                     let total = self.record.len() + len;
                     if total > self.max_record {
@@ -156,6 +161,7 @@ impl RecordReader {
             self.fragment = None;
             if last {
                 self.returned = true;
+                self.begun = false;
                 return Ok(Some(&self.record));
             }
         }
@@ -180,7 +186,7 @@ impl RecordReader {
 
     /// Whether the stream may end here: nothing of a further record was received.
     pub fn between_records(&self) -> bool {
-        self.fragment.is_none() && self.pos == self.end && (self.returned || self.record.is_empty())
+        self.fragment.is_none() && self.pos == self.end && !self.begun
     }
 }
 
@@ -226,6 +232,24 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    /// Found by the record-marking fuzz target: a stream ending after an empty
+    /// non-final fragment had begun a record, yet was taken for a clean end.
+    #[test]
+    fn an_empty_non_final_fragment_begins_a_record() {
+        let mut r = RecordReader::new(100, 16);
+        let spare = r.spare();
+        spare[..8].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0]);
+        r.filled(8);
+        assert_eq!(r.next_record().unwrap(), Some(&[][..]));
+        assert_eq!(r.next_record().unwrap(), None);
+        assert!(!r.between_records(), "a record was begun and not finished");
+        let mut s: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            rt().block_on(read_record(&mut s, 100)),
+            Err(RecordError::Truncated)
+        ));
     }
 
     #[test]
