@@ -466,15 +466,8 @@ impl Detached {
             }
         }
         // A SETATTR changing nothing is chown(path, -1, -1), which updates ctime.
-        if uid.is_some()
-            || gid.is_some()
-            || [
-                mode.is_none(),
-                size.is_none(),
-                atime.is_none(),
-                mtime.is_none(),
-            ] == [true; 4]
-        {
+        let nothing = mode.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
+        if uid.is_some() || gid.is_some() || nothing {
             sys::chown_fd(inode.fd.as_fd(), uid, gid).map_err(errno)?;
         }
         if let Some(size) = size {
