@@ -352,7 +352,7 @@ async fn client(s: Arc<Shared>, id: u32, addr: IpAddr) {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(id + 1) * 0x1000_0001);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (u64::from(id + 1) * 0x1000_0001));
     let mut held: Option<Want> = None;
     let mut hold_until = Instant::now();
     let mut epoch = s.epoch.load(Ordering::Acquire);
