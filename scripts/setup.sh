@@ -69,6 +69,14 @@ else
     log "cargo-nextest present"
 fi
 
+# cargo-fuzz builds and runs the libFuzzer targets under fuzz/ (scripts/fuzz.sh).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz (a few minutes)"
+    cargo install cargo-fuzz --locked
+else
+    log "cargo-fuzz present"
+fi
+
 # The eBPF side: rust-src, bpf-linker, bpffs and tracefs.
 bash scripts/setup-ebpf.sh
 

@@ -22,3 +22,8 @@ echo "== tests"
 # The property test runs 10,000 random cases unless PROPTEST_CASES says
 # otherwise. Per-test timeouts are in .config/nextest.toml.
 cargo nextest run --workspace --locked --profile ci --no-tests=fail
+
+echo "== fuzz"
+# Every fuzz target for 60 s from the kept corpus, two at a time (about 3 minutes
+# after the build); a crash fails the suite.
+bash scripts/fuzz.sh 60

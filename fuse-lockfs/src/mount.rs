@@ -403,13 +403,15 @@ impl Unmounter {
     }
 }
 
-/// Raises this process's soft limit on open descriptors to its hard limit and
-/// returns the new limit.
+/// Raises this process's limit on open descriptors as far as the system allows
+/// and returns the new (soft) limit.
 ///
-/// Every inode the kernel keeps cached costs the daemon one descriptor, so the
-/// descriptor limit bounds how many files of the mount the kernel can cache at
-/// once; past it, lookups fail with `EMFILE`. Servers call this once at start-up
-/// (and deploy with a high hard limit, e.g. systemd's `LimitNOFILE=`).
+/// Every inode the kernel keeps cached and every open file of the mount costs the
+/// daemon one descriptor, so the daemon needs a far higher limit than any one
+/// caller: with the limit of its callers, a process opening many files would see
+/// the daemon run out first. Both limits are raised to `fs.nr_open` (the most the
+/// kernel allows a process); without CAP_SYS_RESOURCE the hard limit cannot rise,
+/// and the soft limit is raised to it. Servers call this once at start-up.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -418,6 +420,20 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     // SAFETY: `lim` is a valid out-pointer.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+        let wanted = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: `wanted` is a valid, initialised rlimit. Failure (EPERM without
+        // CAP_SYS_RESOURCE) leaves the limit unchanged.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            return Ok(max);
+        }
     }
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;

@@ -466,3 +466,44 @@ pub(crate) fn thread_umask_cleared() -> bool {
         ok
     })
 }
+
+/// The errno a request whose backing call failed with `errno` is answered with.
+///
+/// `EMFILE` from a backing call means the daemon's own descriptor table is full,
+/// not the caller's: passed on, it would tell a caller with room to spare that its
+/// own table is full (which programs such as those relying on `F_DUPFD` take at its
+/// word). It becomes `ENFILE`, the errno of a table beyond the caller's, and the
+/// log names the daemon's limit (at most once every ten seconds).
+pub(crate) fn reply_errno(errno: i32) -> i32 {
+    if errno != libc::EMFILE {
+        return errno;
+    }
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOG.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= 10)
+        && LAST_LOG
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid out-pointer.
+        let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.to_string()
+        } else {
+            "unknown".into()
+        };
+        tracing::error!(
+            limit = %limit,
+            "the daemon is out of file descriptors (RLIMIT_NOFILE {limit}); \
+             answering ENFILE; raise the daemon's limit (systemd LimitNOFILE=, prlimit)"
+        );
+    }
+    libc::ENFILE
+}

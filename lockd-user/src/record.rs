@@ -185,6 +185,9 @@ pub struct RecordReader {
     budget: Option<Arc<RecordBudget>>,
     /// Bytes of the current record charged to `budget`.
     charged: usize,
+    /// A fragment header of the record being assembled was received (an empty
+    /// non-final fragment adds no bytes but still begins a record).
+    begun: bool,
 }
 
 impl Drop for RecordReader {
@@ -210,6 +213,7 @@ impl RecordReader {
             returned: false,
             budget: None,
             charged: 0,
+            begun: false,
         }
     }
 
@@ -264,6 +268,7 @@ impl RecordReader {
                     let h = &self.input[self.pos..self.pos + 4];
                     let word = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
                     self.pos += 4;
+                    self.begun = true;
                     let len = (word & !LAST_FRAGMENT) as usize;
                     let total = self.record.len() + len;
                     if total > self.max_record {
@@ -287,6 +292,7 @@ impl RecordReader {
             self.fragment = None;
             if last {
                 self.returned = true;
+                self.begun = false;
                 return Ok(Some(&self.record));
             }
         }
@@ -311,7 +317,7 @@ impl RecordReader {
 
     /// Whether the stream may end here: nothing of a further record was received.
     pub fn between_records(&self) -> bool {
-        self.fragment.is_none() && self.pos == self.end && (self.returned || self.record.is_empty())
+        self.fragment.is_none() && self.pos == self.end && !self.begun
     }
 }
 
@@ -357,6 +363,24 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
+    }
+
+    /// Found by the record-marking fuzz target: a stream ending after an empty
+    /// non-final fragment had begun a record, yet was taken for a clean end.
+    #[test]
+    fn an_empty_non_final_fragment_begins_a_record() {
+        let mut r = RecordReader::new(100, 16);
+        let spare = r.spare();
+        spare[..8].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0]);
+        r.filled(8);
+        assert_eq!(r.next_record().unwrap(), Some(&[][..]));
+        assert_eq!(r.next_record().unwrap(), None);
+        assert!(!r.between_records(), "a record was begun and not finished");
+        let mut s: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(
+            rt().block_on(read_record(&mut s, 100)),
+            Err(RecordError::Truncated)
+        ));
     }
 
     #[test]

@@ -91,8 +91,9 @@ pub fn run(source: &Path, mountpoint: &Path, options: &[String]) -> Result<()> {
         socket,
     } = parse_options(options)?;
     let set = fuse_lockfs::block_termination();
-    if let Err(e) = fuse_lockfs::raise_fd_limit() {
-        tracing::warn!(error = %e, "cannot raise the descriptor limit");
+    match fuse_lockfs::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = n, "descriptor limit (RLIMIT_NOFILE) {n}"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
     let ctx = LockContext::new();
     options.locks = Some(ctx.clone());

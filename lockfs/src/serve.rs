@@ -97,8 +97,9 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let cfg = resolve_config(config_path)?;
     let set = fuse_lockfs::block_termination();
-    if let Err(e) = fuse_lockfs::raise_fd_limit() {
-        tracing::warn!(error = %e, "cannot raise the descriptor limit");
+    match fuse_lockfs::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = n, "descriptor limit (RLIMIT_NOFILE) {n}"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     let set = fuse_lockfs::block_termination();
 
     match fuse_lockfs::raise_fd_limit() {
-        Ok(n) => tracing::debug!(limit = n, "descriptor limit"),
+        Ok(n) => tracing::info!(limit = n, "descriptor limit (RLIMIT_NOFILE) {n}"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
     let mut mounted = fuse_lockfs::prepare(source, mountpoint, options)?;

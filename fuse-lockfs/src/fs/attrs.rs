@@ -220,7 +220,9 @@ impl Detached {
                 io.mandatory = self.mandatory.applies(&attr);
             }
         }
-        if uid.is_some() || gid.is_some() {
+        // A SETATTR changing nothing is chown(path, -1, -1), which updates ctime.
+        let nothing = mode.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
+        if uid.is_some() || gid.is_some() || nothing {
             sys::chown_fd(inode.fd.as_fd(), uid, gid).map_err(errno)?;
         }
         if let Some(size) = size {

@@ -61,7 +61,7 @@ use reply::{send_step, Answer, Attr, R};
 
 fn errno(e: std::io::Error) -> Errno {
     match e.raw_os_error() {
-        Some(n) if n > 0 => Errno::from_i32(n),
+        Some(n) if n > 0 => Errno::from_i32(sys::reply_errno(n)),
         _ => Errno::EIO,
     }
 }

@@ -234,6 +234,63 @@ fn enc_share_res(vers: u32, cookie: Vec<u8>, stat: v4::Stats) -> Vec<u8> {
     }
 }
 
+/// The arguments of one NLM call as [`NlmProgram`] decodes them, widened to the version 4
+/// shapes (the fuzzing entry point: every argument decoder of every version, no lock taken).
+#[cfg(feature = "fuzzing")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodedArgs {
+    Nothing,
+    Test(v4::TestArgs),
+    Lock(v4::LockArgs),
+    Cancel(v4::CancArgs),
+    Unlock(v4::UnlockArgs),
+    Share(v4::ShareArgs),
+    Res(v4::Res),
+    TestRes,
+    Notify(v4::Notify),
+}
+
+/// Decodes the arguments of procedure `proc_` of version `vers` with the decoders and
+/// widening the program uses; `ProcUnavail` where the program has no such procedure.
+#[cfg(feature = "fuzzing")]
+pub fn decode_call(
+    vers: u32,
+    proc_: u32,
+    args: &mut Decoder<'_>,
+) -> Result<DecodedArgs, ProcError> {
+    use proc_::*;
+    let v = vers;
+    let old = v == NLM_VERS;
+    Ok(match proc_ {
+        NULL => DecodedArgs::Nothing,
+        TEST | TEST_MSG | GRANTED | GRANTED_MSG => DecodedArgs::Test(dec_test(v, args)?),
+        LOCK | LOCK_MSG => DecodedArgs::Lock(dec_lock(v, args)?),
+        NM_LOCK if !old => DecodedArgs::Lock(dec_lock(v, args)?),
+        CANCEL | CANCEL_MSG => DecodedArgs::Cancel(dec_canc(v, args)?),
+        UNLOCK | UNLOCK_MSG => DecodedArgs::Unlock(dec_unlock(v, args)?),
+        TEST_RES if v4_vers(v) => decode_args::<v4::TestRes>(args).map(|_| DecodedArgs::TestRes)?,
+        TEST_RES => decode_args::<v3::TestRes>(args).map(|_| DecodedArgs::TestRes)?,
+        LOCK_RES | CANCEL_RES | UNLOCK_RES | GRANTED_RES => DecodedArgs::Res(dec_res(v, args)?),
+        SHARE | UNSHARE if !old => DecodedArgs::Share(dec_share(v, args)?),
+        FREE_ALL if v4_vers(v) => DecodedArgs::Notify(decode_args(args)?),
+        FREE_ALL if !old => {
+            let n: v3::Notify = decode_args(args)?;
+            DecodedArgs::Notify(v4::Notify {
+                name: n.name,
+                state: n.state,
+            })
+        }
+        _ => return Err(ProcError::ProcUnavail),
+    })
+}
+
+/// How a widened version 1/3 lock goes back to a 32-bit client (for the fuzz targets'
+/// round-trip check).
+#[cfg(feature = "fuzzing")]
+pub fn narrow_lock(l: &v4::Lock) -> v3::Lock {
+    lock_to_v3(l)
+}
+
 impl NlmProgram {
     /// The result of a TEST, LOCK, CANCEL, UNLOCK or GRANTED request, encoded in `vers`.
     fn run(&self, call: &Call, proc_: u32, args: &mut Decoder<'_>) -> Result<Vec<u8>, ProcError> {
