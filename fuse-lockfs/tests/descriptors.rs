@@ -226,11 +226,9 @@ fn a_process_gets_emfile_exactly_when_its_own_table_is_full() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: valid out-pointer.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
-        0
-    );
+    // SAFETY: `ours` is a valid, writable rlimit for the call to fill.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) };
+    assert_eq!(rc, 0);
     assert!(
         daemon_limit == nr_open || daemon_limit == ours.rlim_max,
         "daemon limit {daemon_limit}, nr_open {nr_open}, hard limit {}",
