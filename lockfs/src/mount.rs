@@ -7,8 +7,10 @@
 //!   [`Mandatory::WORDS`] and [`FlockMode::WORDS`], the same as the
 //!   configuration file's
 //! - `ro`, `rw`, `threads=N`, `nopassthrough`
-//! - `max_read=BYTES` (default: what a spliced read reply can carry),
-//!   `nosplice` (copy read replies through the daemon instead of splicing them)
+//! - `max_read=BYTES` (default: the kernel's, 1 MiB; with `splice`, what a
+//!   spliced read reply can carry),
+//!   `splice` (splice read replies of direct-I/O files from the backing file
+//!   instead of copying them through the daemon; `nosplice`, the default, copies)
 //! - `socket=PATH`: the admin socket (default under `/run/lockfs/`)
 //! - `defaults`, `auto`, `noauto`, `nofail`, `_netdev`, `user`, `nouser`,
 //!   `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `atime`, `noatime`,
@@ -70,6 +72,7 @@ pub fn parse_options(list: &[String]) -> Result<Parsed> {
             ("ro", None) => p.options.read_only = true,
             ("rw", None) => p.options.read_only = false,
             ("nopassthrough", None) => p.options.passthrough = false,
+            ("splice", None) => p.options.splice_read = true,
             ("nosplice", None) => p.options.splice_read = false,
             ("max_read", Some(v)) => {
                 p.options.max_read = Some(v.parse().with_context(|| format!("max_read={v}"))?)
