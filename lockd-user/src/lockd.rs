@@ -61,7 +61,8 @@ pub struct CallbackPolicy {
     pub notify_per_second: u32,
     /// SM_NOTIFY requests (portmapper lookups included) awaiting a reply at once.
     pub notify_in_flight: usize,
-    /// Opt-in: release everything a host holds once its callbacks have failed this long.
+    /// Opt-in: release everything a host holds once its callbacks have failed this long,
+    /// or, while another request wants its locks, it has not answered for this long.
     pub release_unreachable_after: Option<Duration>,
 }
 
@@ -135,6 +136,8 @@ pub struct Lockd {
     pub(crate) group_grace: HashMap<ScopeId, Duration>,
     /// Bumped at each grace start of a group, so an older timer does not end a newer grace.
     pub(crate) grace_gen: Mutex<HashMap<ScopeId, u64>>,
+    /// Holders others met, for the unreachable policy (see [`crate::liveness`]).
+    pub(crate) contention: crate::liveness::Contention,
 }
 
 impl std::fmt::Debug for Lockd {

@@ -123,6 +123,8 @@ pub struct LockdService {
     portmapper: Option<RpcServer>,
     registered: bool,
     worker: JoinHandle<()>,
+    /// Probes contended holders when the unreachable policy is on.
+    liveness: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LockdService {
@@ -177,8 +179,13 @@ impl LockdService {
             grace_len: config.grace,
             group_grace: config.group_grace.clone(),
             grace_gen: Mutex::new(Default::default()),
+            contention: Default::default(),
         });
         let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));
+        let liveness = config
+            .callbacks
+            .release_unreachable_after
+            .map(|limit| tokio::spawn(crate::liveness::run(lockd.clone(), limit)));
         let scopes = crate::recovery::all_scopes(&lockd);
         for s in &scopes {
             crate::recovery::start_grace(&lockd, *s);
@@ -196,6 +203,9 @@ impl LockdService {
             Ok(s) => s,
             Err(e) => {
                 worker.abort();
+                if let Some(l) = &liveness {
+                    l.abort();
+                }
                 return Err(e.into());
             }
         };
@@ -206,6 +216,7 @@ impl LockdService {
             portmapper: None,
             registered: false,
             worker,
+            liveness,
         };
         svc.publish(&config).await;
         crate::recovery::notify_clients(&svc.lockd, &scopes);
@@ -350,6 +361,9 @@ impl LockdService {
         }
         self.server.shutdown().await;
         self.worker.abort();
+        if let Some(l) = &self.liveness {
+            l.abort();
+        }
         if let Err(e) = self.lockd.store.mark_stopped() {
             warn!(error = %e, "cannot record the clean stop");
         }

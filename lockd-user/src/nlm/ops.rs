@@ -163,13 +163,25 @@ impl Lockd {
         match out {
             TestOutcome::Free => v4::TestReply::Other(Stats::Granted),
             TestOutcome::Grace => v4::TestReply::Other(Stats::DeniedGracePeriod),
-            TestOutcome::Conflict(h) => v4::TestReply::Denied(v4::Holder {
-                exclusive: h.kind == LockKind::Exclusive,
-                svid: h.pid as i32,
-                oh: Vec::new(),
-                l_offset: h.range.start(),
-                l_len: h.range.wire_len(),
-            }),
+            TestOutcome::Conflict(h) => {
+                self.note_contention(&Refusal::Conflict(h));
+                v4::TestReply::Denied(v4::Holder {
+                    exclusive: h.kind == LockKind::Exclusive,
+                    svid: h.pid as i32,
+                    oh: Vec::new(),
+                    l_offset: h.range.start(),
+                    l_len: h.range.wire_len(),
+                })
+            }
+        }
+    }
+
+    /// A request met another host's lock: the unreachable policy watches that host.
+    fn note_contention(&self, r: &Refusal) {
+        if let Refusal::Conflict(h) = r {
+            if h.owner.kind == OwnerKind::Nlm && self.policy.release_unreachable_after.is_some() {
+                self.contention.note(h.owner.host);
+            }
         }
     }
 
@@ -286,6 +298,7 @@ impl Lockd {
                 if let Some(t) = token {
                     self.pending().remove(&t);
                 }
+                self.note_contention(&r);
                 refusal_status(r)
             }
         }
