@@ -305,15 +305,17 @@ impl FileHandles {
         if let Some(id) = self.lock_cache().get(fh) {
             return Ok((export, *id));
         }
+        // An export whose group is offline has no root to resolve against.
+        let root = export.root().ok_or(FhError::Stale)?;
         let mut h = KernelHandle::empty();
         h.handle_bytes = kernel.len() as libc::c_uint;
         h.handle_type = libc::c_int::from(htype);
         h.f_handle[..kernel.len()].copy_from_slice(kernel);
-        // SAFETY: the root fd is open for the life of `exports`; `h` is a valid
+        // SAFETY: the root fd is kept open by `root` during the call; `h` is a valid
         // file_handle whose handle_bytes does not exceed its buffer.
         let fd = unsafe {
             libc::open_by_handle_at(
-                export.root_fd().as_raw_fd(),
+                root.as_raw_fd(),
                 (&mut h as *mut KernelHandle).cast(),
                 libc::O_PATH | libc::O_CLOEXEC,
             )
@@ -338,6 +340,11 @@ impl FileHandles {
         }
         cache.insert(fh.into(), id);
         Ok((export, id))
+    }
+
+    /// Forgets every resolved handle (an export's storage was mounted anew).
+    pub fn clear_cache(&self) {
+        self.lock_cache().clear();
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, FileId>> {

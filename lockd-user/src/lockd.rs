@@ -135,6 +135,9 @@ pub struct Lockd {
     pub(crate) group_grace: HashMap<ScopeId, Duration>,
     /// Bumped at each grace start of a group, so an older timer does not end a newer grace.
     pub(crate) grace_gen: Mutex<HashMap<ScopeId, u64>>,
+    /// Groups this node does not serve now: requests for their exports are refused with
+    /// DENIED_GRACE_PERIOD, which clients retry, as they would a server that is starting.
+    pub(crate) offline: Mutex<std::collections::HashSet<ScopeId>>,
 }
 
 impl std::fmt::Debug for Lockd {
@@ -170,6 +173,23 @@ impl Lockd {
 
     pub(crate) fn grace_gen(&self) -> MutexGuard<'_, HashMap<ScopeId, u64>> {
         self.grace_gen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the group `scope` is offline on this node.
+    pub fn is_offline(&self, scope: ScopeId) -> bool {
+        self.offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&scope)
+    }
+
+    pub(crate) fn set_offline(&self, scope: ScopeId, offline: bool) {
+        let mut o = self.offline.lock().unwrap_or_else(|e| e.into_inner());
+        if offline {
+            o.insert(scope);
+        } else {
+            o.remove(&scope);
+        }
     }
 
     pub(crate) fn new_token(&self) -> u64 {

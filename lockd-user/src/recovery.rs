@@ -238,10 +238,15 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
 /// Takes a service group offline on this node: every lock, waiter and share in its exports
 /// is released (its client list stays, for whoever brings it online).
 pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
+    // Refused first, so nothing new is granted while the group is being emptied.
+    lockd.set_offline(scope, true);
     let r = lockd
         .table
         .with(|t| t.release_scope(scope, Release::Abnormal));
     let shares = lockd.shares().release_scope(scope);
+    for e in lockd.exports.of_group(scope) {
+        e.close();
+    }
     info!(
         group = scope.0,
         files = r.files,
@@ -254,8 +259,15 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
 /// Brings a service group online: a new state number, grace for this group alone, and
 /// SM_NOTIFY to its clients. Returns the new state.
 pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
+    for e in lockd.exports.of_group(scope) {
+        e.reopen().map_err(io::Error::other)?;
+    }
+    // Handles resolve to (device, inode): the storage may have been mounted anew.
+    lockd.fhs.clear_cache();
     let state = lockd.store.advance()?;
     start_grace(lockd, scope);
+    // Served from here on: its grace is in place, so only reclaims are granted.
+    lockd.set_offline(scope, false);
     notify_clients(lockd, &[scope]);
     info!(group = scope.0, state, "group online");
     Ok(state)

@@ -72,6 +72,10 @@ pub struct LockdConfig {
     pub grace: Duration,
     /// Groups whose grace period has another length than `grace`.
     pub group_grace: HashMap<ScopeId, Duration>,
+    /// Groups not served at start (another node may be serving them): no grace, no
+    /// notifications, their exports' requests refused until [`LockdService::group_online`].
+    /// Their export roots may be absent until then.
+    pub offline: Vec<ScopeId>,
     pub limits: Limits,
     pub callbacks: CallbackPolicy,
     /// NLM and NSM listen addresses (port 0 picks one).
@@ -92,6 +96,7 @@ impl LockdConfig {
             exports: Vec::new(),
             grace: Duration::from_secs(90),
             group_grace: HashMap::new(),
+            offline: Vec::new(),
             limits: Limits::default(),
             callbacks: CallbackPolicy::default(),
             udp: vec![lo],
@@ -159,7 +164,7 @@ impl LockdService {
             .map_err(sd)?
             .with_limits(config.limits.store.clone());
         let key = FhKey::load_or_create(&config.state_dir).map_err(sd)?;
-        let exports = Exports::open(config.exports.clone())?;
+        let exports = Exports::open_allowing_absent(config.exports.clone(), &config.offline)?;
         let state = store.advance().map_err(sd)?;
         let lockd = Arc::new(Lockd {
             name: config.node_name.clone(),
@@ -177,9 +182,13 @@ impl LockdService {
             grace_len: config.grace,
             group_grace: config.group_grace.clone(),
             grace_gen: Mutex::new(Default::default()),
+            offline: Mutex::new(config.offline.iter().copied().collect()),
         });
         let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));
-        let scopes = crate::recovery::all_scopes(&lockd);
+        let scopes: Vec<ScopeId> = crate::recovery::all_scopes(&lockd)
+            .into_iter()
+            .filter(|s| !config.offline.contains(s))
+            .collect();
         for s in &scopes {
             crate::recovery::start_grace(&lockd, *s);
         }
@@ -327,7 +336,12 @@ impl LockdService {
         self.lockd.clear_host(name)
     }
 
-    /// Takes a group offline (releases its locks and shares).
+    /// Whether a group's exports are refused on this node.
+    pub fn is_offline(&self, scope: ScopeId) -> bool {
+        self.lockd.is_offline(scope)
+    }
+
+    /// Takes a group offline (refuses its exports' requests, releases its locks and shares).
     pub fn group_offline(&self, scope: ScopeId) {
         crate::recovery::group_offline(&self.lockd, scope)
     }

@@ -1831,3 +1831,85 @@ async fn a_full_or_read_only_state_directory_refuses_instead_of_granting() {
     h.stop().await;
     drop(fs);
 }
+
+/// Whether this process holds a descriptor open on `dir`.
+fn holds_open(dir: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|p| p == dir)
+}
+
+/// A group configured offline starts without its storage, its exports' requests get
+/// DENIED_GRACE_PERIOD while the other group grants; online it grants (its list is empty,
+/// so no grace); offline again it releases its locks and lets go of its storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_group_is_refused_and_holds_no_storage_until_online() {
+    let g1 = ScopeId(1);
+    let h = Harness::start(|c| {
+        let e = &mut c.exports[1];
+        e.scope = g1;
+        e.read_only = false;
+        e.allowed.clear();
+        // The group's storage is elsewhere when the daemon starts.
+        std::fs::rename(&e.root, e.root.with_extension("elsewhere")).unwrap();
+        c.offline = vec![g1];
+    })
+    .await;
+    let root = h.ro_export.root.clone();
+    assert!(h.svc.is_offline(g1) && !h.svc.is_offline(ScopeId::DEFAULT));
+    std::fs::rename(root.with_extension("elsewhere"), &root).unwrap();
+    let mut g1_export = h.ro_export.clone();
+    g1_export.scope = g1;
+    let fh1 = fh_of(&h.state, g1_export, &h.ro_file);
+    let fh0 = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    assert!(!holds_open(&root), "an offline group's storage is not held");
+    assert_eq!(
+        a.lock(a.lock4(&fh1, 1, 0, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        a.lock(a.lock4(&fh0, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted,
+        "the other group grants meanwhile"
+    );
+    assert!(
+        !list_text(&h.state, 1).contains("alpha"),
+        "a refused lock lists nobody"
+    );
+
+    h.svc.group_online(g1).unwrap();
+    assert!(!h.svc.is_offline(g1) && holds_open(&root));
+    assert_eq!(
+        a.lock(a.lock4(&fh1, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::Denied
+    );
+
+    h.svc.group_offline(g1);
+    assert!(h.svc.is_offline(g1));
+    assert!(!holds_open(&root), "offline lets go of the storage");
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh0, 2, 0, 10), true, false, false).await,
+        v4::Stats::Denied,
+        "alpha's lock in the other group is untouched"
+    );
+    // Online again: alpha's g1 lock was released by the offline.
+    h.svc.group_online(g1).unwrap();
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}

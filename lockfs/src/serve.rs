@@ -65,6 +65,12 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
         .iter()
         .map(|g| (ScopeId(g.scope), g.grace))
         .collect();
+    l.offline = cfg
+        .groups
+        .iter()
+        .filter(|g| !g.online_at_start)
+        .map(|g| ScopeId(g.scope))
+        .collect();
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
@@ -142,6 +148,16 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
 
     let mut mounts = Vec::new();
     for e in &cfg.exports {
+        // An offline group's storage may be on another node: its exports are not mounted
+        // here. (Mounting them when the group comes online is not done yet: a group that
+        // starts offline is served to NLM clients only.)
+        if cfg.group(&e.group).is_some_and(|g| !g.online_at_start) {
+            eprintln!(
+                "lockfs: export {:?}: group {:?} is offline, not mounted",
+                e.name, e.group
+            );
+            continue;
+        }
         if !e.mountpoint.exists() {
             std::fs::create_dir_all(&e.mountpoint)
                 .with_context(|| format!("creating {}", e.mountpoint.display()))?;
