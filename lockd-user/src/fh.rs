@@ -276,19 +276,48 @@ pub fn fh_for_path(
 #[derive(Debug)]
 pub struct FileHandles {
     key: FhKey,
+    /// Keys of the groups whose handles must stay valid when they move to another node:
+    /// each is kept on the group's storage ([`crate::group_state`]).
+    group_keys: Mutex<HashMap<lock_table::ScopeId, FhKey>>,
     cache: Mutex<HashMap<Box<[u8]>, FileId>>,
+}
+
+/// The export id a handle claims, unchecked (the MAC is checked with the key of that
+/// export's group).
+pub fn claimed_export(fh: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = fh.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
 }
 
 impl FileHandles {
     pub fn new(key: FhKey) -> Self {
         Self {
             key,
+            group_keys: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn key(&self) -> &FhKey {
         &self.key
+    }
+
+    /// Handles of `scope`'s exports are made and checked with `key` from now on.
+    pub fn set_group_key(&self, scope: lock_table::ScopeId, key: FhKey) {
+        self.group_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(scope, key);
+    }
+
+    /// The key of a group's handles: its own, or the node's.
+    pub fn key_of(&self, scope: lock_table::ScopeId) -> FhKey {
+        self.group_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .cloned()
+            .unwrap_or_else(|| self.key.clone())
     }
 
     /// The export and backing file a handle names. Nothing on disk is touched unless the
@@ -298,10 +327,11 @@ impl FileHandles {
         exports: &'e Exports,
         fh: &[u8],
     ) -> Result<(&'e OpenExport, FileId), FhError> {
-        let (export_id, htype, kernel) = self.key.open(fh)?;
+        let claimed = claimed_export(fh).ok_or(FhError::Malformed(fh.len()))?;
         let export = exports
-            .get(export_id)
-            .ok_or(FhError::UnknownExport(export_id))?;
+            .get(claimed)
+            .ok_or(FhError::UnknownExport(claimed))?;
+        let (_, htype, kernel) = self.key_of(export.export.scope).open(fh)?;
         if let Some(id) = self.lock_cache().get(fh) {
             return Ok((export, *id));
         }

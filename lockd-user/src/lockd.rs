@@ -138,6 +138,8 @@ pub struct Lockd {
     /// Groups this node does not serve now: requests for their exports are refused with
     /// DENIED_GRACE_PERIOD, which clients retry, as they would a server that is starting.
     pub(crate) offline: Mutex<std::collections::HashSet<ScopeId>>,
+    /// Storage directories of the groups that move between nodes.
+    pub(crate) group_storage: HashMap<ScopeId, std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Lockd {

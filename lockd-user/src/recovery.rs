@@ -20,11 +20,14 @@
 //! [`crate::lockd::CallbackPolicy::release_unreachable_after`] is set, until its GRANTED
 //! callbacks have failed for that long.
 //!
-//! Groups can be taken offline (their locks released) and brought online again (grace and
-//! notifications for that group alone) without touching other groups: the seam for
-//! failover.
+//! Groups can be taken offline (their requests refused, their locks released, their export
+//! roots closed, a clean offline recorded on their storage) and brought online again (their
+//! roots reopened, their client list, handle key and a new state number taken from their
+//! storage ([`crate::group_state`]), grace and notifications for that group alone) without
+//! touching other groups: the seam for failover.
 
 use crate::callbacks::connect_udp;
+use crate::group_state::GroupState;
 use crate::lockd::Lockd;
 use crate::nsm::store::Monitor;
 use crate::proto::nsm::Status;
@@ -92,6 +95,48 @@ pub(crate) fn notify_clients(lockd: &Arc<Lockd>, scopes: &[ScopeId]) {
         targets.into_iter().collect(),
         state,
     ));
+}
+
+/// Sends SM_NOTIFY with `state` (the group's own) to every client of one group.
+pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
+    let targets: BTreeSet<(String, IpAddr)> = lockd.store.clients(scope).into_iter().collect();
+    if targets.is_empty() {
+        return;
+    }
+    tokio::spawn(crate::notify::notify_round(
+        lockd.clone(),
+        targets.into_iter().collect(),
+        state,
+    ));
+}
+
+/// Takes up the state a group keeps on its own storage: its client list, its handle key,
+/// and a new state number (returned). A last offline that was not clean is logged.
+pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
+    let Some(storage) = lockd.group_storage.get(&scope) else {
+        return Err(io::Error::other(format!(
+            "group {} has no storage",
+            scope.0
+        )));
+    };
+    let gs = GroupState::open(storage)?;
+    let clean = gs.take_clean_offline()?;
+    lockd.store.attach_group(scope, &gs.clients_dir())?;
+    lockd.fhs.set_group_key(scope, gs.fh_key()?);
+    let state = gs.advance()?;
+    if clean {
+        info!(
+            group = scope.0,
+            state, "group state taken from its storage; last offline was clean"
+        );
+    } else {
+        warn!(
+            group = scope.0,
+            state,
+            "group state taken from its storage; its last node did not take it offline cleanly"
+        );
+    }
+    Ok(state)
 }
 
 /// Every group this server knows: those of the exports and those with client lists.
@@ -235,9 +280,11 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
     warn!(monitor = %m.my_name, host = %m.mon_name, "status callback not delivered");
 }
 
-/// Takes a service group offline on this node: every lock, waiter and share in its exports
-/// is released (its client list stays, for whoever brings it online).
-pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
+/// Takes a service group offline on this node: its exports' requests are refused, every
+/// lock, waiter and share in them is released (its client list stays, for whoever brings
+/// it online), their roots are closed, and, for a group with storage, a clean offline is
+/// recorded there.
+pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
     // Refused first, so nothing new is granted while the group is being emptied.
     lockd.set_offline(scope, true);
     let r = lockd
@@ -247,6 +294,9 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
     for e in lockd.exports.of_group(scope) {
         e.close();
     }
+    if let Some(storage) = lockd.group_storage.get(&scope) {
+        GroupState::open(storage)?.record_clean_offline()?;
+    }
     info!(
         group = scope.0,
         files = r.files,
@@ -254,6 +304,7 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
         shares,
         "group offline"
     );
+    Ok(())
 }
 
 /// Brings a service group online: a new state number, grace for this group alone, and
@@ -264,11 +315,15 @@ pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
     }
     // Handles resolve to (device, inode): the storage may have been mounted anew.
     lockd.fhs.clear_cache();
-    let state = lockd.store.advance()?;
+    let state = if lockd.group_storage.contains_key(&scope) {
+        attach_storage(lockd, scope)?
+    } else {
+        lockd.store.advance()?
+    };
     start_grace(lockd, scope);
     // Served from here on: its grace is in place, so only reclaims are granted.
     lockd.set_offline(scope, false);
-    notify_clients(lockd, &[scope]);
+    notify_group(lockd, scope, state);
     info!(group = scope.0, state, "group online");
     Ok(state)
 }

@@ -76,6 +76,10 @@ pub struct LockdConfig {
     /// notifications, their exports' requests refused until [`LockdService::group_online`].
     /// Their export roots may be absent until then.
     pub offline: Vec<ScopeId>,
+    /// Groups that move between nodes, and the directory on each one's storage where its
+    /// client list, state number, handle key and clean-offline record are kept
+    /// ([`crate::group_state`]).
+    pub group_storage: HashMap<ScopeId, PathBuf>,
     pub limits: Limits,
     pub callbacks: CallbackPolicy,
     /// NLM and NSM listen addresses (port 0 picks one).
@@ -97,6 +101,7 @@ impl LockdConfig {
             grace: Duration::from_secs(90),
             group_grace: HashMap::new(),
             offline: Vec::new(),
+            group_storage: HashMap::new(),
             limits: Limits::default(),
             callbacks: CallbackPolicy::default(),
             udp: vec![lo],
@@ -183,7 +188,19 @@ impl LockdService {
             group_grace: config.group_grace.clone(),
             grace_gen: Mutex::new(Default::default()),
             offline: Mutex::new(config.offline.iter().copied().collect()),
+            group_storage: config.group_storage.clone(),
         });
+        // Groups online at start with storage of their own: their list, key and state
+        // number come from it.
+        let mut group_states = Vec::new();
+        for (scope, _) in config
+            .group_storage
+            .iter()
+            .filter(|(s, _)| !config.offline.contains(s))
+        {
+            let state = crate::recovery::attach_storage(&lockd, *scope).map_err(sd)?;
+            group_states.push((*scope, state));
+        }
         let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));
         let scopes: Vec<ScopeId> = crate::recovery::all_scopes(&lockd)
             .into_iter()
@@ -217,7 +234,15 @@ impl LockdService {
             worker,
         };
         svc.publish(&config).await;
-        crate::recovery::notify_clients(&svc.lockd, &scopes);
+        let local: Vec<ScopeId> = scopes
+            .iter()
+            .copied()
+            .filter(|s| !config.group_storage.contains_key(s))
+            .collect();
+        crate::recovery::notify_clients(&svc.lockd, &local);
+        for (scope, state) in group_states {
+            crate::recovery::notify_group(&svc.lockd, scope, state);
+        }
         Ok(svc)
     }
 
@@ -342,7 +367,7 @@ impl LockdService {
     }
 
     /// Takes a group offline (refuses its exports' requests, releases its locks and shares).
-    pub fn group_offline(&self, scope: ScopeId) {
+    pub fn group_offline(&self, scope: ScopeId) -> std::io::Result<()> {
         crate::recovery::group_offline(&self.lockd, scope)
     }
 

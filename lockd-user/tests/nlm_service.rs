@@ -1891,7 +1891,7 @@ async fn an_offline_group_is_refused_and_holds_no_storage_until_online() {
         v4::Stats::Denied
     );
 
-    h.svc.group_offline(g1);
+    h.svc.group_offline(g1).unwrap();
     assert!(h.svc.is_offline(g1));
     assert!(!holds_open(&root), "offline lets go of the storage");
     assert_eq!(
@@ -1912,4 +1912,96 @@ async fn an_offline_group_is_refused_and_holds_no_storage_until_online() {
     ha.stop().await;
     hb.stop().await;
     h.stop().await;
+}
+
+/// A group with storage moves between two lock services (two nodes' daemons) sharing only
+/// that storage: its client list, state number and handle key travel with it, and a clean
+/// offline is recorded there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_state_lives_on_its_storage_and_moves_with_it() {
+    let g1 = ScopeId(1);
+    let shared = tempfile::tempdir().unwrap();
+    let storage = shared.path().join("g1");
+    let data = storage.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let tune = |online: bool| {
+        let storage = storage.clone();
+        let data = data.clone();
+        move |c: &mut LockdConfig| {
+            let e = &mut c.exports[1];
+            e.scope = g1;
+            e.read_only = false;
+            e.allowed.clear();
+            e.root = data;
+            c.group_storage.insert(g1, storage);
+            c.group_grace.insert(g1, Duration::from_secs(30));
+            if !online {
+                c.offline = vec![g1];
+            }
+        }
+    };
+    let a = Harness::start(tune(true)).await;
+    let meta = storage.join(".lockfs");
+    assert_eq!(std::fs::read_to_string(meta.join("state")).unwrap(), "1\n");
+    // The group's handles carry the key on its storage, not the node's.
+    let mut g1_export = a.ro_export.clone();
+    g1_export.scope = g1;
+    g1_export.root = data.clone();
+    let fh = fh_of(&meta, g1_export.clone(), &file);
+    let node_fh = fh_of(&a.state, g1_export, &file);
+    let (hx, x) = a.host(2, "alpha").await;
+    assert_eq!(
+        x.lock(x.lock4(&node_fh, 1, 0, 10), true, false, false)
+            .await,
+        v4::Stats::StaleFh,
+        "a handle under the node's key is not the group's"
+    );
+    let lx = x.lock4(&fh, 1, 0, 10);
+    assert_eq!(
+        x.lock(lx.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert!(
+        std::fs::read_dir(meta.join("clients")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("alpha")),
+        "the client is listed on the group's storage"
+    );
+    a.svc.group_offline(g1).unwrap();
+    assert!(meta.join("clean-offline").exists());
+    assert_eq!(std::fs::read_to_string(meta.join("state")).unwrap(), "2\n");
+    a.stop().await;
+    hx.stop().await;
+
+    // Another node, its own state directory, the group offline at start.
+    let b = Harness::start(tune(false)).await;
+    assert!(b.svc.is_offline(g1));
+    let (mut hx, x) = b.host(2, "alpha").await;
+    let state = b.svc.group_online(g1).unwrap();
+    assert_eq!(state, 3, "the group's number goes on from its storage");
+    assert!(!meta.join("clean-offline").exists(), "taken by the online");
+    match hx.next(STEP).await {
+        Some(Received::Notify(n)) => assert_eq!(n.state, 3),
+        other => panic!("expected SM_NOTIFY from the group's new node, got {other:?}"),
+    }
+    // The same handle resolves on the new node; the reclaim is granted in the group's
+    // grace, a new lock is not, and the other group grants throughout.
+    assert_eq!(x.lock(lx, true, false, true).await, v4::Stats::Granted);
+    let (hy, y) = b.host(3, "beta").await;
+    assert_eq!(
+        y.lock(y.lock4(&fh, 2, 100, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        y.lock(y.lock4(&b.fh(), 2, 100, 10), true, false, false)
+            .await,
+        v4::Stats::Granted
+    );
+    hy.stop().await;
+    hx.stop().await;
+    b.stop().await;
 }

@@ -71,6 +71,11 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
         .filter(|g| !g.online_at_start)
         .map(|g| ScopeId(g.scope))
         .collect();
+    l.group_storage = cfg
+        .groups
+        .iter()
+        .filter_map(|g| Some((ScopeId(g.scope), g.storage.clone()?)))
+        .collect();
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
@@ -262,9 +267,25 @@ pub fn file_handle(config_path: Option<&Path>, path: &Path) -> Result<String> {
             break;
         }
     }
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
-    let fh = lockd_user::fh::fh_for_path(&cfg.state_dir, &lockd_exports(&cfg), &resolved)
+    // A group with storage keeps its handle key there, so handles survive its moves.
+    let storage = cfg
+        .exports
+        .iter()
+        .filter(|e| resolved.starts_with(&e.source))
+        .max_by_key(|e| e.source.components().count())
+        .and_then(|e| cfg.group(&e.group)?.storage.clone());
+    let key_dir = match storage {
+        Some(s) => lockd_user::group_state::GroupState::open(&s)
+            .with_context(|| format!("group storage {}", s.display()))?
+            .dir()
+            .to_path_buf(),
+        None => {
+            std::fs::create_dir_all(&cfg.state_dir)
+                .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+            cfg.state_dir.clone()
+        }
+    };
+    let fh = lockd_user::fh::fh_for_path(&key_dir, &lockd_exports(&cfg), &resolved)
         .with_context(|| format!("no file handle for {}", path.display()))?;
     Ok(fh.iter().map(|b| format!("{b:02x}")).collect())
 }
