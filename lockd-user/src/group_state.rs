@@ -9,7 +9,13 @@
 //! - `fh.key`: the key of the group's file handles ([`crate::fh::FhKey`]), so a client's
 //!   handles stay valid on the node the group moves to;
 //! - `clean-offline`: present while the group's last offline was clean; removed when it
-//!   comes online, so its absence at the next online means the last node crashed.
+//!   comes online, so its absence at the next online means the last node crashed;
+//! - `lease`: locked exclusively (`flock`) by the daemon serving the group, for as long as it
+//!   serves it, and naming that daemon; a second daemon is refused, so two nodes never
+//!   serve a group at once even if the cluster manager errs. The lock dies with the
+//!   process, so a crashed node's lease does not outlive it. It holds across nodes as far
+//!   as the storage's own locking does (a cluster file system's, or one node's at a time
+//!   for a file system on a shared disk).
 //!
 //! Every change is durable (file synced, renamed into place, directory synced) before the
 //! caller goes on. The storage directory itself is never created here: its absence means
@@ -26,6 +32,13 @@ pub const DIR: &str = ".lockfs";
 const STATE: &str = "state";
 const CLIENTS: &str = "clients";
 const CLEAN: &str = "clean-offline";
+const LEASE: &str = "lease";
+
+/// The exclusive right to serve a group, held while the file stays open.
+#[derive(Debug)]
+pub struct Lease {
+    _file: File,
+}
 
 /// A group's state directory on its storage.
 #[derive(Debug, Clone)]
@@ -65,6 +78,44 @@ impl GroupState {
         mkdir_durably(&dir)?;
         mkdir_durably(&dir.join(CLIENTS))?;
         Ok(Self { dir })
+    }
+
+    /// Takes the group's lease for `holder` (written into it, for whoever is refused).
+    /// Fails with [`io::ErrorKind::WouldBlock`], naming the holder, when another daemon
+    /// holds it.
+    pub fn acquire_lease(&self, holder: &str) -> io::Result<Lease> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(LEASE);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        // SAFETY: `f` is an open descriptor for the duration of the call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut who = String::new();
+                let _ = f.read_to_string(&mut who);
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "the group is online elsewhere (lease held by {})",
+                        who.trim()
+                    ),
+                ));
+            }
+            return Err(e);
+        }
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{holder}")?;
+        f.sync_all()?;
+        Ok(Lease { _file: f })
     }
 
     /// `STORAGE/.lockfs`.
@@ -169,6 +220,12 @@ mod tests {
         let k2 = other.fh_key().unwrap();
         let sealed = k1.seal(7, 1, &[1, 2, 3, 4]);
         assert_eq!(k2.open(&sealed).unwrap().0, 7, "one key for the group");
+        let lease = g.acquire_lease("node-a pid 1").unwrap();
+        let e = other.acquire_lease("node-b pid 2").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("node-a pid 1"), "{e}");
+        drop(lease);
+        drop(other.acquire_lease("node-b pid 2").unwrap());
         std::fs::write(g.dir().join(STATE), "junk").unwrap();
         assert!(
             g.advance().is_err(),

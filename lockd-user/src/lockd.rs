@@ -140,6 +140,8 @@ pub struct Lockd {
     pub(crate) offline: Mutex<std::collections::HashSet<ScopeId>>,
     /// Storage directories of the groups that move between nodes.
     pub(crate) group_storage: HashMap<ScopeId, std::path::PathBuf>,
+    /// Leases of the groups with storage served here, with their state numbers.
+    pub(crate) leases: Mutex<HashMap<ScopeId, (crate::group_state::Lease, i32)>>,
 }
 
 impl std::fmt::Debug for Lockd {
@@ -192,6 +194,15 @@ impl Lockd {
         } else {
             o.remove(&scope);
         }
+    }
+
+    /// The state number of a group with storage served here (holding its lease).
+    pub fn group_state(&self, scope: ScopeId) -> Option<i32> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .map(|(_, s)| *s)
     }
 
     pub(crate) fn new_token(&self) -> u64 {

@@ -120,10 +120,16 @@ pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
         )));
     };
     let gs = GroupState::open(storage)?;
+    let lease = gs.acquire_lease(&format!("{} pid {}", lockd.name, std::process::id()))?;
     let clean = gs.take_clean_offline()?;
     lockd.store.attach_group(scope, &gs.clients_dir())?;
     lockd.fhs.set_group_key(scope, gs.fh_key()?);
     let state = gs.advance()?;
+    lockd
+        .leases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(scope, (lease, state));
     if clean {
         info!(
             group = scope.0,
@@ -285,6 +291,10 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
 /// it online), their roots are closed, and, for a group with storage, a clean offline is
 /// recorded there.
 pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
+    let has_storage = lockd.group_storage.contains_key(&scope);
+    if has_storage && lockd.is_offline(scope) && lockd.group_state(scope).is_none() {
+        return Ok(());
+    }
     // Refused first, so nothing new is granted while the group is being emptied.
     lockd.set_offline(scope, true);
     let r = lockd
@@ -296,6 +306,12 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
     }
     if let Some(storage) = lockd.group_storage.get(&scope) {
         GroupState::open(storage)?.record_clean_offline()?;
+        // Last: the next node may take the group only once everything here is let go.
+        lockd
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&scope);
     }
     info!(
         group = scope.0,
@@ -309,7 +325,15 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
 
 /// Brings a service group online: a new state number, grace for this group alone, and
 /// SM_NOTIFY to its clients. Returns the new state.
+///
+/// A group with storage that is online here already is left as it is (its state returned):
+/// a cluster manager's start may be repeated.
 pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
+    if lockd.group_storage.contains_key(&scope) && !lockd.is_offline(scope) {
+        if let Some(state) = lockd.group_state(scope) {
+            return Ok(state);
+        }
+    }
     for e in lockd.exports.of_group(scope) {
         e.reopen().map_err(io::Error::other)?;
     }

@@ -112,6 +112,27 @@ impl LockdConfig {
     }
 }
 
+/// A group as this node serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub online: bool,
+    pub in_grace: bool,
+    /// Clients on its list.
+    pub clients: usize,
+    /// The state number its notifications carry: its own for a group with storage.
+    pub state: i32,
+}
+
+/// What the lock agent reports of a group on this node.
+pub fn group_status(l: &Lockd, scope: ScopeId) -> GroupStatus {
+    GroupStatus {
+        online: !l.is_offline(scope),
+        in_grace: l.table.read(|t| t.in_grace(scope)),
+        clients: l.store.client_count(scope),
+        state: l.group_state(scope).unwrap_or_else(|| l.state()),
+    }
+}
+
 /// Why the service could not start.
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -189,6 +210,7 @@ impl LockdService {
             grace_gen: Mutex::new(Default::default()),
             offline: Mutex::new(config.offline.iter().copied().collect()),
             group_storage: config.group_storage.clone(),
+            leases: Mutex::new(HashMap::new()),
         });
         // Groups online at start with storage of their own: their list, key and state
         // number come from it.
@@ -359,6 +381,11 @@ impl LockdService {
     /// `lockfs clear --host NAME`.
     pub fn clear_host(&self, name: &str) -> HostReleased {
         self.lockd.clear_host(name)
+    }
+
+    /// What the lock agent reports of a group on this node.
+    pub fn group_status(&self, scope: ScopeId) -> GroupStatus {
+        group_status(&self.lockd, scope)
     }
 
     /// Whether a group's exports are refused on this node.

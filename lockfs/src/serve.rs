@@ -214,7 +214,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             "was_monitored": r.was_monitored,
         })
     });
-    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear))?;
+    let group = group_command(&cfg, service.lockd().clone(), &runtime);
+    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear), Some(group))?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
 
     let mut sig = 0;
@@ -240,6 +241,56 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     eprintln!("lockfs: stopped");
     Ok(())
+}
+
+/// The lock agent's requests, answered from the admin socket's thread.
+fn group_command(
+    cfg: &Config,
+    lockd: std::sync::Arc<lockd_user::lockd::Lockd>,
+    runtime: &tokio::runtime::Runtime,
+) -> admin::GroupCommand {
+    let groups = cfg.groups.clone();
+    let handle = runtime.handle().clone();
+    Arc::new(move |verb: &str, name: &str| {
+        use serde_json::json;
+        // Grace timers and notifications are tasks of the daemon's runtime.
+        let _rt = handle.enter();
+        let status = |g: &config::Group| {
+            let s = lockd_user::service::group_status(&lockd, ScopeId(g.scope));
+            json!({
+                "name": g.name,
+                "online": s.online,
+                "in_grace": s.in_grace,
+                "clients": s.clients,
+                "state": s.state,
+                "storage": g.storage,
+                "server_ids": g.server_ids.iter().map(|i| json!({"name": i.name, "address": i.address.to_string()})).collect::<Vec<_>>(),
+            })
+        };
+        if verb == "status" && name.is_empty() {
+            return json!({ "groups": groups.iter().map(status).collect::<Vec<_>>() });
+        }
+        let Some(g) = groups.iter().find(|g| g.name == name) else {
+            return json!({ "error": format!("no group named {name:?} is configured") });
+        };
+        let scope = ScopeId(g.scope);
+        let r = match verb {
+            "online" => lockd_user::recovery::group_online(&lockd, scope).map(|_| ()),
+            "offline" => lockd_user::recovery::group_offline(&lockd, scope),
+            "status" => Ok(()),
+            other => return json!({ "error": format!("unknown group request {other:?}") }),
+        };
+        match r {
+            Ok(()) => {
+                tracing::info!(group = %g.name, request = verb, "lock agent request done");
+                status(g)
+            }
+            Err(e) => {
+                tracing::warn!(group = %g.name, request = verb, error = %e, "lock agent request failed");
+                json!({ "error": format!("group {:?}: {e}", g.name) })
+            }
+        }
+    })
 }
 
 /// A lazy unmount (`umount -l`).
