@@ -141,6 +141,8 @@ pub struct Lockd {
     /// Storage directories of the groups that move between nodes.
     pub(crate) group_storage: HashMap<ScopeId, std::path::PathBuf>,
     /// Leases of the groups with storage served here, with their state numbers.
+    /// Server IDs (name, address) of the groups that have them.
+    pub(crate) server_ids: HashMap<ScopeId, Vec<(String, IpAddr)>>,
     pub(crate) leases: Mutex<HashMap<ScopeId, (crate::group_state::Lease, i32)>>,
 }
 

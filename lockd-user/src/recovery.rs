@@ -103,11 +103,24 @@ pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
     if targets.is_empty() {
         return;
     }
-    tokio::spawn(crate::notify::notify_round(
-        lockd.clone(),
-        targets.into_iter().collect(),
-        state,
-    ));
+    let targets: Vec<(String, IpAddr)> = targets.into_iter().collect();
+    match lockd.server_ids.get(&scope).filter(|ids| !ids.is_empty()) {
+        // A client knows the group by the server ID it mounted: each gets its notice.
+        Some(ids) => {
+            for (name, addr) in ids {
+                tokio::spawn(crate::notify::notify_round_as(
+                    lockd.clone(),
+                    targets.clone(),
+                    state,
+                    name.clone(),
+                    Some(*addr),
+                ));
+            }
+        }
+        None => {
+            tokio::spawn(crate::notify::notify_round(lockd.clone(), targets, state));
+        }
+    }
 }
 
 /// Takes up the state a group keeps on its own storage: its client list, its handle key,
@@ -206,7 +219,13 @@ pub(crate) enum Sender {
 /// by address only when exactly one host is on record there and the address is not a
 /// loopback one, which every program of this machine shares, lockfs itself included.
 pub(crate) fn judge_sender(lockd: &Lockd, mon_name: &str, state: i32, from: IpAddr) -> Sender {
-    if mon_name.eq_ignore_ascii_case(&lockd.name) {
+    if mon_name.eq_ignore_ascii_case(&lockd.name)
+        || lockd
+            .server_ids
+            .values()
+            .flatten()
+            .any(|(n, _)| n.eq_ignore_ascii_case(mon_name))
+    {
         return Sender::Ourselves;
     }
     if let Some((name, addrs)) = lockd.store.record(mon_name) {

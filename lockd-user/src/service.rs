@@ -80,6 +80,9 @@ pub struct LockdConfig {
     /// client list, state number, handle key and clean-offline record are kept
     /// ([`crate::group_state`]).
     pub group_storage: HashMap<ScopeId, PathBuf>,
+    /// The names and addresses clients reach a group by: its SM_NOTIFY go out once per
+    /// server ID, naming it, from its address when that is on this node.
+    pub group_server_ids: HashMap<ScopeId, Vec<(String, IpAddr)>>,
     pub limits: Limits,
     pub callbacks: CallbackPolicy,
     /// NLM and NSM listen addresses (port 0 picks one).
@@ -102,6 +105,7 @@ impl LockdConfig {
             group_grace: HashMap::new(),
             offline: Vec::new(),
             group_storage: HashMap::new(),
+            group_server_ids: HashMap::new(),
             limits: Limits::default(),
             callbacks: CallbackPolicy::default(),
             udp: vec![lo],
@@ -211,6 +215,7 @@ impl LockdService {
             offline: Mutex::new(config.offline.iter().copied().collect()),
             group_storage: config.group_storage.clone(),
             leases: Mutex::new(HashMap::new()),
+            server_ids: config.group_server_ids.clone(),
         });
         // Groups online at start with storage of their own: their list, key and state
         // number come from it.

@@ -1937,6 +1937,14 @@ async fn a_group_state_lives_on_its_storage_and_moves_with_it() {
             e.root = data;
             c.group_storage.insert(g1, storage);
             c.group_grace.insert(g1, Duration::from_secs(30));
+            // Clients reach g1 by two names; one address is here, one is not.
+            c.group_server_ids.insert(
+                g1,
+                vec![
+                    ("nfs-g1".into(), "127.0.0.1".parse().unwrap()),
+                    ("nfs-g1-alt".into(), "192.0.2.1".parse().unwrap()),
+                ],
+            );
             if !online {
                 c.offline = vec![g1];
             }
@@ -1984,10 +1992,19 @@ async fn a_group_state_lives_on_its_storage_and_moves_with_it() {
     let state = b.svc.group_online(g1).unwrap();
     assert_eq!(state, 3, "the group's number goes on from its storage");
     assert!(!meta.join("clean-offline").exists(), "taken by the online");
-    match hx.next(STEP).await {
-        Some(Received::Notify(n)) => assert_eq!(n.state, 3),
-        other => panic!("expected SM_NOTIFY from the group's new node, got {other:?}"),
+    // One notification per server ID, each naming it, with the group's new state.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        match hx.next(STEP).await {
+            Some(Received::Notify(n)) => {
+                assert_eq!(n.state, 3);
+                names.push(n.mon_name);
+            }
+            other => panic!("expected SM_NOTIFY from the group's new node, got {other:?}"),
+        }
     }
+    names.sort();
+    assert_eq!(names, ["nfs-g1", "nfs-g1-alt"]);
     // The same handle resolves on the new node; the reclaim is granted in the group's
     // grace, a new lock is not, and the other group grants throughout.
     assert_eq!(x.lock(lx, true, false, true).await, v4::Stats::Granted);

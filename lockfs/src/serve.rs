@@ -76,6 +76,14 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
         .iter()
         .filter_map(|g| Some((ScopeId(g.scope), g.storage.clone()?)))
         .collect();
+    l.group_server_ids = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let ids = g.server_ids.iter().map(|i| (i.name.clone(), i.address));
+            (ScopeId(g.scope), ids.collect())
+        })
+        .collect();
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
