@@ -328,9 +328,12 @@ impl FileHandles {
         fh: &[u8],
     ) -> Result<(&'e OpenExport, FileId), FhError> {
         let claimed = claimed_export(fh).ok_or(FhError::Malformed(fh.len()))?;
-        let export = exports
-            .get(claimed)
-            .ok_or(FhError::UnknownExport(claimed))?;
+        let Some(export) = exports.get(claimed) else {
+            // A handle this server did not seal is refused as such (length, MAC) before
+            // its export is named.
+            self.key.open(fh)?;
+            return Err(FhError::UnknownExport(claimed));
+        };
         let (_, htype, kernel) = self.key_of(export.export.scope).open(fh)?;
         if let Some(id) = self.lock_cache().get(fh) {
             return Ok((export, *id));
