@@ -230,6 +230,12 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
     unsafe { libc::sigwait(&set, &mut sig) };
     tracing::info!(signal = sig, "stopping");
+    // A group that moves is left cleanly: its clean offline recorded and its lease let go.
+    for g in cfg.groups.iter().filter(|g| g.storage.is_some()) {
+        if let Err(e) = lockd_user::recovery::group_offline(service.lockd(), ScopeId(g.scope)) {
+            eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
+        }
+    }
     runtime.block_on(service.shutdown());
     let mut failed = false;
     for m in mounts {

@@ -174,4 +174,7 @@ fn online_offline_status_lease_and_crash() {
     let out = a.group(&["online", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no group named"));
+    // A daemon stopped with SIGTERM leaves its groups cleanly.
+    drop(a);
+    assert!(meta.join("clean-offline").exists());
 }
