@@ -12,9 +12,9 @@
 use lock_table::ScopeId;
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// A block of addresses, `192.0.2.0/24`, `::1/128` or a bare address (a full-length prefix).
@@ -136,16 +136,51 @@ pub enum ExportError {
 }
 
 /// An export with its root directory held open (the anchor for `open_by_handle_at`).
+///
+/// The root of an export whose group is offline is not held: its storage may be on
+/// another node, and an open directory would keep the storage from being unmounted
+/// when the group moves. It is opened again when the group comes online.
 #[derive(Debug)]
 pub struct OpenExport {
     pub export: Export,
-    root: File,
+    root: Mutex<Option<Arc<File>>>,
+}
+
+fn open_root(e: &Export) -> Result<File, ExportError> {
+    let root = File::open(&e.root).map_err(|source| ExportError::Open {
+        path: e.root.clone(),
+        source,
+    })?;
+    let meta = root.metadata().map_err(|source| ExportError::Open {
+        path: e.root.clone(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ExportError::NotADirectory(e.root.clone()));
+    }
+    Ok(root)
 }
 
 impl OpenExport {
-    /// The open root directory.
-    pub fn root_fd(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<File>>> {
+        self.root.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open root directory, unless the export is closed (its group offline).
+    pub fn root(&self) -> Option<Arc<File>> {
+        self.slot().clone()
+    }
+
+    /// Opens the root again (its group comes online, maybe on storage mounted anew).
+    pub fn reopen(&self) -> Result<(), ExportError> {
+        let f = open_root(&self.export)?;
+        *self.slot() = Some(Arc::new(f));
+        Ok(())
+    }
+
+    /// Lets go of the root (its group goes offline).
+    pub fn close(&self) {
+        *self.slot() = None;
     }
 }
 
@@ -158,25 +193,36 @@ pub struct Exports {
 impl Exports {
     /// Opens every export root.
     pub fn open(exports: Vec<Export>) -> Result<Self, ExportError> {
+        Self::open_allowing_absent(exports, &[])
+    }
+
+    /// Opens every export root but those of the groups in `offline`, which are opened when
+    /// their group comes online ([`OpenExport::reopen`]).
+    pub fn open_allowing_absent(
+        exports: Vec<Export>,
+        offline: &[ScopeId],
+    ) -> Result<Self, ExportError> {
         let mut list: Vec<OpenExport> = Vec::with_capacity(exports.len());
         for e in exports {
             if list.iter().any(|o| o.export.id == e.id) {
                 return Err(ExportError::DuplicateId(e.id));
             }
-            let root = File::open(&e.root).map_err(|source| ExportError::Open {
-                path: e.root.clone(),
-                source,
-            })?;
-            let meta = root.metadata().map_err(|source| ExportError::Open {
-                path: e.root.clone(),
-                source,
-            })?;
-            if !meta.is_dir() {
-                return Err(ExportError::NotADirectory(e.root));
-            }
-            list.push(OpenExport { export: e, root });
+            let root = if offline.contains(&e.scope) {
+                None
+            } else {
+                Some(Arc::new(open_root(&e)?))
+            };
+            list.push(OpenExport {
+                export: e,
+                root: Mutex::new(root),
+            });
         }
         Ok(Self { list })
+    }
+
+    /// The exports of one group.
+    pub fn of_group(&self, scope: ScopeId) -> impl Iterator<Item = &OpenExport> {
+        self.list.iter().filter(move |o| o.export.scope == scope)
     }
 
     pub fn get(&self, id: u32) -> Option<&OpenExport> {

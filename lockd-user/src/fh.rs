@@ -276,19 +276,48 @@ pub fn fh_for_path(
 #[derive(Debug)]
 pub struct FileHandles {
     key: FhKey,
+    /// Keys of the groups whose handles must stay valid when they move to another node:
+    /// each is kept on the group's storage ([`crate::group_state`]).
+    group_keys: Mutex<HashMap<lock_table::ScopeId, FhKey>>,
     cache: Mutex<HashMap<Box<[u8]>, FileId>>,
+}
+
+/// The export id a handle claims, unchecked (the MAC is checked with the key of that
+/// export's group).
+pub fn claimed_export(fh: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = fh.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
 }
 
 impl FileHandles {
     pub fn new(key: FhKey) -> Self {
         Self {
             key,
+            group_keys: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn key(&self) -> &FhKey {
         &self.key
+    }
+
+    /// Handles of `scope`'s exports are made and checked with `key` from now on.
+    pub fn set_group_key(&self, scope: lock_table::ScopeId, key: FhKey) {
+        self.group_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(scope, key);
+    }
+
+    /// The key of a group's handles: its own, or the node's.
+    pub fn key_of(&self, scope: lock_table::ScopeId) -> FhKey {
+        self.group_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .cloned()
+            .unwrap_or_else(|| self.key.clone())
     }
 
     /// The export and backing file a handle names. Nothing on disk is touched unless the
@@ -298,22 +327,28 @@ impl FileHandles {
         exports: &'e Exports,
         fh: &[u8],
     ) -> Result<(&'e OpenExport, FileId), FhError> {
-        let (export_id, htype, kernel) = self.key.open(fh)?;
-        let export = exports
-            .get(export_id)
-            .ok_or(FhError::UnknownExport(export_id))?;
+        let claimed = claimed_export(fh).ok_or(FhError::Malformed(fh.len()))?;
+        let Some(export) = exports.get(claimed) else {
+            // A handle this server did not seal is refused as such (length, MAC) before
+            // its export is named.
+            self.key.open(fh)?;
+            return Err(FhError::UnknownExport(claimed));
+        };
+        let (_, htype, kernel) = self.key_of(export.export.scope).open(fh)?;
         if let Some(id) = self.lock_cache().get(fh) {
             return Ok((export, *id));
         }
+        // An export whose group is offline has no root to resolve against.
+        let root = export.root().ok_or(FhError::Stale)?;
         let mut h = KernelHandle::empty();
         h.handle_bytes = kernel.len() as libc::c_uint;
         h.handle_type = libc::c_int::from(htype);
         h.f_handle[..kernel.len()].copy_from_slice(kernel);
-        // SAFETY: the root fd is open for the life of `exports`; `h` is a valid
+        // SAFETY: the root fd is kept open by `root` during the call; `h` is a valid
         // file_handle whose handle_bytes does not exceed its buffer.
         let fd = unsafe {
             libc::open_by_handle_at(
-                export.root_fd().as_raw_fd(),
+                root.as_raw_fd(),
                 (&mut h as *mut KernelHandle).cast(),
                 libc::O_PATH | libc::O_CLOEXEC,
             )
@@ -338,6 +373,11 @@ impl FileHandles {
         }
         cache.insert(fh.into(), id);
         Ok((export, id))
+    }
+
+    /// Forgets every resolved handle (an export's storage was mounted anew).
+    pub fn clear_cache(&self) {
+        self.lock_cache().clear();
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, FileId>> {

@@ -73,6 +73,7 @@ pub mod client;
 pub mod drc;
 pub mod exports;
 pub mod fh;
+pub mod group_state;
 mod liveness;
 pub mod lockd;
 pub mod nlm;

@@ -138,6 +138,15 @@ pub struct Lockd {
     pub(crate) grace_gen: Mutex<HashMap<ScopeId, u64>>,
     /// Holders others met, for the unreachable policy (see [`crate::liveness`]).
     pub(crate) contention: crate::liveness::Contention,
+    /// Groups this node does not serve now: requests for their exports are refused with
+    /// DENIED_GRACE_PERIOD, which clients retry, as they would a server that is starting.
+    pub(crate) offline: Mutex<std::collections::HashSet<ScopeId>>,
+    /// Storage directories of the groups that move between nodes.
+    pub(crate) group_storage: HashMap<ScopeId, std::path::PathBuf>,
+    /// Leases of the groups with storage served here, with their state numbers.
+    /// Server IDs (name, address) of the groups that have them.
+    pub(crate) server_ids: HashMap<ScopeId, Vec<(String, IpAddr)>>,
+    pub(crate) leases: Mutex<HashMap<ScopeId, (crate::group_state::Lease, i32)>>,
 }
 
 impl std::fmt::Debug for Lockd {
@@ -173,6 +182,32 @@ impl Lockd {
 
     pub(crate) fn grace_gen(&self) -> MutexGuard<'_, HashMap<ScopeId, u64>> {
         self.grace_gen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the group `scope` is offline on this node.
+    pub fn is_offline(&self, scope: ScopeId) -> bool {
+        self.offline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&scope)
+    }
+
+    pub(crate) fn set_offline(&self, scope: ScopeId, offline: bool) {
+        let mut o = self.offline.lock().unwrap_or_else(|e| e.into_inner());
+        if offline {
+            o.insert(scope);
+        } else {
+            o.remove(&scope);
+        }
+    }
+
+    /// The state number of a group with storage served here (holding its lease).
+    pub fn group_state(&self, scope: ScopeId) -> Option<i32> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .map(|(_, s)| *s)
     }
 
     pub(crate) fn new_token(&self) -> u64 {

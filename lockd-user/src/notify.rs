@@ -86,13 +86,27 @@ pub(crate) async fn notify_round(
     targets: Vec<(String, IpAddr)>,
     state: i32,
 ) -> RoundResult {
+    let name = lockd.name.clone();
+    notify_round_as(lockd, targets, state, name, None).await
+}
+
+/// [`notify_round`] naming the server `name` (a group's server ID), sent from `from` when
+/// that address is on this node (so clients that check the source see the address they
+/// locked through), else from any.
+pub(crate) async fn notify_round_as(
+    lockd: Arc<Lockd>,
+    targets: Vec<(String, IpAddr)>,
+    state: i32,
+    name: String,
+    from: Option<IpAddr>,
+) -> RoundResult {
     let n = targets.len();
-    info!(clients = n, state, "sending SM_NOTIFY");
+    info!(clients = n, state, server = %name, "sending SM_NOTIFY");
     let args = to_bytes(&StatChge {
-        mon_name: lockd.name.clone(),
+        mon_name: name,
         state,
     });
-    let r = match Round::new(lockd.policy.clone(), args, targets).await {
+    let r = match Round::new(lockd.policy.clone(), args, targets, from).await {
         Ok(mut round) => round.run().await,
         Err(e) => {
             warn!(error = %e, "cannot open a socket for SM_NOTIFY");
@@ -125,10 +139,24 @@ impl Round {
         policy: CallbackPolicy,
         args: Vec<u8>,
         targets: Vec<(String, IpAddr)>,
+        from: Option<IpAddr>,
     ) -> std::io::Result<Self> {
-        let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
+        // From the server ID's address if it is here; an address not (or no longer) on
+        // this node cannot be bound, and the notification goes from any.
+        async fn bind(any: IpAddr, from: Option<IpAddr>) -> std::io::Result<UdpSocket> {
+            if let Some(a) = from.filter(|a| a.is_ipv4() == any.is_ipv4()) {
+                match UdpSocket::bind((a, 0)).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        warn!(address = %a, error = %e, "server ID address not on this node; SM_NOTIFY sent from any")
+                    }
+                }
+            }
+            UdpSocket::bind((any, 0)).await
+        }
+        let v4 = bind(Ipv4Addr::UNSPECIFIED.into(), from).await?;
         let v6 = if targets.iter().any(|(_, a)| a.is_ipv6()) {
-            Some(UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await?)
+            Some(bind(Ipv6Addr::UNSPECIFIED.into(), from).await?)
         } else {
             None
         };

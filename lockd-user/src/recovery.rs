@@ -20,11 +20,14 @@
 //! [`crate::lockd::CallbackPolicy::release_unreachable_after`] is set, until its GRANTED
 //! callbacks have failed for that long.
 //!
-//! Groups can be taken offline (their locks released) and brought online again (grace and
-//! notifications for that group alone) without touching other groups: the seam for
-//! failover.
+//! Groups can be taken offline (their requests refused, their locks released, their export
+//! roots closed, a clean offline recorded on their storage) and brought online again (their
+//! roots reopened, their client list, handle key and a new state number taken from their
+//! storage ([`crate::group_state`]), grace and notifications for that group alone) without
+//! touching other groups: the seam for failover.
 
 use crate::callbacks::connect_udp;
+use crate::group_state::GroupState;
 use crate::lockd::Lockd;
 use crate::nsm::store::Monitor;
 use crate::proto::nsm::Status;
@@ -94,6 +97,67 @@ pub(crate) fn notify_clients(lockd: &Arc<Lockd>, scopes: &[ScopeId]) {
     ));
 }
 
+/// Sends SM_NOTIFY with `state` (the group's own) to every client of one group.
+pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
+    let targets: BTreeSet<(String, IpAddr)> = lockd.store.clients(scope).into_iter().collect();
+    if targets.is_empty() {
+        return;
+    }
+    let targets: Vec<(String, IpAddr)> = targets.into_iter().collect();
+    match lockd.server_ids.get(&scope).filter(|ids| !ids.is_empty()) {
+        // A client knows the group by the server ID it mounted: each gets its notice.
+        Some(ids) => {
+            for (name, addr) in ids {
+                tokio::spawn(crate::notify::notify_round_as(
+                    lockd.clone(),
+                    targets.clone(),
+                    state,
+                    name.clone(),
+                    Some(*addr),
+                ));
+            }
+        }
+        None => {
+            tokio::spawn(crate::notify::notify_round(lockd.clone(), targets, state));
+        }
+    }
+}
+
+/// Takes up the state a group keeps on its own storage: its client list, its handle key,
+/// and a new state number (returned). A last offline that was not clean is logged.
+pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
+    let Some(storage) = lockd.group_storage.get(&scope) else {
+        return Err(io::Error::other(format!(
+            "group {} has no storage",
+            scope.0
+        )));
+    };
+    let gs = GroupState::open(storage)?;
+    let lease = gs.acquire_lease(&format!("{} pid {}", lockd.name, std::process::id()))?;
+    let clean = gs.take_clean_offline()?;
+    lockd.store.attach_group(scope, &gs.clients_dir())?;
+    lockd.fhs.set_group_key(scope, gs.fh_key()?);
+    let state = gs.advance()?;
+    lockd
+        .leases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(scope, (lease, state));
+    if clean {
+        info!(
+            group = scope.0,
+            state, "group state taken from its storage; last offline was clean"
+        );
+    } else {
+        warn!(
+            group = scope.0,
+            state,
+            "group state taken from its storage; its last node did not take it offline cleanly"
+        );
+    }
+    Ok(state)
+}
+
 /// Every group this server knows: those of the exports and those with client lists.
 pub(crate) fn all_scopes(lockd: &Lockd) -> Vec<ScopeId> {
     let mut s = lockd.exports.scopes();
@@ -155,7 +219,13 @@ pub(crate) enum Sender {
 /// by address only when exactly one host is on record there and the address is not a
 /// loopback one, which every program of this machine shares, lockfs itself included.
 pub(crate) fn judge_sender(lockd: &Lockd, mon_name: &str, state: i32, from: IpAddr) -> Sender {
-    if mon_name.eq_ignore_ascii_case(&lockd.name) {
+    if mon_name.eq_ignore_ascii_case(&lockd.name)
+        || lockd
+            .server_ids
+            .values()
+            .flatten()
+            .any(|(n, _)| n.eq_ignore_ascii_case(mon_name))
+    {
         return Sender::Ourselves;
     }
     if let Some((name, addrs)) = lockd.store.record(mon_name) {
@@ -235,13 +305,33 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
     warn!(monitor = %m.my_name, host = %m.mon_name, "status callback not delivered");
 }
 
-/// Takes a service group offline on this node: every lock, waiter and share in its exports
-/// is released (its client list stays, for whoever brings it online).
-pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
+/// Takes a service group offline on this node: its exports' requests are refused, every
+/// lock, waiter and share in them is released (its client list stays, for whoever brings
+/// it online), their roots are closed, and, for a group with storage, a clean offline is
+/// recorded there.
+pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
+    let has_storage = lockd.group_storage.contains_key(&scope);
+    if has_storage && lockd.is_offline(scope) && lockd.group_state(scope).is_none() {
+        return Ok(());
+    }
+    // Refused first, so nothing new is granted while the group is being emptied.
+    lockd.set_offline(scope, true);
     let r = lockd
         .table
         .with(|t| t.release_scope(scope, Release::Abnormal));
     let shares = lockd.shares().release_scope(scope);
+    for e in lockd.exports.of_group(scope) {
+        e.close();
+    }
+    if let Some(storage) = lockd.group_storage.get(&scope) {
+        GroupState::open(storage)?.record_clean_offline()?;
+        // Last: the next node may take the group only once everything here is let go.
+        lockd
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&scope);
+    }
     info!(
         group = scope.0,
         files = r.files,
@@ -249,14 +339,34 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) {
         shares,
         "group offline"
     );
+    Ok(())
 }
 
 /// Brings a service group online: a new state number, grace for this group alone, and
 /// SM_NOTIFY to its clients. Returns the new state.
+///
+/// A group with storage that is online here already is left as it is (its state returned):
+/// a cluster manager's start may be repeated.
 pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
-    let state = lockd.store.advance()?;
+    if lockd.group_storage.contains_key(&scope) && !lockd.is_offline(scope) {
+        if let Some(state) = lockd.group_state(scope) {
+            return Ok(state);
+        }
+    }
+    for e in lockd.exports.of_group(scope) {
+        e.reopen().map_err(io::Error::other)?;
+    }
+    // Handles resolve to (device, inode): the storage may have been mounted anew.
+    lockd.fhs.clear_cache();
+    let state = if lockd.group_storage.contains_key(&scope) {
+        attach_storage(lockd, scope)?
+    } else {
+        lockd.store.advance()?
+    };
     start_grace(lockd, scope);
-    notify_clients(lockd, &[scope]);
+    // Served from here on: its grace is in place, so only reclaims are granted.
+    lockd.set_offline(scope, false);
+    notify_group(lockd, scope, state);
     info!(group = scope.0, state, "group online");
     Ok(state)
 }

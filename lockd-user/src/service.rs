@@ -72,6 +72,17 @@ pub struct LockdConfig {
     pub grace: Duration,
     /// Groups whose grace period has another length than `grace`.
     pub group_grace: HashMap<ScopeId, Duration>,
+    /// Groups not served at start (another node may be serving them): no grace, no
+    /// notifications, their exports' requests refused until [`LockdService::group_online`].
+    /// Their export roots may be absent until then.
+    pub offline: Vec<ScopeId>,
+    /// Groups that move between nodes, and the directory on each one's storage where its
+    /// client list, state number, handle key and clean-offline record are kept
+    /// ([`crate::group_state`]).
+    pub group_storage: HashMap<ScopeId, PathBuf>,
+    /// The names and addresses clients reach a group by: its SM_NOTIFY go out once per
+    /// server ID, naming it, from its address when that is on this node.
+    pub group_server_ids: HashMap<ScopeId, Vec<(String, IpAddr)>>,
     pub limits: Limits,
     pub callbacks: CallbackPolicy,
     /// NLM and NSM listen addresses (port 0 picks one).
@@ -92,6 +103,9 @@ impl LockdConfig {
             exports: Vec::new(),
             grace: Duration::from_secs(90),
             group_grace: HashMap::new(),
+            offline: Vec::new(),
+            group_storage: HashMap::new(),
+            group_server_ids: HashMap::new(),
             limits: Limits::default(),
             callbacks: CallbackPolicy::default(),
             udp: vec![lo],
@@ -99,6 +113,27 @@ impl LockdConfig {
             portmap: PortmapMode::Auto,
             server: ServerConfig::default(),
         }
+    }
+}
+
+/// A group as this node serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub online: bool,
+    pub in_grace: bool,
+    /// Clients on its list.
+    pub clients: usize,
+    /// The state number its notifications carry: its own for a group with storage.
+    pub state: i32,
+}
+
+/// What the lock agent reports of a group on this node.
+pub fn group_status(l: &Lockd, scope: ScopeId) -> GroupStatus {
+    GroupStatus {
+        online: !l.is_offline(scope),
+        in_grace: l.table.read(|t| t.in_grace(scope)),
+        clients: l.store.client_count(scope),
+        state: l.group_state(scope).unwrap_or_else(|| l.state()),
     }
 }
 
@@ -161,7 +196,7 @@ impl LockdService {
             .map_err(sd)?
             .with_limits(config.limits.store.clone());
         let key = FhKey::load_or_create(&config.state_dir).map_err(sd)?;
-        let exports = Exports::open(config.exports.clone())?;
+        let exports = Exports::open_allowing_absent(config.exports.clone(), &config.offline)?;
         let state = store.advance().map_err(sd)?;
         let lockd = Arc::new(Lockd {
             name: config.node_name.clone(),
@@ -180,13 +215,31 @@ impl LockdService {
             group_grace: config.group_grace.clone(),
             grace_gen: Mutex::new(Default::default()),
             contention: Default::default(),
+            offline: Mutex::new(config.offline.iter().copied().collect()),
+            group_storage: config.group_storage.clone(),
+            leases: Mutex::new(HashMap::new()),
+            server_ids: config.group_server_ids.clone(),
         });
+        // Groups online at start with storage of their own: their list, key and state
+        // number come from it.
+        let mut group_states = Vec::new();
+        for (scope, _) in config
+            .group_storage
+            .iter()
+            .filter(|(s, _)| !config.offline.contains(s))
+        {
+            let state = crate::recovery::attach_storage(&lockd, *scope).map_err(sd)?;
+            group_states.push((*scope, state));
+        }
         let worker = tokio::spawn(crate::callbacks::run(lockd.clone(), events.rx));
         let liveness = config
             .callbacks
             .release_unreachable_after
             .map(|limit| tokio::spawn(crate::liveness::run(lockd.clone(), limit)));
-        let scopes = crate::recovery::all_scopes(&lockd);
+        let scopes: Vec<ScopeId> = crate::recovery::all_scopes(&lockd)
+            .into_iter()
+            .filter(|s| !config.offline.contains(s))
+            .collect();
         for s in &scopes {
             crate::recovery::start_grace(&lockd, *s);
         }
@@ -219,7 +272,15 @@ impl LockdService {
             liveness,
         };
         svc.publish(&config).await;
-        crate::recovery::notify_clients(&svc.lockd, &scopes);
+        let local: Vec<ScopeId> = scopes
+            .iter()
+            .copied()
+            .filter(|s| !config.group_storage.contains_key(s))
+            .collect();
+        crate::recovery::notify_clients(&svc.lockd, &local);
+        for (scope, state) in group_states {
+            crate::recovery::notify_group(&svc.lockd, scope, state);
+        }
         Ok(svc)
     }
 
@@ -338,8 +399,18 @@ impl LockdService {
         self.lockd.clear_host(name)
     }
 
-    /// Takes a group offline (releases its locks and shares).
-    pub fn group_offline(&self, scope: ScopeId) {
+    /// What the lock agent reports of a group on this node.
+    pub fn group_status(&self, scope: ScopeId) -> GroupStatus {
+        group_status(&self.lockd, scope)
+    }
+
+    /// Whether a group's exports are refused on this node.
+    pub fn is_offline(&self, scope: ScopeId) -> bool {
+        self.lockd.is_offline(scope)
+    }
+
+    /// Takes a group offline (refuses its exports' requests, releases its locks and shares).
+    pub fn group_offline(&self, scope: ScopeId) -> std::io::Result<()> {
         crate::recovery::group_offline(&self.lockd, scope)
     }
 

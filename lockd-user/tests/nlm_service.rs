@@ -1846,3 +1846,194 @@ async fn a_full_or_read_only_state_directory_refuses_instead_of_granting() {
     h.stop().await;
     drop(fs);
 }
+
+/// Whether this process holds a descriptor open on `dir`.
+fn holds_open(dir: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|p| p == dir)
+}
+
+/// A group configured offline starts without its storage, its exports' requests get
+/// DENIED_GRACE_PERIOD while the other group grants; online it grants (its list is empty,
+/// so no grace); offline again it releases its locks and lets go of its storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_group_is_refused_and_holds_no_storage_until_online() {
+    let g1 = ScopeId(1);
+    let h = Harness::start(|c| {
+        let e = &mut c.exports[1];
+        e.scope = g1;
+        e.read_only = false;
+        e.allowed.clear();
+        // The group's storage is elsewhere when the daemon starts.
+        std::fs::rename(&e.root, e.root.with_extension("elsewhere")).unwrap();
+        c.offline = vec![g1];
+    })
+    .await;
+    let root = h.ro_export.root.clone();
+    assert!(h.svc.is_offline(g1) && !h.svc.is_offline(ScopeId::DEFAULT));
+    std::fs::rename(root.with_extension("elsewhere"), &root).unwrap();
+    let mut g1_export = h.ro_export.clone();
+    g1_export.scope = g1;
+    let fh1 = fh_of(&h.state, g1_export, &h.ro_file);
+    let fh0 = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    assert!(!holds_open(&root), "an offline group's storage is not held");
+    assert_eq!(
+        a.lock(a.lock4(&fh1, 1, 0, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        a.lock(a.lock4(&fh0, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted,
+        "the other group grants meanwhile"
+    );
+    assert!(
+        !list_text(&h.state, 1).contains("alpha"),
+        "a refused lock lists nobody"
+    );
+
+    h.svc.group_online(g1).unwrap();
+    assert!(!h.svc.is_offline(g1) && holds_open(&root));
+    assert_eq!(
+        a.lock(a.lock4(&fh1, 1, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::Denied
+    );
+
+    h.svc.group_offline(g1).unwrap();
+    assert!(h.svc.is_offline(g1));
+    assert!(!holds_open(&root), "offline lets go of the storage");
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        b.lock(b.lock4(&fh0, 2, 0, 10), true, false, false).await,
+        v4::Stats::Denied,
+        "alpha's lock in the other group is untouched"
+    );
+    // Online again: alpha's g1 lock was released by the offline.
+    h.svc.group_online(g1).unwrap();
+    assert_eq!(
+        b.lock(b.lock4(&fh1, 2, 0, 10), true, false, false).await,
+        v4::Stats::Granted
+    );
+    ha.stop().await;
+    hb.stop().await;
+    h.stop().await;
+}
+
+/// A group with storage moves between two lock services (two nodes' daemons) sharing only
+/// that storage: its client list, state number and handle key travel with it, and a clean
+/// offline is recorded there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_state_lives_on_its_storage_and_moves_with_it() {
+    let g1 = ScopeId(1);
+    let shared = tempfile::tempdir().unwrap();
+    let storage = shared.path().join("g1");
+    let data = storage.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = data.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let tune = |online: bool| {
+        let storage = storage.clone();
+        let data = data.clone();
+        move |c: &mut LockdConfig| {
+            let e = &mut c.exports[1];
+            e.scope = g1;
+            e.read_only = false;
+            e.allowed.clear();
+            e.root = data;
+            c.group_storage.insert(g1, storage);
+            c.group_grace.insert(g1, Duration::from_secs(30));
+            // Clients reach g1 by two names; one address is here, one is not.
+            c.group_server_ids.insert(
+                g1,
+                vec![
+                    ("nfs-g1".into(), "127.0.0.1".parse().unwrap()),
+                    ("nfs-g1-alt".into(), "192.0.2.1".parse().unwrap()),
+                ],
+            );
+            if !online {
+                c.offline = vec![g1];
+            }
+        }
+    };
+    let a = Harness::start(tune(true)).await;
+    let meta = storage.join(".lockfs");
+    assert_eq!(std::fs::read_to_string(meta.join("state")).unwrap(), "1\n");
+    // The group's handles carry the key on its storage, not the node's.
+    let mut g1_export = a.ro_export.clone();
+    g1_export.scope = g1;
+    g1_export.root = data.clone();
+    let fh = fh_of(&meta, g1_export.clone(), &file);
+    let node_fh = fh_of(&a.state, g1_export, &file);
+    let (hx, x) = a.host(2, "alpha").await;
+    assert_eq!(
+        x.lock(x.lock4(&node_fh, 1, 0, 10), true, false, false)
+            .await,
+        v4::Stats::StaleFh,
+        "a handle under the node's key is not the group's"
+    );
+    let lx = x.lock4(&fh, 1, 0, 10);
+    assert_eq!(
+        x.lock(lx.clone(), true, false, false).await,
+        v4::Stats::Granted
+    );
+    assert!(
+        std::fs::read_dir(meta.join("clients")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("alpha")),
+        "the client is listed on the group's storage"
+    );
+    a.svc.group_offline(g1).unwrap();
+    assert!(meta.join("clean-offline").exists());
+    assert_eq!(std::fs::read_to_string(meta.join("state")).unwrap(), "2\n");
+    a.stop().await;
+    hx.stop().await;
+
+    // Another node, its own state directory, the group offline at start.
+    let b = Harness::start(tune(false)).await;
+    assert!(b.svc.is_offline(g1));
+    let (mut hx, x) = b.host(2, "alpha").await;
+    let state = b.svc.group_online(g1).unwrap();
+    assert_eq!(state, 3, "the group's number goes on from its storage");
+    assert!(!meta.join("clean-offline").exists(), "taken by the online");
+    // One notification per server ID, each naming it, with the group's new state.
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        match hx.next(STEP).await {
+            Some(Received::Notify(n)) => {
+                assert_eq!(n.state, 3);
+                names.push(n.mon_name);
+            }
+            other => panic!("expected SM_NOTIFY from the group's new node, got {other:?}"),
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["nfs-g1", "nfs-g1-alt"]);
+    // The same handle resolves on the new node; the reclaim is granted in the group's
+    // grace, a new lock is not, and the other group grants throughout.
+    assert_eq!(x.lock(lx, true, false, true).await, v4::Stats::Granted);
+    let (hy, y) = b.host(3, "beta").await;
+    assert_eq!(
+        y.lock(y.lock4(&fh, 2, 100, 10), true, false, false).await,
+        v4::Stats::DeniedGracePeriod
+    );
+    assert_eq!(
+        y.lock(y.lock4(&b.fh(), 2, 100, 10), true, false, false)
+            .await,
+        v4::Stats::Granted
+    );
+    hy.stop().await;
+    hx.stop().await;
+    b.stop().await;
+}

@@ -69,16 +69,22 @@ impl Drop for AdminSocket {
 /// Releases everything a remote host holds; answers what was released.
 pub type ClearHost = std::sync::Arc<dyn Fn(&str) -> serde_json::Value + Send + Sync>;
 
+/// The lock agent's requests: `online NAME`, `offline NAME`, `status`; answers JSON,
+/// `{"error": ...}` on failure.
+pub type GroupCommand = std::sync::Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
+
 /// Binds `path` and serves listings of `ctx` from a background thread.
 pub fn serve(path: &Path, ctx: LockContext) -> Result<AdminSocket> {
-    serve_with(path, ctx, None)
+    serve_with(path, ctx, None, None)
 }
 
-/// [`serve`], also answering `clear-host NAME` with `clear_host`.
+/// [`serve`], also answering `clear-host NAME` with `clear_host` and `group VERB [NAME]`
+/// with `group`.
 pub fn serve_with(
     path: &Path,
     ctx: LockContext,
     clear_host: Option<ClearHost>,
+    group: Option<GroupCommand>,
 ) -> Result<AdminSocket> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -103,7 +109,7 @@ pub fn serve_with(
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
-                        if let Err(e) = answer(s, &ctx, clear_host.as_ref()) {
+                        if let Err(e) = answer(s, &ctx, clear_host.as_ref(), group.as_ref()) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
@@ -134,7 +140,12 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-fn answer(s: UnixStream, ctx: &LockContext, clear_host: Option<&ClearHost>) -> Result<()> {
+fn answer(
+    s: UnixStream,
+    ctx: &LockContext,
+    clear_host: Option<&ClearHost>,
+    group: Option<&GroupCommand>,
+) -> Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut out = s.try_clone()?;
@@ -156,6 +167,16 @@ fn answer(s: UnixStream, ctx: &LockContext, clear_host: Option<&ClearHost>) -> R
             let answer = match clear_host {
                 Some(f) if !name.is_empty() => f(name),
                 _ => serde_json::json!({ "error": "clear-host needs a host name" }),
+            };
+            writeln!(out, "{answer}")?;
+        }
+        req if req.starts_with("group ") && group.is_some() => {
+            let mut words = req["group ".len()..].split_whitespace();
+            let verb = words.next().unwrap_or("");
+            let name = words.next().unwrap_or("");
+            let answer = match group {
+                Some(f) => f(verb, name),
+                None => serde_json::json!({ "error": "no groups here" }),
             };
             writeln!(out, "{answer}")?;
         }
@@ -197,6 +218,28 @@ pub fn clear_host(path: &Path, name: &str) -> Result<serde_json::Value> {
         .with_context(|| format!("bad answer from {}", path.display()))?;
     if let Some(e) = v.get("error") {
         bail!("{}: {e}", path.display());
+    }
+    Ok(v)
+}
+
+/// Sends the lock agent's request `group VERB NAME` to the daemon behind `path`.
+pub fn group_request(path: &Path, verb: &str, name: &str) -> Result<serde_json::Value> {
+    if name.contains(char::is_whitespace) {
+        bail!("invalid group name {name:?}");
+    }
+    let mut s = UnixStream::connect(path).with_context(|| format!("connect {}", path.display()))?;
+    // Bringing a group online syncs its state to storage; leave it time.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    writeln!(s, "group {verb} {name}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
+    if let Some(e) = v.get("error") {
+        bail!(
+            "{}",
+            e.as_str().map_or_else(|| e.to_string(), str::to_string)
+        );
     }
     Ok(v)
 }

@@ -39,6 +39,16 @@
 //! name = "default"                     # and client list; fails over as a unit
 //! grace_period = 45
 //!
+//! [[group]]                            # a group that moves between nodes
+//! name = "g1"
+//! storage = "/srv/g1"                  # on the group's shared storage; its state
+//!                                      # lives in STORAGE/.lockfs
+//! server_ids = ["10.0.0.10", "nfs-g1=10.0.0.10"]  # ADDRESS or NAME=ADDRESS that
+//!                                      # clients use to reach the group
+//! online_at_start = false              # default: false (the cluster manager
+//!                                      # brings it online); groups without
+//!                                      # storage are always online
+//!
 //! [[export]]
 //! name = "data"
 //! source = "/srv/data"                 # the directory served
@@ -162,6 +172,9 @@ pub struct NetLimits {
 struct RawGroup {
     name: Spanned<String>,
     grace_period: Option<Spanned<RawDuration>>,
+    storage: Option<Spanned<PathBuf>>,
+    server_ids: Option<Vec<Spanned<String>>>,
+    online_at_start: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +199,49 @@ pub struct Group {
     /// order groups are declared in, the default group first).
     pub scope: u32,
     pub grace: Duration,
+    /// The directory on the group's shared storage that moves with it; `None`: the group
+    /// is local to this node and always online.
+    pub storage: Option<PathBuf>,
+    /// The names and addresses clients use to reach the group's exports.
+    pub server_ids: Vec<ServerId>,
+    /// Whether the daemon serves the group from its start. A group with storage starts
+    /// offline unless configured otherwise: the cluster manager decides where it runs.
+    pub online_at_start: bool,
+}
+
+/// A name and address by which clients reach a group (`NAME=ADDRESS`, or `ADDRESS`
+/// alone, whose text is then the name). The name is what SM_NOTIFY carries as the
+/// server's `mon_name`, so it must be what the clients mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+impl std::str::FromStr for ServerId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, addr) = match s.split_once('=') {
+            Some((n, a)) => (n.trim(), a.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        if name.is_empty() {
+            return Err(format!("{s:?}: the name before '=' is empty"));
+        }
+        if name.len() > 1024 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{s:?}: a name is at most 1024 characters, without spaces"
+            ));
+        }
+        let address: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address (use ADDRESS or NAME=ADDRESS)"))?;
+        Ok(ServerId {
+            name: name.to_string(),
+            address,
+        })
+    }
 }
 
 /// An export after validation.
@@ -300,6 +356,9 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         name: DEFAULT_GROUP.to_string(),
         scope: 0,
         grace: default_grace,
+        storage: None,
+        server_ids: Vec::new(),
+        online_at_start: true,
     }];
     for g in &raw.group {
         let name = g.name.get_ref();
@@ -314,6 +373,89 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             Some(d) => parse_duration(d.get_ref())
                 .map_err(|m| invalid(d.span(), "group.grace_period", m))?,
             None => default_grace,
+        };
+        let storage = match &g.storage {
+            Some(p) => {
+                if !p.get_ref().is_absolute() {
+                    return Err(invalid(
+                        p.span(),
+                        "group.storage",
+                        format!("{} is not an absolute path", p.get_ref().display()),
+                    ));
+                }
+                if name == DEFAULT_GROUP {
+                    return Err(invalid(
+                        p.span(),
+                        "group.storage",
+                        "the default group stays on its node; declare a group of another name to move it".into(),
+                    ));
+                }
+                if let Some(other) = groups.iter().find(|x| {
+                    x.storage
+                        .as_deref()
+                        .is_some_and(|s| overlaps(s, p.get_ref()))
+                }) {
+                    return Err(invalid(
+                        p.span(),
+                        "group.storage",
+                        format!(
+                            "{} overlaps the storage of group {:?}",
+                            p.get_ref().display(),
+                            other.name
+                        ),
+                    ));
+                }
+                Some(p.get_ref().clone())
+            }
+            None => None,
+        };
+        let mut server_ids = Vec::new();
+        for id in g.server_ids.iter().flatten() {
+            let sid: ServerId = id
+                .get_ref()
+                .parse()
+                .map_err(|m| invalid(id.span(), "group.server_ids", m))?;
+            if server_ids.contains(&sid) {
+                return Err(invalid(
+                    id.span(),
+                    "group.server_ids",
+                    format!("{:?} is listed twice", id.get_ref()),
+                ));
+            }
+            if let Some(other) = groups.iter().find(|x| {
+                x.server_ids
+                    .iter()
+                    .any(|o| o.address == sid.address || o.name.eq_ignore_ascii_case(&sid.name))
+            }) {
+                return Err(invalid(
+                    id.span(),
+                    "group.server_ids",
+                    format!(
+                        "{:?} is already a server ID of group {:?}: a name or address reaches one group",
+                        id.get_ref(),
+                        other.name
+                    ),
+                ));
+            }
+            server_ids.push(sid);
+        }
+        if storage.is_none() && !server_ids.is_empty() {
+            return Err(invalid(
+                g.name.span(),
+                "group.server_ids",
+                "a group with server IDs moves between nodes and needs `storage`".into(),
+            ));
+        }
+        let online_at_start = match &g.online_at_start {
+            Some(o) if storage.is_none() && !*o.get_ref() => {
+                return Err(invalid(
+                    o.span(),
+                    "group.online_at_start",
+                    "a group without `storage` is always online".into(),
+                ))
+            }
+            Some(o) => *o.get_ref(),
+            None => storage.is_none(),
         };
         if name == DEFAULT_GROUP {
             groups[0].grace = grace;
@@ -331,6 +473,9 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             name: name.clone(),
             scope,
             grace,
+            storage,
+            server_ids,
+            online_at_start,
         });
     }
 
@@ -463,6 +608,11 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         groups,
         exports,
     })
+}
+
+/// Whether one directory contains the other (or they are the same).
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 /// Read and validate a configuration file.
@@ -686,6 +836,34 @@ pub const KEYS: &[Key] = &[
         value: "duration",
         default: Some("the top-level grace_period"),
         doc: "This group's own grace period after a restart.",
+    },
+    Key {
+        section: Section::Group,
+        name: "storage",
+        value: "absolute path",
+        default: None,
+        doc: "A directory on the group's own shared storage, which moves with the group: \
+              its client list, state number, file-handle key, clean-offline record and \
+              lease live under .lockfs/ there. Not allowed for the default group; two \
+              groups' storage may not overlap.",
+    },
+    Key {
+        section: Section::Group,
+        name: "server_ids",
+        value: "array of \"ADDRESS\" or \"NAME=ADDRESS\"",
+        default: Some("[]"),
+        doc: "The addresses (and names) clients use to reach this group's exports; \
+              SM_NOTIFY goes out once per server ID, naming it. Needs storage; a name or \
+              address belongs to one group only.",
+    },
+    Key {
+        section: Section::Group,
+        name: "online_at_start",
+        value: "boolean",
+        default: Some("false for a group with storage"),
+        doc: "Whether the daemon serves this group as it starts; otherwise the group \
+              waits for `lockfs group online NAME`. A group without storage is always \
+              online.",
     },
     Key {
         section: Section::Export,
@@ -1084,5 +1262,118 @@ mountpoint = "/mnt/b"
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.exports.is_empty());
+    }
+
+    const HA: &str = r#"
+[[group]]
+name = "g1"
+storage = "/srv/g1"
+server_ids = ["10.0.0.10", "nfs-g1=10.0.0.11"]
+[[group]]
+name = "g2"
+storage = "/srv/g2"
+server_ids = ["fd00::2"]
+online_at_start = true
+[[group]]
+name = "local"
+[[export]]
+name = "a"
+source = "/srv/g1/a"
+mountpoint = "/mnt/a"
+group = "g1"
+"#;
+
+    #[test]
+    fn groups_with_storage_start_offline_unless_configured_online() {
+        let c = parse(HA, "x").unwrap();
+        let g1 = c.group("g1").unwrap();
+        assert_eq!(g1.storage.as_deref(), Some(Path::new("/srv/g1")));
+        assert_eq!(
+            g1.server_ids,
+            vec![
+                ServerId {
+                    name: "10.0.0.10".into(),
+                    address: IpAddr::from([10, 0, 0, 10])
+                },
+                ServerId {
+                    name: "nfs-g1".into(),
+                    address: IpAddr::from([10, 0, 0, 11])
+                },
+            ]
+        );
+        assert!(!g1.online_at_start);
+        let g2 = c.group("g2").unwrap();
+        assert!(g2.online_at_start);
+        assert_eq!(
+            g2.server_ids[0].address,
+            "fd00::2".parse::<IpAddr>().unwrap()
+        );
+        let local = c.group("local").unwrap();
+        assert!(local.online_at_start && local.storage.is_none());
+        assert!(c.group("default").unwrap().online_at_start);
+    }
+
+    #[test]
+    fn bad_group_keys_name_the_line() {
+        let with = |from: &str, to: &str| {
+            assert!(HA.contains(from), "{from}");
+            err(&HA.replacen(from, to, 1))
+        };
+        let e = with("storage = \"/srv/g1\"", "storage = \"srv/g1\"");
+        assert!(
+            e.contains("lockfs.toml:4: group.storage") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = with("storage = \"/srv/g2\"", "storage = \"/srv/g1/sub\"");
+        assert!(
+            e.contains(":8: group.storage") && e.contains("\"g1\""),
+            "{e}"
+        );
+        let e = with("\"10.0.0.10\"", "\"10.0.0.300\"");
+        assert!(
+            e.contains(":5: group.server_ids") && e.contains("not an IP"),
+            "{e}"
+        );
+        let e = with("\"10.0.0.10\"", "\"=10.0.0.10\"");
+        assert!(
+            e.contains(":5: group.server_ids") && e.contains("empty"),
+            "{e}"
+        );
+        let e = with("\"fd00::2\"", "\"nfs-g1=fd00::2\"");
+        assert!(
+            e.contains(":9: group.server_ids") && e.contains("\"g1\""),
+            "{e}"
+        );
+        let e = with("\"fd00::2\"", "\"10.0.0.11\"");
+        assert!(
+            e.contains(":9: group.server_ids") && e.contains("already"),
+            "{e}"
+        );
+        let e = with(
+            "name = \"local\"",
+            "name = \"local\"\nserver_ids = [\"10.1.1.1\"]",
+        );
+        assert!(
+            e.contains(":12: group.server_ids") && e.contains("storage"),
+            "{e}"
+        );
+        let e = with(
+            "name = \"local\"",
+            "name = \"local\"\nonline_at_start = false",
+        );
+        assert!(e.contains(":13: group.online_at_start"), "{e}");
+        let e = with(
+            "name = \"local\"",
+            "name = \"default\"\nstorage = \"/srv/d\"",
+        );
+        assert!(
+            e.contains(":13: group.storage") && e.contains("default"),
+            "{e}"
+        );
+        let e = with("online_at_start = true", "online_at_start = \"yes\"");
+        assert!(
+            e.contains("line 10") && e.contains("online_at_start"),
+            "{e}"
+        );
     }
 }

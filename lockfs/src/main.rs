@@ -126,6 +126,15 @@ enum Command {
     /// exclusive lock leaves for the next holder; see include/lockfs.h).
     #[command(subcommand)]
     Lvb(LvbCommand),
+    /// The lock agent's channel to a running daemon: bring a service group
+    /// online on this node, take it offline, or report the groups.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+        /// The daemon's admin socket.
+        #[arg(long, global = true, default_value = "/run/lockfs/admin.sock")]
+        socket: PathBuf,
+    },
     /// Trace lock contention with eBPF: the kernel's file locks and a running
     /// daemon's lock table, live like top, as one snapshot, or as JSON lines.
     Trace(trace::TraceArgs),
@@ -150,6 +159,24 @@ enum LvbCommand {
         #[arg(long)]
         hex: bool,
         /// Print the new block as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// Serve the group here: take its lease on its storage, load its client
+    /// list, advance its state, start its grace and notify its clients.
+    /// Succeeds at once if the group is online here already.
+    Online { name: String },
+    /// Stop serving the group here: refuse its requests, release its locks,
+    /// waiters and shares, record a clean offline, let go of its lease.
+    /// Succeeds at once if the group is offline here already.
+    Offline { name: String },
+    /// Report every group (online, in grace, clients, state), or one.
+    Status {
+        name: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -257,6 +284,36 @@ fn main() -> Result<()> {
                 );
             }
         }
+        Command::Group { action, socket } => match action {
+            GroupAction::Online { name } => {
+                admin::group_request(&socket, "online", &name)?;
+            }
+            GroupAction::Offline { name } => {
+                admin::group_request(&socket, "offline", &name)?;
+            }
+            GroupAction::Status { name, json } => {
+                let v = admin::group_request(&socket, "status", name.as_deref().unwrap_or(""))?;
+                let rows = match v.get("groups") {
+                    Some(serde_json::Value::Array(a)) => a.clone(),
+                    _ => vec![v.clone()],
+                };
+                if json {
+                    println!("{}", serde_json::Value::Array(rows));
+                } else {
+                    println!("GROUP\tONLINE\tGRACE\tCLIENTS\tSTATE");
+                    for r in rows {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            r["name"].as_str().unwrap_or(""),
+                            r["online"],
+                            r["in_grace"],
+                            r["clients"],
+                            r["state"]
+                        );
+                    }
+                }
+            }
+        },
         Command::Fh { path, config } => {
             println!("{}", serve::file_handle(config.as_deref(), &path)?);
         }

@@ -65,6 +65,25 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
         .iter()
         .map(|g| (ScopeId(g.scope), g.grace))
         .collect();
+    l.offline = cfg
+        .groups
+        .iter()
+        .filter(|g| !g.online_at_start)
+        .map(|g| ScopeId(g.scope))
+        .collect();
+    l.group_storage = cfg
+        .groups
+        .iter()
+        .filter_map(|g| Some((ScopeId(g.scope), g.storage.clone()?)))
+        .collect();
+    l.group_server_ids = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let ids = g.server_ids.iter().map(|i| (i.name.clone(), i.address));
+            (ScopeId(g.scope), ids.collect())
+        })
+        .collect();
     l.limits.max_owners_per_host = cfg.owners_per_host;
     l.limits.max_locks_per_host = cfg.locks_per_host;
     l.limits.max_waiters = cfg.waiters;
@@ -143,6 +162,16 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
 
     let mut mounts = Vec::new();
     for e in &cfg.exports {
+        // An offline group's storage may be on another node: its exports are not mounted
+        // here. (Mounting them when the group comes online is not done yet: a group that
+        // starts offline is served to NLM clients only.)
+        if cfg.group(&e.group).is_some_and(|g| !g.online_at_start) {
+            eprintln!(
+                "lockfs: export {:?}: group {:?} is offline, not mounted",
+                e.name, e.group
+            );
+            continue;
+        }
         if !e.mountpoint.exists() {
             std::fs::create_dir_all(&e.mountpoint)
                 .with_context(|| format!("creating {}", e.mountpoint.display()))?;
@@ -187,13 +216,20 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             "was_monitored": r.was_monitored,
         })
     });
-    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear))?;
+    let group = group_command(&cfg, service.lockd().clone(), &runtime);
+    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear), Some(group))?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
 
     let mut sig = 0;
     // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
     unsafe { libc::sigwait(&set, &mut sig) };
     tracing::info!(signal = sig, "stopping");
+    // A group that moves is left cleanly: its clean offline recorded and its lease let go.
+    for g in cfg.groups.iter().filter(|g| g.storage.is_some()) {
+        if let Err(e) = lockd_user::recovery::group_offline(service.lockd(), ScopeId(g.scope)) {
+            eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
+        }
+    }
     runtime.block_on(service.shutdown());
     let mut failed = false;
     for m in mounts {
@@ -213,6 +249,56 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     eprintln!("lockfs: stopped");
     Ok(())
+}
+
+/// The lock agent's requests, answered from the admin socket's thread.
+fn group_command(
+    cfg: &Config,
+    lockd: std::sync::Arc<lockd_user::lockd::Lockd>,
+    runtime: &tokio::runtime::Runtime,
+) -> admin::GroupCommand {
+    let groups = cfg.groups.clone();
+    let handle = runtime.handle().clone();
+    Arc::new(move |verb: &str, name: &str| {
+        use serde_json::json;
+        // Grace timers and notifications are tasks of the daemon's runtime.
+        let _rt = handle.enter();
+        let status = |g: &config::Group| {
+            let s = lockd_user::service::group_status(&lockd, ScopeId(g.scope));
+            json!({
+                "name": g.name,
+                "online": s.online,
+                "in_grace": s.in_grace,
+                "clients": s.clients,
+                "state": s.state,
+                "storage": g.storage,
+                "server_ids": g.server_ids.iter().map(|i| json!({"name": i.name, "address": i.address.to_string()})).collect::<Vec<_>>(),
+            })
+        };
+        if verb == "status" && name.is_empty() {
+            return json!({ "groups": groups.iter().map(status).collect::<Vec<_>>() });
+        }
+        let Some(g) = groups.iter().find(|g| g.name == name) else {
+            return json!({ "error": format!("no group named {name:?} is configured") });
+        };
+        let scope = ScopeId(g.scope);
+        let r = match verb {
+            "online" => lockd_user::recovery::group_online(&lockd, scope).map(|_| ()),
+            "offline" => lockd_user::recovery::group_offline(&lockd, scope),
+            "status" => Ok(()),
+            other => return json!({ "error": format!("unknown group request {other:?}") }),
+        };
+        match r {
+            Ok(()) => {
+                tracing::info!(group = %g.name, request = verb, "lock agent request done");
+                status(g)
+            }
+            Err(e) => {
+                tracing::warn!(group = %g.name, request = verb, error = %e, "lock agent request failed");
+                json!({ "error": format!("group {:?}: {e}", g.name) })
+            }
+        }
+    })
 }
 
 /// A lazy unmount (`umount -l`).
@@ -240,9 +326,25 @@ pub fn file_handle(config_path: Option<&Path>, path: &Path) -> Result<String> {
             break;
         }
     }
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
-    let fh = lockd_user::fh::fh_for_path(&cfg.state_dir, &lockd_exports(&cfg), &resolved)
+    // A group with storage keeps its handle key there, so handles survive its moves.
+    let storage = cfg
+        .exports
+        .iter()
+        .filter(|e| resolved.starts_with(&e.source))
+        .max_by_key(|e| e.source.components().count())
+        .and_then(|e| cfg.group(&e.group)?.storage.clone());
+    let key_dir = match storage {
+        Some(s) => lockd_user::group_state::GroupState::open(&s)
+            .with_context(|| format!("group storage {}", s.display()))?
+            .dir()
+            .to_path_buf(),
+        None => {
+            std::fs::create_dir_all(&cfg.state_dir)
+                .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+            cfg.state_dir.clone()
+        }
+    };
+    let fh = lockd_user::fh::fh_for_path(&key_dir, &lockd_exports(&cfg), &resolved)
         .with_context(|| format!("no file handle for {}", path.display()))?;
     Ok(fh.iter().map(|b| format!("{b:02x}")).collect())
 }

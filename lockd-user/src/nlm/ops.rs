@@ -85,6 +85,15 @@ fn refusal_status(r: Refusal) -> Stats {
 
 impl Lockd {
     fn target(&self, call: &Call, host: &str, fh: &[u8]) -> Result<(&OpenExport, FileId), Stats> {
+        // Checked before the handle is resolved: an offline group's storage may be absent.
+        if let Some(id) = crate::fh::claimed_export(fh) {
+            if let Some(e) = self.exports.get(id) {
+                if self.is_offline(e.export.scope) {
+                    debug!(client = host, peer = %call.peer, export = id, "export's group is offline here");
+                    return Err(Stats::DeniedGracePeriod);
+                }
+            }
+        }
         let (export, file) = self.fhs.resolve(&self.exports, fh).map_err(|e| {
             debug!(client = host, peer = %call.peer, error = %e, "refused file handle");
             Stats::StaleFh

@@ -1,0 +1,180 @@
+//! The lock agent's channel: `lockfs group online|offline|status` against real
+//! `lockfs serve` daemons (two "nodes" on one machine, each with its own state
+//! directory and address, sharing a group's storage). Run it in a private
+//! network namespace: the daemons answer on 127.0.0.2 and 127.0.0.3.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
+
+/// One node's daemon with group g1 (storage under `shared`) offline at start.
+struct Node {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Node {
+    fn start(name: &str, addr: &str, base: &Path, shared: &Path) -> Node {
+        let d = base.join(name);
+        std::fs::create_dir_all(d.join("state")).unwrap();
+        let cfg = format!(
+            "node_name = {name:?}\nstate_dir = {state:?}\nadmin_socket = {sock:?}\n\
+             [listen]\naddresses = [{addr:?}]\n\
+             [[group]]\nname = \"g1\"\nstorage = {storage:?}\nserver_ids = [\"nfs-g1=127.0.0.10\"]\n\
+             grace_period = 1\n\
+             [[export]]\nname = \"e1\"\nsource = {src:?}\nmountpoint = {mnt:?}\ngroup = \"g1\"\n",
+            state = d.join("state"),
+            sock = d.join("admin.sock"),
+            storage = shared.join("g1"),
+            src = shared.join("g1/data"),
+            mnt = d.join("mnt"),
+        );
+        std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
+        let mut child = Command::new(LOCKFS)
+            .arg("serve")
+            .arg("--config")
+            .arg(d.join("lockfs.toml"))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting lockfs serve");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let tag = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("daemon did not become ready in 30 s");
+            assert!(!line.contains("Error"), "daemon failed: {line}");
+            if line.contains("admin socket") {
+                break;
+            }
+        }
+        Node {
+            child,
+            socket: d.join("admin.sock"),
+        }
+    }
+
+    fn group(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(LOCKFS);
+        c.arg("group").args(args).arg("--socket").arg(&self.socket);
+        c.output().expect("run lockfs group")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.group(&["status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "g1")
+            .cloned()
+            .expect("g1 listed")
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn online_offline_status_lease_and_crash() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("*** SKIPPED: the admin socket serves root only ***");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(shared.join("g1/data")).unwrap();
+    let meta = shared.join("g1/.lockfs");
+    let a = Node::start("node-a", "127.0.0.2", tmp.path(), &shared);
+    let mut b = Node::start("node-b", "127.0.0.3", tmp.path(), &shared);
+    let s = a.status();
+    assert_eq!(s["online"], false, "{s}");
+    assert_eq!(s["server_ids"][0]["name"], "nfs-g1");
+
+    ok(&a.group(&["online", "g1"]));
+    let s = a.status();
+    assert_eq!(
+        (s["online"].clone(), s["state"].clone()),
+        (true.into(), 1.into()),
+        "{s}"
+    );
+    // Online on two nodes at once is refused, naming who holds it.
+    let out = b.group(&["online", "g1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("online elsewhere") && err.contains("node-a"),
+        "{err}"
+    );
+    assert_eq!(b.status()["online"], false);
+    // Repeated starts and stops succeed and change nothing.
+    ok(&a.group(&["online", "g1"]));
+    assert_eq!(a.status()["state"], 1);
+    ok(&a.group(&["offline", "g1"]));
+    assert!(meta.join("clean-offline").exists());
+    ok(&a.group(&["offline", "g1"]));
+    assert_eq!(a.status()["online"], false);
+    // A planned move.
+    ok(&b.group(&["online", "g1"]));
+    let s = b.status();
+    assert_eq!(
+        (s["online"].clone(), s["state"].clone()),
+        (true.into(), 3.into()),
+        "{s}"
+    );
+    assert!(!meta.join("clean-offline").exists());
+    // B crashes: its lease dies with it, A takes the group, no clean record.
+    b.kill();
+    ok(&a.group(&["online", "g1"]));
+    assert_eq!(a.status()["state"], 5);
+    assert!(!meta.join("clean-offline").exists());
+    // Unknown groups and requests are errors.
+    let out = a.group(&["online", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no group named"));
+    // A daemon stopped with SIGTERM leaves its groups cleanly.
+    drop(a);
+    assert!(meta.join("clean-offline").exists());
+}
