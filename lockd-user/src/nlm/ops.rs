@@ -231,17 +231,15 @@ impl Lockd {
         } else {
             Wait::No
         };
-        let out = self.table.with(|t| {
-            t.lock(&LockRequest {
-                file,
-                scope,
-                owner,
-                pid: a.alock.svid as u32,
-                kind,
-                range,
-                wait,
-                reclaim: a.reclaim,
-            })
+        let out = self.table.lock(&LockRequest {
+            file,
+            scope,
+            owner,
+            pid: a.alock.svid as u32,
+            kind,
+            range,
+            wait,
+            reclaim: a.reclaim,
         });
         debug!(?out, reclaim = a.reclaim, "lock");
         let token = match wait {
