@@ -21,6 +21,7 @@
 //! | blocking lock would deadlock (POSIX owners) | `EDEADLK` |
 //! | a signal interrupts a wait | `EINTR` |
 //! | non-blocking request while the scope is in its grace period | `ENOLCK` |
+//! | open that writes or denies while the scope is in its grace period | `ENOLCK` |
 //! | the table dropped a waiter, or the mount ended under it | `ENOLCK` |
 //! | mandatory I/O meets a conflict on an `O_NONBLOCK` open | `EAGAIN` |
 //!

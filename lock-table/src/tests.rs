@@ -1069,3 +1069,29 @@ fn shared_table_sleeps_a_non_blocking_lock_until_the_io_pass_drops() {
     assert_eq!(locker.join().unwrap(), LockOutcome::Granted);
     assert_eq!(table.read(|t| t.io_in_flight()), 0);
 }
+
+#[test]
+fn one_grace_rule_admits_shares_of_every_door() {
+    let mut t = LockTable::new();
+    let client = t.registry_mut().host("client");
+    // Outside grace: new shares of both doors, no reclaims.
+    assert_eq!(t.share_gate(S, client, false, true), Ok(()));
+    assert_eq!(
+        t.share_gate(S, client, true, true),
+        Err(Refusal::NotInGrace)
+    );
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, true), Ok(()));
+    t.begin_grace(S);
+    assert_eq!(t.share_gate(S, client, true, true), Ok(()));
+    assert_eq!(t.share_gate(S, client, false, true), Err(Refusal::Grace));
+    // A local open a reclaim could meet is refused until grace ends; one it
+    // could not meet, and any open in another scope, is admitted.
+    assert_eq!(
+        t.share_gate(S, HostId::LOCAL, false, true),
+        Err(Refusal::Grace)
+    );
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, false), Ok(()));
+    assert_eq!(t.share_gate(ScopeId(7), HostId::LOCAL, false, true), Ok(()));
+    t.end_grace(S);
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, true), Ok(()));
+}

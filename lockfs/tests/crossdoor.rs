@@ -45,13 +45,18 @@ impl Daemon {
     }
 
     fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_configured(0, env)
+    }
+
+    /// A daemon whose service group has a `grace` seconds grace period.
+    fn start_configured(grace: u64, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         for sub in ["export", "mnt", "state"] {
             std::fs::create_dir(d.join(sub)).unwrap();
         }
         let cfg = format!(
-            "state_dir = {state:?}\nadmin_socket = {sock:?}\ngrace_period = 0\n\
+            "state_dir = {state:?}\nadmin_socket = {sock:?}\ngrace_period = {grace}\n\
              [[export]]\nname = \"x\"\nsource = {src:?}\nmountpoint = {mnt:?}\nmandatory = \"file\"\n",
             state = d.join("state"),
             sock = d.join("admin.sock"),
@@ -59,6 +64,11 @@ impl Daemon {
             mnt = d.join("mnt"),
         );
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
+        let (child, tcp) = Daemon::spawn(d, env);
+        Daemon { child, dir, tcp }
+    }
+
+    fn spawn(d: &Path, env: &[(&str, &str)]) -> (Child, SocketAddr) {
         let mut child = Command::new(LOCKFS)
             .arg("serve")
             .arg("--config")
@@ -90,11 +100,16 @@ impl Daemon {
                 break;
             }
         }
-        Daemon {
-            child,
-            dir,
-            tcp: tcp.expect("daemon printed its NLM TCP address"),
-        }
+        (child, tcp.expect("daemon printed its NLM TCP address"))
+    }
+
+    /// Stops the daemon as an administrator would (SIGTERM) and starts it
+    /// again on the same configuration and state.
+    fn restart(&mut self) {
+        self.stop();
+        let (child, tcp) = Daemon::spawn(self.dir.path(), &[]);
+        self.child = child;
+        self.tcp = tcp;
     }
 
     fn mnt(&self, name: &str) -> PathBuf {
@@ -125,6 +140,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Daemon {
+    fn stop(&mut self) {
         let pid = self.child.id() as i32;
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -679,4 +700,87 @@ fn no_admitted_write_lands_in_a_range_granted_exclusively_to_another_owner() {
         (0, 0),
         "writes completed inside ranges granted exclusively to other owners"
     );
+}
+
+#[test]
+fn a_local_writer_cannot_take_a_share_a_client_reclaims_during_grace() {
+    if !can_run() {
+        return;
+    }
+    let mut d = Daemon::start_configured(4, &[]);
+    let f = d.mnt("book.xls");
+    std::fs::write(&f, b"data").unwrap();
+    let fh = d.fh(&f);
+    let share = |reclaim| v4::ShareArgs {
+        cookie: vec![5],
+        share: v4::Share {
+            caller_name: "windows-pc".into(),
+            fh: fh.clone(),
+            oh: b"excel".to_vec(),
+            mode: FshMode::DenyWrite,
+            access: FshAccess::Read,
+        },
+        reclaim,
+    };
+    let call = |d: &Daemon, args: &v4::ShareArgs, proc_no| {
+        let rt = rt();
+        rt.block_on(async {
+            let c = client(d).await;
+            let r: v4::ShareRes = c.call(NLM_PROG, NLM4_VERS, proc_no, args).await.unwrap();
+            r.stat
+        })
+    };
+    // The client takes its share (and so enters the client list).
+    assert_eq!(call(&d, &share(false), proc_::SHARE), v4::Stats::Granted);
+    assert_eq!(local_once("os.open(p, os.O_WRONLY)", &f), "EBUSY");
+
+    // The server restarts: its share table is empty, and the grace period
+    // keeps local writers away from the share the client is about to reclaim.
+    d.restart();
+    let t = Instant::now();
+    assert_eq!(
+        local_once("os.open(p, os.O_WRONLY)", &f),
+        "ENOLCK",
+        "a local writer must not take a share a client may reclaim during grace"
+    );
+    assert_eq!(
+        local_once("os.open(p, os.O_RDONLY)", &f),
+        "OK",
+        "a reader denying nothing is admitted during grace"
+    );
+    assert_eq!(
+        call(&d, &share(false), proc_::SHARE),
+        v4::Stats::DeniedGracePeriod,
+        "a new share is refused during grace"
+    );
+    assert_eq!(
+        call(&d, &share(true), proc_::SHARE),
+        v4::Stats::Granted,
+        "the client's reclaim succeeds"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the checks above ran after the grace period ended; the machine is too slow for a 4 s grace"
+    );
+
+    // After grace the writer meets the reclaimed share as any conflict.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let r = local_once("os.open(p, os.O_WRONLY)", &f);
+        if r != "ENOLCK" || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        after, "EBUSY",
+        "after grace the reclaimed deny-write refuses a writer"
+    );
+    assert_eq!(
+        call(&d, &share(true), proc_::SHARE),
+        v4::Stats::DeniedGracePeriod,
+        "a reclaim after grace is refused"
+    );
+    assert_eq!(call(&d, &share(false), proc_::UNSHARE), v4::Stats::Granted);
+    assert_eq!(local_once("os.open(p, os.O_WRONLY)", &f), "OK");
 }
