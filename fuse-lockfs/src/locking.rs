@@ -9,9 +9,10 @@
 //!   and answered by the grant, an interrupt or the end of the mount.
 //! - `FLUSH` drops the closer's POSIX locks on the file; `RELEASE` drops the OFD
 //!   and flock locks of the open file.
-//! - Reads, writes and truncates of mandatory files are checked with
-//!   [`lock_table::LockTable::io`]; a conflict fails `EAGAIN` on an `O_NONBLOCK`
-//!   open and otherwise waits, interruptibly.
+//! - Reads, writes and truncates of mandatory files are admitted with
+//!   [`lock_table::SharedTable::begin_io`], which keeps them in flight on their
+//!   range until they are done (a conflicting lock waits for them); a conflict
+//!   fails `EAGAIN` on an `O_NONBLOCK` open and otherwise waits, interruptibly.
 //!
 //! # errno values
 //! | situation | errno |
@@ -20,6 +21,7 @@
 //! | blocking lock would deadlock (POSIX owners) | `EDEADLK` |
 //! | a signal interrupts a wait | `EINTR` |
 //! | non-blocking request while the scope is in its grace period | `ENOLCK` |
+//! | open that writes or denies while the scope is in its grace period | `ENOLCK` |
 //! | the table dropped a waiter, or the mount ended under it | `ENOLCK` |
 //! | mandatory I/O meets a conflict on an `O_NONBLOCK` open | `EAGAIN` |
 //!
@@ -35,13 +37,13 @@
 //! unsigned number the kernel maps through its pid namespace: -1 cannot be sent.
 //! (`F_OFD_GETLK` callers always see -1, which the kernel fills in itself.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fuser::Errno;
 use lock_table::{
-    Access, FileId, IoOutcome, IoRequest, LockKind, LockOutcome, LockRequest, Namespace, Owner,
-    OwnerKind, Range, Refusal, TestOutcome, TestRequest, Wait,
+    Access, FileId, IoOutcome, IoPass, IoRequest, LockKind, LockOutcome, LockRequest, Namespace,
+    Owner, OwnerKind, Range, Refusal, TestOutcome, TestRequest, Wait,
 };
 use rustc_hash::FxHashMap;
 use share_reservations::ShareMode;
@@ -57,6 +59,23 @@ const PENDING_TTL: Duration = Duration::from_secs(30);
 
 /// The largest offset FUSE lock requests carry (`OFFSET_MAX`): "to end of file".
 const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// Test hook: microseconds to sleep between admitting mandatory-locked I/O and
+/// doing it, read once from `LOCKFS_TEST_ADMIT_DELAY_US`. Tests widen the
+/// window in which a lock could overtake admitted I/O with it; unset, it costs
+/// one load of an initialised cell.
+fn delay_admitted_io() {
+    static DELAY: OnceLock<Option<Duration>> = OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("LOCKFS_TEST_ADMIT_DELAY_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
+}
 
 /// Mandatory-locked I/O waiting to be admitted: which file, through which open
 /// file and owner, which bytes, and whether it may wait.
@@ -201,7 +220,7 @@ impl Locking {
             table.with(|t| t.unlock(req.file, req.owner, req.range));
             return Ok(());
         }
-        match table.with(|t| t.lock(&req)) {
+        match table.lock(&req) {
             LockOutcome::Granted => Ok(()),
             LockOutcome::Refused(r) => Err(refusal_errno(r)),
             LockOutcome::Queued(id) => {
@@ -234,7 +253,7 @@ impl Locking {
         };
         req.wait = Wait::Yes { token };
         let table = &self.ctx.table;
-        let out = table.with(|t| t.lock(&req));
+        let out = table.lock(&req);
         match out {
             LockOutcome::Queued(id) => wake.queued(token, id, table),
             LockOutcome::Granted => {
@@ -405,55 +424,74 @@ impl Locking {
             self.io_selves(file.as_ref().map(|(f, fh)| (&**f, *fh)), lock_owner, pid);
         let wake = &self.ctx.wakeups;
         let table = &self.ctx.table;
-        for &(access, range) in &checks {
-            let free = table
-                .read(|t| t.io_check(file_id, access, range, owner, open_file))
-                .is_none();
-            if free {
-                continue;
+        let (access, range) = match table.begin_io(file_id, owner, open_file, &checks) {
+            Ok(pass) => {
+                // The pass holds conflicting locks up until the I/O has run
+                // and its reply is sent, whatever the outcome.
+                delay_admitted_io();
+                run(Ok(()));
+                drop(pass);
+                return;
             }
-            if nonblock {
-                return run(Err(errno(libc::EAGAIN)));
-            }
-            // Wait for this conflict to clear, then check everything again.
-            let me = self.clone();
-            let cont: Continuation = Box::new(move |w| match w {
-                Wake::Granted => {
-                    me.gate(unique, pid, file_id, file, lock_owner, checks, false, run)
-                }
-                Wake::Interrupted => run(Err(errno(libc::EINTR))),
-                Wake::Dropped => run(Err(errno(libc::ENOLCK))),
-                Wake::Refused(e) => run(Err(e)),
-            });
-            let token = match wake.park(self.mount, unique, cont) {
-                Parked::Token(t) => t,
-                Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
-            };
-            let req = IoRequest {
-                file: file_id,
-                access,
-                range,
-                owner,
-                open_file,
-                pid,
-                wait: Wait::Yes { token },
-            };
-            match table.with(|t| t.io(&req)) {
-                IoOutcome::Queued(id) => wake.queued(token, id, table),
-                IoOutcome::Allowed => {
-                    if let Some(c) = wake.take(token) {
-                        c(Wake::Granted)
-                    }
-                }
-                IoOutcome::Refused(r) => {
-                    if let Some(c) = wake.take(token) {
-                        c(Wake::Refused(refusal_errno(r)))
-                    }
-                }
-            }
-            return;
+            Err(i) => checks[i],
+        };
+        if nonblock {
+            return run(Err(errno(libc::EAGAIN)));
         }
-        run(Ok(()))
+        // Wait for this conflict to clear, then check everything again.
+        let me = self.clone();
+        let cont: Continuation = Box::new(move |w| match w {
+            Wake::Granted => me.gate(unique, pid, file_id, file, lock_owner, checks, false, run),
+            Wake::Interrupted => run(Err(errno(libc::EINTR))),
+            Wake::Dropped => run(Err(errno(libc::ENOLCK))),
+            Wake::Refused(e) => run(Err(e)),
+        });
+        let token = match wake.park(self.mount, unique, cont) {
+            Parked::Token(t) => t,
+            Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
+        };
+        let req = IoRequest {
+            file: file_id,
+            access,
+            range,
+            owner,
+            open_file,
+            pid,
+            wait: Wait::Yes { token },
+        };
+        match table.with(|t| t.io(&req)) {
+            IoOutcome::Queued(id) => wake.queued(token, id, table),
+            IoOutcome::Allowed => {
+                if let Some(c) = wake.take(token) {
+                    c(Wake::Granted)
+                }
+            }
+            IoOutcome::Refused(r) => {
+                if let Some(c) = wake.take(token) {
+                    c(Wake::Refused(refusal_errno(r)))
+                }
+            }
+        }
+    }
+
+    /// Admits I/O that needs no wait: nobody holds a conflicting lock. The
+    /// pass keeps it in flight (conflicting locks wait) until it is dropped.
+    pub(crate) fn admit(
+        &self,
+        file_id: FileId,
+        file: Option<(&OpenFile, u64)>,
+        lock_owner: Option<u64>,
+        pid: u32,
+        checks: &[(Access, Range)],
+    ) -> Option<IoPass> {
+        let (owner, open_file) = self.io_selves(file, lock_owner, pid);
+        let pass = self
+            .ctx
+            .table
+            .begin_io(file_id, owner, open_file, checks)
+            .ok()?;
+        delay_admitted_io();
+        Some(pass)
     }
 
     /// Whether I/O needs no wait: nobody holds a conflicting lock.

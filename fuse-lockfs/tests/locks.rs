@@ -156,11 +156,17 @@ fn posix_locks_conflict_between_processes_and_any_close_releases_them() {
 #[test]
 fn during_grace_blocking_locks_wait_for_its_end_and_others_get_enolck() {
     let ctx = LockContext::new();
-    ctx.table.with(|t| t.begin_grace(ctx.scope));
     let Some(fx) = mount_with(lock_options(&ctx)) else {
         return;
     };
     let p = file(&fx, "f", 0o644);
+    // The files are opened for writing before grace begins: during grace such
+    // an open fails, since a client's share reclaim could meet it.
+    let (mut a, mut b, mut c) = (Ctl::start(), Ctl::start(), Ctl::start());
+    let fa = a.open(&p, "rw");
+    let fb = b.open(&p, "rw");
+    let fc = c.open(&p, "rw");
+    ctx.table.with(|t| t.begin_grace(ctx.scope));
     // A remote client reclaims a lock on byte 50 during the grace period.
     use std::os::unix::fs::MetadataExt;
     let st = std::fs::metadata(fx.s("f")).unwrap();
@@ -183,10 +189,6 @@ fn during_grace_blocking_locks_wait_for_its_end_and_others_get_enolck() {
         ctx.table.with(|t| t.lock(&reclaim)),
         lock_table::LockOutcome::Granted
     );
-    let (mut a, mut b, mut c) = (Ctl::start(), Ctl::start(), Ctl::start());
-    let fa = a.open(&p, "rw");
-    let fb = b.open(&p, "rw");
-    let fc = c.open(&p, "rw");
     a.fails(&format!("lock {fa} setlk w 0 10"), libc::ENOLCK);
     // F_GETLK tells what is held now (a remote holder's pid shows as 0: the
     // kernel maps it through the local pid namespace).

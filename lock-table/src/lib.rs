@@ -61,9 +61,9 @@ pub use ops::{
 };
 pub use range::{Range, RangeError};
 pub use registry::Registry;
-pub use shared::{Notify, SharedTable};
+pub use shared::{IoPass, Notify, SharedTable};
 pub use snapshot::{LockInfo, LockState};
-pub use table::LockTable;
+pub use table::{IoTicket, LockTable};
 
 #[cfg(test)]
 mod tests;

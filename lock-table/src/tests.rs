@@ -974,3 +974,124 @@ fn flock_conversion_drops_the_old_lock_first() {
     assert_eq!(held(&t, G), vec![(2, R, 0, MAX)]);
     t.check_invariants();
 }
+
+#[test]
+fn admitted_io_holds_up_a_conflicting_blocking_lock_until_it_ends() {
+    let mut t = LockTable::new();
+    let ticket = t
+        .begin_io(F, p(1), None, &[(Access::Write, rg(0, 9))])
+        .unwrap();
+    // A reader elsewhere and the writer's own lock are not held up.
+    ok(&mut t, req(F, p(2), W, 100, 199));
+    ok(&mut t, req(F, p(1), W, 0, 9));
+    t.unlock(F, p(1), rg(0, 9));
+    let id = queued(&mut t, blocking(req(F, p(3), R, 5, 5), 7));
+    assert!(granted_tokens(&mut t).is_empty());
+    assert_eq!(t.io_in_flight(), 1);
+    // I/O admitted while the lock waits is still admitted: no lock is held.
+    let read = t.begin_io(F, p(4), None, &[(Access::Read, rg(0, 9))]);
+    let read = read.expect("no lock forbids the read");
+    t.end_io(ticket);
+    assert_eq!(granted_tokens(&mut t), vec![7]);
+    assert_eq!(t.waiter(id), None);
+    assert_eq!(held(&t, F), vec![(2, W, 100, 199), (3, R, 5, 5)]);
+    t.end_io(read);
+    assert_eq!(t.io_in_flight(), 0);
+    // Now the lock forbids a write, and nothing is recorded for it.
+    assert_eq!(
+        t.begin_io(
+            F,
+            p(4),
+            None,
+            &[(Access::Read, rg(0, 0)), (Access::Write, rg(5, 5))]
+        ),
+        Err(1)
+    );
+    assert_eq!(t.io_in_flight(), 0);
+    t.check_invariants();
+}
+
+#[test]
+fn a_non_blocking_lock_meeting_io_in_flight_is_decided_after_it() {
+    let mut t = LockTable::new();
+    let ticket = t
+        .begin_io(F, p(1), None, &[(Access::Read, rg(0, 9))])
+        .unwrap();
+    // A reclaim is not refused either: nothing it conflicts with is held.
+    let mut reclaim = blocking(req(F, p(3), W, 5, 20), 1);
+    reclaim.reclaim = true;
+    t.begin_grace(S);
+    assert_eq!(t.try_lock(&reclaim), None);
+    t.end_grace(S);
+    // A shared lock does not conflict with a read; an exclusive one does.
+    assert_eq!(
+        t.try_lock(&req(F, p(2), R, 0, 3)),
+        Some(LockOutcome::Granted)
+    );
+    assert_eq!(t.try_lock(&req(F, p(3), W, 5, 20)), None);
+    // The bare table reports the held-up request as a conflict.
+    assert!(matches!(
+        t.lock(&req(F, p(3), W, 5, 20)),
+        LockOutcome::Refused(Refusal::Conflict(_))
+    ));
+    t.end_io(ticket);
+    assert_eq!(
+        t.try_lock(&req(F, p(3), W, 5, 20)),
+        Some(LockOutcome::Granted)
+    );
+    assert_eq!(held(&t, F), vec![(2, R, 0, 3), (3, W, 5, 20)]);
+    t.check_invariants();
+}
+
+#[test]
+fn shared_table_sleeps_a_non_blocking_lock_until_the_io_pass_drops() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let table = Arc::new(SharedTable::new(|_| {}));
+    let pass = table
+        .begin_io(F, p(1), None, &[(Access::Write, rg(0, 9))])
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let locker = {
+        let (table, done) = (table.clone(), done.clone());
+        std::thread::spawn(move || {
+            let out = table.lock(&req(F, p(2), W, 0, 0));
+            done.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the lock was decided while a conflicting write was in flight"
+    );
+    drop(pass);
+    assert_eq!(locker.join().unwrap(), LockOutcome::Granted);
+    assert_eq!(table.read(|t| t.io_in_flight()), 0);
+}
+
+#[test]
+fn one_grace_rule_admits_shares_of_every_door() {
+    let mut t = LockTable::new();
+    let client = t.registry_mut().host("client");
+    // Outside grace: new shares of both doors, no reclaims.
+    assert_eq!(t.share_gate(S, client, false, true), Ok(()));
+    assert_eq!(
+        t.share_gate(S, client, true, true),
+        Err(Refusal::NotInGrace)
+    );
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, true), Ok(()));
+    t.begin_grace(S);
+    assert_eq!(t.share_gate(S, client, true, true), Ok(()));
+    assert_eq!(t.share_gate(S, client, false, true), Err(Refusal::Grace));
+    // A local open a reclaim could meet is refused until grace ends; one it
+    // could not meet, and any open in another scope, is admitted.
+    assert_eq!(
+        t.share_gate(S, HostId::LOCAL, false, true),
+        Err(Refusal::Grace)
+    );
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, false), Ok(()));
+    assert_eq!(t.share_gate(ScopeId(7), HostId::LOCAL, false, true), Ok(()));
+    t.end_grace(S);
+    assert_eq!(t.share_gate(S, HostId::LOCAL, false, true), Ok(()));
+}

@@ -42,7 +42,7 @@ impl Demo {
     }
 
     fn lock(&mut self, who: &str, req: LockRequest) -> LockOutcome {
-        let out = self.table.with(|t| t.lock(&req));
+        let out = self.table.lock(&req);
         let mut answer = describe_outcome(&out);
         for e in self.events.lock().unwrap().drain(..) {
             answer.push_str(&format!("; woke token {}", e.token()));

@@ -97,16 +97,6 @@ impl LockFs {
         let checks = vec![(Access::Write, range)];
         let file = fh.and_then(|fh| self.shared.files.get(fh.0).map(|f| (f, fh.0)));
         let id = file_id(&inode);
-        let free = lk.io_free(
-            id,
-            file.as_ref().map(|(f, fh)| (&**f, *fh)),
-            None,
-            req.pid(),
-            &checks,
-        );
-        if free {
-            return Ok(None);
-        }
         let nonblock = file
             .as_ref()
             .is_some_and(|(f, _)| f.flags & libc::O_NONBLOCK != 0);

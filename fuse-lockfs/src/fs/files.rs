@@ -234,6 +234,24 @@ impl LockFs {
         file: FileId,
         mode: ShareMode,
     ) -> R<()> {
+        // The grace rule of every door's shares (see LockTable::share_gate): an
+        // open that a client's reclaim could meet fails ENOLCK during grace, as
+        // a non-blocking lock request does.
+        let may_meet_reclaim = mode.access.writes() || mode.deny.to_wire() != 0;
+        lk.ctx
+            .table
+            .read(|t| {
+                t.share_gate(
+                    lk.ctx.scope,
+                    lock_table::HostId::LOCAL,
+                    false,
+                    may_meet_reclaim,
+                )
+            })
+            .map_err(|r| {
+                tracing::debug!(?mode, "open refused during the grace period");
+                crate::locking::refusal_errno(r)
+            })?;
         let req = ShareRequest {
             file,
             scope: lk.ctx.scope,

@@ -44,6 +44,19 @@ impl LockFs {
                 lk.owners.seen_posix(req.pid(), l);
             }
             if let Some(range) = locking::io_range(offset, u64::from(size)) {
+                let checks = [(Access::Read, range)];
+                // The pass keeps the read in flight until it is done.
+                if let Some(pass) =
+                    lk.admit(file.file_id, Some((&file, fh.0)), lo, req.pid(), &checks)
+                {
+                    return Ok(Step::Done(ReadOut {
+                        shared: self.shared.clone(),
+                        file,
+                        offset,
+                        size,
+                        _pass: Some(pass),
+                    }));
+                }
                 let gate = Gate {
                     lk: lk.clone(),
                     unique: req.unique().0,
@@ -51,14 +64,16 @@ impl LockFs {
                     file_id: file.file_id,
                     file: Some((file.clone(), fh.0)),
                     lock_owner: lo,
-                    checks: vec![(Access::Read, range)],
+                    checks: checks.to_vec(),
                     nonblock: flags.0 & libc::O_NONBLOCK != 0,
                 };
+                // The gate holds its own pass while the reply is sent.
                 let out = ReadOut {
                     shared: self.shared.clone(),
                     file,
                     offset,
                     size,
+                    _pass: None,
                 };
                 return Ok(Step::Gated(gate, Box::new(move || Ok(out))));
             }
@@ -68,6 +83,7 @@ impl LockFs {
             file,
             offset,
             size,
+            _pass: None,
         }))
     }
 
@@ -89,26 +105,31 @@ impl LockFs {
                 lk.owners.seen_posix(req.pid(), l);
             }
             if let Some(range) = locking::io_range(offset, data.len() as u64) {
-                let checks = vec![(Access::Write, range)];
-                // Copy the data only for a write that has to wait.
-                if !lk.io_free(file.file_id, Some((&file, fh.0)), lo, req.pid(), &checks) {
-                    let gate = Gate {
-                        lk: lk.clone(),
-                        unique: req.unique().0,
-                        pid: req.pid(),
-                        file_id: file.file_id,
-                        file: Some((file.clone(), fh.0)),
-                        lock_owner: lo,
-                        checks,
-                        nonblock: flags.0 & libc::O_NONBLOCK != 0,
-                    };
-                    let shared = self.shared.clone();
-                    let data = data.to_vec();
-                    let work = Box::new(move || {
-                        write_and_kill(&shared, &file, offset, &data, write_flags)
-                    });
-                    return Ok(Step::Gated(gate, work));
+                let checks = [(Access::Write, range)];
+                // The pass keeps the write in flight until it is done.
+                if let Some(pass) =
+                    lk.admit(file.file_id, Some((&file, fh.0)), lo, req.pid(), &checks)
+                {
+                    let n = write_and_kill(&self.shared, &file, offset, data, write_flags);
+                    drop(pass);
+                    return n.map(Step::Done);
                 }
+                // Copy the data only for a write that has to wait.
+                let gate = Gate {
+                    lk: lk.clone(),
+                    unique: req.unique().0,
+                    pid: req.pid(),
+                    file_id: file.file_id,
+                    file: Some((file.clone(), fh.0)),
+                    lock_owner: lo,
+                    checks: checks.to_vec(),
+                    nonblock: flags.0 & libc::O_NONBLOCK != 0,
+                };
+                let shared = self.shared.clone();
+                let data = data.to_vec();
+                let work =
+                    Box::new(move || write_and_kill(&shared, &file, offset, &data, write_flags));
+                return Ok(Step::Gated(gate, work));
             }
         }
         write_and_kill(&self.shared, &file, offset, data, write_flags).map(Step::Done)
@@ -185,15 +206,32 @@ impl LockFs {
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
         };
         // The source is checked without waiting (EAGAIN); the destination like a
-        // write, waiting unless it was opened O_NONBLOCK.
-        if let (Some(lk), Some(range)) =
-            (self.mandatory_lock(&fin), locking::io_range(offset_in, len))
-        {
-            let checks = [(Access::Read, range)];
-            if !lk.io_free(fin.file_id, Some((&fin, fh_in.0)), None, req.pid(), &checks) {
-                return Err(Errno::from_i32(libc::EAGAIN));
+        // write, waiting unless it was opened O_NONBLOCK. The source is admitted
+        // again once the destination is, and its pass held for the copy only: a
+        // pass held while waiting for the destination could hold up, without
+        // end, a lock on the source that the destination's holder waits for.
+        let source = match (self.mandatory_lock(&fin), locking::io_range(offset_in, len)) {
+            (Some(lk), Some(range)) => {
+                let checks = [(Access::Read, range)];
+                if !lk.io_free(fin.file_id, Some((&fin, fh_in.0)), None, req.pid(), &checks) {
+                    return Err(Errno::from_i32(libc::EAGAIN));
+                }
+                Some((lk.clone(), fin.file_id, fh_in.0, req.pid(), checks))
             }
-        }
+            _ => None,
+        };
+        let run = move |fin: &OpenFile, fout: &OpenFile| {
+            let pass = match &source {
+                Some((lk, id, fh, pid, checks)) => {
+                    let pass = lk.admit(*id, Some((fin, *fh)), None, *pid, checks);
+                    Some(pass.ok_or(Errno::from_i32(libc::EAGAIN))?)
+                }
+                None => None,
+            };
+            let n = run(fin, fout);
+            drop(pass);
+            n
+        };
         if let (Some(lk), Some(range)) = (
             self.mandatory_lock(&fout),
             locking::io_range(offset_out, len),
@@ -222,6 +260,8 @@ pub(crate) struct ReadOut {
     pub(crate) file: Arc<OpenFile>,
     pub(crate) offset: u64,
     pub(crate) size: u32,
+    /// Keeps an admitted mandatory-file read in flight until its reply is sent.
+    pub(crate) _pass: Option<lock_table::IoPass>,
 }
 
 /// Reads up to `size` bytes at `offset` of an open file for the kernel.

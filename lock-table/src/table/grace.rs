@@ -2,7 +2,7 @@
 //! reclaims are admitted in a scope until its grace period ends.
 
 use super::LockTable;
-use crate::ids::{FileId, Namespace, ScopeId};
+use crate::ids::{FileId, HostId, Namespace, ScopeId};
 use crate::ops::Refusal;
 
 impl LockTable {
@@ -41,6 +41,32 @@ impl LockTable {
             Namespace::Fcntl => named,
             Namespace::Flock => ScopeId::LOCAL_ONLY,
         }
+    }
+
+    /// The grace rule for share reservations, the same for every door: may a
+    /// share of `host` in `scope` be decided now? A remote host's request is
+    /// admitted as a lock request is: only reclaims during grace, only new
+    /// shares after it ([`Refusal::Grace`], [`Refusal::NotInGrace`]). A local
+    /// open never reclaims; during grace it is refused with [`Refusal::Grace`]
+    /// when it `may_meet_reclaim`, that is, when a share some client could
+    /// reclaim (deny-write against its writing, any access against its deny)
+    /// could conflict with it, as a local non-blocking lock request is. A local
+    /// open that reads and denies nothing is admitted, so that files stay
+    /// readable during grace; only a client's deny-read reclaim can meet it.
+    pub fn share_gate(
+        &self,
+        scope: ScopeId,
+        host: HostId,
+        reclaim: bool,
+        may_meet_reclaim: bool,
+    ) -> Result<(), Refusal> {
+        if host != HostId::LOCAL {
+            return self.grace_gate(scope, reclaim).map_or(Ok(()), Err);
+        }
+        if may_meet_reclaim && self.in_grace(scope) {
+            return Err(Refusal::Grace);
+        }
+        Ok(())
     }
 
     pub(super) fn grace_gate(&self, scope: ScopeId, reclaim: bool) -> Option<Refusal> {

@@ -17,7 +17,30 @@ impl LockTable {
     /// decided, as Linux `flock_lock_inode` does: two shared holders upgrading
     /// at once then do not deadlock, waiters the drop lets through go first,
     /// and a conversion that is refused leaves the owner with no lock.
+    ///
+    /// This is the decision of a table that admits no I/O. Where I/O is
+    /// admitted ([`Self::begin_io`]), front doors decide with
+    /// [`crate::SharedTable::lock`], which waits for in-flight I/O that a
+    /// non-blocking request or a reclaim meets (see [`Self::try_lock`]); here
+    /// such a request is refused as a conflict with itself (the holding named
+    /// is the request's own owner and range), since a bare table cannot wait.
     pub fn lock(&mut self, req: &LockRequest) -> LockOutcome {
+        match self.try_lock(req) {
+            Some(out) => out,
+            None => LockOutcome::Refused(Refusal::Conflict(Holding {
+                owner: req.owner,
+                kind: req.kind,
+                range: req.range,
+                pid: 0,
+                since: self.wall(self.now()),
+            })),
+        }
+    }
+
+    /// [`Self::lock`], except that a non-blocking request or a reclaim that
+    /// meets another owner's in-flight I/O (and no conflicting lock) is not
+    /// decided: `None` says to decide it again after that I/O ends.
+    pub fn try_lock(&mut self, req: &LockRequest) -> Option<LockOutcome> {
         if req.owner.kind == OwnerKind::Flock {
             self.drop_flock_to_convert(req);
         }
@@ -30,7 +53,7 @@ impl LockTable {
                 .kind(req.kind)
                 .fire(&self.registry);
         }
-        let out = self.decide_lock(req);
+        let out = self.decide_lock(req)?;
         let announce = match out {
             LockOutcome::Granted if probe::all_enabled() => {
                 Some(base(ProbeKind::LockGranted).kind(req.kind))
@@ -48,7 +71,7 @@ impl LockTable {
         if let Some(p) = announce {
             p.fire(&self.registry);
         }
-        out
+        Some(out)
     }
 
     /// Drops the lock `req`'s flock owner holds on the file when `req` asks for
@@ -70,7 +93,7 @@ impl LockTable {
         }
     }
 
-    pub(super) fn decide_lock(&mut self, req: &LockRequest) -> LockOutcome {
+    pub(super) fn decide_lock(&mut self, req: &LockRequest) -> Option<LockOutcome> {
         // A local program's blocking request waits the grace period out, as an
         // NFS client's lock manager does for its callers, so that it cannot
         // take a lock a remote client is about to reclaim. Everything else that
@@ -82,7 +105,7 @@ impl LockTable {
                 && req.owner.host == HostId::LOCAL
                 && matches!(req.wait, Wait::Yes { .. });
             if !sit_out_grace {
-                return LockOutcome::Refused(refusal);
+                return Some(LockOutcome::Refused(refusal));
             }
         }
         let selves = [req.owner];
@@ -91,7 +114,7 @@ impl LockTable {
                 .files
                 .entry(req.file)
                 .or_insert_with(|| FileState::new(scope));
-            if file.is_idle() {
+            if file.has_no_lock_state() {
                 file.scope = scope;
             }
             (
@@ -99,12 +122,18 @@ impl LockTable {
                 !file.queue.is_empty(),
             )
         };
+        // Another owner's admitted I/O still running on the range holds the
+        // lock up (see `inflight`).
+        let io_busy = conflict.is_none()
+            && self.io_in_flight_blocks(req.file, req.owner, req.kind, req.range);
         let token = match (conflict, req.wait) {
+            (None, Wait::No) if io_busy => return None,
+            (None, Wait::Yes { .. }) if io_busy && req.reclaim => return None,
             (None, Wait::No) => {
                 self.grant(req.file, req.owner, req.kind, req.range, req.pid);
-                return LockOutcome::Granted;
+                return Some(LockOutcome::Granted);
             }
-            (None, Wait::Yes { token }) if sit_out_grace => token,
+            (None, Wait::Yes { token }) if sit_out_grace || io_busy => token,
             (None, Wait::Yes { token }) => {
                 // A blocking request of an owner holding nothing yields to
                 // earlier conflicting waiters (see the module doc).
@@ -114,27 +143,27 @@ impl LockTable {
                     && self.conflicts_with_queue(req.file, req.owner, req.kind, req.range);
                 if !yields {
                     self.grant(req.file, req.owner, req.kind, req.range, req.pid);
-                    return LockOutcome::Granted;
+                    return Some(LockOutcome::Granted);
                 }
                 token
             }
             (Some(run), Wait::No) => {
-                return LockOutcome::Refused(Refusal::Conflict(self.holding(run)));
+                return Some(LockOutcome::Refused(Refusal::Conflict(self.holding(run))));
             }
             (Some(run), Wait::Yes { .. }) if req.reclaim => {
-                return LockOutcome::Refused(Refusal::Conflict(self.holding(run)));
+                return Some(LockOutcome::Refused(Refusal::Conflict(self.holding(run))));
             }
             (Some(_), Wait::Yes { token }) => {
                 if req.owner.kind.detects_deadlock()
                     && self.would_deadlock(&selves, req.file, req.range, req.kind)
                 {
                     self.note_maybe_idle();
-                    return LockOutcome::Refused(Refusal::Deadlock);
+                    return Some(LockOutcome::Refused(Refusal::Deadlock));
                 }
                 token
             }
         };
-        LockOutcome::Queued(self.enqueue(Waiter {
+        Some(LockOutcome::Queued(self.enqueue(Waiter {
             owner: req.owner,
             open_file: None,
             file: req.file,
@@ -144,7 +173,7 @@ impl LockTable {
             since: 0,
             token,
             waits_for: WaitFor::Lock,
-        }))
+        })))
     }
 
     /// Record a lock as held and keep the owner index in step.

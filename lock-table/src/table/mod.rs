@@ -21,12 +21,15 @@
 
 mod deadlock;
 mod grace;
+mod inflight;
 mod listing;
 mod locks;
 mod mandatory;
 mod queue;
 mod release;
 mod value_blocks;
+
+pub use inflight::IoTicket;
 
 use crate::holdings::{Holdings, Run};
 use crate::ids::{FileId, LockKind, Owner, ScopeId};
@@ -36,6 +39,7 @@ use crate::ops::*;
 use crate::probe::Probe;
 use crate::range::Range;
 use crate::registry::Registry;
+use inflight::InFlight;
 use mandatory::io_selves;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -75,11 +79,13 @@ impl Waiter {
     }
 }
 
-/// One file's held locks, wait queue, scope and value block.
+/// One file's held locks, wait queue, admitted I/O, scope and value block.
 #[derive(Debug)]
 pub(crate) struct FileState {
     pub(crate) holdings: Holdings,
     queue: VecDeque<WaiterId>,
+    /// Mandatory-locked I/O admitted and not yet finished (see `inflight`).
+    inflight: SmallVec<[InFlight; 1]>,
     scope: ScopeId,
     pub(crate) lvb: Option<Box<LvbValue>>,
 }
@@ -89,13 +95,19 @@ impl FileState {
         FileState {
             holdings: Holdings::default(),
             queue: VecDeque::new(),
+            inflight: SmallVec::new(),
             scope,
             lvb: None,
         }
     }
 
-    fn is_idle(&self) -> bool {
+    /// No locks, waiters or value block: nothing that belongs to a scope.
+    fn has_no_lock_state(&self) -> bool {
         self.holdings.is_empty() && self.queue.is_empty() && self.lvb.is_none()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.has_no_lock_state() && self.inflight.is_empty()
     }
 
     pub(crate) fn invalidate_lvb(&mut self) {
@@ -136,6 +148,9 @@ pub struct LockTable {
     host_segments: Vec<u64>,
     events: Vec<Event>,
     next_waiter: u64,
+    next_io: u64,
+    /// Threads waiting in [`crate::SharedTable::lock`] for in-flight I/O.
+    pub(crate) io_sleepers: usize,
     idle_notes: usize,
     epoch: Instant,
     epoch_wall: SystemTime,
@@ -158,6 +173,8 @@ impl LockTable {
             host_segments: Vec::new(),
             events: Vec::new(),
             next_waiter: 1,
+            next_io: 1,
+            io_sleepers: 0,
             idle_notes: 0,
             epoch: Instant::now(),
             epoch_wall: SystemTime::now(),

@@ -15,7 +15,8 @@
 //! - An exclusive lock or a write share on a read-only export: ROFS (DENIED in 1/3).
 //! - A range whose end passes the largest 64-bit offset: FBIG (version 4 only; in versions
 //!   1/3 a range ending beyond the 32-bit space extends to end of file, as in Linux).
-//! - A reclaim outside grace, like a non-reclaim inside it: DENIED_GRACE_PERIOD.
+//! - A reclaim outside grace, like a non-reclaim inside it: DENIED_GRACE_PERIOD, for LOCK
+//!   and SHARE alike (the table's grace gate decides both, as it does for local opens).
 //! - UNLOCK and CANCEL are served during grace: they only give up state.
 //! - GRANTED sent to this server: DENIED, since a server has no blocked requests of its own.
 //!
@@ -252,17 +253,15 @@ impl Lockd {
         } else {
             Wait::No
         };
-        let out = self.table.with(|t| {
-            t.lock(&LockRequest {
-                file,
-                scope,
-                owner,
-                pid: a.alock.svid as u32,
-                kind,
-                range,
-                wait,
-                reclaim: a.reclaim,
-            })
+        let out = self.table.lock(&LockRequest {
+            file,
+            scope,
+            owner,
+            pid: a.alock.svid as u32,
+            kind,
+            range,
+            wait,
+            reclaim: a.reclaim,
         });
         debug!(?out, reclaim = a.reclaim, "lock");
         let token = match wait {
@@ -391,15 +390,16 @@ impl Lockd {
             return Stats::Rofs;
         }
         let scope = export.export.scope;
-        let in_grace = self.table.read(|t| t.in_grace(scope));
-        if in_grace != a.reclaim {
-            return Stats::DeniedGracePeriod;
-        }
         // Share owners are not limited per host: a client has few, one per open file.
-        let owner = self.table.with(|t| {
+        let admitted = self.table.with(|t| {
             let h = t.registry_mut().host(&host);
-            t.registry_mut().nlm_share_owner(h, &s.oh)
+            t.share_gate(scope, h, a.reclaim, true)
+                .map(|()| t.registry_mut().nlm_share_owner(h, &s.oh))
         });
+        let owner = match admitted {
+            Ok(owner) => owner,
+            Err(r) => return refusal_status(r),
+        };
         let _sp = debug_span!("nlm_share", client = %host, file = ?file, owner = ?owner).entered();
         if !self.monitor_client(scope, &host, call) {
             return Stats::DeniedNolocks;
