@@ -767,9 +767,10 @@ pub const KEYS: &[Key] = &[
         value: "duration",
         default: Some("never"),
         doc: "Opt-in: release every lock, waiter and share reservation of a remote host \
-              once callbacks to it (GRANTED, _RES) have failed for this long, as after a \
-              network partition that outlived it. Lock value blocks the host was writing \
-              become not-valid.",
+              once callbacks to it (GRANTED, _RES) have failed for this long, or once it \
+              has not answered probes of its portmapper for this long while another \
+              request wants its locks, as after a network partition that outlived it. \
+              Lock value blocks the host was writing become not-valid.",
     },
     Key {
         section: Section::Listen,
