@@ -41,6 +41,7 @@ fn one_shot(mut stream: &[u8], max: usize) -> (Vec<Vec<u8>>, End) {
                 return (out, End::TooLarge);
             }
             Err(RecordError::Io(e)) => panic!("I/O error from a slice: {e}"),
+            Err(e @ RecordError::OverBudget { .. }) => panic!("no budget was given: {e}"),
         }
     }
 }
