@@ -1095,3 +1095,24 @@ fn one_grace_rule_admits_shares_of_every_door() {
     t.end_grace(S);
     assert_eq!(t.share_gate(S, HostId::LOCAL, false, true), Ok(()));
 }
+
+#[test]
+fn hosts_blocking_waiters_are_the_remote_holders_a_queued_request_conflicts_with() {
+    let (mut t, [a, b], [a1, _, b1]) = two_hosts();
+    assert!(t.hosts_blocking_waiters().is_empty());
+    ok(&mut t, req(F, a1, W, 0, 9));
+    ok(&mut t, req(F, b1, R, 20, 29));
+    ok(&mut t, req(G, p(7), W, 0, 9));
+    // Nobody waits yet: nobody blocks.
+    assert!(t.hosts_blocking_waiters().is_empty());
+    let w = queued(&mut t, blocking(req(F, p(1), W, 5, 25), 1));
+    let mut hosts = t.hosts_blocking_waiters();
+    hosts.sort();
+    assert_eq!(hosts, vec![a, b]);
+    // A local holder blocking a waiter is no remote host.
+    queued(&mut t, blocking(req(G, p(2), W, 0, 0), 2));
+    assert_eq!(t.hosts_blocking_waiters().len(), 2);
+    // Once the waiter on F is gone, a and b block nobody.
+    assert!(t.cancel(w));
+    assert!(t.hosts_blocking_waiters().is_empty());
+}

@@ -17,7 +17,7 @@ use crate::lockd::Lockd;
 use crate::portmap::{Mapping, RpcbindClient};
 use crate::proto::nlm::{NLM4_VERS, NLM_PROG};
 use crate::server::Transport;
-use lock_table::{HostId, LockState, OwnerKind};
+use lock_table::HostId;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -49,30 +49,6 @@ impl Contention {
 /// How often contended holders are probed for a given release limit.
 fn period(limit: Duration) -> Duration {
     (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
-}
-
-/// NLM hosts holding a lock that a queued waiter (of any door) conflicts with.
-fn blocking_hosts(lockd: &Lockd) -> Vec<HostId> {
-    lockd.table.read(|t| {
-        if t.waiter_count() == 0 {
-            return Vec::new();
-        }
-        let all = t.snapshot();
-        let mut out = HashSet::new();
-        for w in all.iter().filter(|l| l.state != LockState::Held) {
-            for h in all.iter().filter(|h| {
-                h.state == LockState::Held
-                    && h.file == w.file
-                    && h.owner != w.owner
-                    && h.owner.kind == OwnerKind::Nlm
-                    && h.range.overlaps(&w.range)
-                    && h.kind.conflicts_with(w.kind)
-            }) {
-                out.insert(h.owner.host);
-            }
-        }
-        out.into_iter().collect()
-    })
 }
 
 /// Whether the host at `addr` answers at all: its portmapper replies to a lookup.
@@ -111,7 +87,7 @@ pub(crate) async fn run(lockd: Arc<Lockd>, limit: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let mut hosts: HashSet<HostId> = lockd.contention.recent(limit * 2).into_iter().collect();
-        hosts.extend(blocking_hosts(&lockd));
+        hosts.extend(lockd.table.read(|t| t.hosts_blocking_waiters()));
         // Only hosts that still hold something; names come from the table's registry.
         let named: Vec<(HostId, String)> = lockd.table.read(|t| {
             hosts

@@ -2,7 +2,7 @@
 //! counters.
 
 use super::LockTable;
-use crate::ids::{FileId, HostId, Owner};
+use crate::ids::{FileId, HostId, Owner, OwnerKind};
 use crate::ops::*;
 use crate::snapshot::{LockInfo, LockState};
 
@@ -95,5 +95,31 @@ impl LockTable {
     /// Whether `owner` holds anything anywhere.
     pub fn owner_holds(&self, owner: &Owner) -> bool {
         !self.owner_holds_nothing(owner)
+    }
+
+    /// Remote (NLM) hosts holding a lock that a queued request of another owner
+    /// conflicts with: the holders somebody is waiting for. Visits only the files
+    /// with waiters.
+    pub fn hosts_blocking_waiters(&self) -> Vec<HostId> {
+        let mut out = Vec::new();
+        let mut runs = Vec::new();
+        for w in self.waiters.values() {
+            let Some(f) = self.files.get(&w.file) else {
+                continue;
+            };
+            runs.clear();
+            f.holdings.runs(&mut runs);
+            for r in &runs {
+                if r.owner.kind == OwnerKind::Nlm
+                    && r.owner != w.owner
+                    && r.range.overlaps(&w.range)
+                    && r.kind.conflicts_with(w.kind)
+                    && !out.contains(&r.owner.host)
+                {
+                    out.push(r.owner.host);
+                }
+            }
+        }
+        out
     }
 }
