@@ -92,6 +92,30 @@ pub(crate) struct Gate {
     pub(crate) nonblock: bool,
 }
 
+impl Gate {
+    /// The gate of request `req`'s I/O through open file `fh` of `file`.
+    pub(crate) fn through(
+        lk: &Arc<Locking>,
+        req: &fuser::Request,
+        file: &Arc<OpenFile>,
+        fh: u64,
+        lock_owner: Option<u64>,
+        checks: Vec<(Access, Range)>,
+        nonblock: bool,
+    ) -> Gate {
+        Gate {
+            lk: lk.clone(),
+            unique: req.unique().0,
+            pid: req.pid(),
+            file_id: file.file_id,
+            file: Some((file.clone(), fh)),
+            lock_owner,
+            checks,
+            nonblock,
+        }
+    }
+}
+
 /// Lock state of one mount.
 pub(crate) struct Locking {
     pub(crate) ctx: LockContext,

@@ -57,16 +57,15 @@ impl LockFs {
                         _pass: Some(pass),
                     }));
                 }
-                let gate = Gate {
-                    lk: lk.clone(),
-                    unique: req.unique().0,
-                    pid: req.pid(),
-                    file_id: file.file_id,
-                    file: Some((file.clone(), fh.0)),
-                    lock_owner: lo,
-                    checks: checks.to_vec(),
-                    nonblock: flags.0 & libc::O_NONBLOCK != 0,
-                };
+                let gate = Gate::through(
+                    lk,
+                    req,
+                    &file,
+                    fh.0,
+                    lo,
+                    checks.to_vec(),
+                    flags.0 & libc::O_NONBLOCK != 0,
+                );
                 // The gate holds its own pass while the reply is sent.
                 let out = ReadOut {
                     shared: self.shared.clone(),
@@ -115,16 +114,15 @@ impl LockFs {
                     return n.map(Step::Done);
                 }
                 // Copy the data only for a write that has to wait.
-                let gate = Gate {
-                    lk: lk.clone(),
-                    unique: req.unique().0,
-                    pid: req.pid(),
-                    file_id: file.file_id,
-                    file: Some((file.clone(), fh.0)),
-                    lock_owner: lo,
-                    checks: checks.to_vec(),
-                    nonblock: flags.0 & libc::O_NONBLOCK != 0,
-                };
+                let gate = Gate::through(
+                    lk,
+                    req,
+                    &file,
+                    fh.0,
+                    lo,
+                    checks.to_vec(),
+                    flags.0 & libc::O_NONBLOCK != 0,
+                );
                 let shared = self.shared.clone();
                 let data = data.to_vec();
                 let work =
@@ -148,16 +146,15 @@ impl LockFs {
             self.mandatory_lock(&file),
             locking::io_range(offset, length),
         ) {
-            let gate = Gate {
-                lk: lk.clone(),
-                unique: req.unique().0,
-                pid: req.pid(),
-                file_id: file.file_id,
-                file: Some((file.clone(), fh.0)),
-                lock_owner: None,
-                checks: vec![(Access::Write, range)],
-                nonblock: file.flags & libc::O_NONBLOCK != 0,
-            };
+            let gate = Gate::through(
+                lk,
+                req,
+                &file,
+                fh.0,
+                None,
+                vec![(Access::Write, range)],
+                file.flags & libc::O_NONBLOCK != 0,
+            );
             let work = Box::new(move || {
                 sys::fallocate(file.fd.as_fd(), mode, offset, length).map_err(errno)
             });
@@ -236,16 +233,15 @@ impl LockFs {
             self.mandatory_lock(&fout),
             locking::io_range(offset_out, len),
         ) {
-            let gate = Gate {
-                lk: lk.clone(),
-                unique: req.unique().0,
-                pid: req.pid(),
-                file_id: fout.file_id,
-                file: Some((fout.clone(), fh_out.0)),
-                lock_owner: None,
-                checks: vec![(Access::Write, range)],
-                nonblock: fout.flags & libc::O_NONBLOCK != 0,
-            };
+            let gate = Gate::through(
+                lk,
+                req,
+                &fout,
+                fh_out.0,
+                None,
+                vec![(Access::Write, range)],
+                fout.flags & libc::O_NONBLOCK != 0,
+            );
             return Ok(Step::Gated(gate, Box::new(move || run(&fin, &fout))));
         }
         run(&fin, &fout).map(Step::Done)
