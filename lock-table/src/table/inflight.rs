@@ -94,26 +94,20 @@ impl LockTable {
         }
     }
 
-    /// Whether I/O in flight on `file` of an owner other than `owner` would be
-    /// overtaken by granting it a `kind` lock on `range`.
-    pub(super) fn io_in_flight_blocks(
-        &self,
-        file: FileId,
-        owner: Owner,
-        kind: LockKind,
-        range: Range,
-    ) -> bool {
-        self.files.get(&file).is_some_and(|f| {
-            f.inflight.iter().any(|io| {
-                io.range.overlaps(&range)
-                    && kind.conflicts_with(io.kind)
-                    && !io_selves(io.owner, io.open_file).contains(&owner)
-            })
-        })
-    }
-
     /// Number of I/O ranges in flight (for tests and listings).
     pub fn io_in_flight(&self) -> usize {
         self.files.values().map(|f| f.inflight.len()).sum()
+    }
+}
+
+impl FileState {
+    /// Whether I/O in flight on this file of an owner other than `owner` would be
+    /// overtaken by granting it a `kind` lock on `range`.
+    pub(super) fn io_blocks(&self, owner: Owner, kind: LockKind, range: Range) -> bool {
+        self.inflight.iter().any(|io| {
+            io.range.overlaps(&range)
+                && kind.conflicts_with(io.kind)
+                && !io_selves(io.owner, io.open_file).contains(&owner)
+        })
     }
 }

@@ -24,6 +24,7 @@ impl LockTable {
     /// non-blocking request or a reclaim meets (see [`Self::try_lock`]); here
     /// such a request is refused as a conflict with itself (the holding named
     /// is the request's own owner and range), since a bare table cannot wait.
+    #[inline]
     pub fn lock(&mut self, req: &LockRequest) -> LockOutcome {
         match self.try_lock(req) {
             Some(out) => out,
@@ -40,6 +41,7 @@ impl LockTable {
     /// [`Self::lock`], except that a non-blocking request or a reclaim that
     /// meets another owner's in-flight I/O (and no conflicting lock) is not
     /// decided: `None` says to decide it again after that I/O ends.
+    #[inline]
     pub fn try_lock(&mut self, req: &LockRequest) -> Option<LockOutcome> {
         if req.owner.kind == OwnerKind::Flock {
             self.drop_flock_to_convert(req);
@@ -109,7 +111,7 @@ impl LockTable {
             }
         }
         let selves = [req.owner];
-        let (conflict, queue_busy) = {
+        let (conflict, queue_busy, io_busy) = {
             let file = self
                 .files
                 .entry(req.file)
@@ -117,15 +119,12 @@ impl LockTable {
             if file.has_no_lock_state() {
                 file.scope = scope;
             }
-            (
-                file.holdings.first_conflict(req.range, req.kind, &selves),
-                !file.queue.is_empty(),
-            )
+            let conflict = file.holdings.first_conflict(req.range, req.kind, &selves);
+            // Another owner's admitted I/O still running on the range holds the
+            // lock up (see `inflight`).
+            let io_busy = conflict.is_none() && file.io_blocks(req.owner, req.kind, req.range);
+            (conflict, !file.queue.is_empty(), io_busy)
         };
-        // Another owner's admitted I/O still running on the range holds the
-        // lock up (see `inflight`).
-        let io_busy = conflict.is_none()
-            && self.io_in_flight_blocks(req.file, req.owner, req.kind, req.range);
         let token = match (conflict, req.wait) {
             (None, Wait::No) if io_busy => return None,
             (None, Wait::Yes { .. }) if io_busy && req.reclaim => return None,

@@ -222,9 +222,7 @@ impl LockTable {
         if file.holdings.has_conflict(w.range, w.kind, &w.selves()) {
             return false;
         }
-        if w.waits_for == WaitFor::Lock
-            && (in_grace || self.io_in_flight_blocks(file_id, w.owner, w.kind, w.range))
-        {
+        if w.waits_for == WaitFor::Lock && (in_grace || file.io_blocks(w.owner, w.kind, w.range)) {
             return false;
         }
         let yields = w.waits_for == WaitFor::Lock
