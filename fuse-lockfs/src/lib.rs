@@ -94,8 +94,8 @@
 //! format and the durability promise).
 //!
 //! # Several mounts, one table
-//! A [`LockContext`] carries the lock table, the share table and the router of
-//! wake-ups; mounts get clones of it, so one daemon can serve several mounts and
+//! A [`LockContext`] carries the lock table (with its waiter registry, where
+//! this door parks its waiting requests) and the share table; mounts get clones of it, so one daemon can serve several mounts and
 //! the NLM server over the same tables. [`listing::list`] reads all of it for
 //! `lockfs locks`.
 
@@ -115,7 +115,6 @@ pub mod owners;
 mod read_reply;
 pub mod share;
 mod sys;
-pub mod wake;
 
 pub use context::LockContext;
 pub use error::{Error, Result};
@@ -133,4 +132,3 @@ pub use options::{
     OptionValueError,
 };
 pub use share::{set_share, LOCKFS_IOC_SET_SHARE, SHARE_ERRNO};
-pub use wake::{Wakeups, FUSE_TOKEN_BIT};

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::{BackingId, Errno, FileAttr, FileHandle, INodeNo, LockOwner, OpenFlags, Request};
-use lock_table::{Access, FileId, Range};
+use lock_table::{Access, FileId, IoPass, Range};
 use share_reservations::{ShareMode, ShareRequest};
 
 use super::io::is_set_id;
@@ -38,10 +38,14 @@ impl LockFs {
         }
         self.reserve_open(req.pid(), fh, &inode, flags.0)?;
         let res = (|| {
-            if flags.0 & libc::O_TRUNC != 0 {
-                self.check_open_truncate(req.pid(), &inode)?;
-            }
+            // The truncating open runs under the gate's pass, like any truncate.
+            let pass = if flags.0 & libc::O_TRUNC != 0 {
+                self.admit_open_truncate(req.pid(), &inode)?
+            } else {
+                None
+            };
             let fd = sys::reopen(inode.fd.as_fd(), flags.0 & !libc::O_DIRECT).map_err(errno)?;
+            drop(pass);
             let st = sys::fstat(fd.as_fd()).map_err(errno)?;
             let attr = attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)?;
             self.open_file(fh, inode.clone(), fd, flags.0, &attr, open_backing)
@@ -273,22 +277,21 @@ impl LockFs {
         }
     }
 
-    /// Refuses an `O_TRUNC` open of a mandatory file while others hold locks on it
-    /// (`EAGAIN`, as Linux did: an open does not wait).
-    fn check_open_truncate(&self, pid: u32, inode: &Inode) -> R<()> {
+    /// Admits the truncation of an `O_TRUNC` open of a mandatory file, or refuses
+    /// it while others hold locks on it (`EAGAIN`, as Linux did: an open does not
+    /// wait). `None` when the file needs no check.
+    fn admit_open_truncate(&self, pid: u32, inode: &Inode) -> R<Option<IoPass>> {
         let Some(lk) = &self.locking else {
-            return Ok(());
+            return Ok(None);
         };
         let attr = self.attr_of(inode)?;
         if !self.mandatory.applies(&attr) {
-            return Ok(());
+            return Ok(None);
         }
         let checks = [(Access::Write, Range::WHOLE)];
-        if lk.io_free(file_id(inode), None, None, pid, &checks) {
-            Ok(())
-        } else {
-            Err(Errno::from_i32(libc::EAGAIN))
-        }
+        lk.admit(file_id(inode), None, None, pid, &checks)
+            .map(Some)
+            .ok_or(Errno::from_i32(libc::EAGAIN))
     }
 
     /// `FLUSH`: a descriptor of the file was closed.
