@@ -371,3 +371,265 @@ impl Entry {
         self.job.woken(wake)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::GateRequest;
+    use crate::ids::{Access, FileId, LockKind, Owner, ScopeId};
+    use crate::ops::{Event, LockOutcome, LockRequest, Wait};
+    use crate::range::Range;
+    use crate::shared::SharedTable;
+    use std::sync::{mpsc, Arc};
+
+    const DOOR: DoorId = DoorId("test");
+
+    fn setup() -> (Arc<SharedTable>, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let t = Arc::new(SharedTable::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        }));
+        (t, rx)
+    }
+
+    fn req(owner: u64) -> LockRequest {
+        LockRequest {
+            file: FileId::new(1, 2),
+            scope: ScopeId::DEFAULT,
+            owner: Owner::posix(owner),
+            pid: owner as u32,
+            kind: LockKind::Exclusive,
+            range: Range::WHOLE,
+            wait: Wait::No,
+            reclaim: false,
+        }
+    }
+
+    fn key(session: u64, request: u64) -> RequestKey {
+        RequestKey {
+            door: DOOR,
+            session,
+            request,
+        }
+    }
+
+    fn channel() -> (impl FnOnce(Wake) + Send + 'static, mpsc::Receiver<Wake>) {
+        let (tx, rx) = mpsc::channel();
+        (move |w| tx.send(w).unwrap(), rx)
+    }
+
+    fn hold(t: &SharedTable, owner: u64) {
+        assert_eq!(t.lock(&req(owner)), LockOutcome::Granted);
+    }
+
+    fn unhold(t: &SharedTable, owner: u64) {
+        t.with(|t| t.unlock(FileId::new(1, 2), Owner::posix(owner), Range::WHOLE));
+    }
+
+    #[test]
+    fn a_request_decided_at_once_registers_nothing() {
+        let (t, _) = setup();
+        let (job, rx) = channel();
+        let Admission::Now(w, job) = t.lock_or_wait(&req(1), Park::keyed(key(1, 1)), job) else {
+            panic!("a free lock is granted at once")
+        };
+        assert_eq!(w, Wake::Granted);
+        assert_eq!(t.waiters().parked(), 0);
+        job(w);
+        assert_eq!(rx.try_recv(), Ok(Wake::Granted));
+    }
+
+    #[test]
+    fn a_grant_wakes_the_parked_request_once_and_not_the_notifier() {
+        let (t, events) = setup();
+        hold(&t, 1);
+        let (job, rx) = channel();
+        let Admission::Queued { joined, .. } = t.lock_or_wait(&req(2), Park::keyed(key(1, 10)), job)
+        else {
+            panic!("should queue")
+        };
+        assert_eq!(joined, None);
+        assert_eq!(t.waiters().parked(), 1);
+        assert_eq!(t.waiters().of_door(DOOR)[0].waits_for, WaitFor::Lock);
+        assert!(rx.try_recv().is_err());
+        unhold(&t, 1);
+        assert_eq!(rx.try_recv(), Ok(Wake::Granted));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(t.waiters().parked(), 0);
+        assert!(events.try_recv().is_err(), "registered events skip the notifier");
+        // A late interrupt for the answered request is remembered, not acted on.
+        t.interrupt(key(1, 10));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_interrupt_cancels_the_waiter() {
+        let (t, _) = setup();
+        hold(&t, 1);
+        let (job, rx) = channel();
+        let out = t.lock_or_wait(&req(2), Park::keyed(key(1, 11)), job);
+        assert!(matches!(out, Admission::Queued { .. }));
+        t.interrupt(key(1, 11));
+        assert_eq!(
+            rx.try_recv(),
+            Ok(Wake::Cancelled(CancelReason::Interrupted))
+        );
+        assert_eq!(t.read(|t| t.waiter_count()), 0);
+        assert_eq!(t.waiters().parked(), 0);
+    }
+
+    #[test]
+    fn an_interrupt_that_overtakes_its_request_is_honoured_when_it_queues() {
+        let (t, _) = setup();
+        hold(&t, 1);
+        t.interrupt(key(1, 13));
+        // Another session's request with the same id is unaffected.
+        let (job, _rx) = channel();
+        let out = t.lock_or_wait(&req(3), Park::keyed(key(2, 13)), job);
+        assert!(matches!(out, Admission::Queued { .. }));
+        let (job, _rx) = channel();
+        let Admission::Now(w, _) = t.lock_or_wait(&req(2), Park::keyed(key(1, 13)), job) else {
+            panic!("an interrupted request must not stay queued")
+        };
+        assert_eq!(w, Wake::Cancelled(CancelReason::Interrupted));
+        assert_eq!(t.read(|t| t.waiter_count()), 1);
+    }
+
+    #[test]
+    fn ending_a_session_drops_its_waiters_only() {
+        let (t, _) = setup();
+        hold(&t, 1);
+        let (job, rx) = channel();
+        let _ = t.lock_or_wait(&req(2), Park::keyed(key(1, 14)), job);
+        let (job, rx_other) = channel();
+        let _ = t.lock_or_wait(&req(3), Park::keyed(key(2, 14)), job);
+        assert_eq!(t.end_session(DOOR, 1), 1);
+        assert_eq!(rx.try_recv(), Ok(Wake::Dropped));
+        assert!(rx_other.try_recv().is_err());
+        assert_eq!(t.read(|t| t.waiter_count()), 1);
+    }
+
+    #[test]
+    fn a_repeated_request_joins_the_first_and_both_are_woken() {
+        let (t, _) = setup();
+        hold(&t, 1);
+        let (job, rx1) = channel();
+        let Admission::Queued {
+            waiter: w1,
+            token: t1,
+            ..
+        } = t.lock_or_wait(&req(2), Park::new(DOOR), job)
+        else {
+            panic!()
+        };
+        let (job, rx2) = channel();
+        let Admission::Queued {
+            waiter: w2, joined, ..
+        } = t.lock_or_wait(&req(2), Park::new(DOOR), job)
+        else {
+            panic!()
+        };
+        assert_eq!((w1, joined), (w2, Some(t1)));
+        unhold(&t, 1);
+        assert_eq!(rx1.try_recv(), Ok(Wake::Granted));
+        assert_eq!(rx2.try_recv(), Ok(Wake::Granted));
+    }
+
+    #[test]
+    fn a_waiter_cancelled_by_id_is_woken_cancelled_and_a_bulk_release_drops() {
+        let (t, _) = setup();
+        hold(&t, 1);
+        let (job, rx) = channel();
+        let Admission::Queued { waiter, .. } = t.lock_or_wait(&req(2), Park::new(DOOR), job)
+        else {
+            panic!()
+        };
+        assert!(t.cancel_waiter(waiter, CancelReason::Cancelled));
+        assert_eq!(rx.try_recv(), Ok(Wake::Cancelled(CancelReason::Cancelled)));
+        assert!(!t.cancel_waiter(waiter, CancelReason::Cancelled));
+        let (job, rx) = channel();
+        let _ = t.lock_or_wait(&req(3), Park::new(DOOR), job);
+        t.with(|t| t.release_owner(Owner::posix(3), crate::ops::Release::Normal));
+        assert_eq!(rx.try_recv(), Ok(Wake::Dropped));
+        assert_eq!(t.waiters().parked(), 0);
+    }
+
+    #[test]
+    fn events_of_tokens_given_by_the_caller_go_to_the_notifier() {
+        let (t, events) = setup();
+        hold(&t, 1);
+        let mut r = req(2);
+        r.wait = Wait::Yes { token: 77 };
+        assert!(matches!(t.lock(&r), LockOutcome::Queued(_)));
+        unhold(&t, 1);
+        assert_eq!(events.try_recv().map(|e| e.token()), Ok(77));
+    }
+
+    #[test]
+    fn a_oneshot_style_door_needs_no_registry_code() {
+        // A door whose completion is a channel (an RPC reply sent later).
+        let (t, _) = setup();
+        hold(&t, 1);
+        let (tx, rx) = mpsc::sync_channel::<Wake>(1);
+        let out = t.lock_or_wait(&req(2), Park::new(DoorId("rpc")), move |w| {
+            let _ = tx.send(w);
+        });
+        assert!(matches!(out, Admission::Queued { .. }));
+        assert_eq!(t.waiters().of_door(DoorId("rpc")).len(), 1);
+        unhold(&t, 1);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(Wake::Granted));
+    }
+
+    fn write_gate(owner: u64, wait: bool) -> GateRequest {
+        GateRequest::new(FileId::new(1, 2), Owner::posix(owner), None, owner as u32)
+            .touching(Access::Write, Range::from_len(0, 10).unwrap())
+            .waiting(wait)
+    }
+
+    #[test]
+    fn the_gate_admits_refuses_or_parks() {
+        let (t, _) = setup();
+        // Free: admitted, and in flight until the pass is dropped.
+        let pass = t.admit(&write_gate(2, false)).expect("free");
+        assert_eq!(t.read(|t| t.io_in_flight()), 1);
+        drop(pass);
+        assert_eq!(t.read(|t| t.io_in_flight()), 0);
+        hold(&t, 1);
+        // A door that never parks (an NFS READ or WRITE) is refused with the holder.
+        match t.admit(&write_gate(2, false)) {
+            Err(Refusal::Conflict(h)) => assert_eq!(h.owner, Owner::posix(1)),
+            other => panic!("{other:?}"),
+        }
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        t.gate(write_gate(2, false), Park::new(DOOR), move |r| {
+            tx2.send(r.map(|_| ()).err()).unwrap()
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Some(Wake::Refused(Refusal::Conflict(_))))
+        ));
+        // A waiting one parks and is admitted, holding its pass, once the lock goes.
+        let (ptx, prx) = mpsc::channel();
+        t.gate(write_gate(2, true), Park::keyed(key(1, 20)), move |r| {
+            ptx.send(r).unwrap()
+        });
+        assert!(prx.try_recv().is_err());
+        assert_eq!(t.waiters().of_door(DOOR)[0].waits_for, WaitFor::Io);
+        unhold(&t, 1);
+        let pass = prx.try_recv().unwrap().expect("admitted");
+        assert_eq!(t.read(|t| t.io_in_flight()), 1);
+        drop(pass);
+        // An interrupted gate wait ends cancelled.
+        hold(&t, 1);
+        t.gate(write_gate(2, true), Park::keyed(key(1, 21)), move |r| {
+            tx.send(r.map(|_| ()).err()).unwrap()
+        });
+        t.interrupt(key(1, 21));
+        assert_eq!(
+            rx.try_recv(),
+            Ok(Some(Wake::Cancelled(CancelReason::Interrupted)))
+        );
+    }
+}
