@@ -62,7 +62,11 @@
 //! otherwise waits, interruptibly. The caller's own locks (its POSIX owner, or
 //! those taken through the open file) never block it. Shared mmap of a mandatory
 //! file fails `ENODEV` (any direct-I/O file while mandatory locking is on).
-//! `O_TRUNC` opens of a mandatory file another owner has locked fail `EAGAIN`.
+//! An `O_TRUNC` open of a mandatory file another owner has locked waits like a
+//! truncate: the kernel opens the file and then truncates it with a `SETATTR`
+//! that carries no open file, so not even `O_NONBLOCK` makes it fail (if the
+//! kernel ever passes `O_TRUNC` in the `OPEN` itself, the open is refused
+//! `EAGAIN` instead, as Linux did; an open does not wait).
 //! Files that are not mandatory keep kernel passthrough.
 //!
 //! A file that becomes mandatory (chmod g+s) while it is open with passthrough

@@ -437,7 +437,6 @@ impl Locking {
         let park = Park::keyed(lk.request_key(unique));
         lk.ctx
             .table
-            .clone()
             .gate(req.waiting(!nonblock), park, move |r| match r {
                 Ok(pass) => {
                     delay_admitted_io();

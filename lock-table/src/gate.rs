@@ -14,7 +14,7 @@ use crate::ids::{Access, FileId, Owner};
 use crate::ops::{IoRequest, Refusal, Wait};
 use crate::range::Range;
 use crate::shared::{IoPass, SharedTable};
-use crate::waiters::{Admission, Park, Wake, Waiting};
+use crate::waiters::{Admission, Park, Waiting, Wake};
 use smallvec::SmallVec;
 use std::sync::Arc;
 

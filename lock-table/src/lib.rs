@@ -71,7 +71,7 @@ pub use registry::Registry;
 pub use shared::{IoPass, Notify, SharedTable};
 pub use snapshot::{LockInfo, LockState};
 pub use table::{IoTicket, LockTable};
-pub use waiters::{Admission, DoorId, Park, RequestKey, Wake, Waiters, Waiting};
+pub use waiters::{Admission, DoorId, Park, RequestKey, Waiters, Waiting, Wake};
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use crate::ops::{
 };
 use crate::range::Range;
 use crate::table::{IoTicket, LockTable};
-use crate::waiters::{Admission, DoorId, Park, RequestKey, Wake, Waiters, Waiting};
+use crate::waiters::{Admission, DoorId, Park, RequestKey, Waiters, Waiting, Wake};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Receives grant and drop events of requests queued with a token of the
@@ -219,8 +219,8 @@ impl SharedTable {
         let Some((entry, alone)) = self.waiters.take_by_key(key) else {
             return;
         };
-        let cancelled = !alone
-            || self.with(|t| t.cancel_with(entry.waiter(), CancelReason::Interrupted));
+        let cancelled =
+            !alone || self.with(|t| t.cancel_with(entry.waiter(), CancelReason::Interrupted));
         entry.wake(if cancelled {
             Wake::Cancelled(CancelReason::Interrupted)
         } else {

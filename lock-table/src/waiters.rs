@@ -355,7 +355,10 @@ impl Waiters {
         let tokens: Vec<u64> = st
             .by_token
             .iter()
-            .filter(|(_, e)| e.key.is_some_and(|k| k.door == door && k.session == session))
+            .filter(|(_, e)| {
+                e.key
+                    .is_some_and(|k| k.door == door && k.session == session)
+            })
             .map(|(t, _)| *t)
             .collect();
         tokens.into_iter().filter_map(|t| st.remove(t)).collect()
@@ -445,7 +448,8 @@ mod tests {
         let (t, events) = setup();
         hold(&t, 1);
         let (job, rx) = channel();
-        let Admission::Queued { joined, .. } = t.lock_or_wait(&req(2), Park::keyed(key(1, 10)), job)
+        let Admission::Queued { joined, .. } =
+            t.lock_or_wait(&req(2), Park::keyed(key(1, 10)), job)
         else {
             panic!("should queue")
         };
@@ -457,7 +461,10 @@ mod tests {
         assert_eq!(rx.try_recv(), Ok(Wake::Granted));
         assert!(rx.try_recv().is_err());
         assert_eq!(t.waiters().parked(), 0);
-        assert!(events.try_recv().is_err(), "registered events skip the notifier");
+        assert!(
+            events.try_recv().is_err(),
+            "registered events skip the notifier"
+        );
         // A late interrupt for the answered request is remembered, not acted on.
         t.interrupt(key(1, 10));
         assert!(rx.try_recv().is_err());
@@ -541,8 +548,7 @@ mod tests {
         let (t, _) = setup();
         hold(&t, 1);
         let (job, rx) = channel();
-        let Admission::Queued { waiter, .. } = t.lock_or_wait(&req(2), Park::new(DOOR), job)
-        else {
+        let Admission::Queued { waiter, .. } = t.lock_or_wait(&req(2), Park::new(DOOR), job) else {
             panic!()
         };
         assert!(t.cancel_waiter(waiter, CancelReason::Cancelled));
@@ -631,5 +637,31 @@ mod tests {
             rx.try_recv(),
             Ok(Some(Wake::Cancelled(CancelReason::Interrupted)))
         );
+    }
+
+    #[test]
+    fn a_door_of_nlm_hosts_is_admitted_past_its_own_locks_and_refused_past_others() {
+        let (t, _) = setup();
+        let (a, b) = t.with(|t| {
+            let r = t.registry_mut();
+            let (ha, hb) = (r.host("client-a"), r.host("client-b"));
+            (r.nlm_owner(ha, 1, b"oh"), r.nlm_owner(hb, 1, b"oh"))
+        });
+        let mut lock = req(0);
+        lock.owner = a;
+        lock.range = Range::from_len(0, 100).unwrap();
+        assert_eq!(t.lock(&lock), LockOutcome::Granted);
+        let io = |owner: Owner| {
+            GateRequest::new(FileId::new(1, 2), owner, None, 0)
+                .touching(Access::Read, Range::from_len(10, 10).unwrap())
+                .touching(Access::Write, Range::from_len(50, 10).unwrap())
+        };
+        drop(t.admit(&io(a)).expect("the host's own lock"));
+        match t.admit(&io(b)) {
+            Err(Refusal::Conflict(h)) => assert_eq!(h.owner, a),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.read(|t| t.io_in_flight()), 0);
+        assert_eq!(t.waiters().parked(), 0, "refused, never parked");
     }
 }
