@@ -6,8 +6,9 @@
 //! them in FIFO order, detects deadlocks, enforces grace periods per scope and
 //! keeps lock value blocks. It does no I/O, knows no protocol, and never
 //! calls out while it is locked: grants are returned as [`Event`]s that
-//! [`SharedTable`] hands to the front doors' notifier after the table's mutex
-//! is released.
+//! [`SharedTable`] hands, after the table's mutex is released, to the waiting
+//! request's door through the waiter registry ([`waiters`]), or to the
+//! notifier for requests queued outside it.
 //!
 //! # Semantics
 //! - **Owners** ([`Owner`]): local POSIX owners (FUSE `lock_owner`), open file
