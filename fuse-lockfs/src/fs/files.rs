@@ -66,8 +66,27 @@ impl LockFs {
         open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
     ) -> R<(Attr, Opened)> {
         let fh = self.shared.files.allocate();
-        let (fd, inode, attr) = self.create_file(req, parent, name, mode, flags)?;
+        let (fd, inode, mut attr, existed) = self.create_file(req, parent, name, mode, flags)?;
         self.reserve_open(req.pid(), fh, &inode, flags)?;
+        if existed && flags & libc::O_TRUNC != 0 && attr.kind == fuser::FileType::RegularFile {
+            // A file that appeared behind the mount since the kernel's lookup is
+            // truncated like any O_TRUNC open: under the gate's pass. (Linux
+            // ignores O_TRUNC on anything but a regular file.)
+            let truncated = (|| {
+                let pass = self.admit_open_truncate(req.pid(), &inode)?;
+                drop(sys::reopen(fd.as_fd(), libc::O_WRONLY | libc::O_TRUNC).map_err(errno)?);
+                drop(pass);
+                let st = sys::fstat(fd.as_fd()).map_err(errno)?;
+                attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)
+            })();
+            match truncated {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    self.unreserve(fh, &inode);
+                    return Err(e);
+                }
+            }
+        }
         let backing = self
             .open_file(fh, inode.clone(), fd, flags, &attr, open_backing)
             .inspect_err(|_| self.unreserve(fh, &inode))?;
@@ -81,7 +100,7 @@ impl LockFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> R<(OwnedFd, Arc<Inode>, FileAttr)> {
+    ) -> R<(OwnedFd, Arc<Inode>, FileAttr, bool)> {
         let dir = self.inode(parent)?;
         let c = sys::component(name).map_err(errno)?;
         let cleared = sys::thread_umask_cleared();
@@ -99,7 +118,8 @@ impl LockFs {
         let (fd, new) = match created {
             Ok(fd) => (fd, true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                let flags = base & !(libc::O_CREAT | libc::O_EXCL);
+                // Truncated by the caller, under the gate, once its inode is known.
+                let flags = base & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
                 (
                     sys::openat(dir.fd.as_fd(), &c, flags, 0).map_err(errno)?,
                     false,
@@ -115,7 +135,7 @@ impl LockFs {
             self.give_to_caller(req, &dir, path.as_fd())?;
         }
         let (inode, attr) = self.register(path)?;
-        Ok((fd, inode, attr))
+        Ok((fd, inode, attr, !new))
     }
 
     fn choose_mode(&self, ino: u64, attr: &FileAttr) -> IoMode {
