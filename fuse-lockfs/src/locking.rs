@@ -15,8 +15,10 @@
 //!   mandatory files pass the table's one gate ([`lock_table::gate`]), whose
 //!   pass keeps them in flight on their range until they are done (a
 //!   conflicting lock waits for them); a conflict fails `EAGAIN` on an
-//!   `O_NONBLOCK` open (and for an `O_TRUNC` open or a copy's source, which
-//!   never wait) and otherwise waits, interruptibly.
+//!   `O_NONBLOCK` open (and for a copy's source, which never waits, and an
+//!   `OPEN` or `CREATE` that carries `O_TRUNC` itself) and otherwise waits,
+//!   interruptibly. (The kernel usually truncates an `O_TRUNC` open with a
+//!   `SETATTR` that names no open file: that waits like any truncate.)
 //!
 //! # errno values
 //! | situation | errno |
