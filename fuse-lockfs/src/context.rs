@@ -1,6 +1,6 @@
 //! The state a lockfs mount shares with every other front door of the daemon: the
-//! lock table, the share-reservation table and the router that wakes parked FUSE
-//! requests.
+//! lock table (whose waiter registry wakes parked FUSE requests) and the
+//! share-reservation table.
 //!
 //! The file system never creates these itself: a daemon builds one
 //! [`LockContext`] and hands clones of it to each mount (and the same tables to
@@ -14,18 +14,15 @@ use lock_table::{FileId, ScopeId, SharedTable};
 use share_reservations::ShareTable;
 
 use crate::fs::Shared;
-use crate::wake::Wakeups;
 
 /// Handles to the shared tables; cheap to clone.
 #[derive(Clone)]
 pub struct LockContext {
-    /// The lock table every front door locks against.
+    /// The lock table every front door locks against; parked FUSE requests
+    /// wait in its registry ([`SharedTable::waiters`]).
     pub table: Arc<SharedTable>,
     /// Share reservations of every open file and NLM SHARE.
     pub shares: Arc<Mutex<ShareTable>>,
-    /// Parked FUSE requests; the table's notifier must pass events to
-    /// [`Wakeups::deliver`].
-    pub wakeups: Arc<Wakeups>,
     /// The scope (service group) of the files these mounts serve.
     pub scope: ScopeId,
     mounts: Arc<Mutex<Vec<MountEntry>>>,
@@ -43,7 +40,7 @@ impl std::fmt::Debug for LockContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockContext")
             .field("scope", &self.scope)
-            .field("wakeups", &self.wakeups)
+            .field("waiters", self.table.waiters())
             .finish_non_exhaustive()
     }
 }
@@ -55,29 +52,21 @@ impl Default for LockContext {
 }
 
 impl LockContext {
-    /// A fresh lock table and share table whose wake-ups go to FUSE requests only.
+    /// A fresh lock table and share table for FUSE mounts only.
     pub fn new() -> Self {
-        let wakeups = Arc::new(Wakeups::new());
-        let w = wakeups.clone();
-        let table = Arc::new(SharedTable::new(move |e| {
-            if !w.deliver(e) {
-                tracing::debug!(token = e.token(), "event for a token no front door owns");
-            }
+        // Every FUSE wait is registered; an event reaching the notifier is one
+        // whose request has already been answered (an interrupt won the race).
+        let table = Arc::new(SharedTable::new(move |e: lock_table::Event| {
+            tracing::debug!(token = e.token(), "event of a request already answered");
         }));
-        Self::from_parts(table, Arc::new(Mutex::new(ShareTable::new())), wakeups)
+        Self::from_parts(table, Arc::new(Mutex::new(ShareTable::new())))
     }
 
-    /// A context over tables built elsewhere. The table's notifier must hand every
-    /// event whose token has [`crate::FUSE_TOKEN_BIT`] set to `wakeups.deliver`.
-    pub fn from_parts(
-        table: Arc<SharedTable>,
-        shares: Arc<Mutex<ShareTable>>,
-        wakeups: Arc<Wakeups>,
-    ) -> Self {
+    /// A context over tables built elsewhere (shared with other front doors).
+    pub fn from_parts(table: Arc<SharedTable>, shares: Arc<Mutex<ShareTable>>) -> Self {
         LockContext {
             table,
             shares,
-            wakeups,
             scope: ScopeId::DEFAULT,
             mounts: Arc::default(),
             next_mount: Arc::new(AtomicU64::new(1)),

@@ -62,7 +62,11 @@
 //! otherwise waits, interruptibly. The caller's own locks (its POSIX owner, or
 //! those taken through the open file) never block it. Shared mmap of a mandatory
 //! file fails `ENODEV` (any direct-I/O file while mandatory locking is on).
-//! `O_TRUNC` opens of a mandatory file another owner has locked fail `EAGAIN`.
+//! An `O_TRUNC` open of a mandatory file another owner has locked waits like a
+//! truncate: the kernel opens the file and then truncates it with a `SETATTR`
+//! that carries no open file, so not even `O_NONBLOCK` makes it fail (if the
+//! kernel ever passes `O_TRUNC` in the `OPEN` itself, the open is refused
+//! `EAGAIN` instead, as Linux did; an open does not wait).
 //! Files that are not mandatory keep kernel passthrough.
 //!
 //! A file that becomes mandatory (chmod g+s) while it is open with passthrough
@@ -94,8 +98,8 @@
 //! format and the durability promise).
 //!
 //! # Several mounts, one table
-//! A [`LockContext`] carries the lock table, the share table and the router of
-//! wake-ups; mounts get clones of it, so one daemon can serve several mounts and
+//! A [`LockContext`] carries the lock table (with its waiter registry, where
+//! this door parks its waiting requests) and the share table; mounts get clones of it, so one daemon can serve several mounts and
 //! the NLM server over the same tables. [`listing::list`] reads all of it for
 //! `lockfs locks`.
 
@@ -115,7 +119,6 @@ pub mod owners;
 mod read_reply;
 pub mod share;
 mod sys;
-pub mod wake;
 
 pub use context::LockContext;
 pub use error::{Error, Result};
@@ -133,4 +136,3 @@ pub use options::{
     OptionValueError,
 };
 pub use share::{set_share, LOCKFS_IOC_SET_SHARE, SHARE_ERRNO};
-pub use wake::{Wakeups, FUSE_TOKEN_BIT};

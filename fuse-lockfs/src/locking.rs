@@ -5,14 +5,20 @@
 //!   are owned by the kernel's `lock_owner`, OFD locks by the open file, flock
 //!   locks by the open file in their own namespace (or on the real file with
 //!   `flock=shared`); see [`crate::owners`] for how POSIX and OFD are told apart.
-//! - Waits never block a request loop: the reply is parked (see [`crate::wake`])
-//!   and answered by the grant, an interrupt or the end of the mount.
+//! - Waits never block a request loop: the reply is parked in the table's
+//!   waiter registry ([`lock_table::waiters`]) under (mount, request id) and
+//!   answered by the grant, an interrupt (`FUSE_INTERRUPT` names the request by
+//!   that id) or the end of the mount.
 //! - `FLUSH` drops the closer's POSIX locks on the file; `RELEASE` drops the OFD
 //!   and flock locks of the open file.
-//! - Reads, writes and truncates of mandatory files are admitted with
-//!   [`lock_table::SharedTable::begin_io`], which keeps them in flight on their
-//!   range until they are done (a conflicting lock waits for them); a conflict
-//!   fails `EAGAIN` on an `O_NONBLOCK` open and otherwise waits, interruptibly.
+//! - Reads, writes, truncates, `O_TRUNC` opens and both ends of a copy of
+//!   mandatory files pass the table's one gate ([`lock_table::gate`]), whose
+//!   pass keeps them in flight on their range until they are done (a
+//!   conflicting lock waits for them); a conflict fails `EAGAIN` on an
+//!   `O_NONBLOCK` open (and for a copy's source, which never waits, and an
+//!   `OPEN` or `CREATE` that carries `O_TRUNC` itself) and otherwise waits,
+//!   interruptibly. (The kernel usually truncates an `O_TRUNC` open with a
+//!   `SETATTR` that names no open file: that waits like any truncate.)
 //!
 //! # errno values
 //! | situation | errno |
@@ -42,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use fuser::Errno;
 use lock_table::{
-    Access, FileId, IoOutcome, IoPass, IoRequest, LockKind, LockOutcome, LockRequest, Namespace,
-    Owner, OwnerKind, Range, Refusal, TestOutcome, TestRequest, Wait,
+    Access, Admission, DoorId, FileId, GateRequest, IoPass, LockKind, LockOutcome, LockRequest,
+    Namespace, Owner, OwnerKind, Park, Range, Refusal, RequestKey, TestOutcome, TestRequest, Wake,
 };
 use rustc_hash::FxHashMap;
 use share_reservations::ShareMode;
@@ -52,7 +58,9 @@ use crate::context::LockContext;
 use crate::handles::OpenFile;
 use crate::options::{FlockMode, Mandatory};
 use crate::owners::{Class, Owners};
-use crate::wake::{Continuation, Parked, Wake};
+
+/// This door's name in the table's waiter registry.
+pub const FUSE_DOOR: DoorId = DoorId("fuse");
 
 /// How long a share-open request waits for its process to open the file.
 const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -259,38 +267,33 @@ impl Locking {
     pub(crate) fn set_wait(
         &self,
         unique: u64,
-        mut req: LockRequest,
+        req: LockRequest,
         reply: impl FnOnce(Result<(), Errno>) + Send + 'static,
     ) {
-        let cont: Continuation = Box::new(move |w| {
-            reply(match w {
-                Wake::Granted => Ok(()),
-                Wake::Interrupted => Err(errno(libc::EINTR)),
-                Wake::Dropped => Err(errno(libc::ENOLCK)),
-                Wake::Refused(e) => Err(e),
-            })
-        });
-        let wake = &self.ctx.wakeups;
-        let token = match wake.park(self.mount, unique, cont) {
-            Parked::Token(t) => t,
-            Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
-        };
-        req.wait = Wait::Yes { token };
-        let table = &self.ctx.table;
-        let out = table.lock(&req);
-        match out {
-            LockOutcome::Queued(id) => wake.queued(token, id, table),
-            LockOutcome::Granted => {
-                if let Some(c) = wake.take(token) {
-                    c(Wake::Granted)
-                }
-            }
-            LockOutcome::Refused(r) => {
-                if let Some(c) = wake.take(token) {
-                    c(Wake::Refused(refusal_errno(r)))
-                }
-            }
+        let reply = move |w: Wake| reply(wake_result(w));
+        let park = Park::keyed(self.request_key(unique));
+        if let Admission::Now(w, reply) = self.ctx.table.lock_or_wait(&req, park, reply) {
+            reply(w)
         }
+    }
+
+    /// This mount's name for request `unique` in the table's waiter registry.
+    fn request_key(&self, unique: u64) -> RequestKey {
+        RequestKey {
+            door: FUSE_DOOR,
+            session: self.mount,
+            request: unique,
+        }
+    }
+
+    /// `FUSE_INTERRUPT` for request `unique`: a parked wait ends `EINTR`.
+    pub(crate) fn interrupt(&self, unique: u64) {
+        self.ctx.table.interrupt(self.request_key(unique));
+    }
+
+    /// The mount ends: its parked waits are answered `ENOLCK`. Returns how many.
+    pub(crate) fn end_waits(&self) -> usize {
+        self.ctx.table.end_session(FUSE_DOOR, self.mount)
     }
 
     /// Answers F_GETLK: `(start, end, type, pid)` of the first conflicting lock,
@@ -412,7 +415,9 @@ impl Locking {
     }
 
     /// Passes `gate` and runs `run` once the I/O may proceed, or with the error
-    /// when it must not happen.
+    /// when it must not happen. The table's gate admits, refuses or parks it
+    /// (see [`lock_table::gate`]); the pass is held while `run` runs, so until
+    /// the reply is sent.
     pub(crate) fn pass(gate: Gate, run: Box<dyn FnOnce(Result<(), Errno>) + Send>) {
         let Gate {
             lk,
@@ -424,82 +429,44 @@ impl Locking {
             checks,
             nonblock,
         } = gate;
-        lk.gate(
-            unique, pid, file_id, file, lock_owner, checks, nonblock, run,
-        )
-    }
-
-    /// Checks mandatory-locked I/O on `file_id` and runs `run` once it may
-    /// proceed: at once, or after waiting for the conflicting locks to go. `run`
-    /// gets the error instead when the I/O must not happen.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn gate(
-        self: &Arc<Self>,
-        unique: u64,
-        pid: u32,
-        file_id: FileId,
-        file: Option<(Arc<OpenFile>, u64)>,
-        lock_owner: Option<u64>,
-        checks: Vec<(Access, Range)>,
-        nonblock: bool,
-        run: Box<dyn FnOnce(Result<(), Errno>) + Send>,
-    ) {
-        let (owner, open_file) =
-            self.io_selves(file.as_ref().map(|(f, fh)| (&**f, *fh)), lock_owner, pid);
-        let wake = &self.ctx.wakeups;
-        let table = &self.ctx.table;
-        let (access, range) = match table.begin_io(file_id, owner, open_file, &checks) {
-            Ok(pass) => {
-                // The pass holds conflicting locks up until the I/O has run
-                // and its reply is sent, whatever the outcome.
-                delay_admitted_io();
-                run(Ok(()));
-                drop(pass);
-                return;
-            }
-            Err(i) => checks[i],
-        };
-        if nonblock {
-            return run(Err(errno(libc::EAGAIN)));
-        }
-        // Wait for this conflict to clear, then check everything again.
-        let me = self.clone();
-        let cont: Continuation = Box::new(move |w| match w {
-            Wake::Granted => me.gate(unique, pid, file_id, file, lock_owner, checks, false, run),
-            Wake::Interrupted => run(Err(errno(libc::EINTR))),
-            Wake::Dropped => run(Err(errno(libc::ENOLCK))),
-            Wake::Refused(e) => run(Err(e)),
-        });
-        let token = match wake.park(self.mount, unique, cont) {
-            Parked::Token(t) => t,
-            Parked::AlreadyInterrupted(c) => return c(Wake::Interrupted),
-        };
-        let req = IoRequest {
-            file: file_id,
-            access,
-            range,
-            owner,
-            open_file,
+        let req = lk.gate_request(
+            file_id,
+            file.as_ref().map(|(f, fh)| (&**f, *fh)),
+            lock_owner,
             pid,
-            wait: Wait::Yes { token },
-        };
-        match table.with(|t| t.io(&req)) {
-            IoOutcome::Queued(id) => wake.queued(token, id, table),
-            IoOutcome::Allowed => {
-                if let Some(c) = wake.take(token) {
-                    c(Wake::Granted)
+            &checks,
+        );
+        let park = Park::keyed(lk.request_key(unique));
+        lk.ctx
+            .table
+            .gate(req.waiting(!nonblock), park, move |r| match r {
+                Ok(pass) => {
+                    delay_admitted_io();
+                    run(Ok(()));
+                    drop(pass);
                 }
-            }
-            IoOutcome::Refused(r) => {
-                if let Some(c) = wake.take(token) {
-                    c(Wake::Refused(refusal_errno(r)))
-                }
-            }
-        }
+                Err(w) => run(Err(wake_errno(w))),
+            })
     }
 
-    /// Admits I/O that needs no wait: nobody holds a conflicting lock. The
-    /// pass keeps it in flight (conflicting locks wait) until it is dropped.
+    /// The table's gate request for I/O on `file_id` (through open file `file`),
+    /// refused on conflict until [`GateRequest::waiting`] says otherwise.
+    fn gate_request(
+        &self,
+        file_id: FileId,
+        file: Option<(&OpenFile, u64)>,
+        lock_owner: Option<u64>,
+        pid: u32,
+        checks: &[(Access, Range)],
+    ) -> GateRequest {
+        let (owner, open_file) = self.io_selves(file, lock_owner, pid);
+        let mut req = GateRequest::new(file_id, owner, open_file, pid);
+        req.checks.extend_from_slice(checks);
+        req
+    }
+
+    /// Admits I/O without waiting: `None` when another owner's lock forbids it.
+    /// The pass keeps it in flight (conflicting locks wait) until it is dropped.
     pub(crate) fn admit(
         &self,
         file_id: FileId,
@@ -508,31 +475,28 @@ impl Locking {
         pid: u32,
         checks: &[(Access, Range)],
     ) -> Option<IoPass> {
-        let (owner, open_file) = self.io_selves(file, lock_owner, pid);
-        let pass = self
-            .ctx
-            .table
-            .begin_io(file_id, owner, open_file, checks)
-            .ok()?;
+        let req = self.gate_request(file_id, file, lock_owner, pid, checks);
+        let pass = self.ctx.table.admit(&req).ok()?;
         delay_admitted_io();
         Some(pass)
     }
+}
 
-    /// Whether I/O needs no wait: nobody holds a conflicting lock.
-    pub(crate) fn io_free(
-        &self,
-        file_id: FileId,
-        file: Option<(&OpenFile, u64)>,
-        lock_owner: Option<u64>,
-        pid: u32,
-        checks: &[(Access, Range)],
-    ) -> bool {
-        let (owner, open_file) = self.io_selves(file, lock_owner, pid);
-        self.ctx.table.read(|t| {
-            checks
-                .iter()
-                .all(|&(a, r)| t.io_check(file_id, a, r, owner, open_file).is_none())
-        })
+/// The answer to a lock request whose wait ended.
+fn wake_result(w: Wake) -> Result<(), Errno> {
+    match w {
+        Wake::Granted => Ok(()),
+        other => Err(wake_errno(other)),
+    }
+}
+
+/// The errno of a wait that did not end in a grant.
+fn wake_errno(w: Wake) -> Errno {
+    match w {
+        Wake::Granted => errno(libc::EIO),
+        Wake::Cancelled(_) => errno(libc::EINTR),
+        Wake::Dropped => errno(libc::ENOLCK),
+        Wake::Refused(r) => refusal_errno(r),
     }
 }
 

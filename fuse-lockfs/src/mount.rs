@@ -136,7 +136,7 @@ fn end_waits(locking: &Option<Arc<Locking>>) -> usize {
     let Some(lk) = locking else {
         return 0;
     };
-    let n = lk.ctx.wakeups.end_mount(lk.mount, &lk.ctx.table);
+    let n = lk.end_waits();
     if n > 0 {
         tracing::info!(waiters = n, "parked lock waits answered ENOLCK");
     }

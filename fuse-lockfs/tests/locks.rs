@@ -776,3 +776,54 @@ fn direct_io_opens_follow_the_mandatory_mark_at_once() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(b.ok(&format!("read {fb} 0 1")), "ok 1");
 }
+
+#[test]
+fn truncating_opens_and_copy_sources_of_locked_mandatory_files_are_gated() {
+    let ctx = LockContext::new();
+    let Some(fx) = mount_with(lock_options(&ctx)) else {
+        return;
+    };
+    let m = file(&fx, "mand", 0o2644);
+    let out = file(&fx, "out", 0o644);
+    let (mut a, mut b) = (Ctl::start(), Ctl::start());
+    let fa = a.open(&m, "rw");
+    a.ok(&format!("lock {fa} setlk w 0 100"));
+    // The source of a copy is admitted without waiting, like a non-blocking read;
+    // bytes outside the lock copy.
+    let (src, dst) = (m.clone(), out.clone());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let fin = std::fs::File::open(&src).unwrap();
+        let fout = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+        let copy = |from: i64| {
+            let (mut i, mut o) = (from, 0i64);
+            // SAFETY: both descriptors are open for the call; the offsets are ours.
+            let n = unsafe {
+                libc::copy_file_range(fin.as_raw_fd(), &mut i, fout.as_raw_fd(), &mut o, 10, 0)
+            };
+            (n, std::io::Error::last_os_error().raw_os_error())
+        };
+        let _ = tx.send((copy(0), copy(200)));
+    });
+    let ((locked, err), (free, _)) = rx.recv_timeout(OP_TIMEOUT).expect("copies answer");
+    assert_eq!((locked, err), (-1, Some(libc::EAGAIN)));
+    assert_eq!(free, 10);
+    assert_eq!(
+        ctx.table.read(|t| t.io_in_flight()),
+        0,
+        "no pass left behind"
+    );
+    // The kernel truncates an O_TRUNC open with a SETATTR after the open (no
+    // FUSE_ATOMIC_O_TRUNC): it waits at the gate like a truncate, the file keeping
+    // its bytes, and truncates once the lock goes.
+    b.send(&format!("open {} rw trunc", m.display()));
+    wait_for_waiters(&ctx, 1);
+    assert_eq!(std::fs::metadata(fx.s("mand")).unwrap().len(), 4096);
+    a.ok(&format!("lock {fa} setlk u 0 0"));
+    let opened = b
+        .recv(OP_TIMEOUT)
+        .expect("the open answers once the lock goes");
+    assert!(opened.starts_with("ok"), "{opened}");
+    assert_eq!(std::fs::metadata(fx.s("mand")).unwrap().len(), 0);
+}

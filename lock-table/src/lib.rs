@@ -6,8 +6,9 @@
 //! them in FIFO order, detects deadlocks, enforces grace periods per scope and
 //! keeps lock value blocks. It does no I/O, knows no protocol, and never
 //! calls out while it is locked: grants are returned as [`Event`]s that
-//! [`SharedTable`] hands to the front doors' notifier after the table's mutex
-//! is released.
+//! [`SharedTable`] hands, after the table's mutex is released, to the waiting
+//! request's door through the waiter registry ([`waiters`]), or to the
+//! notifier for requests queued outside it.
 //!
 //! # Semantics
 //! - **Owners** ([`Owner`]): local POSIX owners (FUSE `lock_owner`), open file
@@ -27,11 +28,15 @@
 //! - **Waiting**: blocking requests queue per file and are granted in FIFO
 //!   order as conflicts clear, without starvation (see [`table`]); a request
 //!   that would close a cycle of POSIX or NLM owners waiting for each other is
-//!   refused with [`Refusal::Deadlock`].
+//!   refused with [`Refusal::Deadlock`]. Every door parks its waiting
+//!   requests in one registry ([`waiters`]) through
+//!   [`SharedTable::lock_or_wait`] and [`SharedTable::gate`].
 //! - **Mandatory I/O**: [`LockTable::io`] decides whether a read (blocked by
 //!   others' exclusive locks) or a write or truncate (blocked by any lock of
 //!   another owner) may proceed; locks of the caller's owner or of the open
-//!   file it uses are its own.
+//!   file it uses are its own. Doors ask through one gate
+//!   ([`SharedTable::gate`], [`GateRequest`]), which admits I/O with an
+//!   [`IoPass`] that holds its range until it is done.
 //! - **Scopes and grace**: every file belongs to a scope (a service group).
 //!   While a scope is in grace only reclaims are admitted; a conflicting
 //!   reclaim is refused; other requests get [`Refusal::Grace`]. A file's
@@ -40,6 +45,7 @@
 //!   reclaim there.
 //! - **Lock value blocks** ([`LvbValue`]): DLM semantics, see [`lvb`].
 
+pub mod gate;
 mod holdings;
 pub mod ids;
 mod idset;
@@ -52,7 +58,9 @@ mod segmap;
 pub mod shared;
 pub mod snapshot;
 pub mod table;
+pub mod waiters;
 
+pub use gate::GateRequest;
 pub use ids::{Access, FileId, HostId, LockKind, Namespace, Owner, OwnerKind, ScopeId};
 pub use lvb::{Claims, LvbError, LvbValue, LVB_LEN};
 pub use ops::{
@@ -64,6 +72,7 @@ pub use registry::Registry;
 pub use shared::{IoPass, Notify, SharedTable};
 pub use snapshot::{LockInfo, LockState};
 pub use table::{IoTicket, LockTable};
+pub use waiters::{Admission, DoorId, Park, RequestKey, Waiters, Waiting, Wake};
 
 #[cfg(test)]
 mod tests;

@@ -15,8 +15,9 @@ pub enum Wait {
     /// Refuse at once on conflict (F_SETLK, NLM LOCK with `block = false`).
     No,
     /// Queue on conflict (F_SETLKW, NLM LOCK with `block = true`). The token is
-    /// the front door's own tag, echoed in the grant event so it can find the
-    /// sleeping request.
+    /// echoed in the grant event; doors take it from the waiter registry
+    /// ([`crate::SharedTable::lock_or_wait`] does), a caller of the bare
+    /// table may use its own.
     Yes { token: u64 },
 }
 

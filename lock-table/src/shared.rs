@@ -1,9 +1,15 @@
-//! The table as the front doors share it: behind one mutex, with wake-ups
-//! delivered to a notifier after the mutex is released.
+//! The table as the front doors share it: behind one mutex, with its waiter
+//! registry, and with wake-ups delivered after the mutex is released.
 //!
-//! The notifier is the front doors' business (a channel per FUSE waiter, an
-//! NLM GRANTED callback queue); the table never calls it while locked, so a
-//! notifier may call back into the table without deadlocking.
+//! Every door decides a request that may wait the same way, through
+//! [`SharedTable::lock_or_wait`] or [`SharedTable::io_or_wait`] (mandatory
+//! I/O goes through [`SharedTable::gate`], which uses the latter): the table
+//! decides, and a request that has to wait is registered with the door's
+//! continuation in the same step (see [`crate::waiters`]). Grants and drops
+//! of registered requests run their continuation; events of requests queued
+//! directly on the [`LockTable`] with a token of the caller's own go to the
+//! notifier. Neither is ever called while the table is locked, so both may
+//! call back into the table.
 //!
 //! Admitted mandatory-locked I/O is held as an [`IoPass`] while it runs; a
 //! non-blocking lock request that meets another owner's I/O in flight sleeps
@@ -11,12 +17,16 @@
 //! (see the `inflight` module of [`crate::table`]).
 
 use crate::ids::{Access, FileId, Owner};
-use crate::ops::{Event, LockOutcome, LockRequest};
+use crate::ops::{
+    CancelReason, Event, IoOutcome, IoRequest, LockOutcome, LockRequest, Wait, WaitFor, WaiterId,
+};
 use crate::range::Range;
 use crate::table::{IoTicket, LockTable};
+use crate::waiters::{Admission, DoorId, Park, RequestKey, Waiters, Waiting, Wake};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Receives grant and drop events for queued requests.
+/// Receives grant and drop events of requests queued with a token of the
+/// caller's own (not through the waiter registry).
 pub trait Notify: Send + Sync {
     fn notify(&self, event: Event);
 }
@@ -27,11 +37,12 @@ impl<F: Fn(Event) + Send + Sync> Notify for F {
     }
 }
 
-/// A [`LockTable`] behind a mutex, with a notifier.
+/// A [`LockTable`] behind a mutex, with its waiter registry and a notifier.
 pub struct SharedTable {
     table: Mutex<LockTable>,
     /// Signalled when I/O ends while a lock request sleeps for it.
     io_ended: Condvar,
+    waiters: Waiters,
     notify: Box<dyn Notify>,
 }
 
@@ -44,11 +55,12 @@ impl SharedTable {
         SharedTable {
             table: Mutex::new(table),
             io_ended: Condvar::new(),
+            waiters: Waiters::default(),
             notify: Box::new(notify),
         }
     }
 
-    fn guard(&self) -> MutexGuard<'_, LockTable> {
+    pub(crate) fn guard(&self) -> MutexGuard<'_, LockTable> {
         // A panic while the table was locked leaves it as the panicking
         // operation left it; every operation keeps the table consistent
         // between its own steps, so carrying on is safer than failing every
@@ -67,13 +79,31 @@ impl SharedTable {
             }
             r
         };
-        for e in events {
-            self.notify.notify(e);
-        }
+        self.dispatch(events);
         r
     }
 
-    fn deliver(&self, t: &mut LockTable) -> Vec<Event> {
+    /// Hands events, after the table's mutex is released, to the registered
+    /// requests they end, or else to the notifier.
+    pub(crate) fn dispatch(&self, events: Vec<Event>) {
+        for e in events {
+            match self.waiters.on_event(&e) {
+                Some(woken) => {
+                    for (job, wake) in woken {
+                        job.woken(wake);
+                    }
+                }
+                None => self.notify.notify(e),
+            }
+        }
+    }
+
+    /// The registry of waiting requests.
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    pub(crate) fn deliver(&self, t: &mut LockTable) -> Vec<Event> {
         let mut events = Vec::new();
         if t.has_events() {
             t.take_events(&mut events);
@@ -100,10 +130,131 @@ impl SharedTable {
             };
             (out, self.deliver(&mut t))
         };
-        for e in events {
-            self.notify.notify(e);
-        }
+        self.dispatch(events);
         out
+    }
+
+    /// Decide a lock request that may wait: granted or refused at once (the
+    /// continuation `job` is handed back unrun), or queued with `job`
+    /// registered for `park`'s door, to run when the wait ends. The request's
+    /// own `wait` is ignored: it waits.
+    pub fn lock_or_wait<J: Waiting>(&self, req: &LockRequest, park: Park, job: J) -> Admission<J> {
+        self.decide_or_park(park, job, WaitFor::Lock, |t, wait| {
+            let mut r = *req;
+            r.wait = wait;
+            t.try_lock(&r)
+        })
+    }
+
+    /// Ask whether mandatory-locked I/O may run, waiting if it may not, as
+    /// [`Self::lock_or_wait`] does for locks. Nothing is held once it is
+    /// granted: [`Self::gate`] admits the I/O then, checking every range again.
+    pub fn io_or_wait<J: Waiting>(&self, req: &IoRequest, park: Park, job: J) -> Admission<J> {
+        self.decide_or_park(park, job, WaitFor::Io, |t, wait| {
+            let mut r = *req;
+            r.wait = wait;
+            Some(match t.io(&r) {
+                IoOutcome::Allowed => LockOutcome::Granted,
+                IoOutcome::Queued(id) => LockOutcome::Queued(id),
+                IoOutcome::Refused(r) => LockOutcome::Refused(r),
+            })
+        })
+    }
+
+    /// The one sequence for a request that may wait: decide under the
+    /// table's mutex and, if it is queued, register it before the mutex is
+    /// released, so its grant cannot come first.
+    fn decide_or_park<J: Waiting>(
+        &self,
+        park: Park,
+        job: J,
+        waits_for: WaitFor,
+        mut decide: impl FnMut(&mut LockTable, Wait) -> Option<LockOutcome>,
+    ) -> Admission<J> {
+        let token = park.token.unwrap_or_else(|| self.waiters.token());
+        let wait = Wait::Yes { token };
+        let (admission, events) = {
+            let mut t = self.guard();
+            let out = loop {
+                if let Some(out) = decide(&mut t, wait) {
+                    break out;
+                }
+                t.io_sleepers += 1;
+                t = self.io_ended.wait(t).unwrap_or_else(|e| e.into_inner());
+                t.io_sleepers -= 1;
+            };
+            let admission = match out {
+                LockOutcome::Granted => Admission::Now(Wake::Granted, job),
+                LockOutcome::Refused(r) => Admission::Now(Wake::Refused(r), job),
+                LockOutcome::Queued(id) => {
+                    match self.waiters.register(&park, token, id, waits_for, job) {
+                        Ok(joined) => Admission::Queued {
+                            waiter: id,
+                            token,
+                            joined,
+                        },
+                        // Interrupted before it got here: withdraw it now,
+                        // unless another request of the owner waits on it too.
+                        Err((job, joined)) => {
+                            if !joined {
+                                t.cancel_with(id, CancelReason::Interrupted);
+                            }
+                            Admission::Now(Wake::Cancelled(CancelReason::Interrupted), job)
+                        }
+                    }
+                }
+            };
+            (admission, self.deliver(&mut t))
+        };
+        self.dispatch(events);
+        admission
+    }
+
+    /// The door withdraws the request it registered under `key` (a signal
+    /// interrupted its caller): its waiter is cancelled and it is woken with
+    /// [`Wake::Cancelled`], or with [`Wake::Granted`] if the grant won the
+    /// race. An interrupt for a request not registered yet is remembered and
+    /// honoured when it queues.
+    pub fn interrupt(&self, key: RequestKey) {
+        let Some((entry, alone)) = self.waiters.take_by_key(key) else {
+            return;
+        };
+        let cancelled =
+            !alone || self.with(|t| t.cancel_with(entry.waiter(), CancelReason::Interrupted));
+        entry.wake(if cancelled {
+            Wake::Cancelled(CancelReason::Interrupted)
+        } else {
+            Wake::Granted
+        });
+    }
+
+    /// Withdraw a queued request by its waiter id ([`LockTable::cancel_with`])
+    /// and wake its registrations with [`Wake::Cancelled`]. False if it is not
+    /// queued (it may have been granted: its grant is on its way).
+    pub fn cancel_waiter(&self, waiter: WaiterId, reason: CancelReason) -> bool {
+        if !self.with(|t| t.cancel_with(waiter, reason)) {
+            return false;
+        }
+        for e in self.waiters.take_waiter(waiter) {
+            e.wake(Wake::Cancelled(reason));
+        }
+        true
+    }
+
+    /// A door's session ends (a mount goes away): every request it
+    /// registered under `session` is withdrawn and woken with
+    /// [`Wake::Dropped`]. Returns how many.
+    pub fn end_session(&self, door: DoorId, session: u64) -> usize {
+        let gone = self.waiters.take_session(door, session);
+        let n = gone.len();
+        for e in gone {
+            let w = e.waiter();
+            if !self.waiters.has_waiter(w) {
+                self.with(|t| t.cancel(w));
+            }
+            e.wake(Wake::Dropped);
+        }
+        n
     }
 
     /// Admit mandatory-locked I/O ([`LockTable::begin_io`]): the pass keeps
@@ -132,9 +283,7 @@ impl SharedTable {
             }
             self.deliver(&mut t)
         };
-        for e in events {
-            self.notify.notify(e);
-        }
+        self.dispatch(events);
     }
 
     /// Read-only access (snapshots, tests).
@@ -148,8 +297,8 @@ impl SharedTable {
 #[derive(Debug)]
 #[must_use = "dropping the pass ends the I/O's admission at once"]
 pub struct IoPass {
-    table: Arc<SharedTable>,
-    ticket: Option<IoTicket>,
+    pub(crate) table: Arc<SharedTable>,
+    pub(crate) ticket: Option<IoTicket>,
 }
 
 impl Drop for IoPass {

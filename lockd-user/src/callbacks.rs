@@ -1,7 +1,8 @@
 //! Calls lockd makes to clients: GRANTED for blocked locks once the table grants them, and
 //! the `*_RES` answers to `*_MSG` requests.
 //!
-//! RPC handlers and the table's notifier only queue work here (`CallbackJob`); one worker
+//! RPC handlers and the continuations NLM parks in the table's waiter registry only queue
+//! work here (`CallbackJob`); one worker
 //! task turns jobs into background calls, so no handler waits on a client and the table is
 //! never held during I/O. A client's NLM service is found through the portmapper at the
 //! address its request came from.
@@ -18,7 +19,7 @@ use crate::portmap::{Mapping, RpcbindClient};
 use crate::proto::nlm::{proc_, v3, v4, NLM_PROG};
 use crate::server::Transport;
 use crate::xdr::to_bytes;
-use lock_table::{Event, FileId, LockKind, Owner, Range, WaiterId};
+use lock_table::{FileId, LockKind, Owner, Range, WaiterId};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +46,10 @@ pub(crate) struct Pending {
 /// Work for the callback worker.
 #[derive(Debug)]
 pub(crate) enum CallbackJob {
-    Table(Event),
+    /// The blocked request under this token was granted: call the client back.
+    Granted { token: u64 },
+    /// The table dropped it (its host was released): forget it.
+    Dropped { token: u64 },
     /// Send a `*_RES` message with these encoded results.
     Res {
         peer: IpAddr,
@@ -116,11 +120,11 @@ pub(crate) async fn connect_udp(
 pub(crate) async fn run(lockd: Arc<Lockd>, mut rx: mpsc::UnboundedReceiver<CallbackJob>) {
     while let Some(job) = rx.recv().await {
         match job {
-            CallbackJob::Table(Event::Granted { token, .. }) => {
+            CallbackJob::Granted { token } => {
                 let l = lockd.clone();
                 tokio::spawn(deliver_grant(l, token));
             }
-            CallbackJob::Table(Event::Dropped { token, .. }) => {
+            CallbackJob::Dropped { token } => {
                 lockd.pending().remove(&token);
             }
             CallbackJob::Res {

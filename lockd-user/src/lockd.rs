@@ -12,7 +12,6 @@ use lock_table::{Event, OwnerKind, Release, Released, ScopeId, SharedTable};
 use share_reservations::ShareTable;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -103,15 +102,22 @@ impl EventSink {
     }
 
     /// Queues an event of the lock table; cheap and non-blocking, so it may be called from
-    /// the table's notifier. Events of owners other than NLM lock owners are ignored.
+    /// the table's notifier. lockd parks its own blocked requests in the table's waiter
+    /// registry, whose continuations queue their callbacks directly; the notifier only
+    /// sees events of requests queued without the registry, and of those this forwards
+    /// the ones of NLM lock owners (a GRANTED for a token lockd does not know is not sent).
     pub fn on_table_event(&self, ev: Event) {
-        let owner = match ev {
-            Event::Granted { owner, .. } | Event::Dropped { owner, .. } => owner,
+        let job = match ev {
+            Event::Granted { owner, token, .. } if owner.kind == OwnerKind::Nlm => {
+                CallbackJob::Granted { token }
+            }
+            Event::Dropped { owner, token, .. } if owner.kind == OwnerKind::Nlm => {
+                CallbackJob::Dropped { token }
+            }
+            _ => return,
         };
-        if owner.kind == OwnerKind::Nlm {
-            // A closed queue means the service stopped; there is nobody left to call back.
-            let _ = self.tx.send(CallbackJob::Table(ev));
-        }
+        // A closed queue means the service stopped; there is nobody left to call back.
+        let _ = self.tx.send(job);
     }
 }
 
@@ -126,9 +132,10 @@ pub struct Lockd {
     pub(crate) limits: Limits,
     pub(crate) policy: CallbackPolicy,
     pub(crate) jobs: mpsc::UnboundedSender<CallbackJob>,
-    /// Blocked requests by the token given to the table.
+    /// What a GRANTED callback needs of each blocked request, under the token the table's
+    /// waiter registry gave it; kept from the LOCK until the client answers the callback
+    /// (or the request is cancelled, dropped or its host released).
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
-    pub(crate) next_token: AtomicU64,
     /// GRANTED_MSG callbacks waiting for the client's GRANTED_RES, by token.
     pub(crate) grant_replies: Mutex<HashMap<u64, oneshot::Sender<v4::Stats>>>,
     pub(crate) grace_len: Duration,
@@ -208,10 +215,6 @@ impl Lockd {
             .unwrap_or_else(|e| e.into_inner())
             .get(&scope)
             .map(|(_, s)| *s)
-    }
-
-    pub(crate) fn new_token(&self) -> u64 {
-        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     /// This server's name, as sent in SM_NOTIFY.

@@ -1,9 +1,10 @@
 //! Starting and stopping the whole lock service: NLM and NSM on UDP and TCP, registration
 //! with rpcbind or a built-in portmapper, grace and notifications, the callback worker.
 //!
-//! The daemon owns the lock table and the share table and hands them in; lockd needs the
-//! table's events for NLM owners, so the daemon creates an [`EventSink`](crate::lockd::EventSink) first and lets the
-//! table's notifier forward to it:
+//! The daemon owns the lock table and the share table and hands them in. lockd parks its
+//! blocked requests in the table's waiter registry, which wakes them itself; the table's
+//! notifier gets the events of requests queued without the registry, and the daemon lets it
+//! forward those to an [`EventSink`](crate::lockd::EventSink) created first:
 //!
 //! ```no_run
 //! use lock_table::SharedTable;
@@ -14,10 +15,7 @@
 //!
 //! # async fn run(config: LockdConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! let (sink, queue) = EventSink::new();
-//! let table = Arc::new(SharedTable::new(move |ev| {
-//!     // ... the FUSE door's own wake-ups here ...
-//!     sink.on_table_event(ev);
-//! }));
+//! let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
 //! let shares = Arc::new(Mutex::new(ShareTable::new()));
 //! let service = LockdService::start(config, table, shares, queue).await?;
 //! // ... run until told to stop ...
@@ -41,7 +39,6 @@ use share_reservations::ShareTable;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -209,7 +206,6 @@ impl LockdService {
             policy: config.callbacks.clone(),
             jobs: events.tx,
             pending: Mutex::new(Default::default()),
-            next_token: AtomicU64::new(1),
             grant_replies: Mutex::new(Default::default()),
             grace_len: config.grace,
             group_grace: config.group_grace.clone(),

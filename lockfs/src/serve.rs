@@ -123,18 +123,13 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
 
-    // One table, whose wake-ups go to parked FUSE requests or, for NLM
-    // owners, to the NLM callback queue.
+    // One table for every door. Waiting FUSE and NLM requests are woken
+    // through the table's waiter registry; the notifier only sees events of
+    // requests no door registered, which lockd still answers for NLM owners.
     let (sink, queue) = lockd_user::EventSink::new();
-    let wakeups = Arc::new(fuse_lockfs::Wakeups::new());
-    let w = wakeups.clone();
-    let table = Arc::new(SharedTable::new(move |e| {
-        if !w.deliver(e) {
-            sink.on_table_event(e);
-        }
-    }));
+    let table = Arc::new(SharedTable::new(move |e| sink.on_table_event(e)));
     let shares = Arc::new(Mutex::new(ShareTable::new()));
-    let base_ctx = LockContext::from_parts(table.clone(), shares.clone(), wakeups);
+    let base_ctx = LockContext::from_parts(table.clone(), shares.clone());
 
     // One worker: it waits in epoll, runs the connection that became readable and writes
     // its reply without handing work to another thread. Measured on 2 cores with 16

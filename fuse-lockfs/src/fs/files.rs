@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::{BackingId, Errno, FileAttr, FileHandle, INodeNo, LockOwner, OpenFlags, Request};
-use lock_table::{Access, FileId, Range};
+use lock_table::{Access, FileId, IoPass, Range};
 use share_reservations::{ShareMode, ShareRequest};
 
 use super::io::is_set_id;
@@ -38,10 +38,14 @@ impl LockFs {
         }
         self.reserve_open(req.pid(), fh, &inode, flags.0)?;
         let res = (|| {
-            if flags.0 & libc::O_TRUNC != 0 {
-                self.check_open_truncate(req.pid(), &inode)?;
-            }
+            // The truncating open runs under the gate's pass, like any truncate.
+            let pass = if flags.0 & libc::O_TRUNC != 0 {
+                self.admit_open_truncate(req.pid(), &inode)?
+            } else {
+                None
+            };
             let fd = sys::reopen(inode.fd.as_fd(), flags.0 & !libc::O_DIRECT).map_err(errno)?;
+            drop(pass);
             let st = sys::fstat(fd.as_fd()).map_err(errno)?;
             let attr = attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)?;
             self.open_file(fh, inode.clone(), fd, flags.0, &attr, open_backing)
@@ -62,8 +66,27 @@ impl LockFs {
         open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
     ) -> R<(Attr, Opened)> {
         let fh = self.shared.files.allocate();
-        let (fd, inode, attr) = self.create_file(req, parent, name, mode, flags)?;
+        let (fd, inode, mut attr, existed) = self.create_file(req, parent, name, mode, flags)?;
         self.reserve_open(req.pid(), fh, &inode, flags)?;
+        if existed && flags & libc::O_TRUNC != 0 && attr.kind == fuser::FileType::RegularFile {
+            // A file that appeared behind the mount since the kernel's lookup is
+            // truncated like any O_TRUNC open: under the gate's pass. (Linux
+            // ignores O_TRUNC on anything but a regular file.)
+            let truncated = (|| {
+                let pass = self.admit_open_truncate(req.pid(), &inode)?;
+                drop(sys::reopen(fd.as_fd(), libc::O_WRONLY | libc::O_TRUNC).map_err(errno)?);
+                drop(pass);
+                let st = sys::fstat(fd.as_fd()).map_err(errno)?;
+                attr::to_attr(inode.ino, &st).ok_or(Errno::EIO)
+            })();
+            match truncated {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    self.unreserve(fh, &inode);
+                    return Err(e);
+                }
+            }
+        }
         let backing = self
             .open_file(fh, inode.clone(), fd, flags, &attr, open_backing)
             .inspect_err(|_| self.unreserve(fh, &inode))?;
@@ -77,7 +100,7 @@ impl LockFs {
         name: &OsStr,
         mode: u32,
         flags: i32,
-    ) -> R<(OwnedFd, Arc<Inode>, FileAttr)> {
+    ) -> R<(OwnedFd, Arc<Inode>, FileAttr, bool)> {
         let dir = self.inode(parent)?;
         let c = sys::component(name).map_err(errno)?;
         let cleared = sys::thread_umask_cleared();
@@ -95,7 +118,8 @@ impl LockFs {
         let (fd, new) = match created {
             Ok(fd) => (fd, true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                let flags = base & !(libc::O_CREAT | libc::O_EXCL);
+                // Truncated by the caller, under the gate, once its inode is known.
+                let flags = base & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
                 (
                     sys::openat(dir.fd.as_fd(), &c, flags, 0).map_err(errno)?,
                     false,
@@ -111,7 +135,7 @@ impl LockFs {
             self.give_to_caller(req, &dir, path.as_fd())?;
         }
         let (inode, attr) = self.register(path)?;
-        Ok((fd, inode, attr))
+        Ok((fd, inode, attr, !new))
     }
 
     fn choose_mode(&self, ino: u64, attr: &FileAttr) -> IoMode {
@@ -273,22 +297,21 @@ impl LockFs {
         }
     }
 
-    /// Refuses an `O_TRUNC` open of a mandatory file while others hold locks on it
-    /// (`EAGAIN`, as Linux did: an open does not wait).
-    fn check_open_truncate(&self, pid: u32, inode: &Inode) -> R<()> {
+    /// Admits the truncation of an `O_TRUNC` open of a mandatory file, or refuses
+    /// it while others hold locks on it (`EAGAIN`, as Linux did: an open does not
+    /// wait). `None` when the file needs no check.
+    fn admit_open_truncate(&self, pid: u32, inode: &Inode) -> R<Option<IoPass>> {
         let Some(lk) = &self.locking else {
-            return Ok(());
+            return Ok(None);
         };
         let attr = self.attr_of(inode)?;
         if !self.mandatory.applies(&attr) {
-            return Ok(());
+            return Ok(None);
         }
         let checks = [(Access::Write, Range::WHOLE)];
-        if lk.io_free(file_id(inode), None, None, pid, &checks) {
-            Ok(())
-        } else {
-            Err(Errno::from_i32(libc::EAGAIN))
-        }
+        lk.admit(file_id(inode), None, None, pid, &checks)
+            .map(Some)
+            .ok_or(Errno::from_i32(libc::EAGAIN))
     }
 
     /// `FLUSH`: a descriptor of the file was closed.

@@ -202,21 +202,39 @@ impl LockFs {
             .map_err(errno)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
         };
-        // The source is checked without waiting (EAGAIN); the destination like a
-        // write, waiting unless it was opened O_NONBLOCK. The source is admitted
-        // again once the destination is, and its pass held for the copy only: a
-        // pass held while waiting for the destination could hold up, without
-        // end, a lock on the source that the destination's holder waits for.
-        let source = match (self.mandatory_lock(&fin), locking::io_range(offset_in, len)) {
-            (Some(lk), Some(range)) => {
-                let checks = [(Access::Read, range)];
-                if !lk.io_free(fin.file_id, Some((&fin, fh_in.0)), None, req.pid(), &checks) {
-                    return Err(Errno::from_i32(libc::EAGAIN));
+        // The source is admitted without waiting (EAGAIN); the destination like a
+        // write, waiting unless it was opened O_NONBLOCK. A source pass is never
+        // held while the destination waits: it could hold up, without end, a lock
+        // on the source that the destination's holder waits for. So a copy whose
+        // destination waits gives the source's pass back and is admitted on the
+        // source again once the destination is, for the copy only.
+        let (source, source_pass) =
+            match (self.mandatory_lock(&fin), locking::io_range(offset_in, len)) {
+                (Some(lk), Some(range)) => {
+                    let checks = [(Access::Read, range)];
+                    let pass = lk
+                        .admit(fin.file_id, Some((&fin, fh_in.0)), None, req.pid(), &checks)
+                        .ok_or(Errno::from_i32(libc::EAGAIN))?;
+                    (
+                        Some((lk.clone(), fin.file_id, fh_in.0, req.pid(), checks)),
+                        Some(pass),
+                    )
                 }
-                Some((lk.clone(), fin.file_id, fh_in.0, req.pid(), checks))
-            }
+                _ => (None, None),
+            };
+        let dest = match (
+            self.mandatory_lock(&fout),
+            locking::io_range(offset_out, len),
+        ) {
+            (Some(lk), Some(range)) => Some((lk, range)),
             _ => None,
         };
+        let Some((lk, range)) = dest else {
+            let n = run(&fin, &fout);
+            drop(source_pass);
+            return n.map(Step::Done);
+        };
+        drop(source_pass);
         let run = move |fin: &OpenFile, fout: &OpenFile| {
             let pass = match &source {
                 Some((lk, id, fh, pid, checks)) => {
@@ -229,22 +247,16 @@ impl LockFs {
             drop(pass);
             n
         };
-        if let (Some(lk), Some(range)) = (
-            self.mandatory_lock(&fout),
-            locking::io_range(offset_out, len),
-        ) {
-            let gate = Gate::through(
-                lk,
-                req,
-                &fout,
-                fh_out.0,
-                None,
-                vec![(Access::Write, range)],
-                fout.flags & libc::O_NONBLOCK != 0,
-            );
-            return Ok(Step::Gated(gate, Box::new(move || run(&fin, &fout))));
-        }
-        run(&fin, &fout).map(Step::Done)
+        let gate = Gate::through(
+            lk,
+            req,
+            &fout,
+            fh_out.0,
+            None,
+            vec![(Access::Write, range)],
+            fout.flags & libc::O_NONBLOCK != 0,
+        );
+        Ok(Step::Gated(gate, Box::new(move || run(&fin, &fout))))
     }
 }
 

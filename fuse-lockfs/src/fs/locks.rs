@@ -128,7 +128,7 @@ impl LockFs {
     /// `FUSE_INTERRUPT`: the caller of request `unique` got a signal.
     pub(super) fn interrupt(&self, unique: u64) {
         if let Some(lk) = &self.locking {
-            lk.ctx.wakeups.interrupt(lk.mount, unique, &lk.ctx.table);
+            lk.interrupt(unique);
         }
     }
 }

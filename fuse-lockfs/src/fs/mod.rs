@@ -5,7 +5,7 @@
 //! the backing file system's own result or errno, so programs see the same behaviour
 //! as on the source directory. Handlers never wait for anything but the backing
 //! file system: lock requests and checked I/O that must wait for a lock park their
-//! reply (see [`crate::wake`]) and return; [`crate::locking`] translates between
+//! reply in the lock table's waiter registry and return; [`crate::locking`] translates between
 //! these handlers and the lock table.
 //!
 //! This module holds the file system's state and the [`Filesystem`] trait, a thin

@@ -58,7 +58,7 @@ impl LockFs {
     /// files the kernel never released give up their locks.
     pub(super) fn end_session(&mut self) {
         if let Some(lk) = &self.locking {
-            let n = lk.ctx.wakeups.end_mount(lk.mount, &lk.ctx.table);
+            let n = lk.end_waits();
             if n > 0 {
                 tracing::info!(waiters = n, "dropped parked lock requests");
             }

@@ -26,17 +26,20 @@
 //! name client and file themselves.
 
 use super::Call;
-use crate::callbacks::Pending;
+use crate::callbacks::{CallbackJob, Pending};
 use crate::exports::OpenExport;
 use crate::lockd::Lockd;
 use crate::proto::nlm::v4;
 use lock_table::{
-    FileId, HostId, LockKind, LockOutcome, LockRequest, Owner, OwnerKind, Range, Refusal,
-    TestOutcome, TestRequest, Wait,
+    Admission, CancelReason, DoorId, FileId, HostId, LockKind, LockOutcome, LockRequest, Owner,
+    OwnerKind, Park, Range, Refusal, TestOutcome, TestRequest, Wait, Wake,
 };
 use share_reservations::{ShareAccess, ShareDeny, ShareMode, ShareRequest};
 use std::borrow::Cow;
 use tracing::{debug, debug_span, warn};
+
+/// This door's name in the table's waiter registry.
+pub const NLM_DOOR: DoorId = DoorId("nlm");
 
 use v4::Stats;
 
@@ -232,60 +235,81 @@ impl Lockd {
             return Stats::DeniedNolocks;
         }
         let kind = kind_of(a.exclusive);
-        let wait = if block {
-            let token = self.new_token();
-            self.pending().insert(
-                token,
-                Pending {
-                    host: host.to_string(),
-                    peer: call.peer.ip(),
-                    vers: call.vers,
-                    msg,
-                    waiter: None,
-                    file,
-                    owner,
-                    kind,
-                    range,
-                    lock: a.alock.clone(),
-                },
-            );
-            Wait::Yes { token }
-        } else {
-            Wait::No
-        };
-        let out = self.table.lock(&LockRequest {
+        let req = LockRequest {
             file,
             scope,
             owner,
             pid: a.alock.svid as u32,
             kind,
             range,
-            wait,
+            wait: Wait::No,
             reclaim: a.reclaim,
-        });
-        debug!(?out, reclaim = a.reclaim, "lock");
-        let token = match wait {
-            Wait::Yes { token } => Some(token),
-            Wait::No => None,
         };
-        match out {
-            LockOutcome::Granted => {
-                if let Some(t) = token {
-                    self.pending().remove(&t);
+        if !block {
+            let out = self.table.lock(&req);
+            debug!(?out, reclaim = a.reclaim, "lock");
+            return match out {
+                LockOutcome::Granted => Stats::Granted,
+                // A request that may not wait is never queued.
+                LockOutcome::Queued(_) => Stats::Blocked,
+                LockOutcome::Refused(r) => {
+                    self.note_contention(&r);
+                    refusal_status(r)
                 }
-                Stats::Granted
+            };
+        }
+        // What the GRANTED callback needs is kept under the registry's token from
+        // before the table decides, so a grant can never find it missing.
+        let token = self.table.waiters().token();
+        self.pending().insert(
+            token,
+            Pending {
+                host: host.to_string(),
+                peer: call.peer.ip(),
+                vers: call.vers,
+                msg,
+                waiter: None,
+                file,
+                owner,
+                kind,
+                range,
+                lock: a.alock.clone(),
+            },
+        );
+        let jobs = self.jobs.clone();
+        let job = move |w: Wake| {
+            let job = match w {
+                Wake::Granted => CallbackJob::Granted { token },
+                Wake::Dropped => CallbackJob::Dropped { token },
+                // Withdrawn by CANCEL or the host's release, which clean up.
+                Wake::Cancelled(_) | Wake::Refused(_) => return,
+            };
+            // A closed queue means the service stopped; nobody is left to call back.
+            let _ = jobs.send(job);
+        };
+        let park = Park::new(NLM_DOOR).with_token(token);
+        let out = self.table.lock_or_wait(&req, park, job);
+        debug!(?out, reclaim = a.reclaim, "lock");
+        match out {
+            Admission::Now(w, _) => {
+                self.pending().remove(&token);
+                match w {
+                    Wake::Granted => Stats::Granted,
+                    Wake::Refused(r) => {
+                        self.note_contention(&r);
+                        refusal_status(r)
+                    }
+                    // Nothing withdraws an NLM request before it is queued.
+                    Wake::Cancelled(_) | Wake::Dropped => Stats::Denied,
+                }
             }
-            LockOutcome::Queued(wid) => {
+            Admission::Queued { waiter, joined, .. } => {
                 let mut pending = self.pending();
-                let older = pending
-                    .iter()
-                    .find(|(k, p)| Some(**k) != token && p.waiter == Some(wid))
-                    .map(|(k, _)| *k);
-                match (older, token) {
+                match joined {
                     // The same request again (a retransmission or a client's retry): the
                     // table kept the first waiter; call back where the latest came from.
-                    (Some(old), Some(t)) => {
-                        if let Some(p) = pending.remove(&t) {
+                    Some(old) => {
+                        if let Some(p) = pending.remove(&token) {
                             if let Some(o) = pending.get_mut(&old) {
                                 o.peer = p.peer;
                                 o.vers = p.vers;
@@ -293,21 +317,13 @@ impl Lockd {
                             }
                         }
                     }
-                    (None, Some(t)) => {
-                        if let Some(p) = pending.get_mut(&t) {
-                            p.waiter = Some(wid);
+                    None => {
+                        if let Some(p) = pending.get_mut(&token) {
+                            p.waiter = Some(waiter);
                         }
                     }
-                    _ => {}
                 }
                 Stats::Blocked
-            }
-            LockOutcome::Refused(r) => {
-                if let Some(t) = token {
-                    self.pending().remove(&t);
-                }
-                self.note_contention(&r);
-                refusal_status(r)
             }
         }
     }
@@ -328,10 +344,8 @@ impl Lockd {
         let kind = kind_of(a.exclusive);
         let cancelled = self
             .table
-            .with(|t| match t.find_waiter(file, owner, kind, range) {
-                Some(w) => t.cancel(w).then_some(w),
-                None => None,
-            });
+            .with(|t| t.find_waiter(file, owner, kind, range))
+            .filter(|w| self.table.cancel_waiter(*w, CancelReason::Cancelled));
         let mut pending = self.pending();
         if let Some(w) = cancelled {
             pending.retain(|_, p| p.waiter != Some(w));
