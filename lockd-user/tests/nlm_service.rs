@@ -1013,6 +1013,51 @@ async fn client_at(server: SocketAddr, from: IpAddr) -> lockd_user::RpcClient {
         .unwrap()
 }
 
+/// The test support's promise: a client host a test drops (a test that failed half way)
+/// releases what it holds at its server and stops listening, so nothing it held is left
+/// for the next assertion; a host that vanishes keeps its locks, as a crashed host does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_host_releases_its_locks_and_a_vanished_one_does_not() {
+    let h = Harness::start(|_| {}).await;
+    let fh = h.fh();
+    let (ha, a) = h.host(2, "alpha").await;
+    let (hb, b) = h.host(3, "beta").await;
+    let (hc, c) = h.host(4, "gamma").await;
+    let la = a.lock4(&fh, 1, 0, 10);
+    let lc = c.lock4(&fh, 3, 100, 10);
+    assert_eq!(
+        a.lock(LockCall::exclusive(la.clone())).await,
+        v4::Stats::Granted
+    );
+    assert_eq!(
+        c.lock(LockCall::exclusive(lc.clone())).await,
+        v4::Stats::Granted
+    );
+    let alpha_services = ha.services_addr();
+    assert!(matches!(
+        b.test(b.lock4(&fh, 2, 0, 10), Mode::Exclusive).await,
+        v4::TestReply::Denied(_)
+    ));
+    drop(ha);
+    // Released before the drop returned: no waiting here.
+    assert_eq!(
+        b.test(b.lock4(&fh, 2, 0, 10), Mode::Exclusive).await,
+        v4::TestReply::Other(v4::Stats::Granted),
+        "the dropped host's lock is gone"
+    );
+    assert!(
+        std::net::UdpSocket::bind(alpha_services).is_ok(),
+        "the dropped host's callback service still holds {alpha_services}"
+    );
+    hc.vanish().await;
+    assert!(matches!(
+        b.test(b.lock4(&fh, 2, 100, 10), Mode::Exclusive).await,
+        v4::TestReply::Denied(_)
+    ));
+    hb.stop().await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiter_limit_and_unreachable_client_policy() {
     let h = Harness::start(|c| {

@@ -370,3 +370,51 @@ impl Drop for Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Spawn {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        Spawn::new(cmd).tag("sh")
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_dropped_guard_ends_its_process_and_stop_kills_one_that_ignores_the_signal() {
+        let d = sh("echo ready >&2; exec sleep 100").spawn();
+        let line = d.wait_line(Duration::from_secs(10), "ready", |l| l == "ready");
+        assert_eq!(line, "ready");
+        let pid = d.pid().unwrap();
+        drop(d);
+        assert!(!alive(pid), "the dropped guard's process {pid} still runs");
+
+        let mut d = sh("trap '' TERM; echo ready >&2; while :; do sleep 0.05; done").spawn();
+        d.wait_line(Duration::from_secs(10), "ready", |l| l == "ready");
+        let pid = d.pid().unwrap();
+        let stopped = d.stop_within(Duration::from_millis(300));
+        assert!(stopped.status.is_none(), "it ignored SIGTERM: {stopped:?}");
+        assert!(!alive(pid), "killed after the timeout");
+    }
+
+    #[test]
+    fn a_ready_line_that_never_comes_fails_at_the_deadline() {
+        let d = sh("exec sleep 100").spawn();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            d.wait_line(Duration::from_millis(200), "the ready line", |_| true)
+        }));
+        let msg = r.unwrap_err();
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("the ready line: not within"), "{msg}");
+    }
+
+    #[test]
+    fn hex_handles_decode() {
+        assert_eq!(unhex("00ff10\n"), vec![0, 255, 16]);
+    }
+}

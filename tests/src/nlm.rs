@@ -272,38 +272,48 @@ impl ClientHost {
 
 impl Drop for ClientHost {
     fn drop(&mut self) {
-        // Dropping the servers aborts their tasks, which closes the sockets.
         let servers = std::mem::take(&mut self.servers);
+        let server = self.services.server.lock().unwrap().take();
+        let (ip, name) = (self.ip, self.name.clone());
+        let on_multi_thread = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if let Some(rt) = on_multi_thread {
+            // Drop cannot await; a multi-threaded runtime lets this thread block
+            // while its workers go on serving (the server under test may run on
+            // them). The release is answered and the services are closed before
+            // the drop returns, so the test's next assertion sees neither. A
+            // failure here is caught: this may run while a failed test unwinds.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::block_in_place(|| {
+                    if let Some((server, _)) = server {
+                        let _ = rt.block_on(free_all(server, ip, &name));
+                    }
+                    for s in servers {
+                        let _ = rt.block_on(tokio::time::timeout(STEP, s.shutdown()));
+                    }
+                })
+            }));
+            return;
+        }
+        // No runtime to borrow: dropping the servers aborts their tasks (which
+        // closes their sockets), and the release runs on a runtime of its own,
+        // on a thread of its own; on a single-threaded runtime it is not waited
+        // for, since the server under test may need this very thread to answer.
         drop(servers);
-        let Some(server) = self.services.server.lock().unwrap().take() else {
+        let Some((server, _)) = server else {
             return;
         };
-        let (ip, name) = (self.ip, self.name.clone());
-        // The release is a network call and drop cannot await: it runs on a
-        // runtime of its own, on a thread of its own, and is waited for so
-        // that nothing the test asserts next still sees the host's locks.
         let release = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                let _ = rt.block_on(free_all(server.0, ip, &name));
+                .build()
+            {
+                let _ = rt.block_on(free_all(server, ip, &name));
             }
         });
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            // Waiting blocks this thread: a multi-threaded runtime moves its
-            // other work elsewhere first (the server under test may run on it).
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| {
-                    let _ = release.join();
-                });
-            }
-            // On a single-threaded runtime the server may need this very
-            // thread to answer: the release goes out, unawaited.
-            Ok(_) => {}
-            Err(_) => {
-                let _ = release.join();
-            }
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = release.join();
         }
     }
 }
