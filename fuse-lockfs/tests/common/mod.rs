@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ctl;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
