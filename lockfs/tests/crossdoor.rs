@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG};
 use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon as TestDaemon, Spawn};
-use lockfs_testkit::nlm::LockCall;
+use lockfs_testkit::nlm::{lock_with, unlock_with, LockCall};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
@@ -204,27 +204,6 @@ fn lock(host: &str, svid: i32, fh: &[u8], off: u64, len: u64) -> v4::Lock {
     }
 }
 
-async fn nlm_lock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = LockCall::exclusive(l).cookie(&[1]).args();
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
-async fn nlm_unlock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = v4::UnlockArgs {
-        cookie: vec![2],
-        alock: l,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::UNLOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
 async fn client(d: &Daemon) -> RpcClient {
     RpcClient::tcp(d.tcp, ClientConfig::default())
         .await
@@ -245,7 +224,7 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
     let remote = lock("client-a", 7, &fh, 0, 100);
 
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
     assert_eq!(
@@ -254,7 +233,7 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
         "a remote lock must block a local fcntl lock"
     );
     assert_eq!(
-        rt.block_on(nlm_unlock(&c, remote.clone())),
+        rt.block_on(unlock_with(&c, remote.clone())),
         v4::Stats::Granted
     );
     assert_eq!(local_once(TRY_LOCK, &f), "OK");
@@ -269,7 +248,10 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
         .strip_prefix("locked ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("holder said {said:?}"));
-    assert_eq!(rt.block_on(nlm_lock(&c, remote.clone())), v4::Stats::Denied);
+    assert_eq!(
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
+        v4::Stats::Denied
+    );
     let test = v4::TestArgs {
         cookie: vec![3],
         exclusive: true,
@@ -289,10 +271,10 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
     holder.say("release");
     let _ = holder.child.wait();
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
-    assert_eq!(rt.block_on(nlm_unlock(&c, remote)), v4::Stats::Granted);
+    assert_eq!(rt.block_on(unlock_with(&c, remote)), v4::Stats::Granted);
 }
 
 #[test]
@@ -311,7 +293,7 @@ fn remote_exclusive_lock_on_mandatory_file_blocks_local_write_until_unlock() {
     let c = rt.block_on(client(&d));
     let remote = lock("client-b", 9, &fh, 0, 0);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
 
@@ -337,7 +319,7 @@ fn remote_exclusive_lock_on_mandatory_file_blocks_local_write_until_unlock() {
         "the write must wait for the remote lock"
     );
     let t = Instant::now();
-    assert_eq!(rt.block_on(nlm_unlock(&c, remote)), v4::Stats::Granted);
+    assert_eq!(rt.block_on(unlock_with(&c, remote)), v4::Stats::Granted);
     assert_eq!(
         writer.line(Duration::from_secs(10)).as_deref(),
         Some("written")
@@ -429,7 +411,10 @@ fn clear_host_releases_a_silent_clients_locks() {
     let rt = rt();
     let c = rt.block_on(client(&d));
     let gone = lock("crashed-client", 3, &fh, 0, 0);
-    assert_eq!(rt.block_on(nlm_lock(&c, gone)), v4::Stats::Granted);
+    assert_eq!(
+        rt.block_on(lock_with(&c, &LockCall::exclusive(gone))),
+        v4::Stats::Granted
+    );
     let whole = "fd = os.open(p, os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)";
     assert_eq!(local_once(whole, &f), "EAGAIN");
 
@@ -542,7 +527,7 @@ fn nlm_locker(d: &Daemon, fh: Vec<u8>, host: String, seed: u64, secs: u64) -> (u
         let start = next(4096 - 256);
         let len = 16 + next(240);
         let l = lock(&host, 1, &fh, start, len);
-        match rt.block_on(nlm_lock(&c, l.clone())) {
+        match rt.block_on(lock_with(&c, &LockCall::exclusive(l.clone()))) {
             v4::Stats::Granted => {}
             v4::Stats::Denied => continue,
             other => panic!("NLM LOCK answered {other:?}"),
@@ -561,7 +546,7 @@ fn nlm_locker(d: &Daemon, fh: Vec<u8>, host: String, seed: u64, secs: u64) -> (u
             bad += 1;
             eprintln!("VIOLATION under {host}'s NLM lock [{start}, +{len})");
         }
-        assert_eq!(rt.block_on(nlm_unlock(&c, l)), v4::Stats::Granted);
+        assert_eq!(rt.block_on(unlock_with(&c, l)), v4::Stats::Granted);
     }
     (grants, bad)
 }

@@ -11,10 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockd_user::client::{ClientConfig, RpcClient};
-use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
+use lockd_user::proto::nlm::v4;
 use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
 use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon as TestDaemon, Spawn};
-use lockfs_testkit::nlm::LockCall;
+use lockfs_testkit::nlm::{lock_with, unlock_with, LockCall};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
@@ -217,27 +217,6 @@ fn nlm(host: &str, fh: &[u8]) -> v4::Lock {
     }
 }
 
-async fn nlm_lock(c: &RpcClient, call: LockCall) -> v4::Stats {
-    let args = call.cookie(&[1]).args();
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
-async fn nlm_unlock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = v4::UnlockArgs {
-        cookie: vec![2],
-        alock: l,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::UNLOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
 /// Waits until `lockfs locks` shows no NLM lock.
 fn wait_no_nlm_locks(d: &Daemon) {
     let t0 = Instant::now();
@@ -277,11 +256,11 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // A host holding an exclusive lock reboots: its SM_NOTIFY releases it.
     let (fhf, fhh) = (d.fh(&f), d.fh(&h));
     assert_eq!(
-        rt.block_on(nlm_lock(&c, LockCall::exclusive(nlm("host-a", &fhf)))),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-a", &fhf)))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_lock(&c, LockCall::exclusive(nlm("host-a", &fhh)))),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-a", &fhh)))),
         v4::Stats::Granted
     );
     let notify = lockd_user::xdr::to_bytes(&nsm::StatChge {
@@ -300,7 +279,7 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // `lockfs clear --host` of an exclusive holder.
     let fhg = d.fh(&g);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, LockCall::exclusive(nlm("host-b", &fhg)))),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-b", &fhg)))),
         v4::Stats::Granted
     );
     lockfs(
@@ -316,15 +295,15 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // An ordinary unlock, and the loss of a shared holder, keep it valid.
     let fhk = d.fh(&k);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, LockCall::exclusive(nlm("host-c", &fhk)))),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-c", &fhk)))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_unlock(&c, nlm("host-c", &fhk))),
+        rt.block_on(unlock_with(&c, nlm("host-c", &fhk))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_lock(&c, LockCall::shared(nlm("host-d", &fhk)))),
+        rt.block_on(lock_with(&c, &LockCall::shared(nlm("host-d", &fhk)))),
         v4::Stats::Granted
     );
     lockfs(

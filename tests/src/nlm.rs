@@ -487,34 +487,11 @@ impl Nlm {
 
     /// Sends LOCK (version 4) as `call` describes and returns its status.
     pub async fn lock(&self, call: LockCall) -> v4::Stats {
-        let r: v4::Res = tokio::time::timeout(
-            STEP,
-            self.c.call(NLM_PROG, NLM4_VERS, proc_::LOCK, &call.args()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(r.cookie, call.cookie);
-        r.stat
+        lock_with(&self.c, &call).await
     }
 
     pub async fn unlock(&self, l: v4::Lock) -> v4::Stats {
-        let r: v4::Res = tokio::time::timeout(
-            STEP,
-            self.c.call(
-                NLM_PROG,
-                NLM4_VERS,
-                proc_::UNLOCK,
-                &v4::UnlockArgs {
-                    cookie: b"ul".to_vec(),
-                    alock: l,
-                },
-            ),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        r.stat
+        unlock_with(&self.c, l).await
     }
 
     pub async fn test(&self, l: v4::Lock, mode: Mode) -> v4::TestReply {
@@ -558,4 +535,36 @@ impl Nlm {
         .unwrap();
         r.stat
     }
+}
+
+/// LOCK (version 4) through `c` as `call` describes, answered within [`STEP`]
+/// with the call's cookie; its status.
+pub async fn lock_with(c: &RpcClient, call: &LockCall) -> v4::Stats {
+    let r: v4::Res =
+        tokio::time::timeout(STEP, c.call(NLM_PROG, NLM4_VERS, proc_::LOCK, &call.args()))
+            .await
+            .expect("LOCK answered in time")
+            .expect("LOCK answered");
+    assert_eq!(r.cookie, call.cookie, "LOCK reply with another cookie");
+    r.stat
+}
+
+/// UNLOCK (version 4) of `l` through `c`, answered within [`STEP`]; its status.
+pub async fn unlock_with(c: &RpcClient, l: v4::Lock) -> v4::Stats {
+    let r: v4::Res = tokio::time::timeout(
+        STEP,
+        c.call(
+            NLM_PROG,
+            NLM4_VERS,
+            proc_::UNLOCK,
+            &v4::UnlockArgs {
+                cookie: b"ul".to_vec(),
+                alock: l,
+            },
+        ),
+    )
+    .await
+    .expect("UNLOCK answered in time")
+    .expect("UNLOCK answered");
+    r.stat
 }
