@@ -273,7 +273,9 @@ impl ClientHost {
 impl Drop for ClientHost {
     fn drop(&mut self) {
         let servers = std::mem::take(&mut self.servers);
-        let server = self.services.server.lock().unwrap().take();
+        let server = (self.services.server.lock())
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let (ip, name) = (self.ip, self.name.clone());
         let on_multi_thread = tokio::runtime::Handle::try_current()
             .ok()
