@@ -3,94 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::ctl::Ctl;
 use common::*;
 use fuse_lockfs::{FlockMode, LockContext, Mandatory, MountOptions};
-
-/// One helper process.
-struct Ctl {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Ctl {
-    fn start() -> Ctl {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lockfs-lockctl"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start lockfs-lockctl");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Ctl {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("write to helper");
-        self.stdin.flush().unwrap();
-    }
-
-    fn recv(&self, limit: Duration) -> Option<String> {
-        self.lines.recv_timeout(limit).ok()
-    }
-
-    /// Runs a command that must answer within the operation time limit.
-    fn cmd(&mut self, cmd: &str) -> String {
-        self.send(cmd);
-        self.recv(OP_TIMEOUT)
-            .unwrap_or_else(|| panic!("helper did not answer {cmd:?}"))
-    }
-
-    fn ok(&mut self, cmd: &str) -> String {
-        let a = self.cmd(cmd);
-        assert!(a.starts_with("ok"), "{cmd:?} answered {a:?}");
-        a
-    }
-
-    fn open(&mut self, path: &std::path::Path, mode: &str) -> u32 {
-        let a = self.ok(&format!("open {} {mode}", path.display()));
-        a[3..].trim().parse().unwrap()
-    }
-
-    /// Asserts `cmd` fails with `errno`.
-    fn fails(&mut self, cmd: &str, errno: i32) {
-        let a = self.cmd(cmd);
-        assert!(
-            a.starts_with(&format!("err {errno} ")),
-            "{cmd:?} answered {a:?}, expected errno {errno}"
-        );
-    }
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn lock_options(ctx: &LockContext) -> MountOptions {
     MountOptions {

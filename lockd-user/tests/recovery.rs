@@ -58,15 +58,15 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     let lb = b.lock4(&fh2, 20, 0, 100);
     let lc = c.lock4(&fh1, 30, 0, 1);
     assert_eq!(
-        a.lock(la.clone(), true, false, false).await,
+        a.lock(LockCall::exclusive(la.clone())).await,
         v4::Stats::Granted
     );
     assert_eq!(
-        b.lock(lb.clone(), true, false, false).await,
+        b.lock(LockCall::exclusive(lb.clone())).await,
         v4::Stats::Granted
     );
     assert_eq!(
-        c.lock(lc.clone(), true, true, false).await,
+        c.lock(LockCall::exclusive(lc.clone()).block()).await,
         v4::Stats::Blocked
     );
 
@@ -106,16 +106,16 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     let c = Nlm::udp(srv.udp, hc.ip, "gamma").await;
     // Handles survived the restart; reclaims are granted in grace, new locks are not.
     assert_eq!(
-        a.lock(la.clone(), true, false, true).await,
+        a.lock(LockCall::exclusive(la.clone()).reclaim()).await,
         v4::Stats::Granted
     );
     assert_eq!(
-        b.lock(lb.clone(), true, false, true).await,
+        b.lock(LockCall::exclusive(lb.clone()).reclaim()).await,
         v4::Stats::Granted
     );
     let new_lock = c.lock4(&fh2, 31, 500, 10);
     assert_eq!(
-        c.lock(new_lock.clone(), true, false, false).await,
+        c.lock(LockCall::exclusive(new_lock.clone())).await,
         v4::Stats::DeniedGracePeriod
     );
     assert!(
@@ -124,12 +124,12 @@ async fn kill_restart_notify_reclaim_grace_and_client_reboot() {
     );
     tokio::time::sleep_until(restarted + grace + Duration::from_millis(300)).await;
     assert_eq!(
-        c.lock(new_lock.clone(), true, false, false).await,
+        c.lock(LockCall::exclusive(new_lock.clone())).await,
         v4::Stats::Granted
     );
     // The reclaimed lock is held: gamma waits for it again.
     assert_eq!(
-        c.lock(lc.clone(), true, true, false).await,
+        c.lock(LockCall::exclusive(lc.clone()).block()).await,
         v4::Stats::Blocked
     );
 
@@ -202,11 +202,11 @@ async fn a_reclaimed_loopback_lock_survives_the_restarts_notifications() {
     let w = Nlm::udp(srv.udp, hw.ip, "witness").await;
     let ll = loopy.lock4(&fh1, 7, 0, 0);
     assert_eq!(
-        loopy.lock(ll.clone(), true, false, false).await,
+        loopy.lock(LockCall::exclusive(ll.clone())).await,
         v4::Stats::Granted
     );
     assert_eq!(
-        w.lock(w.lock4(&fh2, 8, 0, 0), true, false, false).await,
+        w.lock(LockCall::exclusive(w.lock4(&fh2, 8, 0, 0))).await,
         v4::Stats::Granted
     );
     srv.child.start_kill().unwrap();
@@ -227,7 +227,7 @@ async fn a_reclaimed_loopback_lock_survives_the_restarts_notifications() {
     let restarted = tokio::time::Instant::now();
     let loopy = Nlm::udp(srv.udp, lo, "loopy").await;
     assert_eq!(
-        loopy.lock(ll.clone(), true, false, true).await,
+        loopy.lock(LockCall::exclusive(ll.clone()).reclaim()).await,
         v4::Stats::Granted,
         "the reclaim in grace"
     );
@@ -250,7 +250,7 @@ async fn a_reclaimed_loopback_lock_survives_the_restarts_notifications() {
     let other = Nlm::udp(srv.udp, "127.0.0.3".parse().unwrap(), "other").await;
     assert_eq!(
         other
-            .lock(other.lock4(&fh1, 9, 0, 1), true, false, false)
+            .lock(LockCall::exclusive(other.lock4(&fh1, 9, 0, 1)))
             .await,
         v4::Stats::Denied
     );

@@ -8,6 +8,12 @@
 //! types (checked here field by field) and answers with results derived from them, which
 //! the C clients decode and print (checked here line by line). Missing tools or libraries
 //! skip the test with a loud message.
+//!
+//! The lock service itself, in process, is driven by libnfs's client and captured with
+//! tshark (module `service`): every packet of a session must dissect as NLM, STAT or
+//! Portmap, none malformed.
+
+mod common;
 
 use lockd_user::proto::nlm::{self, proc_ as np, v3, v4, FshAccess, FshMode};
 use lockd_user::proto::nsm::{self, proc_ as sp};
@@ -552,4 +558,266 @@ async fn libnfs_client_nlm4_and_nsm() {
     timeout(Duration::from_secs(10), server.shutdown())
         .await
         .unwrap();
+}
+
+/// Independent clients and a capture against the lock service itself (in process,
+/// with client hosts around it), rather than against a recording program.
+mod service {
+    use super::common::harness::*;
+    use super::common::*;
+    use super::skip;
+    use lockd_user::proto::nlm::{
+        proc_, v3, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG, NLM_VERS, NLM_VERSX,
+    };
+    use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
+    use lockd_user::xdr::to_bytes;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    async fn run_cmd(cmd: &mut tokio::process::Command, what: &str) -> String {
+        let out = timeout(
+            Duration::from_secs(120),
+            cmd.stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what} timed out"))
+        .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what} failed ({}):\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// An independently written client: libnfs's own XDR and RPC code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn libnfs_client_drives_nlm4_and_nsm() {
+        let needed = ["/usr/include/nfsc/libnfs-raw-nlm.h", "/usr/bin/cc"];
+        if let Some(missing) = needed.iter().find(|p| !std::path::Path::new(p).exists()) {
+            return skip(&format!(
+                "{missing} missing (apt-get install libnfs-dev gcc)"
+            ));
+        }
+        let h = Harness::start(|_| {}).await;
+        let bin = h.dir.path().join("libnfs_lockd");
+        run_cmd(
+            tokio::process::Command::new("cc").args([
+                "-Wall",
+                "-o",
+                bin.to_str().unwrap(),
+                &format!("{}/tests/c/libnfs_lockd.c", env!("CARGO_MANIFEST_DIR")),
+                "-lnfs",
+            ]),
+            "cc",
+        )
+        .await;
+        let hex: String = h.fh().iter().map(|b| format!("{b:02x}")).collect();
+        let out = run_cmd(
+            tokio::process::Command::new(&bin)
+                .arg(h.tcp().port().to_string())
+                .arg(&hex),
+            "libnfs client",
+        )
+        .await;
+        let state = h.svc.state();
+        let expected = [
+            "TEST stat=0".to_string(),
+            "LOCK stat=0".into(),
+            "TEST stat=1 exclusive=1 svid=101 off=0 len=100".into(),
+            "LOCK stat=1".into(),
+            "LOCK stat=3".into(),
+            "CANCEL stat=0".into(),
+            "UNLOCK stat=0".into(),
+            "LOCK stat=0".into(),
+            "UNLOCK stat=0".into(),
+            format!("SM_STAT res=0 state={state}"),
+            format!("SM_MON res=0 state={state}"),
+        ];
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(got, expected, "client output:\n{out}");
+        assert_eq!(h.table.read(|t| t.waiter_count()), 0);
+        let mons = monitors_text(&h.state);
+        assert!(mons.contains("libnfs-b"), "{mons}");
+        h.stop().await;
+    }
+
+    /// Captures a session of NLM v1/v3/v4, callbacks, portmapper lookups and NSM calls with
+    /// tshark, and checks that every packet decodes as NLM, STAT or Portmap, none malformed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tshark_decodes_every_packet() {
+        if !std::path::Path::new("/usr/bin/tshark").exists() {
+            return skip("tshark missing (apt-get install tshark)");
+        }
+        let h = Harness::start(|_| {}).await;
+        let fh = h.fh();
+        let pcap = h.dir.path().join("wire.pcap");
+        // Client addresses no other test uses, so the capture holds this session only. The
+        // service looks client portmappers up on the harness's port.
+        let ha = ClientHost::start("127.0.0.12", "wire-a", h.pm_port).await;
+        let mut hb = ClientHost::start("127.0.0.13", "wire-b", h.pm_port).await;
+        *hb.services.server.lock().unwrap() = Some((h.udp(), hb.ip));
+        let mut cap = tokio::process::Command::new("tshark")
+            .args(["-i", "lo", "-f", "host 127.0.0.12 or host 127.0.0.13", "-w"])
+            .arg(&pcap)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        {
+            use tokio::io::AsyncBufReadExt;
+            let mut err = tokio::io::BufReader::new(cap.stderr.take().unwrap()).lines();
+            loop {
+                let line = timeout(STEP, err.next_line())
+                    .await
+                    .expect("tshark did not start capturing")
+                    .unwrap()
+                    .expect("tshark exited");
+                if line.contains("Capture started") {
+                    break;
+                }
+            }
+            tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+        }
+        let a = Nlm::udp(h.udp(), ha.ip, "wire-a").await;
+        let b = Nlm::tcp(h.tcp(), hb.ip, "wire-b").await;
+        let la = a.lock4(&fh, 1, 0, 0);
+        assert_eq!(
+            a.lock(LockCall::exclusive(la.clone())).await,
+            v4::Stats::Granted
+        );
+        let lb = b.lock4(&fh, 2, 0, 0);
+        assert_eq!(
+            b.lock(LockCall::exclusive(lb.clone()).block()).await,
+            v4::Stats::Blocked
+        );
+        let _ = denied_holder(b.test(lb.clone(), Mode::Exclusive).await);
+        assert_eq!(a.unlock(la.clone()).await, v4::Stats::Granted);
+        assert!(matches!(
+            hb.next(STEP).await,
+            Some(Received::Granted { .. })
+        ));
+        let r: v3::TestRes =
+            a.c.call(
+                NLM_PROG,
+                NLM_VERS,
+                proc_::TEST,
+                &v3::TestArgs {
+                    cookie: vec![1],
+                    exclusive: true,
+                    alock: a.lock3(&fh, 1, 0, 0),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r.stat, v3::TestReply::Denied(_)));
+        let sa = share3("wire-a", &fh, b"o1", FshMode::DenyWrite, FshAccess::Read);
+        let _: v3::ShareRes =
+            a.c.call(NLM_PROG, NLM_VERSX, proc_::SHARE, &sa)
+                .await
+                .unwrap();
+        let _: v3::ShareRes =
+            a.c.call(NLM_PROG, NLM_VERSX, proc_::UNSHARE, &sa)
+                .await
+                .unwrap();
+        b.c.send_oneway(
+            NLM_PROG,
+            NLM4_VERS,
+            proc_::TEST_MSG,
+            &to_bytes(&v4::TestArgs {
+                cookie: b"t".to_vec(),
+                exclusive: true,
+                alock: lb.clone(),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(hb.next(STEP).await, Some(Received::Res { .. })));
+        let st: nsm::SmStatRes =
+            a.c.call(
+                SM_PROG,
+                SM_VERS,
+                nsm::proc_::STAT,
+                &nsm::SmName {
+                    mon_name: "wire-b".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(st.res_stat, nsm::SmRes::Succ);
+        a.c.call_raw(
+            SM_PROG,
+            SM_VERS,
+            nsm::proc_::NOTIFY,
+            &to_bytes(&nsm::StatChge {
+                mon_name: "wire-b".into(),
+                state: 9,
+            }),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // SAFETY: kill(2) on the pid of the capture this test started and has not reaped.
+        unsafe { libc::kill(cap.id().unwrap() as i32, libc::SIGINT) };
+        timeout(STEP, cap.wait()).await.unwrap().unwrap();
+
+        let mut decode = Vec::new();
+        for port in [
+            h.udp().port(),
+            ha.services_addr().port(),
+            hb.services_addr().port(),
+            h.pm_port,
+        ] {
+            decode.push(format!("udp.port=={port},rpc"));
+        }
+        decode.push(format!("tcp.port=={},rpc", h.tcp().port()));
+        let mut cmd = tokio::process::Command::new("tshark");
+        cmd.arg("-r").arg(&pcap);
+        for d in &decode {
+            cmd.args(["-d", d]);
+        }
+        cmd.args([
+            "-Y",
+            "udp || tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "_ws.col.Protocol",
+            "-e",
+            "_ws.col.Info",
+            "-e",
+            "_ws.malformed",
+        ]);
+        let out = run_cmd(&mut cmd, "tshark -r").await;
+        let lines: Vec<&str> = out.lines().collect();
+        let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            lines.len() >= 20,
+            "too few packets captured ({size} bytes):\n{out}"
+        );
+        for l in &lines {
+            let proto = l.split('\t').next().unwrap_or("");
+            assert!(
+                matches!(proto, "NLM" | "STAT" | "Portmap"),
+                "undecoded packet: {l}\n{out}"
+            );
+            assert!(!l.to_lowercase().contains("malformed"), "malformed: {l}");
+        }
+        for p in ["NLM", "STAT", "Portmap"] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(p)),
+                "no {p} packet:\n{out}"
+            );
+        }
+        assert!(out.contains("GRANTED"), "{out}");
+        ha.stop().await;
+        hb.stop().await;
+        h.stop().await;
+    }
 }

@@ -2,9 +2,11 @@
 //! as real processes against a real mount.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use lockfs_testkit::daemon::{Daemon as TestDaemon, Spawn};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 const LIMIT: Duration = Duration::from_secs(20);
@@ -59,26 +61,18 @@ fn run(cmd: &mut Command) -> Output {
 
 /// A `lockfs mount` daemon, stopped and unmounted when dropped.
 struct Daemon {
-    child: Option<Child>,
-    mnt: PathBuf,
+    proc_: TestDaemon,
 }
 
 impl Daemon {
     fn start(src: &Path, mnt: &Path, opts: &str) -> Daemon {
-        let child = Command::new(LOCKFS)
-            .arg("mount")
-            .arg(src)
-            .arg(mnt)
-            .args(["-o", opts])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start lockfs mount");
+        let mut cmd = Command::new(LOCKFS);
+        cmd.arg("mount").arg(src).arg(mnt).args(["-o", opts]);
         let mut d = Daemon {
-            child: Some(child),
-            mnt: mnt.to_path_buf(),
+            proc_: Spawn::new(cmd).unmounts(mnt).spawn(),
         };
         wait_until("the mount", || {
-            if let Some(st) = d.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            if let Some(st) = d.proc_.exited() {
                 panic!("lockfs mount exited early: {st}");
             }
             is_mounted(mnt)
@@ -88,29 +82,9 @@ impl Daemon {
 
     /// SIGTERM; returns the exit status.
     fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st;
-            }
-            assert!(t0.elapsed() < LIMIT, "daemon ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        self.proc_
+            .terminate_within(LIMIT)
+            .expect("daemon ignored SIGTERM")
     }
 }
 

@@ -18,23 +18,25 @@ use std::time::{Duration, Instant};
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG};
+use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon as TestDaemon, Spawn};
+use lockfs_testkit::nlm::{lock_with, unlock_with, LockCall};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/dev/fuse").exists() {
-        lockfs_testkit::skipping!("cross-door tests need root and /dev/fuse (root={root})");
+    if let Some(why) = fuse_missing() {
+        lockfs_testkit::skipping!("cross-door tests mount a real lockfs: {why}");
         return false;
     }
     true
 }
 
 /// A running daemon; stopped with SIGTERM (then SIGKILL and a lazy unmount
-/// if it does not stop) when dropped.
+/// if it does not stop) when dropped. Leaving its mount behind after SIGTERM
+/// fails the test.
 struct Daemon {
-    child: Child,
+    // Declared before `dir`: the process ends before its directories go.
+    proc_: TestDaemon,
     dir: tempfile::TempDir,
     tcp: SocketAddr,
 }
@@ -64,51 +66,25 @@ impl Daemon {
             mnt = d.join("mnt"),
         );
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
-        let (child, tcp) = Daemon::spawn(d, env);
-        Daemon { child, dir, tcp }
+        let (proc_, tcp) = Daemon::spawn(d, env);
+        Daemon { proc_, dir, tcp }
     }
 
-    fn spawn(d: &Path, env: &[(&str, &str)]) -> (Child, SocketAddr) {
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(d.join("lockfs.toml"))
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting lockfs serve");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut tcp = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("daemon did not become ready in 30 s");
-            if let Some(rest) = line.split("tcp [").nth(1) {
-                tcp = rest.split(']').next().and_then(|a| a.parse().ok());
-            }
-            if line.contains("admin socket") {
-                break;
-            }
-        }
-        (child, tcp.expect("daemon printed its NLM TCP address"))
+    fn spawn(d: &Path, env: &[(&str, &str)]) -> (TestDaemon, SocketAddr) {
+        let mut spawn =
+            Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "warn").unmounts(&d.join("mnt"));
+        spawn.command().envs(env.iter().copied());
+        let proc_ = spawn.start_serve(Duration::from_secs(30));
+        let tcp = proc_.tcp().expect("daemon printed its NLM TCP address");
+        (proc_, tcp)
     }
 
     /// Stops the daemon as an administrator would (SIGTERM) and starts it
     /// again on the same configuration and state.
     fn restart(&mut self) {
         self.stop();
-        let (child, tcp) = Daemon::spawn(self.dir.path(), &[]);
-        self.child = child;
+        let (proc_, tcp) = Daemon::spawn(self.dir.path(), &[]);
+        self.proc_ = proc_;
         self.tcp = tcp;
     }
 
@@ -117,24 +93,7 @@ impl Daemon {
     }
 
     fn fh(&self, path: &Path) -> Vec<u8> {
-        let out = Command::new(LOCKFS)
-            .arg("fh")
-            .arg("--config")
-            .arg(self.dir.path().join("lockfs.toml"))
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lockfs fh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hex = String::from_utf8(out.stdout).unwrap();
-        let hex = hex.trim();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+        file_handle(LOCKFS, &self.dir.path().join("lockfs.toml"), path)
     }
 }
 
@@ -146,29 +105,12 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn stop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let mnt = self.dir.path().join("mnt");
-        let mounted = std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.contains(&*mnt.to_string_lossy()))
-            .unwrap_or(false);
-        if mounted {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-            if !std::thread::panicking() {
-                panic!("the daemon left {} mounted after SIGTERM", mnt.display());
-            }
+        let stopped = self.proc_.stop();
+        if stopped.left_mounted && !std::thread::panicking() {
+            panic!(
+                "the daemon left {} mounted after SIGTERM",
+                self.dir.path().join("mnt").display()
+            );
         }
     }
 }
@@ -262,34 +204,6 @@ fn lock(host: &str, svid: i32, fh: &[u8], off: u64, len: u64) -> v4::Lock {
     }
 }
 
-async fn nlm_lock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = v4::LockArgs {
-        cookie: vec![1],
-        block: false,
-        exclusive: true,
-        alock: l,
-        reclaim: false,
-        state: 1,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
-async fn nlm_unlock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = v4::UnlockArgs {
-        cookie: vec![2],
-        alock: l,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::UNLOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
 async fn client(d: &Daemon) -> RpcClient {
     RpcClient::tcp(d.tcp, ClientConfig::default())
         .await
@@ -310,7 +224,7 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
     let remote = lock("client-a", 7, &fh, 0, 100);
 
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
     assert_eq!(
@@ -319,7 +233,7 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
         "a remote lock must block a local fcntl lock"
     );
     assert_eq!(
-        rt.block_on(nlm_unlock(&c, remote.clone())),
+        rt.block_on(unlock_with(&c, remote.clone())),
         v4::Stats::Granted
     );
     assert_eq!(local_once(TRY_LOCK, &f), "OK");
@@ -334,7 +248,10 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
         .strip_prefix("locked ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("holder said {said:?}"));
-    assert_eq!(rt.block_on(nlm_lock(&c, remote.clone())), v4::Stats::Denied);
+    assert_eq!(
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
+        v4::Stats::Denied
+    );
     let test = v4::TestArgs {
         cookie: vec![3],
         exclusive: true,
@@ -354,10 +271,10 @@ fn remote_lock_blocks_local_fcntl_and_local_lock_blocks_remote() {
     holder.say("release");
     let _ = holder.child.wait();
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
-    assert_eq!(rt.block_on(nlm_unlock(&c, remote)), v4::Stats::Granted);
+    assert_eq!(rt.block_on(unlock_with(&c, remote)), v4::Stats::Granted);
 }
 
 #[test]
@@ -376,7 +293,7 @@ fn remote_exclusive_lock_on_mandatory_file_blocks_local_write_until_unlock() {
     let c = rt.block_on(client(&d));
     let remote = lock("client-b", 9, &fh, 0, 0);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, remote.clone())),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(remote.clone()))),
         v4::Stats::Granted
     );
 
@@ -402,7 +319,7 @@ fn remote_exclusive_lock_on_mandatory_file_blocks_local_write_until_unlock() {
         "the write must wait for the remote lock"
     );
     let t = Instant::now();
-    assert_eq!(rt.block_on(nlm_unlock(&c, remote)), v4::Stats::Granted);
+    assert_eq!(rt.block_on(unlock_with(&c, remote)), v4::Stats::Granted);
     assert_eq!(
         writer.line(Duration::from_secs(10)).as_deref(),
         Some("written")
@@ -494,7 +411,10 @@ fn clear_host_releases_a_silent_clients_locks() {
     let rt = rt();
     let c = rt.block_on(client(&d));
     let gone = lock("crashed-client", 3, &fh, 0, 0);
-    assert_eq!(rt.block_on(nlm_lock(&c, gone)), v4::Stats::Granted);
+    assert_eq!(
+        rt.block_on(lock_with(&c, &LockCall::exclusive(gone))),
+        v4::Stats::Granted
+    );
     let whole = "fd = os.open(p, os.O_RDWR)\nfcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)";
     assert_eq!(local_once(whole, &f), "EAGAIN");
 
@@ -607,7 +527,7 @@ fn nlm_locker(d: &Daemon, fh: Vec<u8>, host: String, seed: u64, secs: u64) -> (u
         let start = next(4096 - 256);
         let len = 16 + next(240);
         let l = lock(&host, 1, &fh, start, len);
-        match rt.block_on(nlm_lock(&c, l.clone())) {
+        match rt.block_on(lock_with(&c, &LockCall::exclusive(l.clone()))) {
             v4::Stats::Granted => {}
             v4::Stats::Denied => continue,
             other => panic!("NLM LOCK answered {other:?}"),
@@ -626,7 +546,7 @@ fn nlm_locker(d: &Daemon, fh: Vec<u8>, host: String, seed: u64, secs: u64) -> (u
             bad += 1;
             eprintln!("VIOLATION under {host}'s NLM lock [{start}, +{len})");
         }
-        assert_eq!(rt.block_on(nlm_unlock(&c, l)), v4::Stats::Granted);
+        assert_eq!(rt.block_on(unlock_with(&c, l)), v4::Stats::Granted);
     }
     (grants, bad)
 }

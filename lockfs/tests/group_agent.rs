@@ -3,17 +3,18 @@
 //! directory and address, sharing a group's storage). Run it in a private
 //! network namespace: the daemons answer on 127.0.0.2 and 127.0.0.3.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lockfs_testkit::daemon::{Daemon, Spawn};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
-/// One node's daemon with group g1 (storage under `shared`) offline at start.
+/// One node's daemon with group g1 (storage under `shared`) offline at start;
+/// stopped (SIGTERM, then SIGKILL) when dropped.
 struct Node {
-    child: Child,
+    proc_: Daemon,
     socket: PathBuf,
 }
 
@@ -34,36 +35,20 @@ impl Node {
             mnt = d.join("mnt"),
         );
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(d.join("lockfs.toml"))
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting lockfs serve");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let tag = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("daemon did not become ready in 30 s");
-            assert!(!line.contains("Error"), "daemon failed: {line}");
-            if line.contains("admin socket") {
-                break;
-            }
-        }
+        let proc_ = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "info")
+            .tag(name)
+            .unmounts(&d.join("mnt"))
+            .spawn();
+        proc_.wait_line(
+            Duration::from_secs(30),
+            "the daemon logs its admin socket",
+            |line| {
+                assert!(!line.contains("Error"), "daemon failed: {line}");
+                line.contains("admin socket")
+            },
+        );
         Node {
-            child,
+            proc_,
             socket: d.join("admin.sock"),
         }
     }
@@ -86,25 +71,9 @@ impl Node {
             .expect("g1 listed")
     }
 
+    /// SIGKILL: the node crashes.
     fn kill(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
+        assert!(self.proc_.kill(), "the daemon outlived SIGKILL");
     }
 }
 
@@ -120,8 +89,7 @@ fn ok(out: &Output) {
 fn online_offline_status_lease_and_crash() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("*** SKIPPED: the admin socket serves root only ***");
-        return;
+        lockfs_testkit::skip!("the admin socket serves root only (not root)");
     }
     let tmp = tempfile::tempdir().unwrap();
     let shared = tmp.path().join("shared");

@@ -5,26 +5,22 @@
 //! Needs root and /dev/fuse; skips loudly without them. The NLM test starts
 //! RPC services: run it in a private network namespace.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockd_user::client::{ClientConfig, RpcClient};
-use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
+use lockd_user::proto::nlm::v4;
 use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
+use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon as TestDaemon, Spawn};
+use lockfs_testkit::nlm::{lock_with, unlock_with, LockCall};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/dev/fuse").exists() {
-        eprintln!(
-            "*** SKIPPED: value-block daemon tests need root and /dev/fuse (root={root}) ***"
-        );
+    if let Some(why) = fuse_missing() {
+        lockfs_testkit::skipping!("value-block daemon tests mount a real lockfs: {why}");
         return false;
     }
     true
@@ -32,7 +28,7 @@ fn can_run() -> bool {
 
 /// A daemon over one export in `dir`, which outlives restarts.
 struct Daemon {
-    child: Option<Child>,
+    proc_: TestDaemon,
     dir: PathBuf,
     tcp: Option<SocketAddr>,
 }
@@ -52,40 +48,13 @@ impl Daemon {
             mnt = dir.join("mnt"),
         );
         std::fs::write(dir.join("lockfs.toml"), cfg).unwrap();
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.join("lockfs.toml"))
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting lockfs serve");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut tcp = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .expect("daemon did not become ready in 30 s");
-            if let Some(rest) = line.split("tcp [").nth(1) {
-                tcp = rest.split(']').next().and_then(|a| a.parse().ok());
-            }
-            if line.contains("admin socket") {
-                break;
-            }
-        }
+        let proc_ = Spawn::serve(LOCKFS, &dir.join("lockfs.toml"), "warn")
+            .unmounts(&dir.join("mnt"))
+            .start_serve(Duration::from_secs(30));
         Daemon {
-            child: Some(child),
+            tcp: proc_.tcp(),
+            proc_,
             dir: dir.to_path_buf(),
-            tcp,
         }
     }
 
@@ -93,72 +62,24 @@ impl Daemon {
         self.dir.join("mnt").join(name)
     }
 
-    fn wait_exit(&mut self, limit: Duration) -> bool {
-        let Some(c) = self.child.as_mut() else {
-            return true;
-        };
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
     /// SIGKILL, then clear the dead mount.
     fn crash(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-        }
-        assert!(self.wait_exit(Duration::from_secs(10)));
-        self.detach();
+        assert!(self.proc_.kill(), "the daemon outlived SIGKILL");
     }
 
     /// SIGTERM: unmount and stop cleanly.
     fn stop(&mut self) {
-        if let Some(c) = self.child.as_ref() {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
         assert!(
-            self.wait_exit(Duration::from_secs(20)),
+            self.proc_
+                .stop_within(Duration::from_secs(20))
+                .status
+                .is_some(),
             "daemon did not stop"
         );
-        self.detach();
-    }
-
-    fn detach(&self) {
-        let mnt = self.dir.join("mnt");
-        let mounted = std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.contains(&*mnt.to_string_lossy()))
-            .unwrap_or(false);
-        if mounted {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-        }
     }
 
     fn fh(&self, path: &Path) -> Vec<u8> {
-        let out = Command::new(LOCKFS)
-            .arg("fh")
-            .arg("--config")
-            .arg(self.dir.join("lockfs.toml"))
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lockfs fh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hex = String::from_utf8(out.stdout).unwrap();
-        let hex = hex.trim();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+        file_handle(LOCKFS, &self.dir.join("lockfs.toml"), path)
     }
 
     /// `lockfs locks --json` of this daemon.
@@ -168,22 +89,6 @@ impl Daemon {
             Some(&self.dir.join("admin.sock")),
         );
         serde_json::from_str(&out).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_ref() {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            if !self.wait_exit(Duration::from_secs(10)) {
-                if let Some(mut c) = self.child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
-        }
-        self.detach();
     }
 }
 
@@ -312,34 +217,6 @@ fn nlm(host: &str, fh: &[u8]) -> v4::Lock {
     }
 }
 
-async fn nlm_lock(c: &RpcClient, l: v4::Lock, exclusive: bool) -> v4::Stats {
-    let args = v4::LockArgs {
-        cookie: vec![1],
-        block: false,
-        exclusive,
-        alock: l,
-        reclaim: false,
-        state: 1,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
-async fn nlm_unlock(c: &RpcClient, l: v4::Lock) -> v4::Stats {
-    let args = v4::UnlockArgs {
-        cookie: vec![2],
-        alock: l,
-    };
-    let r: v4::Res = c
-        .call(NLM_PROG, NLM4_VERS, proc_::UNLOCK, &args)
-        .await
-        .unwrap();
-    r.stat
-}
-
 /// Waits until `lockfs locks` shows no NLM lock.
 fn wait_no_nlm_locks(d: &Daemon) {
     let t0 = Instant::now();
@@ -379,11 +256,11 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // A host holding an exclusive lock reboots: its SM_NOTIFY releases it.
     let (fhf, fhh) = (d.fh(&f), d.fh(&h));
     assert_eq!(
-        rt.block_on(nlm_lock(&c, nlm("host-a", &fhf), true)),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-a", &fhf)))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_lock(&c, nlm("host-a", &fhh), true)),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-a", &fhh)))),
         v4::Stats::Granted
     );
     let notify = lockd_user::xdr::to_bytes(&nsm::StatChge {
@@ -402,7 +279,7 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // `lockfs clear --host` of an exclusive holder.
     let fhg = d.fh(&g);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, nlm("host-b", &fhg), true)),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-b", &fhg)))),
         v4::Stats::Granted
     );
     lockfs(
@@ -418,15 +295,15 @@ fn remote_exclusive_holders_lost_abnormally_leave_blocks_not_valid() {
     // An ordinary unlock, and the loss of a shared holder, keep it valid.
     let fhk = d.fh(&k);
     assert_eq!(
-        rt.block_on(nlm_lock(&c, nlm("host-c", &fhk), true)),
+        rt.block_on(lock_with(&c, &LockCall::exclusive(nlm("host-c", &fhk)))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_unlock(&c, nlm("host-c", &fhk))),
+        rt.block_on(unlock_with(&c, nlm("host-c", &fhk))),
         v4::Stats::Granted
     );
     assert_eq!(
-        rt.block_on(nlm_lock(&c, nlm("host-d", &fhk), false)),
+        rt.block_on(lock_with(&c, &LockCall::shared(nlm("host-d", &fhk)))),
         v4::Stats::Granted
     );
     lockfs(

@@ -32,7 +32,7 @@ const INSTALLED: &[&str] = &[
 ];
 
 fn skip(msg: &str) {
-    eprintln!("\n*** SKIPPED package test: {msg} ***\n");
+    lockfs_testkit::skipping!("package test: {msg}");
 }
 
 fn repo() -> PathBuf {

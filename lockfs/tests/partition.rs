@@ -15,9 +15,11 @@
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
+use lockfs_testkit::daemon::{file_handle, fuse_missing, unhex, Daemon as TestDaemon, Spawn};
+use lockfs_testkit::nlm::LockCall;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -29,16 +31,18 @@ const CLIENT_IP: &str = "10.201.0.2";
 const CUT_OFF: &str = "cutoff-client";
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let tools = ["unshare", "ip"].iter().all(|t| {
         Command::new(t)
             .arg("-V")
             .output()
             .is_ok_and(|o| o.status.success())
     });
-    if !root || !Path::new("/dev/fuse").exists() || !tools {
-        eprintln!("*** SKIPPED: the partition tests need root, /dev/fuse, unshare and ip (root={root}) ***");
+    if let Some(why) = fuse_missing() {
+        lockfs_testkit::skipping!("the partition tests mount a real lockfs: {why}");
+        return false;
+    }
+    if !tools {
+        lockfs_testkit::skipping!("the partition tests need unshare and ip (iproute2)");
         return false;
     }
     true
@@ -144,8 +148,11 @@ impl Drop for Netns {
     }
 }
 
+/// `lockfs serve`, stopped and unmounted when dropped.
 struct Daemon {
-    child: Child,
+    // Held for its drop, which stops the daemon and unmounts; declared before
+    // `dir` so that the process ends before its directories go.
+    _proc: TestDaemon,
     dir: tempfile::TempDir,
 }
 
@@ -173,48 +180,22 @@ impl Daemon {
             mnt = d.join("mnt"),
         );
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(d.join("lockfs.toml"))
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("daemon ready");
-            if line.contains("admin socket") {
-                break;
-            }
-        }
-        Daemon { child, dir }
+        let proc_ = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "info")
+            .unmounts(&d.join("mnt"))
+            .start_serve(Duration::from_secs(60));
+        Daemon { _proc: proc_, dir }
     }
 
     fn config(&self) -> PathBuf {
         self.dir.path().join("lockfs.toml")
     }
 
-    fn fh(&self, name: &str) -> String {
-        let out = Command::new(LOCKFS)
-            .arg("fh")
-            .arg("--config")
-            .arg(self.config())
-            .arg(self.dir.path().join("export").join(name))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "lockfs fh: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    fn fh(&self, name: &str) -> Vec<u8> {
+        file_handle(
+            LOCKFS,
+            &self.config(),
+            &self.dir.path().join("export").join(name),
+        )
     }
 
     fn clear_host(&self, host: &str) {
@@ -225,31 +206,6 @@ impl Daemon {
             .unwrap();
         assert!(out.status.success(), "lockfs clear: {out:?}");
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mnt = self.dir.path().join("mnt");
-        let _ = Command::new("umount").arg("-l").arg(&mnt).output();
-    }
-}
-
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn the_lock(host: &str, fh: &[u8]) -> v4::Lock {
@@ -278,14 +234,10 @@ async fn call_as(c: &RpcClient, p: u32, host: &str, fh: &[u8], block: bool) -> O
                 NLM_PROG,
                 NLM4_VERS,
                 p,
-                &v4::LockArgs {
-                    cookie,
-                    block,
-                    exclusive: true,
-                    alock: l,
-                    reclaim: false,
-                    state: 1,
-                },
+                &LockCall::exclusive(l)
+                    .blocking(block)
+                    .cookie(&cookie)
+                    .args(),
             )
             .await
             .map(|r| format!("{:?}", r.stat)),
@@ -481,8 +433,9 @@ fn local_client(rt: &tokio::runtime::Runtime) -> RpcClient {
 fn scenario(policy: Option<u64>, outstanding: Outstanding) {
     let ns = Netns::new();
     let d = Daemon::start(policy);
-    let (fh_hex, fh2_hex) = (d.fh("f"), d.fh("g"));
-    let (fh, fh2) = (unhex(&fh_hex), unhex(&fh2_hex));
+    let (fh, fh2) = (d.fh("f"), d.fh("g"));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let (fh_hex, fh2_hex) = (hex(&fh), hex(&fh2));
     let mut a = Client::spawn(&ns, &fh_hex, &fh2_hex);
     assert_eq!(a.ask("lock"), "Granted", "the client takes the lock");
     let rt = rt();

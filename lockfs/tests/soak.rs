@@ -26,12 +26,14 @@ mod checker;
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
-use std::io::{BufRead, BufReader, Write};
+use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon, Spawn};
+use lockfs_testkit::nlm::{LockCall, Mode};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
@@ -47,14 +49,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let unshare = Command::new("unshare")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !root || !Path::new("/dev/fuse").exists() || !unshare {
-        eprintln!("*** SKIPPED: the soak test needs root, /dev/fuse and unshare (root={root}) ***");
+    if let Some(why) = fuse_missing() {
+        lockfs_testkit::skipping!("the soak test mounts a real lockfs: {why}");
+        return false;
+    }
+    if !unshare {
+        lockfs_testkit::skipping!("the soak test needs unshare (util-linux)");
         return false;
     }
     true
@@ -86,12 +90,6 @@ fn soak_kill_restart() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(status.success(), "the soak run failed: {status}");
-}
-
-/// A running daemon on a fixed configuration.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
 }
 
 struct Setup {
@@ -130,89 +128,20 @@ impl Setup {
         self.dir.path().join("mnt")
     }
 
+    /// The daemon on this configuration, its log appended to `log`.
     fn start(&self, log: &Path) -> Daemon {
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(self.config())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting lockfs serve");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(out, "{line}");
-                let _ = tx.send(line);
-            }
-        });
-        let d = Daemon { child, lines };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = d
-                .lines
-                .recv_timeout(left)
-                .expect("daemon did not become ready in 60 s");
-            if line.contains("admin socket") {
-                break;
-            }
-        }
-        d
+        Spawn::serve(LOCKFS, &self.config(), "info")
+            .log_to(log)
+            .unmounts(&self.mnt())
+            .start_serve(Duration::from_secs(60))
     }
 
     fn fh(&self, name: &str) -> Vec<u8> {
-        let out = Command::new(LOCKFS)
-            .arg("fh")
-            .arg("--config")
-            .arg(self.config())
-            .arg(self.dir.path().join("export").join(name))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "lockfs fh: {out:?}");
-        let hex = String::from_utf8(out.stdout).unwrap();
-        let hex = hex.trim();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    fn unmount_stale(&self) {
-        let mnt = self.mnt();
-        let mounted = std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.contains(&*mnt.to_string_lossy()))
-            .unwrap_or(false);
-        if mounted {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-        }
-    }
-}
-
-impl Daemon {
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        file_handle(
+            LOCKFS,
+            &self.config(),
+            &self.dir.path().join("export").join(name),
+        )
     }
 }
 
@@ -299,14 +228,15 @@ fn nlm_lock(id: u32, fh: &[u8], w: &Want) -> v4::Lock {
 }
 
 async fn lock(c: &RpcClient, s: &Shared, id: u32, w: &Want, reclaim: bool) -> Option<v4::Stats> {
-    let args = v4::LockArgs {
-        cookie: id.to_be_bytes().to_vec(),
-        block: false,
-        exclusive: w.exclusive,
-        alock: nlm_lock(id, &s.fhs[w.file as usize], w),
-        reclaim,
-        state: 1,
+    let mode = if w.exclusive {
+        Mode::Exclusive
+    } else {
+        Mode::Shared
     };
+    let args = LockCall::new(nlm_lock(id, &s.fhs[w.file as usize], w), mode)
+        .reclaiming(reclaim)
+        .cookie(&id.to_be_bytes())
+        .args();
     s.counts.ops.fetch_add(1, Ordering::Relaxed);
     match c
         .call::<_, v4::Res>(NLM_PROG, NLM4_VERS, proc_::LOCK, &args)
@@ -499,10 +429,9 @@ fn soak_in_namespace() {
             break;
         }
         shared.log.mark("KILL");
-        daemon.kill9();
+        assert!(daemon.kill(), "the daemon outlived SIGKILL");
         kills += 1;
         let t = Instant::now();
-        setup.unmount_stale();
         daemon = setup.start(&daemon_log);
         restart_ms.push(t.elapsed().as_millis());
         shared.log.mark("RESTARTED");
@@ -517,7 +446,6 @@ fn soak_in_namespace() {
     });
     shared.log.out.lock().unwrap().flush().unwrap();
     daemon.stop();
-    setup.unmount_stale();
 
     let c = &shared.counts;
     let total_ops = c.ops.load(Ordering::Relaxed);

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lock_table::{
     Event, FileId, LockKind, LockOutcome, LockRequest, Owner, Range, ScopeId, SharedTable, Wait,
 };
+use lockfs_testkit::daemon::Spawn;
 use serde_json::Value;
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
@@ -515,33 +516,6 @@ fn mounted(mnt: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
 }
 
-/// `lockfs mount` in the background; unmounted (SIGINT, then umount) on drop.
-struct Mount {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we spawned.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-    }
-}
-
 #[test]
 fn two_processes_contending_on_a_lockfs_mount() {
     if !can_trace("two_processes_contending_on_a_lockfs_mount") {
@@ -559,24 +533,25 @@ fn two_processes_contending_on_a_lockfs_mount() {
     std::fs::write(&backing, b"0123456789").unwrap();
     let ino = std::fs::metadata(&backing).unwrap().ino();
     let socket = dir.path().join("admin.sock");
-    let mount = Mount {
-        child: Command::new(LOCKFS)
-            .arg("mount")
-            .arg(&src)
-            .arg(&mnt)
-            .arg("-o")
-            .arg(format!("socket={}", socket.display()))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning lockfs mount"),
-        mnt: mnt.clone(),
-    };
+    // `lockfs mount` in the background; stopped (SIGINT, then SIGKILL) and
+    // unmounted on drop.
+    let mut cmd = Command::new(LOCKFS);
+    cmd.arg("mount")
+        .arg(&src)
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("socket={}", socket.display()));
+    let mount = Spawn::new(cmd)
+        .tag("mount")
+        .stop_signal(libc::SIGINT)
+        .unmounts(&mnt)
+        .spawn();
     let deadline = Instant::now() + TIMEOUT;
     while !mounted(&mnt) {
         assert!(Instant::now() < deadline, "lockfs mount did not mount");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let daemon = mount.child.id().to_string();
+    let daemon = mount.pid().expect("running").to_string();
     let pins = pin_dir("mount");
     let trace = TraceCmd::spawn(&[
         "--daemon-pid",

@@ -7,9 +7,15 @@
 //! - a test that waits for something asynchronous waits with a deadline
 //!   ([`eventually`]), never with a bare sleep;
 //! - code a bench needs that is unsafe (a counting allocator) lives here, so
-//!   the crates that forbid `unsafe` can still measure themselves.
+//!   the crates that forbid `unsafe` can still measure themselves;
+//! - a process or host a test starts is ended by a guard that cleans up on
+//!   drop, with timeouts, so a failing test leaves nothing running, mounted
+//!   or locked behind it ([`daemon`], and [`nlm`] with the `nlm` feature).
 
 pub mod alloc;
+pub mod daemon;
+#[cfg(feature = "nlm")]
+pub mod nlm;
 pub mod posix;
 
 use std::time::{Duration, Instant};

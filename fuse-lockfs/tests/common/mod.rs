@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ctl;
+
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -159,26 +161,11 @@ impl Drop for Fixture {
 
 impl Fixture {
     fn detach(&self) {
-        if is_mounted(&self.mnt) {
-            if let Ok(c) = CString::new(self.mnt.as_os_str().as_bytes()) {
-                // SAFETY: valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+        lockfs_testkit::daemon::unmount_lazy(&self.mnt);
     }
 }
 
-/// Whether `path` is currently a mount point of a FUSE file system.
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && f[4] == want && l.contains(" - fuse")
-    })
-}
+pub use lockfs_testkit::daemon::is_mounted;
 
 /// Waits (bounded) until the daemon holds `n` open files: the kernel sends RELEASE
 /// after close(2) has returned, so a test that reopens at once can overtake it.
