@@ -1,0 +1,440 @@
+//! Service groups seen by NLM clients: real `lockfs serve` daemons with moving groups
+//! (storage and server IDs), real NLM clients with their own status monitors.
+//!
+//! - A client's reboot notice is routed by the server ID it was sent to: a notice to
+//!   g2's server ID frees the client's g2 locks and leaves its g1 locks alone.
+//!
+//! Each scenario re-runs this test binary in a private network namespace (`unshare -n`),
+//! where the daemon's fixed ports and the loopback addresses it answers on are its own.
+//! Needs root, /dev/fuse and unshare; skips loudly without them.
+
+use lockd_user::client::{ClientConfig, RpcClient};
+use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
+use lockd_user::proto::nsm::{self, StatChge, SM_PROG, SM_VERS};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
+const PORT: u16 = 4045;
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let unshare = Command::new("unshare")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !Path::new("/dev/fuse").exists() || !unshare {
+        eprintln!("*** SKIPPED: the service group tests need root, /dev/fuse and unshare (root={root}) ***");
+        return false;
+    }
+    true
+}
+
+/// Runs `test` (an ignored test of this file) in a private network namespace.
+fn in_private_netns(test: &str, limit: Duration) {
+    let mut child = Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{test} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{test} failed: {status}");
+}
+
+/// A `lockfs serve` daemon, its directory and log; stopped with SIGTERM on drop.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    log: mpsc::Receiver<String>,
+}
+
+/// One group of a daemon's configuration: its name, server ID and export.
+struct GroupSpec<'a> {
+    name: &'a str,
+    server_id: (&'a str, &'a str),
+    online_at_start: bool,
+}
+
+impl Daemon {
+    /// Starts `lockfs serve` named `name`, answering on `listen`, with the given groups;
+    /// group G's storage is `shared/G`, its export `shared/G/data`.
+    fn start(
+        name: &str,
+        dir: &Path,
+        shared: &Path,
+        listen: &[&str],
+        groups: &[GroupSpec<'_>],
+    ) -> Daemon {
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let mut cfg = format!(
+            "node_name = {name:?}\nstate_dir = {state:?}\nadmin_socket = {sock:?}\n\
+             [listen]\naddresses = {listen:?}\nport = {PORT}\n",
+            state = dir.join("state"),
+            sock = dir.join("admin.sock"),
+        );
+        for g in groups {
+            let (id_name, id_addr) = g.server_id;
+            std::fs::create_dir_all(shared.join(g.name).join("data")).unwrap();
+            std::fs::create_dir_all(dir.join(format!("mnt-{}", g.name))).unwrap();
+            cfg += &format!(
+                "[[group]]\nname = {n:?}\nstorage = {storage:?}\n\
+                 server_ids = [\"{id_name}={id_addr}\"]\ngrace_period = 3\n\
+                 online_at_start = {online}\n\
+                 [[export]]\nname = \"e-{n}\"\nsource = {src:?}\nmountpoint = {mnt:?}\n\
+                 group = {n:?}\n",
+                n = g.name,
+                storage = shared.join(g.name),
+                src = shared.join(g.name).join("data"),
+                mnt = dir.join(format!("mnt-{}", g.name)),
+                online = g.online_at_start,
+            );
+        }
+        std::fs::write(dir.join("lockfs.toml"), cfg).unwrap();
+        let mut child = Command::new(LOCKFS)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("lockfs.toml"))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting lockfs serve");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let tag = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        d.wait_log("admin socket", Duration::from_secs(60));
+        d
+    }
+
+    /// Waits for a log line containing `what`.
+    fn wait_log(&self, what: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self
+                .log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("the daemon never logged {what:?}"));
+            assert!(!line.contains("Error:"), "daemon failed: {line}");
+            if line.contains(what) {
+                return;
+            }
+        }
+    }
+
+    /// `lockfs group ARGS` against this daemon; it must succeed.
+    fn group(&self, args: &[&str]) -> String {
+        let out = Command::new(LOCKFS)
+            .arg("group")
+            .args(args)
+            .arg("--socket")
+            .arg(self.dir.join("admin.sock"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lockfs group {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `lockfs group status --json`, by group name.
+    fn groups(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.group(&["status", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["name"].as_str().unwrap().to_string(), g.clone()))
+            .collect()
+    }
+
+    fn fh(&self, group: &str, file: &str, shared: &Path) -> Vec<u8> {
+        let path = shared.join(group).join("data").join(file);
+        if !path.exists() {
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        }
+        let out = Command::new(LOCKFS)
+            .arg("fh")
+            .arg("--config")
+            .arg(self.dir.join("lockfs.toml"))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lockfs fh: {out:?}");
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let hex = hex.trim();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("mnt-") {
+                    let _ = Command::new("umount").arg("-l").arg(e.path()).output();
+                }
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An NLM client host: its name and the address its calls come from.
+struct Host {
+    name: String,
+    ip: IpAddr,
+}
+
+impl Host {
+    fn new(name: &str, ip: &str) -> Host {
+        Host {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig {
+            retransmit: Duration::from_millis(300),
+            total_timeout: Duration::from_secs(5),
+            local_addr: Some(SocketAddr::new(self.ip, 0)),
+            ..ClientConfig::default()
+        }
+    }
+
+    fn lock_of(&self, fh: &[u8], off: u64) -> v4::Lock {
+        v4::Lock {
+            caller_name: self.name.clone(),
+            fh: fh.to_vec(),
+            oh: format!("{}-owner", self.name).into_bytes(),
+            svid: 7,
+            l_offset: off,
+            l_len: 10,
+        }
+    }
+
+    /// A non-blocking exclusive LOCK of 10 bytes at `off` sent to `server`.
+    async fn lock(&self, server: &str, fh: &[u8], off: u64, reclaim: bool) -> v4::Stats {
+        let c = RpcClient::tcp(sock(server), self.config()).await.unwrap();
+        let r: v4::Res = c
+            .call(
+                NLM_PROG,
+                NLM4_VERS,
+                proc_::LOCK,
+                &v4::LockArgs {
+                    cookie: vec![1],
+                    block: false,
+                    exclusive: true,
+                    alock: self.lock_of(fh, off),
+                    reclaim,
+                    state: 1,
+                },
+            )
+            .await
+            .expect("LOCK answered");
+        r.stat
+    }
+
+    /// SM_NOTIFY to `server`'s status monitor: this host rebooted with `state`.
+    async fn notify(&self, server: &str, state: i32) {
+        let c = RpcClient::udp(sock(server), self.config()).await.unwrap();
+        c.call_raw(
+            SM_PROG,
+            SM_VERS,
+            nsm::proc_::NOTIFY,
+            &lockd_user::xdr::to_bytes(&StatChge {
+                mon_name: self.name.clone(),
+                state,
+            }),
+        )
+        .await
+        .expect("SM_NOTIFY answered");
+    }
+}
+
+fn sock(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), PORT)
+}
+
+/// Whether the group's client list on its storage has an entry for `host`.
+fn listed(shared: &Path, group: &str, host: &str) -> bool {
+    let dir = shared.join(group).join(".lockfs").join("clients");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .any(|e| {
+            e.path().is_file() && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(host))
+        })
+}
+
+#[test]
+fn a_reboot_notice_to_one_server_id_frees_that_group_only() {
+    if can_run() {
+        in_private_netns("notice_routing_in_namespace", Duration::from_secs(120));
+    }
+}
+
+#[test]
+#[ignore = "run by a_reboot_notice_to_one_server_id_frees_that_group_only in a private network namespace"]
+fn notice_routing_in_namespace() {
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let (g1_id, g2_id) = ("127.0.0.10", "127.0.0.11");
+    let d = Daemon::start(
+        "node-a",
+        &tmp.path().join("a"),
+        &shared,
+        &["127.0.0.1", g1_id, g2_id],
+        &[
+            GroupSpec {
+                name: "g1",
+                server_id: ("nfs-g1", g1_id),
+                online_at_start: true,
+            },
+            GroupSpec {
+                name: "g2",
+                server_id: ("nfs-g2", g2_id),
+                online_at_start: true,
+            },
+        ],
+    );
+    let (f1, f2) = (d.fh("g1", "f", &shared), d.fh("g2", "f", &shared));
+    let rebooter = Host::new("rebooter", "127.0.0.5");
+    let other = Host::new("other", "127.0.0.6");
+    let rt = rt();
+    rt.block_on(async {
+        for off in [0, 100] {
+            assert_eq!(
+                rebooter.lock(g1_id, &f1, off, false).await,
+                v4::Stats::Granted
+            );
+            assert_eq!(
+                rebooter.lock(g2_id, &f2, off, false).await,
+                v4::Stats::Granted
+            );
+        }
+        assert_eq!(other.lock(g1_id, &f1, 0, false).await, v4::Stats::Denied);
+        assert_eq!(other.lock(g2_id, &f2, 0, false).await, v4::Stats::Denied);
+        assert!(listed(&shared, "g1", "rebooter") && listed(&shared, "g2", "rebooter"));
+
+        // It rebooted and tells g2's server ID only (the server it knows g2 by).
+        rebooter.notify(g2_id, 3).await;
+        for off in [0, 100] {
+            assert_eq!(
+                other.lock(g2_id, &f2, off, false).await,
+                v4::Stats::Granted,
+                "its g2 lock at {off} is freed"
+            );
+            assert_eq!(
+                other.lock(g1_id, &f1, off, false).await,
+                v4::Stats::Denied,
+                "its g1 lock at {off} stays"
+            );
+        }
+        assert!(!listed(&shared, "g2", "rebooter"), "it leaves g2's list");
+        assert!(listed(&shared, "g1", "rebooter"), "it stays on g1's list");
+
+        // Now it tells g1's server ID too: its g1 locks go.
+        rebooter.notify(g1_id, 3).await;
+        assert_eq!(other.lock(g1_id, &f1, 0, false).await, v4::Stats::Granted);
+        assert!(!listed(&shared, "g1", "rebooter"));
+    });
+
+    // A simulated crash concerns the groups served here: g2, offline, is left alone (no
+    // grace, no new state number in its name); g1 restarts under its own state.
+    let before = d.groups();
+    d.group(&["offline", "g2"]);
+    let g2_state = std::fs::read_to_string(shared.join("g2/.lockfs/state")).unwrap();
+    rt.block_on(async {
+        let local = Host::new("local", "127.0.0.1");
+        let c = RpcClient::udp(sock("127.0.0.1"), local.config())
+            .await
+            .unwrap();
+        c.call_raw(SM_PROG, SM_VERS, nsm::proc_::SIMU_CRASH, &[])
+            .await
+            .expect("SM_SIMU_CRASH answered");
+    });
+    let after = d.groups();
+    assert_eq!(
+        (
+            after["g1"]["online"].clone(),
+            after["g1"]["in_grace"].clone()
+        ),
+        (true.into(), true.into()),
+        "{after:?}"
+    );
+    assert!(
+        after["g1"]["state"].as_i64() > before["g1"]["state"].as_i64(),
+        "g1's state advances: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        (
+            after["g2"]["online"].clone(),
+            after["g2"]["in_grace"].clone()
+        ),
+        (false.into(), false.into()),
+        "{after:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("g2/.lockfs/state")).unwrap(),
+        g2_state,
+        "g2's state on its storage is untouched"
+    );
+    rt.block_on(async {
+        assert_eq!(
+            other.lock(g1_id, &f1, 50, false).await,
+            v4::Stats::DeniedGracePeriod,
+            "g1 is in its grace"
+        );
+    });
+}
