@@ -2,7 +2,10 @@
 //! (storage and server IDs), real NLM clients with their own status monitors.
 //!
 //! - A client's reboot notice is routed by the server ID it was sent to: a notice to
-//!   g2's server ID frees the client's g2 locks and leaves its g1 locks alone.
+//!   g2's server ID frees the client's g2 locks and leaves its g1 locks alone; a
+//!   simulated crash restarts only the groups served here.
+//! - The OCF resource agent (scripts/ocf/lockfs-group) gives the OCF exit codes, starts
+//!   and stops idempotently, and `ocf-tester` accepts it, against a running daemon.
 //!
 //! Each scenario re-runs this test binary in a private network namespace (`unshare -n`),
 //! where the daemon's fixed ports and the loopback addresses it answers on are its own.
@@ -437,4 +440,129 @@ fn notice_routing_in_namespace() {
             "g1 is in its grace"
         );
     });
+}
+
+/// The OCF resource agent, scripts/ocf/lockfs-group.
+fn agent() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("scripts/ocf/lockfs-group")
+}
+
+/// Runs the agent's `action` for group `group` against daemon `d`; its exit code.
+fn agent_action(d: &Daemon, group: &str, action: &str) -> i32 {
+    let out = Command::new(agent())
+        .arg(action)
+        .env("OCF_ROOT", "/usr/lib/ocf")
+        .env("OCF_RESKEY_group", group)
+        .env("OCF_RESKEY_socket", d.dir.join("admin.sock"))
+        .env("OCF_RESKEY_lockfs", LOCKFS)
+        .output()
+        .unwrap();
+    eprintln!(
+        "agent {action} {group}: {:?} {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.code().expect("the agent exited")
+}
+
+#[test]
+fn ocf_tester_accepts_the_resource_agent() {
+    if !Path::new("/usr/sbin/ocf-tester").exists() || !Path::new("/usr/bin/xmllint").exists() {
+        eprintln!("*** SKIPPED: ocf-tester (resource-agents) and xmllint (libxml2-utils) are needed; scripts/setup.sh installs them ***");
+        return;
+    }
+    if can_run() {
+        in_private_netns("resource_agent_in_namespace", Duration::from_secs(240));
+    }
+}
+
+#[test]
+#[ignore = "run by ocf_tester_accepts_the_resource_agent in a private network namespace"]
+fn resource_agent_in_namespace() {
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let d = Daemon::start(
+        "node-a",
+        &tmp.path().join("a"),
+        &shared,
+        &["127.0.0.1"],
+        &[
+            GroupSpec {
+                name: "g1",
+                server_id: ("nfs-g1", "127.0.0.10"),
+                online_at_start: false,
+            },
+            GroupSpec {
+                name: "g2",
+                server_id: ("nfs-g2", "127.0.0.11"),
+                online_at_start: true,
+            },
+        ],
+    );
+    // The OCF exit codes, action by action, and idempotent start and stop.
+    assert_eq!(agent_action(&d, "g1", "monitor"), 7, "offline: not running");
+    assert_eq!(agent_action(&d, "g1", "validate-all"), 0);
+    assert_eq!(agent_action(&d, "nope", "validate-all"), 6, "unknown group");
+    assert_eq!(agent_action(&d, "nope", "start"), 6);
+    assert_eq!(agent_action(&d, "g1", "frobnicate"), 3);
+    assert_eq!(agent_action(&d, "g1", "start"), 0);
+    assert_eq!(d.groups()["g1"]["online"], true);
+    assert_eq!(agent_action(&d, "g1", "start"), 0, "a repeated start");
+    assert_eq!(agent_action(&d, "g1", "monitor"), 0);
+    assert_eq!(agent_action(&d, "g1", "stop"), 0);
+    assert_eq!(d.groups()["g1"]["online"], false);
+    assert!(shared.join("g1/.lockfs/clean-offline").exists());
+    assert_eq!(agent_action(&d, "g1", "stop"), 0, "a repeated stop");
+    assert_eq!(agent_action(&d, "g1", "monitor"), 7);
+    assert_eq!(d.groups()["g2"]["online"], true, "g2 is never touched");
+
+    // ocf-tester runs the whole action set, meta-data validated by xmllint.
+    let out = Command::new("timeout")
+        .args(["180", "/usr/sbin/ocf-tester", "-n", "lockfs-g1"])
+        .arg("-o")
+        .arg("group=g1")
+        .arg("-o")
+        .arg(format!("socket={}", d.dir.join("admin.sock").display()))
+        .arg("-o")
+        .arg(format!("lockfs={LOCKFS}"))
+        .arg(agent())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "ocf-tester failed:\n{text}");
+    assert!(text.contains("passed all tests"), "{text}");
+    assert_eq!(d.groups()["g2"]["online"], true, "g2 is never touched");
+
+    // With the daemon stopped nothing is served here: stop succeeds, monitor says so.
+    let sock = d.dir.join("admin.sock");
+    drop(d);
+    let out = Command::new(agent())
+        .arg("stop")
+        .env("OCF_RESKEY_group", "g1")
+        .env("OCF_RESKEY_socket", &sock)
+        .env("OCF_RESKEY_lockfs", LOCKFS)
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(0));
+    let out = Command::new(agent())
+        .arg("monitor")
+        .env("OCF_RESKEY_group", "g1")
+        .env("OCF_RESKEY_socket", &sock)
+        .env("OCF_RESKEY_lockfs", LOCKFS)
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(7));
 }
