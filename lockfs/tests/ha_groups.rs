@@ -12,7 +12,9 @@
 //!   from its address with a higher state, reclaim during g1's grace, and a new g1 lock
 //!   waits for the grace to end, while g2 on B keeps its locks and grants LOCK+UNLOCK
 //!   throughout. Planned move: g2 offline on B, online on A, the same, g1 undisturbed.
-//!   A group online on two nodes at once is refused.
+//!   A group online on two nodes at once is refused. A client's reboot notice sent over
+//!   UDP to g2's server ID, on a node serving both groups and listening on the wildcard
+//!   address, frees its g2 locks only.
 //!
 //! Each scenario re-runs this test binary in a private network namespace (`unshare -n`),
 //! where the daemon's fixed ports and the loopback addresses it answers on are its own.
@@ -817,23 +819,20 @@ fn expect_notify(
     from: &str,
     above: i64,
 ) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (name, state, peer) = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("{who} got no SM_NOTIFY naming {server}"));
-        assert_eq!(name, server, "{who} was notified in another group's name");
-        assert_eq!(
-            peer.to_string(),
-            from,
-            "{who}: notice not from {server}'s address"
-        );
-        assert!(
-            i64::from(state) > above,
-            "{who}: state {state} not above {above}"
-        );
-        return i64::from(state);
-    }
+    let (name, state, peer) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{who} got no SM_NOTIFY naming {server}"));
+    assert_eq!(name, server, "{who} was notified in another group's name");
+    assert_eq!(
+        peer.to_string(),
+        from,
+        "{who}: notice not from {server}'s address"
+    );
+    assert!(
+        i64::from(state) > above,
+        "{who}: state {state} not above {above}"
+    );
+    i64::from(state)
 }
 
 /// LOCK and UNLOCK in a loop on a group that must not notice a failover, from its own
@@ -1034,6 +1033,25 @@ fn two_nodes_in_namespaces() {
             panic!("{who} got an unexpected notice {n:?}");
         }
     }
+
+    // Both groups are on B now, which listens on the wildcard address. client-2 reboots
+    // and tells g2's server ID (over UDP, as status monitors do): its g2 lock goes, its
+    // g1 lock stays.
+    rt.block_on(async {
+        c2.notify(G2_IP, 5).await;
+        assert_eq!(
+            newcomer.lock(G2_IP, &f2, 100, false).await,
+            v4::Stats::Granted,
+            "client-2's g2 lock is freed"
+        );
+        assert_eq!(newcomer.unlock(G2_IP, &f2, 100).await, v4::Stats::Granted);
+        assert_eq!(
+            newcomer.lock(G1_IP, &f1, 100, false).await,
+            v4::Stats::Denied,
+            "client-2's g1 lock stays"
+        );
+        assert_eq!(c2.lock(G2_IP, &f2, 100, false).await, v4::Stats::Granted);
+    });
 
     // Node A comes back (a new daemon, nothing online) and g2 moves there as planned.
     cl.link("a", true);
