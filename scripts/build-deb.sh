@@ -26,8 +26,7 @@
 #                                       places its uprobes by symbol name)
 #   /sbin/mount.fuse.lockfs             mount(8) helper for /etc/fstab
 #   /lib/systemd/system/lockfs.service  the daemon (`lockfs serve`)
-#   /usr/lib/ocf/resource.d/lockfs/     the Pacemaker agent, when
-#                                       scripts/ocf/lockfs-group exists
+#   /usr/lib/ocf/resource.d/lockfs/     the Pacemaker agent lockfs-group
 #   /etc/lockfs/lockfs.toml             example configuration (conffile)
 #   /usr/include/lockfs.h               share-reservation ioctl header
 #   /usr/share/bash-completion/completions/lockfs
@@ -87,10 +86,8 @@ install -D -m 0755 "$binary" "$stage/usr/sbin/lockfs"
 objcopy --strip-debug "$stage/usr/sbin/lockfs"
 install -D -m 0755 scripts/mount.fuse.lockfs "$stage/sbin/mount.fuse.lockfs"
 install -D -m 0644 scripts/lockfs.service "$stage/lib/systemd/system/lockfs.service"
-if [ -f scripts/ocf/lockfs-group ]; then
-    install -D -m 0755 scripts/ocf/lockfs-group \
-        "$stage/usr/lib/ocf/resource.d/lockfs/lockfs-group"
-fi
+install -D -m 0755 scripts/ocf/lockfs-group \
+    "$stage/usr/lib/ocf/resource.d/lockfs/lockfs-group"
 install -D -m 0644 scripts/lockfs.toml "$stage/etc/lockfs/lockfs.toml"
 install -D -m 0644 include/lockfs.h "$stage/usr/include/lockfs.h"
 

@@ -20,13 +20,16 @@ fi
 # attr (xattr tools), procps/psmisc (process checks), pkg-config and a C
 # compiler for the test clients. The Debian package (scripts/build-deb.sh)
 # and its test: dpkg-dev (dpkg-shlibdeps), binutils (objcopy), lintian,
-# man-db (man -l) and systemd (systemd-analyze verify).
+# man-db (man -l) and systemd (systemd-analyze verify). The Pacemaker agent's
+# test: resource-agents (ocf-tester) and libxml2-utils (xmllint, which
+# ocf-tester validates the agent's meta-data with).
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
     rpcbind nfs-common libnfs-dev libtirpc-dev
     tshark bpftool
     dpkg-dev binutils lintian man-db systemd
+    resource-agents libxml2-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

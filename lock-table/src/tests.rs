@@ -667,6 +667,63 @@ fn release_scope_leaves_other_scopes_alone() {
 }
 
 #[test]
+fn release_host_in_frees_only_the_chosen_scopes() {
+    let (mut t, [a, b], [a1, a2, b1]) = two_hosts();
+    let s1 = ScopeId(1);
+    let s2 = ScopeId(2);
+    let in_scope = |s, r: LockRequest| LockRequest { scope: s, ..r };
+    ok(&mut t, in_scope(s1, req(F, a1, W, 0, 9)));
+    ok(&mut t, in_scope(s2, req(G, a1, W, 0, 9)));
+    ok(&mut t, in_scope(s2, req(G, a2, W, 20, 29)));
+    t.lvb_write(G, a1, b"g").unwrap();
+    // b waits for a's lock in s2; a waits for b's in s1 and s2.
+    ok(&mut t, in_scope(s1, req(F, b1, R, 50, 59)));
+    ok(&mut t, in_scope(s2, req(G, b1, R, 50, 59)));
+    queued(&mut t, in_scope(s2, blocking(req(G, b1, W, 0, 0), 7)));
+    queued(&mut t, in_scope(s1, blocking(req(F, a2, W, 50, 50), 8)));
+    queued(&mut t, in_scope(s2, blocking(req(G, a2, W, 55, 55), 9)));
+    let r = t.release_host_in(a, &[s2], Release::Abnormal);
+    assert_eq!(
+        r,
+        Released {
+            files: 2,
+            waiters: 1
+        }
+    );
+    let evs = events(&mut t);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Dropped { token: 9, .. })),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Granted { token: 7, .. })),
+        "{evs:?}"
+    );
+    // Its lock and its waiter in s1 stay, under the same owner.
+    assert_eq!(held(&t, F), vec![(a1.id, W, 0, 9), (b1.id, R, 50, 59)]);
+    assert!(t.owner_holds(&a1));
+    assert_eq!(t.registry().owner_count(a), 2);
+    // The lost writer's value block in s2 is marked not valid.
+    assert!(!t.lvb_peek(G).valid);
+    assert_eq!(t.host_segments(b), 3);
+    t.check_invariants();
+    // Released in s1 too, it holds nothing: its owners are forgotten.
+    let r = t.release_host_in(a, &[s1], Release::Normal);
+    assert_eq!(
+        r,
+        Released {
+            files: 1,
+            waiters: 1
+        }
+    );
+    assert_eq!(t.registry().owner_count(a), 0);
+    assert_eq!(t.host_segments(a), 0);
+    t.check_invariants();
+}
+
+#[test]
 fn grace_admits_only_reclaims_per_scope() {
     let mut t = LockTable::new();
     let (s1, s2) = (ScopeId(1), ScopeId(2));

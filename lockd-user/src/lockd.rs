@@ -231,17 +231,36 @@ impl Lockd {
     /// (its NLM `caller_name`), forgets its pending callbacks and drops it from every
     /// group's client list. Waiters of other hosts that were blocked by it are granted.
     pub fn release_host(&self, name: &str, how: Release) -> HostReleased {
-        let locks = self.table.with(|t| match t.registry().find_host(name) {
-            Some(h) => t.release_host(h, how),
-            None => Released::default(),
-        });
+        self.release_host_in(name, None, how)
+    }
+
+    /// [`Self::release_host`] limited to the groups `only` (every group when `None`): its
+    /// locks, waiters and shares in other groups, and its place on their lists, stay.
+    pub(crate) fn release_host_in(
+        &self,
+        name: &str,
+        only: Option<&[ScopeId]>,
+        how: Release,
+    ) -> HostReleased {
+        let locks = self
+            .table
+            .with(|t| match (t.registry().find_host(name), only) {
+                (Some(h), None) => t.release_host(h, how),
+                (Some(h), Some(scopes)) => t.release_host_in(h, scopes, how),
+                (None, _) => Released::default(),
+            });
         let host = self.table.read(|t| t.registry().find_host(name));
-        let shares = match host {
-            Some(h) => self.shares().release_host(h),
-            None => 0,
+        let shares = match (host, only) {
+            (Some(h), None) => self.shares().release_host(h),
+            (Some(h), Some(scopes)) => self.shares().release_host_in(h, scopes),
+            (None, _) => 0,
         };
-        self.pending().retain(|_, p| p.host != name);
-        let was_monitored = match off_the_workers(|| self.store.remove_client(name)) {
+        // Pending callbacks carry no group: a partial release leaves them, and the table's
+        // Dropped events remove those of the waiters it released.
+        if only.is_none() {
+            self.pending().retain(|_, p| p.host != name);
+        }
+        let was_monitored = match off_the_workers(|| self.store.remove_client_from(name, only)) {
             Ok(groups) => !groups.is_empty(),
             Err(e) => {
                 warn!(client = name, error = %e, "cannot update client lists");

@@ -169,8 +169,13 @@ pub(crate) fn all_scopes(lockd: &Lockd) -> Vec<ScopeId> {
     s
 }
 
-/// SM_SIMU_CRASH: what a crash and restart would do, without stopping. The client lists
-/// are kept: they say whom to notify.
+/// SM_SIMU_CRASH: what a crash and restart of this node's lock service would do, without
+/// stopping. It concerns the groups served here: every remote lock and share is released
+/// (only those groups have any), the node's state number advances, and each online group
+/// enters its grace and notifies its clients, a group with storage under its own server
+/// IDs and with its own state number, advanced on its storage. Offline groups, which
+/// another node may be serving, are left alone: no grace, no notification in their name.
+/// The client lists are kept: they say whom to notify.
 pub(crate) fn restart_in_place(lockd: &Arc<Lockd>) -> io::Result<i32> {
     let hosts: Vec<_> = lockd.table.with(|t| {
         let hosts: Vec<_> = t.registry().hosts().map(|(h, _)| h).collect();
@@ -187,12 +192,72 @@ pub(crate) fn restart_in_place(lockd: &Arc<Lockd>) -> io::Result<i32> {
     }
     lockd.pending().clear();
     let state = lockd.store.advance()?;
-    let scopes = all_scopes(lockd);
-    for s in &scopes {
+    let served: Vec<ScopeId> = all_scopes(lockd)
+        .into_iter()
+        .filter(|s| !lockd.is_offline(*s))
+        .collect();
+    let (moving, fixed): (Vec<ScopeId>, Vec<ScopeId>) = served
+        .iter()
+        .partition(|s| lockd.group_storage.contains_key(s));
+    let mut group_states = Vec::new();
+    for s in &moving {
+        group_states.push((*s, advance_group_state(lockd, *s)?));
+    }
+    for s in &served {
         start_grace(lockd, *s);
     }
-    notify_clients(lockd, &scopes);
+    notify_clients(lockd, &fixed);
+    for (s, st) in group_states {
+        notify_group(lockd, s, st);
+    }
     Ok(state)
+}
+
+/// Advances the state number a group keeps on its storage, for a group served here, and
+/// remembers it beside the group's lease.
+fn advance_group_state(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
+    let Some(storage) = lockd.group_storage.get(&scope) else {
+        return Err(io::Error::other(format!(
+            "group {} has no storage",
+            scope.0
+        )));
+    };
+    let state = GroupState::open(storage)?.advance()?;
+    if let Some(e) = lockd
+        .leases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&scope)
+    {
+        e.1 = state;
+    }
+    Ok(state)
+}
+
+/// The groups a notification sent to this node's address `to` concerns: those whose
+/// server IDs include `to`; when `to` is none of them, the groups without server IDs
+/// (reached at the node's own addresses); every group when the address it reached is not
+/// known (a datagram to a wildcard socket).
+pub(crate) fn groups_reached(lockd: &Lockd, to: IpAddr) -> Option<Vec<ScopeId>> {
+    let to = to.to_canonical();
+    if to.is_unspecified() {
+        return None;
+    }
+    let by_id: Vec<ScopeId> = lockd
+        .server_ids
+        .iter()
+        .filter(|(_, ids)| ids.iter().any(|(_, a)| a.to_canonical() == to))
+        .map(|(s, _)| *s)
+        .collect();
+    if !by_id.is_empty() {
+        return Some(by_id);
+    }
+    Some(
+        all_scopes(lockd)
+            .into_iter()
+            .filter(|s| lockd.server_ids.get(s).is_none_or(|ids| ids.is_empty()))
+            .collect(),
+    )
 }
 
 /// Whose reboot a notification announces, once its sender is checked against the record.
@@ -249,8 +314,18 @@ pub(crate) fn judge_sender(lockd: &Lockd, mon_name: &str, state: i32, from: IpAd
     }
 }
 
-/// SM_NOTIFY from `mon_name` (reached at `from`): it rebooted with state `state`.
-pub(crate) fn peer_rebooted(lockd: &Arc<Lockd>, mon_name: &str, state: i32, from: IpAddr) {
+/// SM_NOTIFY from `mon_name` (sent from `from` to this node's address `to`): it rebooted
+/// with state `state`. Its state is released in the groups the notification reached
+/// ([`groups_reached`]) and nowhere else: a client notifies each server it monitored,
+/// each group under the server ID it knows the group by, so a notice that reached one
+/// group says nothing about what the host holds in another.
+pub(crate) fn peer_rebooted(
+    lockd: &Arc<Lockd>,
+    mon_name: &str,
+    state: i32,
+    from: IpAddr,
+    to: IpAddr,
+) {
     match judge_sender(lockd, mon_name, state, from) {
         Sender::Ourselves => {
             info!(client = mon_name, %from, state, "SM_NOTIFY from this server itself ignored");
@@ -268,8 +343,9 @@ pub(crate) fn peer_rebooted(lockd: &Arc<Lockd>, mon_name: &str, state: i32, from
             info!(client = mon_name, %from, state, "SM_NOTIFY from a host that holds nothing here");
         }
         Sender::Host(name) => {
-            info!(client = mon_name, %from, state, host = %name, "peer rebooted");
-            lockd.release_host(&name, Release::Abnormal);
+            let groups = groups_reached(lockd, to);
+            info!(client = mon_name, %from, %to, state, host = %name, groups = ?groups.as_ref().map(|g| g.iter().map(|s| s.0).collect::<Vec<_>>()), "peer rebooted");
+            lockd.release_host_in(&name, groups.as_deref(), Release::Abnormal);
         }
     }
     for m in lockd.store.monitors_of(mon_name) {

@@ -162,6 +162,12 @@ impl ShareTable {
         self.release_where(|r| r.owner.host == host)
     }
 
+    /// Drop a host's reservations in the given scopes only (its reboot was
+    /// announced to those service groups).
+    pub fn release_host_in(&mut self, host: HostId, scopes: &[ScopeId]) -> usize {
+        self.release_where(|r| r.owner.host == host && scopes.contains(&r.scope))
+    }
+
     /// Drop every reservation in a scope (its service group fails over).
     pub fn release_scope(&mut self, scope: ScopeId) -> usize {
         self.release_where(|r| r.scope == scope)

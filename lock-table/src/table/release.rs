@@ -125,6 +125,98 @@ impl LockTable {
         out
     }
 
+    /// Drop what a remote host holds or waits for on the files of the
+    /// given scopes only (its reboot was announced to those service groups),
+    /// leaving its locks in other scopes as they are. Its owners are
+    /// forgotten only once it holds and waits for nothing anywhere.
+    pub fn release_host_in(&mut self, host: HostId, scopes: &[ScopeId], how: Release) -> Released {
+        let owners: Vec<Owner> = self
+            .owners
+            .keys()
+            .filter(|o| o.host == host)
+            .copied()
+            .collect();
+        let mut out = Released::default();
+        let mut touched: SmallVec<[FileId; 4]> = SmallVec::new();
+        let in_scopes = |t: &LockTable, file: FileId| {
+            t.files
+                .get(&file)
+                .is_some_and(|f| scopes.contains(&f.scope))
+        };
+        for owner in owners {
+            let Some(entry) = self.owners.get(&owner) else {
+                continue;
+            };
+            let waiters = entry.waiters.to_vec();
+            let files = entry.files.to_vec();
+            for wid in waiters {
+                let Some(file) = self.waiters.get(&wid).map(|w| w.file) else {
+                    continue;
+                };
+                if !in_scopes(self, file) {
+                    continue;
+                }
+                if let Some(w) = self.remove_waiter(wid) {
+                    if probe::contention_enabled() {
+                        self.waiter_probe(wid, &w)
+                            .reason(WaitEndReason::Cancelled)
+                            .fire(&self.registry);
+                    }
+                    self.events.push(Event::Dropped {
+                        waiter: wid,
+                        token: w.token,
+                        file,
+                        owner,
+                        reason: DropReason::Released,
+                    });
+                    out.waiters += 1;
+                    if !touched.contains(&file) {
+                        touched.push(file);
+                    }
+                }
+            }
+            for file_id in files {
+                if !in_scopes(self, file_id) {
+                    continue;
+                }
+                let pid = if probe::all_enabled() {
+                    self.holder_pid(file_id, &owner)
+                } else {
+                    0
+                };
+                if let Some(f) = self.files.get_mut(&file_id) {
+                    let had_exclusive = f.holdings.remove_owner(&owner);
+                    settle(&mut self.host_segments, &mut f.holdings);
+                    if had_exclusive && how == Release::Abnormal {
+                        f.invalidate_lvb();
+                    }
+                    if probe::all_enabled() {
+                        Probe::new(ProbeKind::LockReleased, file_id, owner, pid)
+                            .fire(&self.registry);
+                    }
+                    out.files += 1;
+                    if !touched.contains(&file_id) {
+                        touched.push(file_id);
+                    }
+                }
+                self.forget_owner_file(owner, file_id);
+            }
+        }
+        for f in touched {
+            self.wake(f);
+            self.note_maybe_idle();
+        }
+        let still_busy = self
+            .owners
+            .iter()
+            .any(|(o, e)| o.host == host && !e.is_empty());
+        if !still_busy {
+            self.owners.retain(|o, _| o.host != host);
+            self.registry.forget_owners(host);
+        }
+        out
+    }
+
     /// Drop every lock and request on the files of a scope (the scope's
     /// service group leaves this node).
     pub fn release_scope(&mut self, scope: ScopeId, how: Release) -> Released {

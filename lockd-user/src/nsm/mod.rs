@@ -16,9 +16,14 @@
 //! - SM_UNMON, SM_UNMON_ALL: remove registrations; reply with our state.
 //! - SM_SIMU_CRASH: accepted from loopback callers only; behaves as a restart of lockd in
 //!   place: every remote lock and share is released, the state number advances, every
-//!   group enters grace and its clients are sent SM_NOTIFY so they reclaim.
-//! - SM_NOTIFY: a peer rebooted. Everything its lockd held here (locks, waiters, shares) is
-//!   released, so other clients' waiters are granted, and it leaves the client lists;
+//!   group online here enters grace and its clients are sent SM_NOTIFY so they reclaim
+//!   (a group with storage under its server IDs, with its own advanced state number);
+//!   offline groups are not touched.
+//! - SM_NOTIFY: a peer rebooted. What its lockd held here (locks, waiters, shares) in the
+//!   groups the notification reached is released, so other clients' waiters are granted,
+//!   and it leaves those groups' lists: a notification sent to a group's server ID
+//!   reaches that group, one sent to another address of this node the groups without
+//!   server IDs (every group when the address is not known);
 //!   callers that monitor it are called back. The host is found by `mon_name` (its NLM
 //!   caller name) and believed only from an address on record for it; a name on no list is
 //!   matched by its address only when exactly one host is on record there; a notification
@@ -143,7 +148,13 @@ impl RpcProgram for NsmProgram {
             }
             proc_::NOTIFY => {
                 let a: StatChge = decode_args(args)?;
-                crate::recovery::peer_rebooted(l, &a.mon_name, a.state, ctx.peer.ip());
+                crate::recovery::peer_rebooted(
+                    l,
+                    &a.mon_name,
+                    a.state,
+                    ctx.peer.ip(),
+                    ctx.local.ip(),
+                );
                 Ok(Reply::Now(Vec::new()))
             }
             _ => Err(ProcError::ProcUnavail),

@@ -723,11 +723,22 @@ impl NsmStore {
 
     /// Drops `name` (and its links) from every group's list; returns the groups it was in.
     pub fn remove_client(&self, name: &str) -> io::Result<Vec<ScopeId>> {
+        self.remove_client_from(name, None)
+    }
+
+    /// Drops `name` (and its links) from the lists of `only` (every group when `None`);
+    /// returns the groups it was removed from.
+    pub fn remove_client_from(
+        &self,
+        name: &str,
+        only: Option<&[ScopeId]>,
+    ) -> io::Result<Vec<ScopeId>> {
         let _turn = self.write_turn();
         let found: Vec<(u32, PathBuf, ClientRecord)> = self
             .lock()
             .groups
             .iter()
+            .filter(|(g, _)| only.is_none_or(|o| o.contains(&ScopeId(**g))))
             .filter_map(|(g, d)| d.resolve(name).map(|r| (*g, d.dir.clone(), r.clone())))
             .collect();
         let mut changed = Vec::new();

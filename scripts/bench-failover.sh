@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Failover benchmark: one service group with HOSTS simulated client hosts holding
+# LOCKS locks each is taken offline and brought online again in a running daemon
+# (its clients notified, reclaiming on receipt), while another group's client
+# keeps locking; then the whole daemon is restarted for comparison. The driver is
+# lockfs/examples/failover_bench.rs; it runs in a private network namespace (its
+# own loopback, so ports 111 and 4045 and 127.0.x.y addresses are its own).
+#
+# Usage (as root): scripts/bench-failover.sh [--release] [HOSTS [LOCKS [NOTIFY_PER_SECOND]]]
+# Defaults: 1000 hosts, 10 locks, 500 notifications started per second (the
+# daemon's default). Prints the figures and the machine's load average.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=debug
+flag=()
+if [ "${1:-}" = "--release" ]; then
+    profile=release
+    flag=(--release)
+    shift
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench-failover: run as root (FUSE mounts, a network namespace)" >&2
+    exit 1
+fi
+cargo build -q "${flag[@]}" -p lockfs --bin lockfs --example failover_bench
+bin="target/$profile/lockfs"
+driver="target/$profile/examples/failover_bench"
+echo "build: $profile; load average before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
+unshare -n -- sh -c 'ip link set lo up && exec "$0" "$@"' "$driver" "$bin" "$@"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
