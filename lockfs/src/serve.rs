@@ -160,6 +160,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         service.state()
     );
 
+    let nfs = crate::nfs::start(&cfg, &service, &runtime);
+
     let mut mounts = Vec::new();
     for e in &cfg.exports {
         // An offline group's storage may be on another node: its exports are not mounted
@@ -229,6 +231,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         if let Err(e) = lockd_user::recovery::group_offline(service.lockd(), ScopeId(g.scope)) {
             eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
         }
+    }
+    if let Some(n) = nfs {
+        runtime.block_on(n.shutdown());
     }
     runtime.block_on(service.shutdown());
     let mut failed = false;

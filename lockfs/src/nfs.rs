@@ -1,0 +1,74 @@
+//! Starting the NFS door of `lockfs serve`: NFS version 3 and MOUNT on the configured ports
+//! of the listen addresses, for the same exports, handles and tables as NLM.
+
+use crate::config::{Config, MandatoryPolicy};
+use lockd_user::nfs3::{ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use lockd_user::LockdService;
+use std::net::SocketAddr;
+
+/// The NFS door's configuration, or `None` when `nfs_port` is 0.
+pub fn nfs_config(cfg: &Config) -> Option<NfsConfig> {
+    let port = cfg.nfs_port?;
+    let at = |p: u16| -> Vec<SocketAddr> {
+        cfg.listen
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, p))
+            .collect()
+    };
+    let mut n = NfsConfig::new(at(port), at(cfg.mount_port));
+    n.open_files = cfg.open_files;
+    n.max_io = cfg.nfs_max_io;
+    n.server.max_tcp_connections = cfg.connections;
+    n.server.max_tcp_connections_per_peer = cfg.net.connections_per_address;
+    n.server.max_unfinished_record_bytes = cfg.net.unfinished_record_bytes;
+    n.server.busy_poll = cfg.busy_poll;
+    for e in &cfg.exports {
+        let mandatory = match e.mandatory {
+            MandatoryPolicy::Off => MandatoryMode::Off,
+            MandatoryPolicy::File => MandatoryMode::File,
+            MandatoryPolicy::All => MandatoryMode::All,
+        };
+        n.exports.insert(
+            e.id,
+            ExportOptions {
+                paths: vec![e.source.display().to_string(), format!("/{}", e.name)],
+                squash: Squash {
+                    no_root_squash: e.no_root_squash,
+                    anon_uid: e.anon_uid,
+                    anon_gid: e.anon_gid,
+                },
+                mandatory,
+            },
+        );
+    }
+    Some(n)
+}
+
+/// Starts NFS and MOUNT next to the lock service. A port that cannot be bound (another
+/// NFS server runs) is reported and the daemon goes on without NFS: locks and the local
+/// mounts do not depend on it.
+pub fn start(
+    cfg: &Config,
+    lockd: &LockdService,
+    runtime: &tokio::runtime::Runtime,
+) -> Option<NfsService> {
+    let config = nfs_config(cfg)?;
+    match runtime.block_on(NfsService::start(
+        config,
+        lockd.lockd().clone(),
+        lockd.builtin_portmapper(),
+    )) {
+        Ok(s) => {
+            eprintln!(
+                "lockfs: NFS v3 on {:?}, MOUNT v1/v3 on {:?}",
+                s.nfs_tcp(),
+                s.mount_tcp()
+            );
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("lockfs: NFS not served: {e}");
+            None
+        }
+    }
+}
