@@ -31,7 +31,6 @@ const MOUNT: u32 = 100_005;
 
 // nfsstat3
 const OK: u32 = 0;
-const PERM: u32 = 1;
 const NOENT: u32 = 2;
 const ACCES: u32 = 13;
 const EXIST: u32 = 17;
@@ -58,6 +57,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut NfsConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let rw = dir.path().join("rw");
@@ -73,7 +76,11 @@ impl Server {
         let mut config = LockdConfig::new("nfs-test", dir.path().join("state"));
         let mut ro_export = Export::new(2, &ro);
         ro_export.read_only = true;
-        config.exports = vec![Export::new(1, &rw), ro_export];
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        let mut closed_export = Export::new(3, &closed);
+        closed_export.allowed = vec!["10.9.9.9".parse().unwrap()];
+        config.exports = vec![Export::new(1, &rw), ro_export, closed_export];
         config.grace = Duration::ZERO;
         config.portmap = PortmapMode::Off;
         let (sink, queue) = EventSink::new();
@@ -103,6 +110,7 @@ impl Server {
                 ..ExportOptions::default()
             },
         );
+        tune(&mut nc);
         let nfs = timeout(STEP, NfsService::start(nc, lockd.lockd().clone(), None))
             .await
             .unwrap()
@@ -763,7 +771,6 @@ async fn every_procedure_and_its_errors() {
     e.put_opaque(&public);
     e.put_opaque(b"cross");
     assert_eq!(u.call(15, &e).await.stat, 18, "LINK across exports: XDEV");
-    let _ = PERM;
     s.stop().await;
 }
 
@@ -922,5 +929,136 @@ async fn udp_transport_serves_the_same_handles() {
     let (st, data, _) = udp.read(&f, 0, 1 << 20).await;
     assert_eq!(st, OK);
     assert_eq!(data.len(), 20_000);
+    s.stop().await;
+}
+
+/// Per-export client lists apply to MOUNT and NFS alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_not_on_the_list_gets_neither_mount_nor_nfs() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let closed = s.rw.parent().unwrap().join("closed");
+    assert_eq!(u.mnt(closed.to_str().unwrap()).await.0, ACCES);
+    // A handle of that export, sealed by this server, is still refused over NFS.
+    let exports = vec![Export::new(3, &closed)];
+    let fh =
+        lockd_user::fh_for_path(&s.rw.parent().unwrap().join("state"), &exports, &closed).unwrap();
+    assert_eq!(u.getattr(&fh).await.0, ACCES);
+    s.stop().await;
+}
+
+/// AUTH_NONE callers are served as the anonymous identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_none_is_anonymous() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let cfg = ClientConfig::default();
+    let anon = Client {
+        nfs: RpcClient::tcp(s.nfs.nfs_tcp()[0], cfg.clone())
+            .await
+            .unwrap(),
+        mount: RpcClient::tcp(s.nfs.mount_tcp()[0], cfg).await.unwrap(),
+    };
+    assert!(anon.raw(0, &[]).await.unwrap().is_empty(), "NULL");
+    let (st, _) = anon.create(&public, b"anon", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let m = std::fs::metadata(s.rw.join("public/anon")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    assert_eq!(anon.create(&root, b"anon", 1, [0; 8]).await.0, ACCES);
+    s.stop().await;
+}
+
+/// The write verifier changes when the server starts again, so a client resends the
+/// unstable writes a crash may have lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_verifier_changes_with_every_start() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let (_, f) = u.create(&public, b"v", 1, [0; 8]).await;
+    let (_, _, before) = u.write(&f, 0, b"a", 0).await;
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let again = NfsService::start(
+        NfsConfig::new(vec![lo], vec![lo]),
+        s.lockd.lockd().clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let u2 = Client::new(
+        Transport::Tcp,
+        again.nfs_tcp()[0],
+        again.mount_tcp()[0],
+        1000,
+        1000,
+    )
+    .await;
+    let (st, _, after) = u2.write(&f, 1, b"b", 0).await;
+    assert_eq!(st, OK, "handles survive the restart");
+    assert_ne!(before, after);
+    again.shutdown().await;
+    s.stop().await;
+}
+
+/// The descriptors behind handles are bounded by the configured cache size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_descriptors_stay_within_the_configured_bound() {
+    let s = Server::start_with(|c| c.open_files = 16).await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    for i in 0..100 {
+        let name = format!("f{i}");
+        let (st, fh) = u.create(&public, name.as_bytes(), 1, [0; 8]).await;
+        assert_eq!(st, OK);
+        assert_eq!(u.getattr(&fh).await.0, OK);
+        assert!(s.nfs.open_files() <= 16, "{} open", s.nfs.open_files());
+    }
+    // Handles whose descriptors were closed resolve again.
+    let (_, first) = u.lookup(&public, b"f0").await;
+    assert_eq!(u.getattr(&first).await.0, OK);
+    s.stop().await;
+}
+
+/// Random and truncated arguments for every procedure: each call gets an answer or
+/// GARBAGE_ARGS, never a server error (a panic), and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_never_panics_the_server() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for proc_ in 1..=21u32 {
+        // A plausible prefix (a real handle and name), then random bytes.
+        for round in 0..40 {
+            let mut e = Encoder::new();
+            if round % 2 == 0 {
+                e.put_opaque(&public);
+                e.put_opaque(b"fuzz");
+            }
+            let n = (next() % 200) as usize;
+            let tail: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let mut args = e.into_inner();
+            args.extend_from_slice(&tail);
+            let cut = (next() as usize) % (args.len() + 1);
+            for a in [&args[..], &args[..cut]] {
+                match u.raw(proc_, a).await {
+                    Ok(_) | Err(ClientError::GarbageArgs) => {}
+                    Err(e) => panic!("procedure {proc_}: {e:?} for {a:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(u.getattr(&root).await.0, OK, "still serving");
     s.stop().await;
 }
