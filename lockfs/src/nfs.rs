@@ -2,9 +2,41 @@
 //! of the listen addresses, for the same exports, handles and tables as NLM.
 
 use crate::config::{Config, MandatoryPolicy};
-use lockd_user::nfs3::{ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use fuse_lockfs::{FileKey, Invalidator};
+use lockd_user::nfs3::service::Changes;
+use lockd_user::nfs3::{ChangeSink, ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
 use lockd_user::LockdService;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+
+/// The FUSE mounts whose kernel caches a change over NFS makes stale; the mounts are
+/// added as they come up (after NFS starts, so that no change is missed).
+#[derive(Default)]
+pub struct MountCaches(Mutex<Vec<Invalidator>>);
+
+impl MountCaches {
+    pub fn add(&self, i: Invalidator) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    fn each(&self, f: impl Fn(&Invalidator)) {
+        for i in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            f(i);
+        }
+    }
+}
+
+impl ChangeSink for MountCaches {
+    fn file_changed(&self, dev: u64, ino: u64) {
+        self.each(|i| i.file_changed(FileKey { dev, ino }));
+    }
+
+    fn entry_changed(&self, dev: u64, ino: u64, name: &[u8]) {
+        self.each(|i| i.entry_changed(FileKey { dev, ino }, OsStr::from_bytes(name)));
+    }
+}
 
 /// The NFS door's configuration, or `None` when `nfs_port` is 0.
 pub fn nfs_config(cfg: &Config) -> Option<NfsConfig> {
@@ -51,8 +83,10 @@ pub fn start(
     cfg: &Config,
     lockd: &LockdService,
     runtime: &tokio::runtime::Runtime,
+    caches: Arc<MountCaches>,
 ) -> Option<NfsService> {
-    let config = nfs_config(cfg)?;
+    let mut config = nfs_config(cfg)?;
+    config.changes = Some(Changes(caches));
     match runtime.block_on(NfsService::start(
         config,
         lockd.lockd().clone(),

@@ -160,7 +160,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         service.state()
     );
 
-    let nfs = crate::nfs::start(&cfg, &service, &runtime);
+    let caches = Arc::new(crate::nfs::MountCaches::default());
+    let nfs = crate::nfs::start(&cfg, &service, &runtime, caches.clone());
 
     let mut mounts = Vec::new();
     for e in &cfg.exports {
@@ -198,6 +199,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             e.source.display(),
             e.mountpoint.display()
         );
+        if let Some(i) = handle.invalidator() {
+            caches.add(i);
+        }
         mounts.push(handle);
     }
     let lockd = service.lockd().clone();

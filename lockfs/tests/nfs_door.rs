@@ -350,6 +350,25 @@ impl Nfs {
     }
 }
 
+impl Nfs {
+    /// REMOVE (proc 12) or RENAME (proc 14, with a destination name in the same directory).
+    async fn name_op(&self, dir: &[u8], name: &str, to: Option<&str>) -> u32 {
+        let mut e = Encoder::new();
+        e.put_opaque(dir);
+        e.put_string(name);
+        let proc_ = match to {
+            Some(t) => {
+                e.put_opaque(dir);
+                e.put_string(t);
+                14
+            }
+            None => 12,
+        };
+        let r = self.nfs.call_raw(100_003, 3, proc_, e.as_slice()).await.unwrap();
+        Decoder::new(&r).get_u32().unwrap()
+    }
+}
+
 fn nlm(fh: &[u8], svid: i32) -> v4::Lock {
     v4::Lock {
         caller_name: HOST.into(),
@@ -503,4 +522,41 @@ fn a_handle_from_mount_and_lookup_locks_against_the_fuse_mount() {
         v4::Stats::Granted
     );
     assert_eq!(local_try_lock(&f), "OK");
+}
+
+/// Changes made over NFS are seen at once on the FUSE mount: the kernel's cached size,
+/// and its cached names, are dropped by the NFS door rather than served until the
+/// mount's one-second attribute and entry timeout.
+#[test]
+fn nfs_changes_are_seen_at_once_on_the_fuse_mount() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start();
+    for name in ["grow", "victim", "before"] {
+        std::fs::write(d.mnt(name), b"0123456789").unwrap();
+        std::fs::set_permissions(d.mnt(name), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let rt = rt();
+    let nfs = rt.block_on(Nfs::connect());
+    let root = rt.block_on(nfs.root());
+    let grow = rt.block_on(nfs.lookup(&root, "grow"));
+    for round in 0..3u64 {
+        // Cache the attributes and names, change them over NFS, look again at once.
+        let size = std::fs::metadata(d.mnt("grow")).unwrap().len();
+        let end = size + 100;
+        assert_eq!(rt.block_on(nfs.write(&grow, end - 1, b"!")), 0);
+        assert_eq!(
+            std::fs::metadata(d.mnt("grow")).unwrap().len(),
+            end,
+            "round {round}: the size after an extending NFS WRITE"
+        );
+    }
+    assert!(d.mnt("victim").exists());
+    assert_eq!(rt.block_on(nfs.name_op(&root, "victim", None)), 0);
+    assert!(!d.mnt("victim").exists(), "a name removed over NFS is gone locally");
+    assert!(d.mnt("before").exists());
+    assert_eq!(rt.block_on(nfs.name_op(&root, "before", Some("after"))), 0);
+    assert!(!d.mnt("before").exists(), "the old name of a rename");
+    assert_eq!(std::fs::read(d.mnt("after")).unwrap(), b"0123456789");
 }

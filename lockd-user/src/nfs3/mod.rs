@@ -23,6 +23,16 @@ pub mod service;
 pub use identity::Squash;
 pub use service::{NfsConfig, NfsService};
 
+/// Told of every change the NFS door makes, so that another door's caches of the same
+/// files (the FUSE mount's attributes and names in the kernel) are dropped at once.
+/// Files are named by the backing device and inode.
+pub trait ChangeSink: Send + Sync {
+    /// A file's attributes or contents changed.
+    fn file_changed(&self, dev: u64, ino: u64);
+    /// A name in a directory appeared, went away or names another file now.
+    fn entry_changed(&self, dir_dev: u64, dir_ino: u64, name: &[u8]);
+}
+
 /// Which files of an export are under mandatory locking (the export's `mandatory` policy,
 /// with the same meaning as on the FUSE mount).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

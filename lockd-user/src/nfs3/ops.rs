@@ -35,7 +35,6 @@ use std::sync::Arc;
 const UDP_MAX_IO: u32 = 32 * 1024;
 
 /// What the NFS procedures share.
-#[derive(Debug)]
 pub struct Door {
     pub lockd: Arc<Lockd>,
     pub exports: HashMap<u32, ExportOptions>,
@@ -43,6 +42,15 @@ pub struct Door {
     /// Changes on every start: a client resends unstable writes a restart may have lost.
     pub write_verf: [u8; 8],
     pub max_io: u32,
+    pub changes: Option<Arc<dyn super::ChangeSink>>,
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door")
+            .field("max_io", &self.max_io)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The caller of one procedure.
@@ -100,6 +108,20 @@ impl Door {
 
     fn node(&self, c: &Caller, fh: &[u8]) -> Result<Node<'_>, Stat> {
         self.backing.resolve(&self.lockd, c.peer, fh)
+    }
+
+    /// Another door's caches of this file are stale now.
+    fn changed(&self, fd: RawFd) {
+        if let (Some(c), Ok(st)) = (&self.changes, fstat(fd)) {
+            c.file_changed(st.st_dev, st.st_ino);
+        }
+    }
+
+    /// Another door's caches of this name (and its directory) are stale now.
+    fn entry_changed(&self, dir: RawFd, name: &[u8]) {
+        if let (Some(c), Ok(st)) = (&self.changes, fstat(dir)) {
+            c.entry_changed(st.st_dev, st.st_ino, name);
+        }
     }
 
     fn become_caller(&self, c: &Caller, export: &OpenExport) -> Result<Assumed, Stat> {
@@ -211,6 +233,9 @@ impl Door {
             let _as = self.become_caller(c, node.export)?;
             apply_sattr(node.raw(), &st, &sattr)
         })();
+        if r.is_ok() {
+            self.changed(node.raw());
+        }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(
             e,
@@ -539,6 +564,7 @@ impl Door {
         })();
         match r {
             Ok(n) => {
+                self.changed(node.raw());
                 enc_stat(e, Stat::Ok);
                 put_wcc(
                     e,
@@ -601,6 +627,7 @@ impl Door {
         let pre_wcc = pre.map(|p| Fattr::from_stat(&p).wcc());
         match r {
             Ok((fh, attr)) => {
+                self.entry_changed(dir.raw(), name);
                 enc_stat(e, Stat::Ok);
                 put_post_fh(e, fh.as_deref());
                 put_post_attr(e, attr.as_ref());
@@ -800,6 +827,9 @@ impl Door {
             // SAFETY: `cname` is NUL-terminated.
             errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })
         })();
+        if r.is_ok() {
+            self.entry_changed(dir.raw(), &name);
+        }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(
             e,
@@ -831,7 +861,10 @@ impl Door {
             let (a, b) = (component(&from_name)?, component(&to_name)?);
             let _as = self.become_caller(c, from.export)?;
             // SAFETY: both names are NUL-terminated.
-            errno_of(unsafe { libc::renameat(from.raw(), a.as_ptr(), to.raw(), b.as_ptr()) })
+            errno_of(unsafe { libc::renameat(from.raw(), a.as_ptr(), to.raw(), b.as_ptr()) })?;
+            self.entry_changed(from.raw(), &from_name);
+            self.entry_changed(to.raw(), &to_name);
+            Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         let post = |n: &Result<Node<'_>, Stat>| n.as_ref().ok().and_then(|n| attr_of(n.raw()));
@@ -874,7 +907,10 @@ impl Door {
                     cname.as_ptr(),
                     libc::AT_SYMLINK_FOLLOW,
                 )
-            })
+            })?;
+            self.entry_changed(dir.raw(), &name);
+            self.changed(file.raw());
+            Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_post_attr(

@@ -7,7 +7,7 @@ use super::backing::Backing;
 use super::ops::Door;
 use super::program::Nfs3Program;
 use super::proto::{NFS_PROG, NFS_V3};
-use super::ExportOptions;
+use super::{ChangeSink, ExportOptions};
 use crate::lockd::Lockd;
 use crate::mountd::{MountProgram, MOUNT_PROG, MOUNT_V1, MOUNT_V3};
 use crate::portmap::{self, Portmapper};
@@ -39,6 +39,18 @@ pub struct NfsConfig {
     pub max_io: u32,
     /// Transport limits; the record size is raised to hold the largest WRITE.
     pub server: ServerConfig,
+    /// Told of every change, for the local mounts' caches.
+    pub changes: Option<Changes>,
+}
+
+/// A [`ChangeSink`] in the configuration.
+#[derive(Clone)]
+pub struct Changes(pub Arc<dyn ChangeSink>);
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Changes(..)")
+    }
 }
 
 impl NfsConfig {
@@ -51,6 +63,7 @@ impl NfsConfig {
             open_files: DEFAULT_OPEN_FILES,
             max_io: DEFAULT_MAX_IO,
             server: ServerConfig::default(),
+            changes: None,
         }
     }
 }
@@ -113,6 +126,7 @@ impl NfsService {
             backing: backing.clone(),
             write_verf: fresh_verifier(),
             max_io,
+            changes: config.changes.as_ref().map(|c| c.0.clone()),
         });
         let mut sc = config.server.clone();
         sc.max_record_size = sc.max_record_size.max(max_io as usize + 64 * 1024);
