@@ -69,6 +69,25 @@ impl Squash {
 pub struct Assumed {
     uid: u32,
     gid: u32,
+    /// The thread's own supplementary groups, put back on drop.
+    groups: Vec<libc::gid_t>,
+}
+
+fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
+    let mut buf = vec![0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds `buf.len()` entries; the raw call reads this thread's list.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getgroups,
+            buf.len() as libc::c_long,
+            buf.as_mut_ptr(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
 }
 
 fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
@@ -92,7 +111,11 @@ fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
 pub fn assume(id: &Identity) -> std::io::Result<Assumed> {
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let restore = Assumed { uid, gid };
+    let restore = Assumed {
+        uid,
+        gid,
+        groups: thread_groups()?,
+    };
     raw_setgroups(&id.groups)?;
     // SAFETY: setfsgid/setfsuid change this thread's credentials only; they return the
     // previous value and never fail in a way that corrupts state. Success is checked by
@@ -117,7 +140,7 @@ impl Drop for Assumed {
             libc::setfsuid(self.uid);
             libc::setfsgid(self.gid);
         }
-        if let Err(e) = raw_setgroups(&[]) {
+        if let Err(e) = raw_setgroups(&self.groups) {
             tracing::error!(error = %e, "cannot drop supplementary groups after an NFS call");
         }
     }
