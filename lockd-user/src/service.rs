@@ -303,6 +303,9 @@ impl LockdService {
                     .chain(&config.tcp)
                     .map(|a| a.ip())
                     .collect();
+                // Each address once: UDP and TCP list the same ones, and a second bind of
+                // one would fail the whole portmapper.
+                ips.sort();
                 ips.dedup();
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, PMAP_PORT))
