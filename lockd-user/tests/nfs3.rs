@@ -573,6 +573,26 @@ async fn every_procedure_and_its_errors() {
         std::fs::read(s.rw.join("public/rootfile")).unwrap(),
         b"root"
     );
+    // The owner of a read-only file still writes it (a process that created it 0444
+    // writes through its descriptor); others may not.
+    let mut e = dirop(&public, b"readonly");
+    e.put_u32(1);
+    sattr_mode(&mut e, Some(0o444));
+    let a = u.call(8, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    assert!(d.get_bool().unwrap());
+    let ro_fh = d.get_opaque(64).unwrap();
+    assert_eq!(
+        std::fs::metadata(s.rw.join("public/readonly"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o444
+    );
+    assert_eq!(u.write(&ro_fh, 0, b"mine", 2).await.0, OK, "owner override");
+    assert_eq!(u.read(&ro_fh, 0, 4).await.1, b"mine");
+    assert_eq!(other.write(&ro_fh, 0, b"x", 2).await.0, ACCES);
 
     // ACCESS: the owner may modify, the other user may only read.
     assert_eq!(u.access(&f).await & 0x0d, 0x0d);

@@ -364,7 +364,11 @@ impl Nfs {
             }
             None => 12,
         };
-        let r = self.nfs.call_raw(100_003, 3, proc_, e.as_slice()).await.unwrap();
+        let r = self
+            .nfs
+            .call_raw(100_003, 3, proc_, e.as_slice())
+            .await
+            .unwrap();
         Decoder::new(&r).get_u32().unwrap()
     }
 }
@@ -554,7 +558,10 @@ fn nfs_changes_are_seen_at_once_on_the_fuse_mount() {
     }
     assert!(d.mnt("victim").exists());
     assert_eq!(rt.block_on(nfs.name_op(&root, "victim", None)), 0);
-    assert!(!d.mnt("victim").exists(), "a name removed over NFS is gone locally");
+    assert!(
+        !d.mnt("victim").exists(),
+        "a name removed over NFS is gone locally"
+    );
     assert!(d.mnt("before").exists());
     assert_eq!(rt.block_on(nfs.name_op(&root, "before", Some("after"))), 0);
     assert!(!d.mnt("before").exists(), "the old name of a rename");

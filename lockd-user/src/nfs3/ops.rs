@@ -129,6 +129,31 @@ impl Door {
         assume(&id).map_err(|_| Stat::Perm)
     }
 
+    /// Opens a file for one READ or WRITE as the caller. The owner of a file may read
+    /// and write it whatever its mode says: an NFS client checked the mode when its
+    /// process opened the file, and a process that creates a file read-only and then
+    /// writes through that descriptor (as git and tar do) must not fail on the server.
+    fn open_for_io(
+        &self,
+        c: &Caller,
+        node: &Node<'_>,
+        st: &libc::stat,
+        flags: i32,
+    ) -> Result<OwnedFd, Stat> {
+        let id = self.opts(node.export).squash.identity(&c.cred);
+        let first = {
+            let _as = self.become_caller(c, node.export)?;
+            reopen(node.raw(), flags)
+        };
+        match first {
+            Ok(f) => Ok(f),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) && id.uid == st.st_uid => {
+                Ok(reopen(node.raw(), flags)?)
+            }
+            Err(e) => Err(ioerr(e)),
+        }
+    }
+
     fn writable(&self, export: &OpenExport) -> Result<(), Stat> {
         if export.export.read_only {
             return Err(Stat::Rofs);
@@ -444,8 +469,7 @@ impl Door {
                 Ok(range) => self.io_gate(c, &node, &st, Access::Read, range)?,
                 Err(_) => None,
             };
-            let _as = self.become_caller(c, node.export)?;
-            let f = reopen(node.raw(), libc::O_RDONLY)?;
+            let f = self.open_for_io(c, &node, &st, libc::O_RDONLY)?;
             let mut buf = vec![0u8; count as usize];
             let mut done = 0usize;
             while done < buf.len() {
@@ -526,8 +550,7 @@ impl Door {
                 Ok(range) => self.io_gate(c, &node, &st, Access::Write, range)?,
                 Err(_) => None,
             };
-            let _as = self.become_caller(c, node.export)?;
-            let f = reopen(node.raw(), libc::O_WRONLY)?;
+            let f = self.open_for_io(c, &node, &st, libc::O_WRONLY)?;
             let mut done = 0usize;
             while done < data.len() {
                 // SAFETY: the data tail is valid for reading its length.
