@@ -1261,6 +1261,29 @@ mountpoint = "/mnt/data"
         assert_eq!(c.groups[0].grace, Duration::from_secs(90));
         assert_eq!(c.listen, vec![IpAddr::from([127, 0, 0, 1])]);
         assert_eq!(c.busy_poll, Some(Duration::from_micros(200)));
+        assert_eq!((c.nfs_port, c.mount_port), (Some(2049), 20048));
+        assert_eq!((c.open_files, c.nfs_max_io), (4096, 1 << 20));
+        assert_eq!(
+            (e.no_root_squash, e.anon_uid, e.anon_gid),
+            (false, 65534, 65534)
+        );
+    }
+
+    #[test]
+    fn nfs_keys_parse() {
+        let text = MINIMAL
+            .replace(
+                "[[export]]",
+                "[listen]\nnfs_port = 0\nmount_port = 635\n[limits]\nopen_files = 64\nnfs_max_io = 65536\n[[export]]",
+            )
+            + "no_root_squash = true\nanon_uid = 7\nanon_gid = 8\n";
+        let c = parse(&text, "x").unwrap();
+        assert_eq!((c.nfs_port, c.mount_port), (None, 635), "0: no NFS");
+        assert_eq!((c.open_files, c.nfs_max_io), (64, 65536));
+        let e = &c.exports[0];
+        assert_eq!((e.no_root_squash, e.anon_uid, e.anon_gid), (true, 7, 8));
+        let bad = MINIMAL.to_string() + "anon_uid = \"nobody\"\n";
+        assert!(parse(&bad, "x").is_err());
     }
 
     #[test]
