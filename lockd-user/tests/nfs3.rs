@@ -810,6 +810,14 @@ async fn exclusive_create_replayed_succeeds_and_another_verifier_does_not() {
     );
     assert_eq!(a, b);
     assert_eq!(u.create(&public, b"x", 2, *b"another!").await.0, EXIST);
+    // Verifiers whose halves have the top bit set are kept whole.
+    let high = [0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0xf8];
+    assert_eq!(u.create(&public, b"y", 2, high).await.0, OK);
+    assert_eq!(u.create(&public, b"y", 2, high).await.0, OK);
+    let mut low = high;
+    low[0] = 0x7f;
+    low[4] = 0x7b;
+    assert_eq!(u.create(&public, b"y", 2, low).await.0, EXIST);
     s.stop().await;
 }
 

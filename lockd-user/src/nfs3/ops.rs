@@ -1215,8 +1215,8 @@ fn timespec(sec: i64, nsec: i64) -> libc::timespec {
 }
 
 fn verf_times(v: &[u8; 8]) -> (i64, i64) {
-    let a = u32::from_be_bytes([v[0], v[1], v[2], v[3]]) & 0x7fff_ffff;
-    let m = u32::from_be_bytes([v[4], v[5], v[6], v[7]]) & 0x7fff_ffff;
+    let a = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+    let m = u32::from_be_bytes([v[4], v[5], v[6], v[7]]);
     (i64::from(a), i64::from(m))
 }
 
