@@ -172,7 +172,7 @@ pub(crate) struct Holdings {
 
 #[inline]
 fn conflicts(h: &Holder, kind: LockKind, selves: &[Owner]) -> bool {
-    kind.conflicts_with(h.kind) && !selves.contains(&h.owner)
+    kind.conflicts_with(h.kind) && !selves.iter().any(|s| s.covers(&h.owner))
 }
 
 impl Holdings {

@@ -169,6 +169,33 @@ impl Owner {
     pub fn is_remote(&self) -> bool {
         self.host != HostId::LOCAL
     }
+
+    /// Every lock owner of one client host at once: the owner of I/O from a
+    /// door that knows the calling host but not the process (an NFS READ or
+    /// WRITE carries no lock owner). The client enforces locks among its own
+    /// processes, so for such I/O a lock of any process of the host is its own.
+    pub const fn nlm_host(host: HostId) -> Self {
+        Owner {
+            kind: OwnerKind::Nlm,
+            host,
+            id: Self::WHOLE_HOST,
+        }
+    }
+
+    /// The id of [`Owner::nlm_host`]; interned NLM owner ids count up from
+    /// zero and never reach it.
+    pub const WHOLE_HOST: u64 = u64::MAX;
+
+    /// Whether `other`'s locks count as this owner's own: the same owner, or
+    /// any NLM owner of the host this whole-host owner stands for.
+    #[inline]
+    pub fn covers(&self, other: &Owner) -> bool {
+        *self == *other
+            || (self.id == Self::WHOLE_HOST
+                && self.kind == OwnerKind::Nlm
+                && other.kind == OwnerKind::Nlm
+                && self.host == other.host)
+    }
 }
 
 /// The two lock types of POSIX and NLM.

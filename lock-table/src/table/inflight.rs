@@ -107,7 +107,9 @@ impl FileState {
         self.inflight.iter().any(|io| {
             io.range.overlaps(&range)
                 && kind.conflicts_with(io.kind)
-                && !io_selves(io.owner, io.open_file).contains(&owner)
+                && !io_selves(io.owner, io.open_file)
+                    .iter()
+                    .any(|s| s.covers(&owner))
         })
     }
 }
