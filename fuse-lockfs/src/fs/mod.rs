@@ -384,12 +384,12 @@ impl Filesystem for LockFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.readdir(fh, offset, &mut reply);
+        let res = self.readdir(ino, fh, offset, &mut reply);
         reply.send(res)
     }
 
