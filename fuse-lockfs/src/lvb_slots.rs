@@ -288,7 +288,8 @@ impl Store {
     }
 
     /// Creates a new, empty store for the export at `root`, durably (the
-    /// directory entry and the header are synced).
+    /// directory entry and the header are synced). Fails `EEXIST` if there is
+    /// one: a store is never overwritten.
     pub fn create(root: BorrowedFd<'_>) -> io::Result<Store> {
         match sys::mkdirat(root, DIR_NAME, 0o700) {
             Ok(()) => sys::fsync(root, false)?,
@@ -304,7 +305,7 @@ impl Store {
         let file = sys::openat(
             dir.as_fd(),
             FILE_NAME,
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             0o600,
         )?;
         let len = INITIAL_SLOTS * SLOT;

@@ -296,7 +296,7 @@ impl Blocks {
         let store = match Store::open(root.as_fd()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot open the value-block store; starting a new one");
+                tracing::error!(error = %e, "cannot open the value-block store; trying again at the first set");
                 None
             }
         };
@@ -326,9 +326,14 @@ impl Blocks {
             Attr::None => Ok(None),
             Attr::Block(r) => {
                 // Kept on the file by an earlier version: move it into the
-                // store, as it is (its epoch decides its validity).
-                self.store(fd, dev, ino, &r)?;
-                tracing::debug!(ino, "value block moved into the store");
+                // store, as it is (its epoch decides its validity). Should
+                // that fail, the file keeps it, and the next store retries.
+                match self.store(fd, dev, ino, &r) {
+                    Ok(()) => tracing::debug!(ino, "value block moved into the store"),
+                    Err(e) => {
+                        tracing::warn!(ino, error = %e, "could not move a value block into the store")
+                    }
+                }
                 Ok(Some(r))
             }
             Attr::Marker { token, first } => {
@@ -357,7 +362,13 @@ impl Blocks {
             return store(fd, r);
         }
         if self.store.is_none() {
-            self.store = Some(Store::create(self.root.as_fd())?);
+            // Absent so far, or not openable at start: never replace a store
+            // that may still be there.
+            let s = match Store::open(self.root.as_fd())? {
+                Some(s) => s,
+                None => Store::create(self.root.as_fd())?,
+            };
+            self.store = Some(s);
         }
         let Some(store) = self.store.as_mut() else {
             return Err(io::ErrorKind::NotFound.into());
