@@ -636,7 +636,7 @@ fn a_damaged_store_leaves_its_files_not_valid_and_loses_nothing_else() {
     .unwrap();
     let (fx, ctx) = remount(&src).unwrap();
     assert!(!peek(&fx.m("b")).2, "b's slot was cut off: not-valid");
-    assert_eq!(put(&fx.m("b"), "b3").1, true);
+    assert!(put(&fx.m("b"), "b3").1);
     assert_eq!(peek(&fx.m("b")).0, "b3");
     stop(fx, &ctx);
 }
@@ -680,10 +680,8 @@ fn a_slot_is_never_read_for_a_file_that_reuses_its_inode_number() {
             stop(fx, &ctx);
             let c = cpath(&p);
             // SAFETY: valid C strings.
-            assert_eq!(
-                unsafe { libc::removexattr(c.as_ptr(), LVB_ATTR.as_ptr()) },
-                0
-            );
+            let r = unsafe { libc::removexattr(c.as_ptr(), LVB_ATTR.as_ptr()) };
+            assert_eq!(r, 0);
             p
         }
     };
