@@ -532,6 +532,19 @@ pub(crate) fn on_abandoned(lk: &Locking, file: &OpenFile, fh: u64) {
     }
 }
 
+/// The daemon let go of the backing file `id` (the kernel forgot its inode):
+/// once the file is deleted its inode number may come back as another file's,
+/// so what was learnt about it is read again from storage next time (the
+/// table's own not-valid marks survive that, see `lvb_load`).
+pub(crate) fn on_forget(lk: &Locking, id: FileId) {
+    let mut inner = lk.lvb.inner();
+    if inner.loaded.remove(&id) {
+        if let Some(b) = inner.blocks.as_mut() {
+            b.forget(id.dev, id.ino);
+        }
+    }
+}
+
 /// The mount ends cleanly: store the not-valid marks the table made without
 /// this mount (remote hosts released abnormally), then mark the epoch clean.
 pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {

@@ -323,8 +323,13 @@ impl Blocks {
             });
         }
         match attr {
-            Attr::None => Ok(None),
+            Attr::None => {
+                // No marker: no slot is this file's, whatever its number.
+                self.tokens.remove(&ino);
+                Ok(None)
+            }
             Attr::Block(r) => {
+                self.tokens.remove(&ino);
                 // Kept on the file by an earlier version: move it into the
                 // store, as it is (its epoch decides its validity). Should
                 // that fail, the file keeps it, and the next store retries.
@@ -382,6 +387,14 @@ impl Blocks {
                 self.tokens.insert(ino, token);
                 Ok(())
             }
+        }
+    }
+
+    /// Forgets what was learnt of file (`dev`, `ino`): its inode number may
+    /// be reused by another file.
+    pub fn forget(&mut self, dev: u64, ino: u64) {
+        if dev == self.dev {
+            self.tokens.remove(&ino);
         }
     }
 

@@ -755,3 +755,49 @@ fn blocks_kept_on_backing_files_move_into_the_store() {
     assert_eq!(peek(&fx.m("stale")), ("stale value".into(), 3, false));
     stop(fx, &ctx);
 }
+
+#[test]
+fn a_file_that_reuses_a_deleted_files_inode_during_a_run_starts_afresh() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let Some((fx, ctx)) = remount(&src) else {
+        return;
+    };
+    std::fs::write(fx.m("old"), b"data").unwrap();
+    assert_eq!(put(&fx.m("old"), "old 1"), (1, true));
+    assert_eq!(put(&fx.m("old"), "old 2"), (2, true));
+    wait_unlocked(&ctx);
+    let ino = std::fs::metadata(src.join("old")).unwrap().ino();
+    std::fs::remove_file(fx.m("old")).unwrap();
+    // The number comes back once the kernel forgot the inode and the daemon
+    // let go of the backing file.
+    let t0 = Instant::now();
+    let mut n = 0;
+    let name = loop {
+        let name = format!("new{n}");
+        std::fs::write(fx.m(&name), b"data").unwrap();
+        if std::fs::metadata(src.join(&name)).unwrap().ino() == ino {
+            break name;
+        }
+        std::fs::remove_file(fx.m(&name)).unwrap();
+        n += 1;
+        if t0.elapsed() > Duration::from_secs(5) {
+            eprintln!("*** SKIPPED: the source's file system reused no inode number ***");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        peek(&fx.m(&name)),
+        (String::new(), 0, true),
+        "the new file does not inherit the deleted file's block"
+    );
+    assert_eq!(put(&fx.m(&name), "new 1"), (1, true));
+    stop(fx, &ctx);
+    // Its block is its own across a restart too.
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m(&name)), ("new 1".into(), 1, true));
+    stop(fx, &ctx);
+}
