@@ -576,7 +576,11 @@ pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {
             find_and_mark(blocks, root.fd.as_fd(), dev, &pending, epoch.current());
         }
     }
-    if let Err(e) = blocks.flush() {
+    let flushed = blocks.flush();
+    // Let go of the store (its mapping and its claim) whatever happens, so a
+    // later mount of the same source, in this process too, can take it.
+    inner.blocks = None;
+    if let Err(e) = flushed {
         tracing::warn!(error = %e, "could not sync the value-block store; the shutdown counts as unclean");
         return;
     }

@@ -246,6 +246,7 @@ impl Store {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(e),
         };
+        claim(file.as_fd())?;
         let st = sys::fstat(file.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::new(
@@ -308,6 +309,7 @@ impl Store {
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             0o600,
         )?;
+        claim(file.as_fd())?;
         let len = INITIAL_SLOTS * SLOT;
         allocate(file.as_fd(), len)?;
         let map = map(file.as_fd(), len)?;
@@ -490,6 +492,24 @@ impl Drop for Store {
     }
 }
 
+/// Takes the store for this mount alone (an exclusive `flock`, which dies
+/// with the process): a second mount of the same source directory, in this
+/// daemon or another, would keep its own index of the same slots and
+/// overwrite blocks. It gets `EWOULDBLOCK` instead, logged at start and
+/// answered to its sets.
+fn claim(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: flock on a valid descriptor.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    tracing::error!(
+        error = %e,
+        "the value-block store {STATE_DIR}/{STORE_FILE} is in use by another mount of this source"
+    );
+    Err(e)
+}
+
 fn set_aside(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: valid descriptors and C strings.
     let r = unsafe {
@@ -639,6 +659,17 @@ mod tests {
         let mut s = Store::create(r.as_fd()).unwrap();
         s.put(1, 1, &rec(b"new", 1, 2)).unwrap();
         assert_eq!(s.get(1, 1), Some(rec(b"new", 1, 2)));
+    }
+
+    #[test]
+    fn a_store_serves_one_mount_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = root(dir.path());
+        let s = Store::create(r.as_fd()).unwrap();
+        let e = Store::open(r.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK));
+        drop(s);
+        assert!(Store::open(r.as_fd()).unwrap().is_some());
     }
 
     #[test]
