@@ -22,7 +22,8 @@
 //! Other errors: `EOPNOTSUPP` if the export's storage cannot keep blocks (no
 //! `trusted.` extended attributes) or the mount is read-only, the storage's
 //! own errno if a store fails (creating the store file or a file's marker;
-//! nothing changed then), `ENOTTY` on a mount whose locks the kernel keeps.
+//! nothing changed then), `EWOULDBLOCK` on a second mount of a source whose
+//! store another mount holds, `ENOTTY` on a mount whose locks the kernel keeps.
 //!
 //! # Not-valid marks
 //! Besides an explicit invalidate, and the lock table's own marks for remote
