@@ -49,9 +49,10 @@
  * says the caller held no lock on it, so the value may change at any moment.
  *
  * Each ioctl answers the block as it is afterwards. A set returns once the
- * value is stored on the export's storage (an extended attribute of the file):
- * a crash of the daemon loses no returned set; after a crash of the machine a
- * block may hold an older value, and is then not-valid like every block.
+ * value is in the page cache of the export's storage (the export's value-block
+ * store, a file the daemon maps): a crash of the daemon loses no returned set;
+ * after a crash of the machine a block may hold an older value, and is then
+ * not-valid like every block.
  * Remote NFS clients cannot reach value blocks: NLM has no field for one.
  *
  *     struct lockfs_lvb b;

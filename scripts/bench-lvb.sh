@@ -7,14 +7,21 @@
 # Usage (as root, from anywhere): scripts/bench-lvb.sh [SECONDS]
 # The mount's source lives under BENCH_DIR (default /var/tmp), which must keep
 # trusted.* extended attributes (ext4, xfs, tmpfs do).
+# LOCKFS_BIN_DIR=DIR takes `lockfs` and `lockfs-bench` from DIR instead of
+# building them (to compare two builds under the same load); LVB_TABLE=0 skips
+# the lock table's criterion part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
-cargo build --release --locked -q -p lockfs -p fuse-lockfs --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+if [ -n "${LOCKFS_BIN_DIR:-}" ]; then
+    bin=$LOCKFS_BIN_DIR
+else
+    cargo build --release --locked -q -p lockfs -p fuse-lockfs --bins
+    bin=${CARGO_TARGET_DIR:-target}/release
+fi
 
 base=$(mktemp -d "${BENCH_DIR:-/var/tmp}/lockfs-bench-lvb.XXXXXX")
 src=$base/src
@@ -43,5 +50,6 @@ grep -q " $mnt .* - fuse.lockfs " /proc/self/mountinfo || { cat "$base/daemon.lo
 echo "== ioctl round trips on the mount (${secs}s, alternating rounds)"
 "$bin/lockfs-bench" lvb "$mnt/value" "$secs"
 
+[ "${LVB_TABLE:-1}" = 0 ] && exit 0
 echo "== lock table alone (criterion)"
 cargo bench -q -p lock-table --bench lvb 2>&1 | grep -E "^lvb|time:"

@@ -186,9 +186,11 @@ impl InodeTable {
     }
 
     /// Drops `n` kernel references; the inode goes when none is left.
-    pub(crate) fn forget(&self, ino: u64, n: u64) {
+    /// Drops `n` lookups of `ino`; answers the backing file's key when that was
+    /// the last one and the inode is gone from the table.
+    pub(crate) fn forget(&self, ino: u64, n: u64) -> Option<FileKey> {
         if ino == ROOT_INO {
-            return;
+            return None;
         }
         let mut maps = self.maps();
         let gone = match maps.by_ino.get_mut(&ino) {
@@ -201,13 +203,14 @@ impl InodeTable {
                 false
             }
         };
-        if gone {
-            if let Some(e) = maps.by_ino.remove(&ino) {
-                if maps.by_key.get(&e.inode.key) == Some(&ino) {
-                    maps.by_key.remove(&e.inode.key);
-                }
-            }
+        if !gone {
+            return None;
         }
+        let e = maps.by_ino.remove(&ino)?;
+        if maps.by_key.get(&e.inode.key) == Some(&ino) {
+            maps.by_key.remove(&e.inode.key);
+        }
+        Some(e.inode.key)
     }
 
     /// Number of inodes currently known (the root included).

@@ -112,6 +112,7 @@ mod inode;
 pub mod listing;
 pub mod locking;
 pub mod lvb;
+pub mod lvb_slots;
 pub mod lvb_store;
 mod mount;
 mod options;

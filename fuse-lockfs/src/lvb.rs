@@ -20,8 +20,10 @@
 //! belong to the open file.
 //!
 //! Other errors: `EOPNOTSUPP` if the export's storage cannot keep blocks (no
-//! `trusted.` extended attributes) or the mount is read-only, the storage's own errno if a store fails
-//! (nothing changed then), `ENOTTY` on a mount whose locks the kernel keeps.
+//! `trusted.` extended attributes) or the mount is read-only, the storage's
+//! own errno if a store fails (creating the store file or a file's marker;
+//! nothing changed then), `EWOULDBLOCK` on a second mount of a source whose
+//! store another mount holds, `ENOTTY` on a mount whose locks the kernel keeps.
 //!
 //! # Not-valid marks
 //! Besides an explicit invalidate, and the lock table's own marks for remote
@@ -48,7 +50,7 @@ use rustc_hash::FxHashSet;
 use crate::fs::Shared;
 use crate::handles::OpenFile;
 use crate::locking::{flock_file_id, Locking};
-use crate::lvb_store::{self, Epoch, Record};
+use crate::lvb_store::{Blocks, Epoch, Record};
 use crate::options::FlockMode;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -177,6 +179,8 @@ struct Inner {
     loaded: FxHashSet<FileId>,
     /// Open files whose last `FLUSH` came from an exiting task.
     closed_by_exit: FxHashSet<u64>,
+    /// The export's stored blocks; unset with the epoch.
+    blocks: Option<Blocks>,
 }
 
 impl std::fmt::Debug for LvbDoor {
@@ -253,8 +257,9 @@ impl LvbDoor {
     /// `trusted.` xattrs value blocks are refused and the mount goes on.
     pub(crate) fn open(&self, root: BorrowedFd<'_>, dev: u64) {
         let _ = self.dev.set(dev);
-        match Epoch::begin(root) {
-            Ok(e) => {
+        match Blocks::open(root, dev).and_then(|b| Ok((b, Epoch::begin(root)?))) {
+            Ok((b, e)) => {
+                self.inner().blocks = Some(b);
                 let _ = self.epoch.set(e);
             }
             Err(e) => {
@@ -284,7 +289,12 @@ impl LvbDoor {
                 return Ok(v);
             }
         }
-        let stored = lvb_store::load(fd)
+        let blocks = inner
+            .blocks
+            .as_mut()
+            .ok_or(Errno::from_i32(libc::EOPNOTSUPP))?;
+        let stored = blocks
+            .load(fd, id.dev, id.ino)
             .map_err(|e| os_errno(&e))?
             .map_or_else(LvbValue::default, |r| r.as_of(epoch));
         let scope = lk.ctx.scope;
@@ -297,12 +307,18 @@ impl LvbDoor {
     fn commit(
         &self,
         lk: &Locking,
+        inner: &mut Inner,
         id: FileId,
         fd: BorrowedFd<'_>,
         value: LvbValue,
     ) -> Result<(), Errno> {
         let epoch = self.epoch()?;
-        lvb_store::store(fd, &Record { value, epoch }).map_err(|e| os_errno(&e))?;
+        inner
+            .blocks
+            .as_mut()
+            .ok_or(Errno::from_i32(libc::EOPNOTSUPP))?
+            .store(fd, id.dev, id.ino, &Record { value, epoch })
+            .map_err(|e| os_errno(&e))?;
         let scope = lk.ctx.scope;
         lk.ctx.table.with(|t| t.lvb_put(id, scope, value));
         Ok(())
@@ -317,7 +333,7 @@ impl LvbDoor {
         let mut inner = self.inner();
         let r = self
             .loaded(lk, &mut inner, id, file.fd.as_fd())
-            .and_then(|v| self.commit(lk, id, file.fd.as_fd(), v.invalidated()));
+            .and_then(|v| self.commit(lk, &mut inner, id, file.fd.as_fd(), v.invalidated()));
         if let Err(e) = r {
             tracing::warn!(error = ?e, "could not store a not-valid value block");
         }
@@ -451,7 +467,7 @@ fn serve(
         .table
         .read(|t| t.lvb_authority(&claims))
         .map_err(lvb_errno)?;
-    door.commit(lk, id, fd, next)?;
+    door.commit(lk, &mut inner, id, fd, next)?;
     Ok(encode_arg(&next, false))
 }
 
@@ -517,6 +533,19 @@ pub(crate) fn on_abandoned(lk: &Locking, file: &OpenFile, fh: u64) {
     }
 }
 
+/// The daemon let go of the backing file `id` (the kernel forgot its inode):
+/// once the file is deleted its inode number may come back as another file's,
+/// so what was learnt about it is read again from storage next time (the
+/// table's own not-valid marks survive that, see `lvb_load`).
+pub(crate) fn on_forget(lk: &Locking, id: FileId) {
+    let mut inner = lk.lvb.inner();
+    if inner.loaded.remove(&id) {
+        if let Some(b) = inner.blocks.as_mut() {
+            b.forget(id.dev, id.ino);
+        }
+    }
+}
+
 /// The mount ends cleanly: store the not-valid marks the table made without
 /// this mount (remote hosts released abnormally), then mark the epoch clean.
 pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {
@@ -524,9 +553,13 @@ pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {
     let (Some(epoch), Some(&dev)) = (door.epoch.get(), door.dev.get()) else {
         return;
     };
-    let blocks = lk.ctx.table.read(|t| t.lvb_blocks());
+    let table_blocks = lk.ctx.table.read(|t| t.lvb_blocks());
+    let mut inner = door.inner();
+    let Some(blocks) = inner.blocks.as_mut() else {
+        return;
+    };
     let mut pending: Vec<FileId> = Vec::new();
-    for (id, v) in blocks {
+    for (id, v) in table_blocks {
         if id.dev != dev || v.valid {
             continue;
         }
@@ -535,14 +568,22 @@ pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {
             ino: id.ino,
         };
         match shared.inodes.by_key(&key) {
-            Some(inode) => mark_stored_not_valid(inode.fd.as_fd(), epoch.current()),
+            Some(inode) => mark_stored_not_valid(blocks, inode.fd.as_fd(), id, epoch.current()),
             None => pending.push(id),
         }
     }
     if !pending.is_empty() {
         if let Some(root) = shared.inodes.get(crate::inode::ROOT_INO) {
-            find_and_mark(root.fd.as_fd(), dev, &pending, epoch.current());
+            find_and_mark(blocks, root.fd.as_fd(), dev, &pending, epoch.current());
         }
+    }
+    let flushed = blocks.flush();
+    // Let go of the store (its mapping and its claim) whatever happens, so a
+    // later mount of the same source, in this process too, can take it.
+    inner.blocks = None;
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, "could not sync the value-block store; the shutdown counts as unclean");
+        return;
     }
     match epoch.end_clean() {
         Ok(()) => tracing::info!("lock value blocks stored; clean shutdown recorded"),
@@ -550,8 +591,8 @@ pub(crate) fn on_unmount(lk: &Locking, shared: &Shared) {
     }
 }
 
-fn mark_stored_not_valid(fd: BorrowedFd<'_>, epoch: u64) {
-    let r = match lvb_store::load(fd) {
+fn mark_stored_not_valid(blocks: &mut Blocks, fd: BorrowedFd<'_>, id: FileId, epoch: u64) {
+    let r = match blocks.load(fd, id.dev, id.ino) {
         Ok(Some(r)) => r,
         Ok(None) => Record {
             value: LvbValue::default(),
@@ -569,14 +610,20 @@ fn mark_stored_not_valid(fd: BorrowedFd<'_>, epoch: u64) {
         value: r.value.invalidated(),
         ..r
     };
-    if let Err(e) = lvb_store::store(fd, &r) {
+    if let Err(e) = blocks.store(fd, id.dev, id.ino, &r) {
         tracing::warn!(error = %e, "could not store a not-valid value block");
     }
 }
 
 /// Walks the export for files the daemon no longer has open (bounded), to
 /// store their not-valid marks; a file not found was deleted.
-fn find_and_mark(root: BorrowedFd<'_>, dev: u64, files: &[FileId], epoch: u64) {
+fn find_and_mark(
+    blocks: &mut Blocks,
+    root: BorrowedFd<'_>,
+    dev: u64,
+    files: &[FileId],
+    epoch: u64,
+) {
     use std::os::unix::fs::MetadataExt;
     const WALK_LIMIT: usize = 1 << 20;
     let Some(top) = std::fs::read_link(format!(
@@ -606,7 +653,8 @@ fn find_and_mark(root: BorrowedFd<'_>, dev: u64, files: &[FileId], epoch: u64) {
                 stack.push(e.path());
             } else if md.is_file() && left.remove(&md.ino()) {
                 if let Ok(f) = std::fs::File::open(e.path()) {
-                    mark_stored_not_valid(f.as_fd(), epoch);
+                    let id = FileId::new(dev, md.ino());
+                    mark_stored_not_valid(blocks, f.as_fd(), id, epoch);
                 }
             }
         }

@@ -2,9 +2,21 @@
 //! storage, so they survive restarts and move with the storage when a service
 //! group moves.
 //!
-//! - Each file's block is the extended attribute [`LVB_XATTR`] of its backing
-//!   file: a version byte, a flags byte (valid), the sequence number, the crash
-//!   epoch it was stored in, and the 32-byte value ([`Record`]).
+//! - Each export keeps its files' blocks in one store file, `.lockfs/lvb`
+//!   under its root, which the daemon maps shared ([`crate::lvb_slots`]):
+//!   storing a block is a write to memory, with no system call.
+//! - A file whose block is in the store carries a marker, the extended
+//!   attribute [`LVB_XATTR`] of its backing file: a random token, the same as
+//!   in the store's slot, and the block as it was when the file got its slot.
+//!   It is written once per file, synchronously, on its first store. The token
+//!   ties a slot to one file, not to an inode number that a later file may
+//!   reuse; and a file with a marker but no readable slot (a store damaged or
+//!   lost) reads not-valid, never as a file that never had a value.
+//! - Files on another device than the export's root (a file system mounted
+//!   inside the source) keep their whole block in [`LVB_XATTR`], written on
+//!   every store, as every file did before the store existed. A file still
+//!   holding such a block on the export's device is moved into the store the
+//!   first time it is read ([`Blocks::load`]).
 //! - Each export's root directory carries [`EPOCH_XATTR`]: the export's crash
 //!   epoch and whether its last run ended cleanly ([`Epoch`]).
 //!
@@ -17,31 +29,41 @@
 //! coming online calls `begin` on each of its exports).
 //!
 //! # Durability
-//! - A block is written with `setxattr` before the request that changed it is
-//!   answered: once a set returns, a crash of the daemon loses nothing (the
-//!   value, its sequence number and validity are in the backing file system).
-//! - Blocks are not fsynced one by one. A crash of the machine may lose the
-//!   most recent sets; but [`Epoch::begin`] fsyncs the "running" mark before
-//!   the export serves anything, so the restart after a machine crash is always
-//!   unclean and every block, lost write or not, reads not-valid with whatever
-//!   value and sequence number the disk kept (possibly older ones).
-//! - [`Epoch::end_clean`] runs `syncfs` on the export before it writes and
-//!   fsyncs the clean mark, so a clean mark is never on disk ahead of the
-//!   blocks it vouches for.
+//! - A block is in the page cache of the backing file system before the
+//!   request that changed it is answered (a write into the shared mapping of
+//!   the store, or `setxattr`): once a set returns, a crash of the daemon,
+//!   SIGKILL included, loses nothing (the value, its sequence number and
+//!   validity stay in the store file and reach the disk with the kernel's
+//!   ordinary writeback).
+//! - Blocks are not synced one by one. A crash of the machine may lose the
+//!   most recent sets (or tear a slot, whose other copy then reads); but
+//!   [`Epoch::begin`] fsyncs the "running" mark before the export serves
+//!   anything, so the restart after a machine crash is always unclean and
+//!   every block, lost write or not, reads not-valid with whatever value and
+//!   sequence number the disk kept (possibly older ones).
+//! - A clean stop ([`Blocks::flush`], then [`Epoch::end_clean`]) syncs the
+//!   store and runs `syncfs` on the export before it writes and fsyncs the
+//!   clean mark, so a clean mark is never on disk ahead of the blocks it
+//!   vouches for.
 //! - A file that never had a block stored reads the initial block (zeros,
 //!   valid, sequence 0), also after a crash: no value was ever there to be
-//!   stale.
+//!   stale. A machine crash within seconds of a file's very first store may
+//!   lose its marker with the store's page, and the file then reads as one
+//!   that never had a value.
 //!
 //! The `trusted.` namespace needs `CAP_SYS_ADMIN` to read or write, so no
-//! unprivileged program can forge a block through the mount or the source
+//! unprivileged program can forge a marker through the mount or the source
 //! directory; root sees them (`getfattr -n trusted.lockfs.lvb -e hex FILE`).
+//! The store's directory is hidden from the mount and is root's alone (0700).
 
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use lock_table::{LvbValue, LVB_LEN};
+use rustc_hash::FxHashMap;
 
+use crate::lvb_slots::Store;
 use crate::sys;
 
 /// Extended attribute of a backing file holding its value block.
@@ -187,6 +209,199 @@ pub fn load(fd: BorrowedFd<'_>) -> io::Result<Option<Record>> {
 /// Stores `record` as the block of the file behind `fd`.
 pub fn store(fd: BorrowedFd<'_>, record: &Record) -> io::Result<()> {
     set(fd, LVB_NAME, &record.encode())
+}
+
+const MARKER_VERSION: u8 = 2;
+/// Size of a marker: a record and the file's token.
+pub const MARKER_LEN: usize = RECORD_LEN + 8;
+
+/// What a backing file's [`LVB_XATTR`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attr {
+    /// Nothing (or something not ours, logged).
+    None,
+    /// A whole block, kept on the file itself.
+    Block(Record),
+    /// The file's block is in the store under `token`; `first` is the block
+    /// it was given its slot with.
+    Marker { token: u64, first: Record },
+}
+
+fn encode_marker(token: u64, first: &Record) -> [u8; MARKER_LEN] {
+    let mut b = [0u8; MARKER_LEN];
+    b[..RECORD_LEN].copy_from_slice(&first.encode());
+    b[0] = MARKER_VERSION;
+    b[RECORD_LEN..].copy_from_slice(&token.to_le_bytes());
+    b
+}
+
+fn decode_attr(b: &[u8]) -> Attr {
+    if let Some(r) = Record::decode(b) {
+        return Attr::Block(r);
+    }
+    if b.len() == MARKER_LEN && b[0] == MARKER_VERSION {
+        let mut rec = [0u8; RECORD_LEN];
+        rec.copy_from_slice(&b[..RECORD_LEN]);
+        rec[0] = VERSION;
+        if let (Some(first), Ok(t)) = (Record::decode(&rec), b[RECORD_LEN..].try_into()) {
+            return Attr::Marker {
+                token: u64::from_le_bytes(t),
+                first,
+            };
+        }
+    }
+    tracing::warn!(len = b.len(), "ignoring a malformed {LVB_XATTR} attribute");
+    Attr::None
+}
+
+/// Reads the backing file's [`LVB_XATTR`].
+pub fn load_attr(fd: BorrowedFd<'_>) -> io::Result<Attr> {
+    // One byte more than the longest, so a longer foreign value is noticed.
+    let mut buf = [0u8; MARKER_LEN + 1];
+    match get(fd, LVB_NAME, &mut buf) {
+        Ok(n) => Ok(decode_attr(&buf[..n])),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(Attr::None),
+        // A larger attribute than any of ours.
+        Err(e) if e.raw_os_error() == Some(libc::ERANGE) => Ok(Attr::None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A random token for a file's slot.
+fn new_token() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    // RandomState's keys come from the operating system's random source.
+    std::collections::hash_map::RandomState::new().hash_one(N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The value blocks of one export: its store file, opened on the first
+/// store if it did not exist, and the tokens of the files seen so far.
+#[derive(Debug)]
+pub struct Blocks {
+    root: OwnedFd,
+    dev: u64,
+    store: Option<Store>,
+    /// Files of the export's device known to have a slot, by inode number.
+    tokens: FxHashMap<u64, u64>,
+}
+
+impl Blocks {
+    /// The blocks of the export whose root directory is `root`, on device
+    /// `dev`. A store that cannot be read is logged and started afresh on the
+    /// first store; its files read not-valid.
+    pub fn open(root: BorrowedFd<'_>, dev: u64) -> io::Result<Blocks> {
+        let root = sys::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let store = match Store::open(root.as_fd()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the value-block store; trying again at the first set");
+                None
+            }
+        };
+        Ok(Blocks {
+            root,
+            dev,
+            store,
+            tokens: FxHashMap::default(),
+        })
+    }
+
+    /// The block stored for file (`dev`, `ino`) behind `fd`, `None` if it
+    /// never had one.
+    pub fn load(&mut self, fd: BorrowedFd<'_>, dev: u64, ino: u64) -> io::Result<Option<Record>> {
+        let attr = load_attr(fd)?;
+        if dev != self.dev {
+            return Ok(match attr {
+                Attr::Block(r) => Some(r),
+                Attr::Marker { first, .. } => Some(Record {
+                    value: first.value.invalidated(),
+                    ..first
+                }),
+                Attr::None => None,
+            });
+        }
+        match attr {
+            Attr::None => {
+                // No marker: no slot is this file's, whatever its number.
+                self.tokens.remove(&ino);
+                Ok(None)
+            }
+            Attr::Block(r) => {
+                self.tokens.remove(&ino);
+                // Kept on the file by an earlier version: move it into the
+                // store, as it is (its epoch decides its validity). Should
+                // that fail, the file keeps it, and the next store retries.
+                match self.store(fd, dev, ino, &r) {
+                    Ok(()) => tracing::debug!(ino, "value block moved into the store"),
+                    Err(e) => {
+                        tracing::warn!(ino, error = %e, "could not move a value block into the store")
+                    }
+                }
+                Ok(Some(r))
+            }
+            Attr::Marker { token, first } => {
+                self.tokens.insert(ino, token);
+                match self.store.as_ref().and_then(|s| s.get(ino, token)) {
+                    Some(r) => Ok(Some(r)),
+                    None => {
+                        tracing::warn!(
+                            ino,
+                            "value block missing from the store (damaged or lost): not-valid"
+                        );
+                        Ok(Some(Record {
+                            value: first.value.invalidated(),
+                            ..first
+                        }))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores `r` as the block of file (`dev`, `ino`) behind `fd`. Call
+    /// [`Blocks::load`] for the file first: it learns the file's token.
+    pub fn store(&mut self, fd: BorrowedFd<'_>, dev: u64, ino: u64, r: &Record) -> io::Result<()> {
+        if dev != self.dev {
+            return store(fd, r);
+        }
+        if self.store.is_none() {
+            // Absent so far, or not openable at start: never replace a store
+            // that may still be there.
+            let s = match Store::open(self.root.as_fd())? {
+                Some(s) => s,
+                None => Store::create(self.root.as_fd())?,
+            };
+            self.store = Some(s);
+        }
+        let Some(store) = self.store.as_mut() else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        match self.tokens.get(&ino) {
+            Some(&token) => store.put(ino, token, r),
+            None => {
+                let token = new_token();
+                store.put(ino, token, r)?;
+                set(fd, LVB_NAME, &encode_marker(token, r))?;
+                self.tokens.insert(ino, token);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets what was learnt of file (`dev`, `ino`): its inode number may
+    /// be reused by another file.
+    pub fn forget(&mut self, dev: u64, ino: u64) {
+        if dev == self.dev {
+            self.tokens.remove(&ino);
+        }
+    }
+
+    /// Writes the store back to disk and syncs it.
+    pub fn flush(&self) -> io::Result<()> {
+        self.store.as_ref().map_or(Ok(()), Store::flush)
+    }
 }
 
 /// An export's crash epoch, opened for one run of the daemon.

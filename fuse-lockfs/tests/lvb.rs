@@ -85,17 +85,53 @@ fn a_reader_gets_what_the_writer_set_valid_with_the_next_sequence_number() {
     w.ok(&format!("lock {fw} setlk u 0 0"));
     w.ok(&format!("close {fw}"));
     assert_eq!(get(&mut n, fnl), (3, true, false, "v3".into()));
-    // The block is on the backing file, with its sequence number.
+    // The block is on the export's storage, with its sequence number: in the
+    // store file under the source's root, in the slot of the file's inode and
+    // of the token its marker attribute names.
+    let store = std::fs::read(
+        fx.s(fuse_lockfs::lvb_slots::STATE_DIR)
+            .join(fuse_lockfs::lvb_slots::STORE_FILE),
+    )
+    .expect("the store file exists");
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(fx.s("f")).unwrap());
+    let slots = fuse_lockfs::lvb_slots::read_all(&store).expect("a readable store");
+    let mine: Vec<_> = slots.iter().filter(|(i, _, _)| *i == ino).collect();
+    assert_eq!(mine.len(), 1, "one slot for the file");
+    assert_eq!(mine[0].2.value.seq, 3, "stored sequence number");
+    assert_eq!(&mine[0].2.value.bytes[..2], b"v3");
     let out = Command::new("getfattr")
         .args(["--only-values", "-n", "trusted.lockfs.lvb"])
         .arg(fx.s("f"))
         .output();
     if let Ok(out) = out {
         if out.status.success() {
-            assert_eq!(out.stdout.len(), fuse_lockfs::lvb_store::RECORD_LEN);
-            assert_eq!(out.stdout[8], 3, "stored sequence number");
+            assert_eq!(out.stdout.len(), fuse_lockfs::lvb_store::MARKER_LEN);
+            assert_eq!(
+                out.stdout[fuse_lockfs::lvb_store::RECORD_LEN..],
+                mine[0].1.to_le_bytes(),
+                "the marker names the slot's token"
+            );
         }
     }
+    // The store's directory is not part of the exported tree.
+    let listed: Vec<_> = std::fs::read_dir(fx.m(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(!listed.iter().any(|n| n == ".lockfs"), "{listed:?}");
+    assert_eq!(
+        std::fs::metadata(fx.m(".lockfs"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        std::fs::create_dir(fx.m(".lockfs"))
+            .err()
+            .and_then(|e| e.raw_os_error()),
+        Some(libc::EPERM)
+    );
+    assert!(fx.s(".lockfs").is_dir(), "still there behind the mount");
 }
 
 #[test]
@@ -367,3 +403,314 @@ int main(int argc, char **argv)
 	return 0;
 }
 "#;
+
+/// The block of `p` read with no lock held: `(text, seq, valid)`.
+fn peek(p: &Path) -> (String, u64, bool) {
+    let f = std::fs::File::open(p).unwrap();
+    let r = within_io(move || fuse_lockfs::lvb::get(std::os::fd::AsFd::as_fd(&f)));
+    let n = r
+        .value
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(r.value.len());
+    (
+        String::from_utf8_lossy(&r.value[..n]).into_owned(),
+        r.seq,
+        r.valid,
+    )
+}
+
+/// Sets the block of `p` under an exclusive flock the test takes and drops.
+fn put(p: &Path, v: &str) -> (u64, bool) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let v = v.as_bytes().to_vec();
+    let r = within_io(move || {
+        use std::os::fd::{AsFd, AsRawFd};
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        fuse_lockfs::lvb::set(f.as_fd(), &v)
+    });
+    (r.seq, r.valid)
+}
+
+fn within_io(
+    f: impl FnOnce() -> std::io::Result<fuse_lockfs::lvb::Reading> + Send + 'static,
+) -> fuse_lockfs::lvb::Reading {
+    within(f).expect("value-block ioctl")
+}
+
+fn xattr_set(p: &Path, name: &std::ffi::CStr, v: &[u8]) {
+    let c = cpath(p);
+    // SAFETY: valid C strings; `v` readable for its length.
+    let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn xattr_get(p: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let c = cpath(p);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings; `buf` writable for its length.
+    let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 256) };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+const LVB_ATTR: &std::ffi::CStr = c"trusted.lockfs.lvb";
+
+/// The source `src` mounted with locking; unmounting it is a clean stop.
+fn remount(src: &Path) -> Option<(Fixture, LockContext)> {
+    let ctx = LockContext::new();
+    mount_with_source(src, options(&ctx)).map(|fx| (fx, ctx))
+}
+
+/// Unmounts cleanly once every lock the test took is gone (a `RELEASE` comes
+/// after the close that caused it; a file still locked at unmount would count
+/// as a holder lost).
+fn stop(mut fx: Fixture, ctx: &LockContext) {
+    wait_unlocked(ctx);
+    fx.unmount().unwrap();
+}
+
+fn store_path(src: &Path) -> PathBuf {
+    src.join(fuse_lockfs::lvb_slots::STATE_DIR)
+        .join(fuse_lockfs::lvb_slots::STORE_FILE)
+}
+
+#[test]
+fn a_damaged_store_leaves_its_files_not_valid_and_loses_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for n in ["a", "b", "c"] {
+        std::fs::write(src.join(n), b"data").unwrap();
+    }
+    let Some((fx, ctx)) = remount(&src) else {
+        return;
+    };
+    assert_eq!(put(&fx.m("a"), "a1"), (1, true));
+    assert_eq!(put(&fx.m("a"), "a2"), (2, true));
+    assert_eq!(put(&fx.m("b"), "b1"), (1, true));
+    stop(fx, &ctx);
+
+    // A clean restart over an intact store: kept, valid.
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m("a")), ("a2".into(), 2, true));
+    stop(fx, &ctx);
+
+    // Both copies of a's slot damaged: a alone reads not-valid (with the
+    // value its marker kept); b is untouched; c never had a value.
+    let ino_a = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(src.join("a")).unwrap());
+    let mut bytes = std::fs::read(store_path(&src)).unwrap();
+    let slot = bytes
+        .chunks_exact(fuse_lockfs::lvb_slots::SLOT)
+        .position(|s| s[..8] == ino_a.to_le_bytes())
+        .expect("a's slot");
+    let at = slot * fuse_lockfs::lvb_slots::SLOT;
+    for b in &mut bytes[at + 16..at + fuse_lockfs::lvb_slots::SLOT] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(store_path(&src), &bytes).unwrap();
+    let (fx, ctx) = remount(&src).unwrap();
+    let (_, _, valid) = peek(&fx.m("a"));
+    assert!(!valid, "a block lost from the store reads not-valid");
+    assert_eq!(peek(&fx.m("b")), ("b1".into(), 1, true));
+    assert_eq!(peek(&fx.m("c")), (String::new(), 0, true));
+    let (seq, valid) = put(&fx.m("a"), "a3");
+    assert!(valid && seq >= 1);
+    stop(fx, &ctx);
+
+    // Garbage over the whole store: set aside, every file with a block
+    // not-valid, the rest initial, and the mount keeps working.
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(store_path(&src), &noise).unwrap();
+    let (fx, ctx) = remount(&src).unwrap();
+    assert!(!peek(&fx.m("a")).2);
+    assert!(!peek(&fx.m("b")).2);
+    assert_eq!(peek(&fx.m("c")), (String::new(), 0, true));
+    assert!(src.join(".lockfs/lvb.corrupt").exists());
+    let (_, valid) = put(&fx.m("b"), "b2");
+    assert!(valid);
+    stop(fx, &ctx);
+
+    // A store cut short (a partial last slot): no panic; what is left reads.
+    let bytes = std::fs::read(store_path(&src)).unwrap();
+    std::fs::write(
+        store_path(&src),
+        &bytes[..fuse_lockfs::lvb_slots::SLOT + 30],
+    )
+    .unwrap();
+    let (fx, ctx) = remount(&src).unwrap();
+    assert!(!peek(&fx.m("b")).2, "b's slot was cut off: not-valid");
+    assert!(put(&fx.m("b"), "b3").1);
+    assert_eq!(peek(&fx.m("b")).0, "b3");
+    stop(fx, &ctx);
+}
+
+#[test]
+fn a_slot_is_never_read_for_a_file_that_reuses_its_inode_number() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("old"), b"data").unwrap();
+    let Some((fx, ctx)) = remount(&src) else {
+        return;
+    };
+    assert_eq!(put(&fx.m("old"), "old value"), (1, true));
+    assert_eq!(put(&fx.m("old"), "old value 2"), (2, true));
+    stop(fx, &ctx);
+    let ino = std::fs::metadata(src.join("old")).unwrap().ino();
+    std::fs::remove_file(src.join("old")).unwrap();
+    // Most file systems (ext4 among them) hand a freed inode number to the
+    // next file created.
+    let mut reused = None;
+    for i in 0..64 {
+        let p = src.join(format!("new{i}"));
+        std::fs::write(&p, b"data").unwrap();
+        if std::fs::metadata(&p).unwrap().ino() == ino {
+            reused = Some(p);
+            break;
+        }
+    }
+    let new = match reused {
+        Some(p) => p,
+        None => {
+            // The file system never reuses numbers here: make a file that
+            // looks to the daemon exactly like a reused inode (the slot's
+            // inode number, no marker) by stripping a marker.
+            eprintln!("*** no inode number reused on this file system: simulating reuse ***");
+            let p = src.join("new0");
+            let (fx, ctx) = remount(&src).unwrap();
+            assert_eq!(put(&fx.m("new0"), "x"), (1, true));
+            stop(fx, &ctx);
+            let c = cpath(&p);
+            // SAFETY: valid C strings.
+            let r = unsafe { libc::removexattr(c.as_ptr(), LVB_ATTR.as_ptr()) };
+            assert_eq!(r, 0);
+            p
+        }
+    };
+    let name = new.file_name().unwrap().to_str().unwrap().to_string();
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(
+        peek(&fx.m(&name)),
+        (String::new(), 0, true),
+        "a new file starts from the initial block, not the old file's"
+    );
+    assert_eq!(put(&fx.m(&name), "new value"), (1, true));
+    stop(fx, &ctx);
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m(&name)), ("new value".into(), 1, true));
+    stop(fx, &ctx);
+    // The new file took the old file's slot over rather than adding one.
+    let ino_new = std::fs::metadata(&new).unwrap().ino();
+    let store = std::fs::read(store_path(&src)).unwrap();
+    let slots = fuse_lockfs::lvb_slots::read_all(&store).unwrap();
+    assert_eq!(slots.iter().filter(|s| s.0 == ino_new).count(), 1);
+}
+
+#[test]
+fn blocks_kept_on_backing_files_move_into_the_store() {
+    use fuse_lockfs::lvb_store::{Record, MARKER_LEN};
+    use lock_table::LvbValue;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for n in ["kept", "stale", "fresh"] {
+        std::fs::write(src.join(n), b"data").unwrap();
+    }
+    // A first run records the export's epoch, cleanly.
+    let Some((fx, ctx)) = remount(&src) else {
+        return;
+    };
+    stop(fx, &ctx);
+    let e = xattr_get(&src, c"trusted.lockfs.lvb-epoch").expect("the export's epoch");
+    let epoch = u64::from_le_bytes(e[8..16].try_into().unwrap());
+    // Blocks as an earlier version stored them: whole records on the files,
+    // one of this epoch, one of an epoch a crash ended.
+    let block = |v: &[u8], seq: u64, epoch: u64| {
+        let mut value = LvbValue::default().written(v).unwrap();
+        value.seq = seq;
+        Record { value, epoch }.encode()
+    };
+    xattr_set(&src.join("kept"), LVB_ATTR, &block(b"kept value", 7, epoch));
+    xattr_set(
+        &src.join("stale"),
+        LVB_ATTR,
+        &block(b"stale value", 3, epoch - 1),
+    );
+
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m("kept")), ("kept value".into(), 7, true));
+    assert_eq!(peek(&fx.m("stale")), ("stale value".into(), 3, false));
+    assert_eq!(peek(&fx.m("fresh")), (String::new(), 0, true));
+    // Read once: the files now carry markers, and their blocks are in the store.
+    for n in ["kept", "stale"] {
+        let a = xattr_get(&src.join(n), LVB_ATTR).unwrap();
+        assert_eq!(a.len(), MARKER_LEN, "{n} carries a marker");
+    }
+    assert_eq!(xattr_get(&src.join("fresh"), LVB_ATTR), None);
+    assert_eq!(put(&fx.m("kept"), "next"), (8, true));
+    stop(fx, &ctx);
+    let store = std::fs::read(store_path(&src)).unwrap();
+    let slots = fuse_lockfs::lvb_slots::read_all(&store).unwrap();
+    assert_eq!(slots.len(), 2);
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m("kept")), ("next".into(), 8, true));
+    assert_eq!(peek(&fx.m("stale")), ("stale value".into(), 3, false));
+    stop(fx, &ctx);
+}
+
+#[test]
+fn a_file_that_reuses_a_deleted_files_inode_during_a_run_starts_afresh() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let Some((fx, ctx)) = remount(&src) else {
+        return;
+    };
+    std::fs::write(fx.m("old"), b"data").unwrap();
+    assert_eq!(put(&fx.m("old"), "old 1"), (1, true));
+    assert_eq!(put(&fx.m("old"), "old 2"), (2, true));
+    wait_unlocked(&ctx);
+    let ino = std::fs::metadata(src.join("old")).unwrap().ino();
+    std::fs::remove_file(fx.m("old")).unwrap();
+    // The number comes back once the kernel forgot the inode and the daemon
+    // let go of the backing file.
+    let t0 = Instant::now();
+    let mut n = 0;
+    let name = loop {
+        let name = format!("new{n}");
+        std::fs::write(fx.m(&name), b"data").unwrap();
+        if std::fs::metadata(src.join(&name)).unwrap().ino() == ino {
+            break name;
+        }
+        std::fs::remove_file(fx.m(&name)).unwrap();
+        n += 1;
+        if t0.elapsed() > Duration::from_secs(5) {
+            eprintln!("*** SKIPPED: the source's file system reused no inode number ***");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        peek(&fx.m(&name)),
+        (String::new(), 0, true),
+        "the new file does not inherit the deleted file's block"
+    );
+    assert_eq!(put(&fx.m(&name), "new 1"), (1, true));
+    stop(fx, &ctx);
+    // Its block is its own across a restart too.
+    let (fx, ctx) = remount(&src).unwrap();
+    assert_eq!(peek(&fx.m(&name)), ("new 1".into(), 1, true));
+    stop(fx, &ctx);
+}

@@ -199,6 +199,32 @@ fn a_daemon_crash_leaves_values_not_valid_and_a_clean_restart_keeps_them() {
     assert_eq!(get(&d.mnt("f")), ("v2".into(), 2, false));
 }
 
+#[test]
+fn a_daemon_killed_right_after_sets_keeps_the_last_value_returned() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path());
+    let (f, g) = (d.mnt("f"), d.mnt("g"));
+    std::fs::write(&f, b"data").unwrap();
+    std::fs::write(&g, b"data").unwrap();
+    // Only the first set of a file writes its marker attribute; later ones
+    // are writes into the mapped store and nothing else.
+    for i in 1..=5u64 {
+        assert_eq!(set(&f, &format!("f{i}")), (format!("f{i}"), i, true));
+    }
+    assert_eq!(set(&g, "g1"), ("g1".into(), 1, true));
+    d.crash();
+    let d = Daemon::start(dir.path());
+    assert_eq!(
+        get(&d.mnt("f")),
+        ("f5".into(), 5, false),
+        "the last set kept"
+    );
+    assert_eq!(get(&d.mnt("g")), ("g1".into(), 1, false));
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

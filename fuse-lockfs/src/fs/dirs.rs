@@ -24,8 +24,15 @@ impl LockFs {
         })))
     }
 
-    /// Fills `reply` with entries from `offset` on, as many as fit.
-    pub(super) fn readdir(&self, fh: FileHandle, offset: u64, reply: &mut ReplyDirectory) -> R<()> {
+    /// Fills `reply` with entries of directory `ino` from `offset` on, as many
+    /// as fit.
+    pub(super) fn readdir(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: &mut ReplyDirectory,
+    ) -> R<()> {
         let dir = self.dir(fh)?;
         let _cursor = dir.cursor.lock().unwrap_or_else(|p| p.into_inner());
         sys::lseek(dir.fd.as_fd(), offset as i64, libc::SEEK_SET).map_err(errno)?;
@@ -36,6 +43,9 @@ impl LockFs {
                 return Ok(());
             }
             for ent in Dirents::new(&buf[..n]) {
+                if super::entries::is_hidden(ino, ent.name) {
+                    continue;
+                }
                 let kind = match attr::dirent_type(ent.d_type) {
                     Some(k) => k,
                     None => kind_at(&dir.fd, ent.name),

@@ -5,7 +5,7 @@
 //! `O_PATH` by name, then handed to the calling user: the daemon runs as root,
 //! and a new file must belong to whoever asked for it.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -35,12 +35,24 @@ impl LockFs {
         self.register(fd).map(|(_, a)| self.cached(a))
     }
 
+    /// `name` in directory `parent` as a C string, refused (`EPERM`) if it is
+    /// lockfs's own state directory at the root, which the mount never shows.
+    pub(super) fn name_in(&self, parent: INodeNo, name: &OsStr) -> R<CString> {
+        if is_hidden(parent, name.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        sys::component(name).map_err(errno)
+    }
+
     pub(super) fn lookup(&self, parent: INodeNo, name: &OsStr) -> R<Attr> {
         let dir = self.inode(parent)?;
         // The root's parent lies outside the source: never hand it out.
         if parent.0 == ROOT_INO && name.as_bytes() == b".." {
             let fd = sys::reopen(dir.fd.as_fd(), libc::O_PATH).map_err(errno)?;
             return self.entry(fd);
+        }
+        if is_hidden(parent, name.as_bytes()) {
+            return Err(Errno::ENOENT);
         }
         let c = sys::component(name).map_err(errno)?;
         let fd = sys::open_path(dir.fd.as_fd(), &c).map_err(errno)?;
@@ -95,7 +107,7 @@ impl LockFs {
         rdev: u32,
     ) -> R<Attr> {
         let dir = self.inode(parent)?;
-        let c = sys::component(name).map_err(errno)?;
+        let c = self.name_in(parent, name)?;
         let cleared = sys::thread_umask_cleared();
         let dev = attr::decode_dev(rdev);
         if mode & libc::S_IFMT == libc::S_IFDIR {
@@ -112,7 +124,7 @@ impl LockFs {
 
     pub(super) fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32) -> R<Attr> {
         let dir = self.inode(parent)?;
-        let c = sys::component(name).map_err(errno)?;
+        let c = self.name_in(parent, name)?;
         let cleared = sys::thread_umask_cleared();
         sys::mkdirat(dir.fd.as_fd(), &c, mode & 0o7777).map_err(errno)?;
         let fd = sys::open_path(dir.fd.as_fd(), &c).map_err(errno)?;
@@ -134,7 +146,7 @@ impl LockFs {
         target: &Path,
     ) -> R<Attr> {
         let dir = self.inode(parent)?;
-        let c = sys::component(name).map_err(errno)?;
+        let c = self.name_in(parent, name)?;
         let t = sys::cstring(target.as_os_str()).map_err(errno)?;
         sys::symlinkat(&t, dir.fd.as_fd(), &c).map_err(errno)?;
         let fd = sys::open_path(dir.fd.as_fd(), &c).map_err(errno)?;
@@ -145,7 +157,7 @@ impl LockFs {
     pub(super) fn link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> R<Attr> {
         let inode = self.inode(ino)?;
         let dir = self.inode(newparent)?;
-        let c = sys::component(newname).map_err(errno)?;
+        let c = self.name_in(newparent, newname)?;
         sys::link_fd(inode.fd.as_fd(), dir.fd.as_fd(), &c).map_err(errno)?;
         let fd = sys::open_path(dir.fd.as_fd(), &c).map_err(errno)?;
         self.entry(fd)
@@ -161,15 +173,22 @@ impl LockFs {
     ) -> R<()> {
         let from = self.inode(parent)?;
         let to = self.inode(newparent)?;
-        let a = sys::component(name).map_err(errno)?;
-        let b = sys::component(newname).map_err(errno)?;
+        let a = self.name_in(parent, name)?;
+        let b = self.name_in(newparent, newname)?;
         sys::renameat2(from.fd.as_fd(), &a, to.fd.as_fd(), &b, flags.bits()).map_err(errno)
     }
 
     /// `unlink` (`flags == 0`) and `rmdir` (`AT_REMOVEDIR`).
     pub(super) fn remove(&self, parent: INodeNo, name: &OsStr, flags: i32) -> R<()> {
         let dir = self.inode(parent)?;
-        let c = sys::component(name).map_err(errno)?;
+        let c = self.name_in(parent, name)?;
         sys::unlinkat(dir.fd.as_fd(), &c, flags).map_err(errno)
     }
+}
+
+/// Whether `name` in `parent` is lockfs's own state directory (the value-block
+/// store and a service group's state), which the mount hides and refuses to
+/// touch: it is the daemon's, not the exported tree's.
+pub(super) fn is_hidden(parent: INodeNo, name: &[u8]) -> bool {
+    parent.0 == ROOT_INO && name == crate::lvb_slots::STATE_DIR.as_bytes()
 }

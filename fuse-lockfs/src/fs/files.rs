@@ -102,7 +102,7 @@ impl LockFs {
         flags: i32,
     ) -> R<(OwnedFd, Arc<Inode>, FileAttr, bool)> {
         let dir = self.inode(parent)?;
-        let c = sys::component(name).map_err(errno)?;
+        let c = self.name_in(parent, name)?;
         let cleared = sys::thread_umask_cleared();
         // O_NOFOLLOW: a symlink planted in the source tree must not redirect the create.
         let base = (flags | libc::O_NOFOLLOW) & !libc::O_DIRECT;

@@ -195,7 +195,10 @@ impl Filesystem for LockFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.shared.inodes.forget(ino.0, nlookup);
+        let gone = self.shared.inodes.forget(ino.0, nlookup);
+        if let (Some(key), Some(lk)) = (gone, &self.locking) {
+            crate::lvb::on_forget(lk, FileId::new(key.dev, key.ino));
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -384,12 +387,12 @@ impl Filesystem for LockFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.readdir(fh, offset, &mut reply);
+        let res = self.readdir(ino, fh, offset, &mut reply);
         reply.send(res)
     }
 
