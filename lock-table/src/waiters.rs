@@ -677,6 +677,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(!Owner::nlm_host(ha).covers(&Owner::posix(a.id)));
-        assert!(!a.covers(&Owner::nlm_host(ha)), "only the whole host covers");
+        assert!(
+            !a.covers(&Owner::nlm_host(ha)),
+            "only the whole host covers"
+        );
     }
 }

@@ -913,10 +913,7 @@ async fn mandatory_locks_and_share_reservations_gate_nfs_io() {
             t.registry_mut().nlm_owner(other, 7, b"proc-7"),
         )
     });
-    let nlm = LockRequest {
-        owner: mine,
-        ..req
-    };
+    let nlm = LockRequest { owner: mine, ..req };
     assert!(matches!(s.table.lock(&nlm), LockOutcome::Granted));
     assert_eq!(
         u.write(&fh, 2, b"h", 2).await.0,

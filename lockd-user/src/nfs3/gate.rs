@@ -57,9 +57,5 @@ pub fn admit_io(
     // A host that never locked anything here holds no lock to count as its own.
     let owner = Owner::nlm_host(host.unwrap_or(HostId(u32::MAX)));
     let req = GateRequest::new(file, owner, None, 0).touching(access, range);
-    lockd
-        .table
-        .admit(&req)
-        .map(Some)
-        .map_err(|_| Stat::Jukebox)
+    lockd.table.admit(&req).map(Some).map_err(|_| Stat::Jukebox)
 }
