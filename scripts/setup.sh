@@ -16,6 +16,7 @@ fi
 # Debian packages: fuse3 (fusermount3 for auto-unmount and recovery),
 # rpcbind and nfs-common (the system portmapper and statd peers),
 # libnfs-dev and libtirpc-dev (independent NLM/NSM clients in the tests),
+# libnfs-utils (nfs-ls, nfs-cat, nfs-cp: an independent NFSv3 client),
 # tshark (wire decoding checks), bpftool, iproute2 (network namespaces),
 # attr (xattr tools), procps/psmisc (process checks), pkg-config and a C
 # compiler for the test clients. The Debian package (scripts/build-deb.sh)
@@ -26,7 +27,7 @@ fi
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
-    rpcbind nfs-common libnfs-dev libtirpc-dev
+    rpcbind nfs-common libnfs-dev libnfs-utils libtirpc-dev
     tshark bpftool
     dpkg-dev binutils lintian man-db systemd
     resource-agents libxml2-utils

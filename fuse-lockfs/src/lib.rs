@@ -128,8 +128,8 @@ pub use lvb::{
     LVB_UNLOCKED,
 };
 pub use mount::{
-    block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, MountHandle,
-    MountStats, Mounted, Unmounter,
+    block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, Invalidator,
+    MountHandle, MountStats, Mounted, Unmounter,
 };
 pub use options::{
     is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,

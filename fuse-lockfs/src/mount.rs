@@ -16,6 +16,7 @@ use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL, Session
 
 use crate::error::{Error, Result};
 use crate::fs::{LockFs, Shared};
+use crate::inode::FileKey;
 use crate::locking::Locking;
 use crate::options::MountOptions;
 use crate::sys;
@@ -293,7 +294,57 @@ impl std::fmt::Debug for MountHandle {
     }
 }
 
+/// Tells the kernel that backing files of a mount changed behind its back (through
+/// another door, such as NFS), so that its cached attributes, data and names of them are
+/// dropped instead of being served for up to the attribute timeout. Files and names the
+/// kernel does not know are nothing to invalidate.
+#[derive(Clone)]
+pub struct Invalidator {
+    notifier: fuser::Notifier,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invalidator").finish_non_exhaustive()
+    }
+}
+
+impl Invalidator {
+    fn ino(&self, key: FileKey) -> Option<fuser::INodeNo> {
+        self.shared
+            .inodes
+            .by_key(&key)
+            .map(|i| fuser::INodeNo(i.ino))
+    }
+
+    /// The backing file `key` changed (size, times, mode, contents).
+    pub fn file_changed(&self, key: FileKey) {
+        if let Some(ino) = self.ino(key) {
+            // ENOENT: the kernel forgot the inode meanwhile; nothing is cached then.
+            let _ = self.notifier.inval_inode(ino, 0, 0);
+        }
+    }
+
+    /// The name `name` in directory `dir` appeared, went away or now names another file.
+    pub fn entry_changed(&self, dir: FileKey, name: &std::ffi::OsStr) {
+        if let Some(ino) = self.ino(dir) {
+            let _ = self.notifier.inval_entry(ino, name);
+            let _ = self.notifier.inval_inode(ino, 0, 0);
+        }
+    }
+}
+
 impl MountHandle {
+    /// Invalidates the kernel's caches of this mount for changes made through other doors;
+    /// `None` once the mount is being torn down.
+    pub fn invalidator(&self) -> Option<Invalidator> {
+        self.bg.as_ref().map(|bg| Invalidator {
+            notifier: bg.notifier(),
+            shared: self.shared.clone(),
+        })
+    }
+
     /// Where the file system is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint

@@ -21,6 +21,7 @@
 //! - [`callbacks`] and [`recovery`]: GRANTED and `*_RES` callbacks, grace periods,
 //!   SM_NOTIFY in both directions, host release; [`notify`]: a restart's paced round of
 //!   SM_NOTIFY.
+//! - [`nfs3`] and [`mountd`]: NFS version 3 and MOUNT on the same exports and handles.
 //! - [`service`]: starts all of it; [`lockd::Lockd`] is the state its programs share.
 //!
 //! Procedure logic sits above this crate's transport layer and is written as plain functions
@@ -76,6 +77,8 @@ pub mod fh;
 pub mod group_state;
 mod liveness;
 pub mod lockd;
+pub mod mountd;
+pub mod nfs3;
 pub mod nlm;
 pub mod notify;
 pub mod nsm;

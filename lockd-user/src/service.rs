@@ -153,6 +153,8 @@ pub struct LockdService {
     lockd: Arc<Lockd>,
     server: RpcServer,
     portmapper: Option<RpcServer>,
+    /// The built-in portmapper's table, for other programs of the daemon to register in.
+    builtin: Option<Arc<Portmapper>>,
     registered: bool,
     worker: JoinHandle<()>,
     /// Probes contended holders when the unreachable policy is on.
@@ -263,6 +265,7 @@ impl LockdService {
             lockd,
             server,
             portmapper: None,
+            builtin: None,
             registered: false,
             worker,
             liveness,
@@ -296,6 +299,9 @@ impl LockdService {
                     .chain(&config.tcp)
                     .map(|a| a.ip())
                     .collect();
+                // Each address once: UDP and TCP list the same ones, and a second bind of
+                // one would fail the whole portmapper.
+                ips.sort();
                 ips.dedup();
                 ips.into_iter()
                     .map(|ip| SocketAddr::new(ip, PMAP_PORT))
@@ -323,6 +329,7 @@ impl LockdService {
                 );
                 info!(addrs = ?s.udp_addrs(), "serving the built-in portmapper");
                 self.portmapper = Some(s);
+                self.builtin = Some(pm);
             }
             Err(e) => {
                 warn!(error = %e, "cannot serve the built-in portmapper; clients must be told the ports")
@@ -378,6 +385,11 @@ impl LockdService {
     /// Where the built-in portmapper listens, when it runs.
     pub fn portmapper_addrs(&self) -> Option<&[SocketAddr]> {
         self.portmapper.as_ref().map(|s| s.udp_addrs())
+    }
+
+    /// The built-in portmapper's table, when it runs (other programs register there).
+    pub fn builtin_portmapper(&self) -> Option<Arc<Portmapper>> {
+        self.builtin.clone()
     }
 
     /// Whether the programs were registered with the system's rpcbind.

@@ -19,6 +19,8 @@
 //! port = 0                             # 0: any free port, registered with rpcbind
 //! busy_poll_us = 200                   # after a reply, poll the connection this long
 //!                                      # before sleeping (latency for CPU); 0: off
+//! nfs_port = 2049                      # NFS version 3, UDP and TCP; 0: no NFS
+//! mount_port = 20048                   # MOUNT versions 1 and 3, UDP and TCP
 //!
 //! [limits]
 //! owners_per_host = 4096
@@ -34,6 +36,8 @@
 //! monitors_per_host = 64               # SM_MON registrations for one monitored host
 //! notify_per_second = 500              # clients a restart's SM_NOTIFY round starts per second
 //! notify_in_flight = 1024             # SM_NOTIFY requests awaiting a reply at once
+//! open_files = 4096                    # backing descriptors kept open behind NFS handles
+//! nfs_max_io = 1048576                 # largest NFS READ and WRITE (bytes)
 //!
 //! [[group]]                            # a service group: its own grace period
 //! name = "default"                     # and client list; fails over as a unit
@@ -58,6 +62,9 @@
 //! flock = "separate"                   # separate (or local) | shared
 //! clients = ["10.0.0.0/8", "::1"]      # NLM clients allowed; default: any
 //! read_only = false
+//! no_root_squash = false               # NFS: root stays root (default: squashed)
+//! anon_uid = 65534                     # NFS: who squashed and AUTH_NONE callers are
+//! anon_gid = 65534
 //! ```
 
 use lockd_user::exports::Cidr;
@@ -132,6 +139,8 @@ struct RawListen {
     addresses: Option<Vec<Spanned<String>>>,
     port: Option<u16>,
     busy_poll_us: Option<u64>,
+    nfs_port: Option<u16>,
+    mount_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +159,8 @@ struct RawLimits {
     monitors_per_host: Option<usize>,
     notify_per_second: Option<u32>,
     notify_in_flight: Option<usize>,
+    open_files: Option<usize>,
+    nfs_max_io: Option<u32>,
 }
 
 /// Limits of the network side beyond the lock table's: TCP connections and record memory,
@@ -189,6 +200,10 @@ struct RawExport {
     clients: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     read_only: bool,
+    #[serde(default)]
+    no_root_squash: bool,
+    anon_uid: Option<u32>,
+    anon_gid: Option<u32>,
 }
 
 /// A service group after validation.
@@ -258,6 +273,10 @@ pub struct Export {
     /// Empty: every client is allowed.
     pub clients: Vec<Cidr>,
     pub read_only: bool,
+    /// NFS callers with uid 0 keep it (otherwise they become `anon_uid`/`anon_gid`).
+    pub no_root_squash: bool,
+    pub anon_uid: u32,
+    pub anon_gid: u32,
 }
 
 /// The whole validated configuration.
@@ -271,6 +290,13 @@ pub struct Config {
     /// How long the RPC server keeps polling a connection after a reply;
     /// `None` sleeps at once.
     pub busy_poll: Option<Duration>,
+    /// NFS version 3 port; `None`: NFS and MOUNT are not served.
+    pub nfs_port: Option<u16>,
+    pub mount_port: u16,
+    /// Backing descriptors the NFS door keeps open behind handles.
+    pub open_files: usize,
+    /// Largest NFS READ and WRITE, advertised in FSINFO.
+    pub nfs_max_io: u32,
     pub owners_per_host: usize,
     pub locks_per_host: u64,
     pub waiters: usize,
@@ -549,6 +575,9 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             flock: e.flock.unwrap_or(FlockPolicy::Separate),
             clients,
             read_only: e.read_only,
+            no_root_squash: e.no_root_squash,
+            anon_uid: e.anon_uid.unwrap_or(65534),
+            anon_gid: e.anon_gid.unwrap_or(65534),
         });
     }
     if exports.is_empty() {
@@ -589,6 +618,17 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             0 => None,
             us => Some(Duration::from_micros(us)),
         },
+        nfs_port: match raw.listen.nfs_port.unwrap_or(2049) {
+            0 => None,
+            p => Some(p),
+        },
+        mount_port: raw.listen.mount_port.unwrap_or(20048),
+        open_files: raw.limits.open_files.unwrap_or(4096).max(16),
+        nfs_max_io: raw
+            .limits
+            .nfs_max_io
+            .unwrap_or(1 << 20)
+            .clamp(4096, 16 << 20),
         owners_per_host: raw.limits.owners_per_host.unwrap_or(4096),
         locks_per_host: raw.limits.locks_per_host.unwrap_or(1 << 20),
         waiters: raw.limits.waiters.unwrap_or(65_536),
@@ -694,7 +734,9 @@ impl Section {
     pub fn doc(self) -> &'static str {
         match self {
             Section::Top => "Keys before the first table apply to the whole daemon.",
-            Section::Listen => "Where NLM and NSM listen for remote clients, over UDP and TCP.",
+            Section::Listen => {
+                "Where NLM, NSM, NFS and MOUNT listen for remote clients, over UDP and TCP."
+            }
             Section::Limits => {
                 "Bounds on what remote clients may hold or queue. A request beyond a limit \
                  is refused with DENIED_NOLOCKS and logged."
@@ -777,7 +819,7 @@ pub const KEYS: &[Key] = &[
         name: "addresses",
         value: "array of IP addresses",
         default: Some("[\"127.0.0.1\"]"),
-        doc: "The addresses NLM and NSM listen on.",
+        doc: "The addresses NLM, NSM, NFS and MOUNT listen on.",
     },
     Key {
         section: Section::Listen,
@@ -795,6 +837,25 @@ pub const KEYS: &[Key] = &[
         default: Some("200"),
         doc: "After a reply, keep polling the connection this long before sleeping: \
               lower latency for a busy client at the cost of CPU time. 0 turns it off.",
+    },
+    Key {
+        section: Section::Listen,
+        name: "nfs_port",
+        value: "integer",
+        default: Some("2049"),
+        doc: "The port NFS version 3 listens on (UDP and TCP, on the listen addresses), \
+              serving the exports with the same file handles as NLM; 0 serves no NFS and \
+              no MOUNT. When the port cannot be bound the daemon says so and serves the \
+              rest without NFS.",
+    },
+    Key {
+        section: Section::Listen,
+        name: "mount_port",
+        value: "integer",
+        default: Some("20048"),
+        doc: "The fixed port of the MOUNT program (versions 1 and 3, UDP and TCP), which \
+              NFS clients ask for an export's root handle and showmount lists exports \
+              with.",
     },
     Key {
         section: Section::Limits,
@@ -886,6 +947,22 @@ pub const KEYS: &[Key] = &[
         value: "integer",
         default: Some("1024"),
         doc: "SM_NOTIFY requests (portmapper lookups included) awaiting a reply at once.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "open_files",
+        value: "integer",
+        default: Some("4096"),
+        doc: "Backing-file descriptors the NFS server keeps open behind file handles \
+              (least recently used ones are closed first).",
+    },
+    Key {
+        section: Section::Limits,
+        name: "nfs_max_io",
+        value: "integer (bytes)",
+        default: Some("1048576"),
+        doc: "The largest NFS READ and WRITE, advertised to clients in FSINFO (4096 to \
+              16777216; over UDP at most 32768).",
     },
     Key {
         section: Section::Group,
@@ -990,7 +1067,29 @@ pub const KEYS: &[Key] = &[
         name: "read_only",
         value: "boolean",
         default: Some("false"),
-        doc: "Serve the export read-only.",
+        doc: "Serve the export read-only (NFS answers NFS3ERR_ROFS to every change).",
+    },
+    Key {
+        section: Section::Export,
+        name: "no_root_squash",
+        value: "boolean",
+        default: Some("false"),
+        doc: "NFS callers with uid 0 act as root. By default they act as anon_uid and \
+              anon_gid, without supplementary groups.",
+    },
+    Key {
+        section: Section::Export,
+        name: "anon_uid",
+        value: "integer",
+        default: Some("65534"),
+        doc: "The uid NFS operations of squashed root and of AUTH_NONE callers run as.",
+    },
+    Key {
+        section: Section::Export,
+        name: "anon_gid",
+        value: "integer",
+        default: Some("65534"),
+        doc: "The gid NFS operations of squashed root and of AUTH_NONE callers run as.",
     },
 ];
 

@@ -8,6 +8,7 @@ mod demo;
 mod lvb;
 mod manpage;
 mod mount;
+mod nfs;
 mod serve;
 mod share_open;
 mod trace;

@@ -155,6 +155,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         service.state()
     );
 
+    let caches = Arc::new(crate::nfs::MountCaches::default());
+    let nfs = crate::nfs::start(&cfg, &service, &runtime, caches.clone());
+
     let mut mounts = Vec::new();
     for e in &cfg.exports {
         // An offline group's storage may be on another node: its exports are not mounted
@@ -191,6 +194,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             e.source.display(),
             e.mountpoint.display()
         );
+        if let Some(i) = handle.invalidator() {
+            caches.add(i);
+        }
         mounts.push(handle);
     }
     let lockd = service.lockd().clone();
@@ -224,6 +230,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         if let Err(e) = lockd_user::recovery::group_offline(service.lockd(), ScopeId(g.scope)) {
             eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
         }
+    }
+    if let Some(n) = nfs {
+        runtime.block_on(n.shutdown());
     }
     runtime.block_on(service.shutdown());
     let mut failed = false;

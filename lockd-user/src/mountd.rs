@@ -1,0 +1,201 @@
+//! The MOUNT program (versions 1 and 3, RFC 1813 appendix I): how an NFS client gets the
+//! root file handle of an export, and how `showmount` lists exports and mounts.
+//!
+//! MNT answers the root handle of the export whose path (its source directory, or
+//! `/NAME`) is asked for, if the client's address is on the export's client list; the
+//! handle is the NLM/NFS handle of the root, so everything below it is reached by LOOKUP.
+//! Version 1 MNT hands out 32-byte NFSv2 handles, and NFS version 2 is not served: it
+//! answers EACCES, while its DUMP and EXPORT (what `showmount` uses) are served.
+//! The mount list DUMP reports is kept in memory only (it is advisory in every
+//! implementation: clients that crash never send UMNT).
+
+use crate::lockd::Lockd;
+use crate::nfs3::backing::Backing;
+use crate::nfs3::ExportOptions;
+use crate::server::{CallContext, ProcError, Reply, RpcProgram};
+use crate::xdr::{Decoder, Encoder};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+pub const MOUNT_PROG: u32 = 100_005;
+pub const MOUNT_V1: u32 = 1;
+pub const MOUNT_V3: u32 = 3;
+/// `MNTPATHLEN`.
+pub const MNTPATHLEN: usize = 1024;
+/// Most entries kept in the mount list.
+const MAX_MOUNTS: usize = 65_536;
+
+pub mod proc_ {
+    pub const NULL: u32 = 0;
+    pub const MNT: u32 = 1;
+    pub const DUMP: u32 = 2;
+    pub const UMNT: u32 = 3;
+    pub const UMNTALL: u32 = 4;
+    pub const EXPORT: u32 = 5;
+}
+
+/// `mountstat3` values used here.
+pub mod stat {
+    pub const OK: u32 = 0;
+    pub const NOENT: u32 = 2;
+    pub const IO: u32 = 5;
+    pub const ACCES: u32 = 13;
+}
+
+/// MOUNT versions 1 and 3.
+pub struct MountProgram {
+    lockd: Arc<Lockd>,
+    exports: Arc<HashMap<u32, ExportOptions>>,
+    backing: Arc<Backing>,
+    mounts: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl MountProgram {
+    pub fn new(
+        lockd: Arc<Lockd>,
+        exports: Arc<HashMap<u32, ExportOptions>>,
+        backing: Arc<Backing>,
+    ) -> Self {
+        Self {
+            lockd,
+            exports,
+            backing,
+            mounts: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn mounts(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.mounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The export ids in configuration order with the path each is listed under.
+    fn listed(&self) -> Vec<(u32, String)> {
+        let mut v: Vec<(u32, String)> = self
+            .lockd
+            .exports
+            .iter()
+            .map(|o| {
+                let path = self
+                    .exports
+                    .get(&o.export.id)
+                    .and_then(|x| x.paths.first().cloned())
+                    .unwrap_or_else(|| o.export.root.display().to_string());
+                (o.export.id, path)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn find(&self, path: &str) -> Option<u32> {
+        let trimmed = if path.len() > 1 {
+            path.trim_end_matches('/')
+        } else {
+            path
+        };
+        self.lockd.exports.iter().map(|o| o.export.id).find(|id| {
+            let e = self.lockd.exports.get(*id);
+            self.exports
+                .get(id)
+                .is_some_and(|x| x.paths.iter().any(|p| p == trimmed))
+                || e.is_some_and(|e| e.export.root.as_os_str() == trimmed)
+        })
+    }
+
+    fn mnt(&self, ctx: &CallContext, path: &str, e: &mut Encoder) {
+        let Some(id) = self.find(path) else {
+            e.put_u32(stat::NOENT);
+            return;
+        };
+        let Some(export) = self.lockd.exports.get(id) else {
+            e.put_u32(stat::NOENT);
+            return;
+        };
+        if !export.export.allows(ctx.peer.ip()) {
+            e.put_u32(stat::ACCES);
+            return;
+        }
+        if ctx.vers == MOUNT_V1 {
+            e.put_u32(stat::ACCES);
+            return;
+        }
+        match self.backing.root_handle(&self.lockd, export) {
+            Ok(fh) => {
+                e.put_u32(stat::OK);
+                e.put_opaque(&fh);
+                // auth_flavors: AUTH_SYS (AUTH_NONE callers are served as anonymous).
+                e.put_array(&[crate::rpc::flavor::AUTH_SYS, crate::rpc::flavor::AUTH_NONE]);
+                let host = client_name(ctx);
+                let mut m = self.mounts();
+                if m.len() < MAX_MOUNTS {
+                    m.insert((host, path.to_string()));
+                }
+            }
+            Err(_) => e.put_u32(stat::IO),
+        }
+    }
+}
+
+fn client_name(ctx: &CallContext) -> String {
+    match ctx.cred.machinename() {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => ctx.peer.ip().to_string(),
+    }
+}
+
+impl RpcProgram for MountProgram {
+    fn program(&self) -> u32 {
+        MOUNT_PROG
+    }
+
+    fn versions(&self) -> (u32, u32) {
+        (MOUNT_V1, MOUNT_V3)
+    }
+
+    fn has_version(&self, vers: u32) -> bool {
+        vers == MOUNT_V1 || vers == MOUNT_V3
+    }
+
+    fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+        let mut e = Encoder::new();
+        match ctx.proc_ {
+            proc_::NULL => {}
+            proc_::MNT => {
+                let path = args.get_string(MNTPATHLEN)?;
+                self.mnt(ctx, &path, &mut e);
+            }
+            proc_::DUMP => {
+                for (host, dir) in self.mounts().iter() {
+                    e.put_bool(true);
+                    e.put_string(host);
+                    e.put_string(dir);
+                }
+                e.put_bool(false);
+            }
+            proc_::UMNT => {
+                let path = args.get_string(MNTPATHLEN)?;
+                self.mounts().remove(&(client_name(ctx), path));
+            }
+            proc_::UMNTALL => {
+                let host = client_name(ctx);
+                self.mounts().retain(|(h, _)| *h != host);
+            }
+            proc_::EXPORT => {
+                for (id, path) in self.listed() {
+                    e.put_bool(true);
+                    e.put_string(&path);
+                    if let Some(x) = self.lockd.exports.get(id) {
+                        for c in &x.export.allowed {
+                            e.put_bool(true);
+                            e.put_string(&c.to_string());
+                        }
+                    }
+                    e.put_bool(false);
+                }
+                e.put_bool(false);
+            }
+            _ => return Err(ProcError::ProcUnavail),
+        }
+        Ok(Reply::Now(e.into_inner()))
+    }
+}

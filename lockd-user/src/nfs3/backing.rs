@@ -1,0 +1,331 @@
+//! The files behind NFS file handles: sealing a handle for a file found by name, resolving
+//! a handle to an open descriptor, and the bounded cache of those descriptors.
+//!
+//! A handle is the very NLM handle of [`crate::fh`] (export id, kernel handle, keyed MAC),
+//! so a handle a client got from LOOKUP names the same lock resource in an NLM call.
+//! Handles are made with `name_to_handle_at` on a descriptor opened without following
+//! symbolic links, and resolved with `open_by_handle_at(export root, O_PATH)` only after the
+//! length, export and MAC check out: a forged handle never reaches a system call that
+//! names a file. A file on another device than its export root (a mount inside the export)
+//! is not handed out.
+//!
+//! Resolved handles keep an `O_PATH` descriptor in a least-recently-used cache of bounded
+//! size; when it is full, the older quarter is closed at once (one sort per many inserts
+//! rather than bookkeeping on every hit). A cached descriptor of a file whose last link
+//! is gone answers STALE, as a fresh resolution would.
+
+use super::proto::{Stat, FHSIZE3};
+use crate::exports::OpenExport;
+use crate::fh::{claimed_export, FhError};
+use crate::lockd::Lockd;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+const MAX_KERNEL_HANDLE: usize = 128;
+
+/// `struct file_handle` with room for the largest kernel handle.
+#[repr(C)]
+struct KernelHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_KERNEL_HANDLE],
+}
+
+impl KernelHandle {
+    fn empty() -> Self {
+        Self {
+            handle_bytes: MAX_KERNEL_HANDLE as libc::c_uint,
+            handle_type: 0,
+            f_handle: [0; MAX_KERNEL_HANDLE],
+        }
+    }
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// `fstat` of any descriptor, `O_PATH` ones included.
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out pointer for the duration of the call.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(last_err());
+    }
+    Ok(st)
+}
+
+/// `fstatat` of a name in a directory, never following a symbolic link.
+pub fn stat_at(dir: RawFd, name: &CString) -> io::Result<libc::stat> {
+    // SAFETY: as in `fstat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` a valid out pointer.
+    if unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(last_err());
+    }
+    Ok(st)
+}
+
+/// Opens `name` in `dir` as an `O_PATH` descriptor, never following a symbolic link.
+pub fn open_path_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    open_at(
+        dir,
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+    )
+}
+
+/// `openat` returning an owned descriptor.
+pub fn open_at(dir: RawFd, name: &CString, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the returned descriptor is owned by nobody else.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, mode) };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: fd was just returned by openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The path that reopens a descriptor's file through procfs, with the permission checks
+/// of whoever opens it (an `O_PATH` descriptor cannot be read or written itself).
+pub fn proc_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+}
+
+/// Reopens a descriptor's file with `flags`, as the calling thread's identity.
+pub fn reopen(fd: RawFd, flags: i32) -> io::Result<OwnedFd> {
+    open_at(libc::AT_FDCWD, &proc_path(fd), flags | libc::O_CLOEXEC, 0)
+}
+
+/// A name from the wire as a single path component: no '/', no NUL.
+pub fn component(name: &[u8]) -> Result<CString, Stat> {
+    if name.contains(&b'/') {
+        return Err(Stat::Acces);
+    }
+    if name.is_empty() {
+        return Err(Stat::NoEnt);
+    }
+    CString::new(name).map_err(|_| Stat::Inval)
+}
+
+/// The kernel handle of an open descriptor (type, bytes).
+fn kernel_handle(fd: RawFd) -> io::Result<(u8, Vec<u8>)> {
+    let mut h = KernelHandle::empty();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the empty path with AT_EMPTY_PATH names `fd` itself; `h` is a file_handle
+    // header followed by MAX_KERNEL_HANDLE bytes as handle_bytes says; mount_id is valid.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd,
+            c"".as_ptr(),
+            (&mut h as *mut KernelHandle).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(last_err());
+    }
+    let len = h.handle_bytes as usize;
+    let htype =
+        u8::try_from(h.handle_type).map_err(|_| io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
+    if len == 0 || len > MAX_KERNEL_HANDLE {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok((htype, h.f_handle[..len].to_vec()))
+}
+
+#[derive(Debug)]
+struct Lru {
+    map: HashMap<Box<[u8]>, (Arc<OwnedFd>, u64)>,
+    clock: u64,
+}
+
+/// Resolves handles to descriptors for the NFS door, with the descriptor cache.
+#[derive(Debug)]
+pub struct Backing {
+    lru: Mutex<Lru>,
+    capacity: usize,
+}
+
+/// A resolved handle: its export and an `O_PATH` descriptor of the file.
+#[derive(Debug, Clone)]
+pub struct Node<'a> {
+    pub export: &'a OpenExport,
+    pub fd: Arc<OwnedFd>,
+}
+
+impl Node<'_> {
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn fh_status(e: FhError) -> Stat {
+    match e {
+        FhError::Malformed(_) | FhError::BadMac => Stat::BadHandle,
+        FhError::UnknownExport(_) | FhError::Stale => Stat::Stale,
+        FhError::Io { source, .. } => Stat::from_io(&source),
+        FhError::OutsideExport { .. } | FhError::Unsupported(_) => Stat::Stale,
+    }
+}
+
+impl Backing {
+    /// A cache of at most `capacity` open descriptors (at least 16).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            lru: Mutex::new(Lru {
+                map: HashMap::new(),
+                clock: 0,
+            }),
+            capacity: capacity.max(16),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Descriptors held open now.
+    pub fn open_count(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// The export and file a handle names, for a client at `peer`. Nothing on disk is
+    /// touched unless length, export and MAC check out.
+    pub fn resolve<'l>(&self, lockd: &'l Lockd, peer: IpAddr, fh: &[u8]) -> Result<Node<'l>, Stat> {
+        if fh.len() > FHSIZE3 {
+            return Err(Stat::BadHandle);
+        }
+        let claimed = claimed_export(fh).ok_or(Stat::BadHandle)?;
+        let Some(export) = lockd.exports.get(claimed) else {
+            // Not sealed here at all, or for an export this server does not have.
+            return Err(lockd
+                .fhs
+                .key()
+                .open(fh)
+                .map_or_else(fh_status, |_| Stat::Stale));
+        };
+        let (_, htype, kernel) = lockd
+            .fhs
+            .key_of(export.export.scope)
+            .open(fh)
+            .map_err(fh_status)?;
+        if !export.export.allows(peer) {
+            return Err(Stat::Acces);
+        }
+        if lockd.is_offline(export.export.scope) {
+            return Err(Stat::Stale);
+        }
+        let cached = {
+            let mut l = self.lock();
+            l.clock += 1;
+            let now = l.clock;
+            l.map.get_mut(fh).map(|(fd, stamp)| {
+                *stamp = now;
+                fd.clone()
+            })
+        };
+        let fd = match cached {
+            Some(fd) => fd,
+            None => {
+                let root = export.root().ok_or(Stat::Stale)?;
+                let mut h = KernelHandle::empty();
+                h.handle_bytes = kernel.len() as libc::c_uint;
+                h.handle_type = libc::c_int::from(htype);
+                h.f_handle[..kernel.len()].copy_from_slice(kernel);
+                // SAFETY: the root descriptor is kept open by `root` during the call; `h`
+                // is a valid file_handle whose handle_bytes does not exceed its buffer.
+                let fd = unsafe {
+                    libc::open_by_handle_at(
+                        root.as_raw_fd(),
+                        (&mut h as *mut KernelHandle).cast(),
+                        libc::O_PATH | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    let e = last_err();
+                    return Err(match e.raw_os_error() {
+                        Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::EINVAL) => Stat::Stale,
+                        _ => Stat::from_io(&e),
+                    });
+                }
+                // SAFETY: fd was just returned by open_by_handle_at.
+                let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+                let root_dev = fstat(root.as_raw_fd())
+                    .map_err(|e| Stat::from_io(&e))?
+                    .st_dev;
+                if fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?.st_dev != root_dev {
+                    return Err(Stat::Stale);
+                }
+                self.insert(fh, fd.clone());
+                fd
+            }
+        };
+        let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
+        if st.st_nlink == 0 {
+            self.lock().map.remove(fh);
+            return Err(Stat::Stale);
+        }
+        Ok(Node { export, fd })
+    }
+
+    fn insert(&self, fh: &[u8], fd: Arc<OwnedFd>) {
+        let mut l = self.lock();
+        if l.map.len() >= self.capacity {
+            let mut stamps: Vec<u64> = l.map.values().map(|(_, s)| *s).collect();
+            stamps.sort_unstable();
+            let cut = stamps[stamps.len() / 4];
+            l.map.retain(|_, (_, s)| *s > cut);
+        }
+        l.clock += 1;
+        let now = l.clock;
+        l.map.insert(fh.into(), (fd, now));
+    }
+
+    /// Seals the handle of an open descriptor of a file in `export`. A file on another
+    /// device than the export root is refused: the server does not cross mounts.
+    pub fn handle_of(
+        &self,
+        lockd: &Lockd,
+        export: &OpenExport,
+        fd: RawFd,
+    ) -> Result<Vec<u8>, Stat> {
+        let root = export.root().ok_or(Stat::Stale)?;
+        let root_dev = fstat(root.as_raw_fd())
+            .map_err(|e| Stat::from_io(&e))?
+            .st_dev;
+        if fstat(fd).map_err(|e| Stat::from_io(&e))?.st_dev != root_dev {
+            return Err(Stat::Acces);
+        }
+        let (htype, kernel) = kernel_handle(fd).map_err(|e| Stat::from_io(&e))?;
+        let fh = lockd
+            .fhs
+            .key_of(export.export.scope)
+            .seal(export.export.id, htype, &kernel);
+        if fh.len() > FHSIZE3 {
+            return Err(Stat::NotSupp);
+        }
+        Ok(fh)
+    }
+
+    /// The handle of an export's root directory.
+    pub fn root_handle(&self, lockd: &Lockd, export: &OpenExport) -> Result<Vec<u8>, Stat> {
+        let root = export.root().ok_or(Stat::Stale)?;
+        self.handle_of(lockd, export, root.as_raw_fd())
+    }
+}
+
+/// Whether `fd` is the root directory of `export`.
+pub fn is_root(export: &OpenExport, st: &libc::stat) -> bool {
+    export
+        .root()
+        .and_then(|r| fstat(r.as_raw_fd()).ok())
+        .is_some_and(|r| r.st_dev == st.st_dev && r.st_ino == st.st_ino)
+}

@@ -1,0 +1,215 @@
+//! Running one NFS operation as the caller: the AUTH_SYS uid, gid and supplementary groups
+//! become the file-system identity of the thread doing the work, so the kernel makes every
+//! permission decision exactly as it would for a local process of that user.
+//!
+//! The credentials are per thread: `setfsuid`, `setfsgid` and the raw `setgroups` system
+//! call change only the calling thread (the libc `setgroups` wrapper would change every
+//! thread of the daemon, FUSE workers included). An operation runs on a blocking-pool
+//! thread between [`assume`] and the drop of its [`Assumed`], which restores the daemon's
+//! own identity even when the operation panics.
+//!
+//! Root squash: uid 0 becomes the export's anonymous uid and gid, with no supplementary
+//! groups, unless the export says `no_root_squash`. AUTH_NONE callers are anonymous.
+
+use crate::rpc::Credential;
+
+/// Who an operation runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// How an export maps its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Squash {
+    /// Root keeps its identity (no root squash).
+    pub no_root_squash: bool,
+    pub anon_uid: u32,
+    pub anon_gid: u32,
+}
+
+impl Default for Squash {
+    fn default() -> Self {
+        Self {
+            no_root_squash: false,
+            anon_uid: 65534,
+            anon_gid: 65534,
+        }
+    }
+}
+
+impl Squash {
+    /// The identity a credential gets on this export.
+    pub fn identity(&self, cred: &Credential) -> Identity {
+        let anon = Identity {
+            uid: self.anon_uid,
+            gid: self.anon_gid,
+            groups: Vec::new(),
+        };
+        match cred {
+            Credential::Sys(s) if s.uid == 0 && !self.no_root_squash => anon,
+            Credential::Sys(s) => Identity {
+                uid: s.uid,
+                gid: if s.uid == 0 && !self.no_root_squash {
+                    self.anon_gid
+                } else {
+                    s.gid
+                },
+                groups: s.gids.clone(),
+            },
+            _ => anon,
+        }
+    }
+}
+
+/// The thread runs as an [`Identity`] until this is dropped.
+#[derive(Debug)]
+pub struct Assumed {
+    uid: u32,
+    gid: u32,
+    /// The thread's own supplementary groups, put back on drop.
+    groups: Vec<libc::gid_t>,
+}
+
+fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
+    let mut buf = vec![0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds `buf.len()` entries; the raw call reads this thread's list.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getgroups,
+            buf.len() as libc::c_long,
+            buf.as_mut_ptr(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `groups`, which outlives the call; the raw
+    // system call changes the supplementary groups of this thread only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_setgroups,
+            groups.len() as libc::c_long,
+            groups.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes this thread act as `id` for file-system access. Fails (changing nothing that is
+/// not restored) if the daemon may not take that identity.
+pub fn assume(id: &Identity) -> std::io::Result<Assumed> {
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let restore = Assumed {
+        uid,
+        gid,
+        groups: thread_groups()?,
+    };
+    raw_setgroups(&id.groups)?;
+    // SAFETY: setfsgid/setfsuid change this thread's credentials only; they return the
+    // previous value and never fail in a way that corrupts state. Success is checked by
+    // reading the value back (a call with an invalid id changes nothing and returns it).
+    unsafe {
+        libc::setfsgid(id.gid);
+        libc::setfsuid(id.uid);
+        let now_uid = libc::setfsuid(u32::MAX) as u32;
+        let now_gid = libc::setfsgid(u32::MAX) as u32;
+        if now_uid != id.uid || now_gid != id.gid {
+            drop(restore);
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(restore)
+}
+
+impl Drop for Assumed {
+    fn drop(&mut self) {
+        // SAFETY: as in `assume`; going back to the daemon's own ids always succeeds.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+        if let Err(e) = raw_setgroups(&self.groups) {
+            tracing::error!(error = %e, "cannot drop supplementary groups after an NFS call");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::AuthSys;
+
+    fn sys(uid: u32, gid: u32) -> Credential {
+        Credential::Sys(AuthSys {
+            stamp: 0,
+            machinename: "c".into(),
+            uid,
+            gid,
+            gids: vec![5, 6],
+        })
+    }
+
+    #[test]
+    fn root_is_squashed_unless_the_export_says_otherwise() {
+        let s = Squash::default();
+        assert_eq!(
+            s.identity(&sys(0, 0)),
+            Identity {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![]
+            }
+        );
+        assert_eq!(s.identity(&sys(1000, 100)).uid, 1000);
+        assert_eq!(s.identity(&sys(1000, 100)).groups, vec![5, 6]);
+        assert_eq!(s.identity(&Credential::None).uid, 65534);
+        let open = Squash {
+            no_root_squash: true,
+            ..Squash::default()
+        };
+        assert_eq!(open.identity(&sys(0, 0)).uid, 0);
+    }
+
+    #[test]
+    fn identity_is_per_thread_and_restored() {
+        // SAFETY: reading our own ids.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: identity switching needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = d.path().join("f");
+        let p2 = path.clone();
+        std::thread::spawn(move || {
+            let _a = assume(&Identity {
+                uid: 4242,
+                gid: 4242,
+                groups: vec![],
+            })
+            .unwrap();
+            std::fs::write(&p2, b"x").unwrap();
+        })
+        .join()
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4242, 4242));
+        // This thread was never changed, and the other one was restored on drop.
+        std::fs::write(d.path().join("g"), b"y").unwrap();
+        assert_eq!(std::fs::metadata(d.path().join("g")).unwrap().uid(), 0);
+    }
+}

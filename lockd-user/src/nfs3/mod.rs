@@ -1,0 +1,55 @@
+//! The NFS door: NFS version 3 (RFC 1813) and MOUNT versions 1 and 3 on the exports that
+//! NLM serves, with the same file handles, so a stock NFS client mounts an export and its
+//! locks (sent as NLM) meet local locks in the one table.
+//!
+//! - [`proto`]: NFSv3 numbers and shared wire structures.
+//! - [`backing`]: handles to descriptors of the backing directory, and their cache.
+//! - [`identity`]: each operation runs with the caller's uid, gid and groups.
+//! - [`gate`]: the one call into the lock table's I/O gate and the share table.
+//! - [`ops`]: the 22 procedures.
+//! - [`program`]: the RPC program, its blocking pool and duplicate request cache.
+//! - [`service`]: NFS and MOUNT listeners and their registration.
+//!
+//! The MOUNT program lives in [`crate::mountd`].
+
+pub mod backing;
+pub mod gate;
+pub mod identity;
+pub mod ops;
+pub mod program;
+pub mod proto;
+pub mod service;
+
+pub use identity::Squash;
+pub use service::{NfsConfig, NfsService};
+
+/// Told of every change the NFS door makes, so that another door's caches of the same
+/// files (the FUSE mount's attributes and names in the kernel) are dropped at once.
+/// Files are named by the backing device and inode.
+pub trait ChangeSink: Send + Sync {
+    /// A file's attributes or contents changed.
+    fn file_changed(&self, dev: u64, ino: u64);
+    /// A name in a directory appeared, went away or names another file now.
+    fn entry_changed(&self, dir_dev: u64, dir_ino: u64, name: &[u8]);
+}
+
+/// Which files of an export are under mandatory locking (the export's `mandatory` policy,
+/// with the same meaning as on the FUSE mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MandatoryMode {
+    #[default]
+    Off,
+    /// Files with set-group-ID on and group-execute off (the System V convention).
+    File,
+    All,
+}
+
+/// How the NFS door serves one export (the export itself, its clients and read-only flag
+/// are the [`crate::exports::Export`] NLM uses).
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// The paths MOUNT accepts for the export; the first is the one EXPORT lists.
+    pub paths: Vec<String>,
+    pub squash: Squash,
+    pub mandatory: MandatoryMode,
+}

@@ -1,0 +1,1084 @@
+//! The NFS door against a real server: a client of this file speaks NFS version 3 and
+//! MOUNT over TCP and UDP and checks every procedure, the error cases (stale, forged and
+//! truncated handles, ROFS, permission denied as a non-owner, NOTEMPTY, EXIST,
+//! NAMETOOLONG, a read past end of file, a replayed exclusive create, a replayed
+//! non-idempotent call), the share and mandatory-lock gates, and that the handles are the
+//! very ones NLM locks with.
+//!
+//! Run it inside a private network namespace (see the project's test script); the
+//! servers bind loopback ports chosen by the kernel.
+
+use lock_table::{
+    FileId, LockKind, LockOutcome, LockRequest, Owner, Range, ScopeId, SharedTable, Wait,
+};
+use lockd_user::client::{ClientConfig, ClientError, RpcClient};
+use lockd_user::nfs3::{ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use lockd_user::rpc::{AcceptStatus, AuthSys, CallHeader, OpaqueAuth, ReplyHeader, ReplyStatus};
+use lockd_user::xdr::{Decoder, Encoder};
+use lockd_user::{EventSink, Export, LockdConfig, LockdService, PortmapMode, Transport};
+use share_reservations::{ShareAccess, ShareDeny, ShareMode, ShareRequest, ShareTable};
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+const NFS: u32 = 100_003;
+const MOUNT: u32 = 100_005;
+
+// nfsstat3
+const OK: u32 = 0;
+const NOENT: u32 = 2;
+const ACCES: u32 = 13;
+const EXIST: u32 = 17;
+const NOTDIR: u32 = 20;
+const ISDIR: u32 = 21;
+const INVAL: u32 = 22;
+const ROFS: u32 = 30;
+const NAMETOOLONG: u32 = 63;
+const NOTEMPTY: u32 = 66;
+const STALE: u32 = 70;
+const BADHANDLE: u32 = 10001;
+const NOT_SYNC: u32 = 10002;
+const JUKEBOX: u32 = 10008;
+
+struct Server {
+    _dir: tempfile::TempDir,
+    rw: PathBuf,
+    ro: PathBuf,
+    lockd: LockdService,
+    nfs: NfsService,
+    table: Arc<SharedTable>,
+    shares: Arc<Mutex<ShareTable>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut NfsConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rw = dir.path().join("rw");
+        let ro = dir.path().join("ro");
+        for d in [&rw, &ro] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let public = rw.join("public");
+        std::fs::create_dir(&public).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(ro.join("file"), b"read only").unwrap();
+        let mut config = LockdConfig::new("nfs-test", dir.path().join("state"));
+        let mut ro_export = Export::new(2, &ro);
+        ro_export.read_only = true;
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        let mut closed_export = Export::new(3, &closed);
+        closed_export.allowed = vec!["10.9.9.9".parse().unwrap()];
+        config.exports = vec![Export::new(1, &rw), ro_export, closed_export];
+        config.grace = Duration::ZERO;
+        config.portmap = PortmapMode::Off;
+        let (sink, queue) = EventSink::new();
+        let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
+        let shares = Arc::new(Mutex::new(ShareTable::new()));
+        let lockd = timeout(
+            STEP,
+            LockdService::start(config, table.clone(), shares.clone(), queue),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut nc = NfsConfig::new(vec![lo], vec![lo]);
+        nc.exports.insert(
+            1,
+            ExportOptions {
+                paths: vec!["/rw".into()],
+                squash: Squash::default(),
+                mandatory: MandatoryMode::File,
+            },
+        );
+        nc.exports.insert(
+            2,
+            ExportOptions {
+                paths: vec!["/ro".into()],
+                ..ExportOptions::default()
+            },
+        );
+        tune(&mut nc);
+        let nfs = timeout(STEP, NfsService::start(nc, lockd.lockd().clone(), None))
+            .await
+            .unwrap()
+            .unwrap();
+        Self {
+            _dir: dir,
+            rw,
+            ro,
+            lockd,
+            nfs,
+            table,
+            shares,
+        }
+    }
+
+    async fn client(&self, uid: u32, gid: u32) -> Client {
+        Client::new(
+            Transport::Tcp,
+            self.nfs.nfs_tcp()[0],
+            self.nfs.mount_tcp()[0],
+            uid,
+            gid,
+        )
+        .await
+    }
+
+    async fn stop(self) {
+        self.nfs.shutdown().await;
+        self.lockd.shutdown().await;
+    }
+}
+
+fn sys(uid: u32, gid: u32) -> OpaqueAuth {
+    AuthSys {
+        stamp: 1,
+        machinename: "nfs-client".into(),
+        uid,
+        gid,
+        gids: vec![],
+    }
+    .to_opaque()
+}
+
+/// (type, mode, uid, size, fileid) of a `fattr3`.
+type Attr = (u32, u32, u32, u64, u64);
+
+struct Client {
+    nfs: RpcClient,
+    mount: RpcClient,
+}
+
+/// An answer: its status and the decoder at the rest of the results.
+struct Ans {
+    stat: u32,
+    body: Vec<u8>,
+    pos: usize,
+}
+
+impl Ans {
+    fn d(&self) -> Decoder<'_> {
+        Decoder::new(&self.body[self.pos..])
+    }
+}
+
+fn skip_post_attr(d: &mut Decoder<'_>) -> Option<Attr> {
+    if !d.get_bool().unwrap() {
+        return None;
+    }
+    let ftype = d.get_u32().unwrap();
+    let mode = d.get_u32().unwrap();
+    let _nlink = d.get_u32().unwrap();
+    let uid = d.get_u32().unwrap();
+    let _gid = d.get_u32().unwrap();
+    let size = d.get_u64().unwrap();
+    let _used = d.get_u64().unwrap();
+    d.get_u64().unwrap(); // rdev
+    d.get_u64().unwrap(); // fsid
+    let fileid = d.get_u64().unwrap();
+    for _ in 0..6 {
+        d.get_u32().unwrap();
+    }
+    Some((ftype, mode, uid, size, fileid))
+}
+
+fn skip_wcc(d: &mut Decoder<'_>) -> (bool, Option<Attr>) {
+    let pre = d.get_bool().unwrap();
+    if pre {
+        d.get_u64().unwrap();
+        for _ in 0..4 {
+            d.get_u32().unwrap();
+        }
+    }
+    (pre, skip_post_attr(d))
+}
+
+fn dirop(fh: &[u8], name: &[u8]) -> Encoder {
+    let mut e = Encoder::new();
+    e.put_opaque(fh);
+    e.put_opaque(name);
+    e
+}
+
+fn sattr_mode(e: &mut Encoder, mode: Option<u32>) {
+    e.put_bool(mode.is_some());
+    if let Some(m) = mode {
+        e.put_u32(m);
+    }
+    for _ in 0..3 {
+        e.put_bool(false);
+    }
+    e.put_u32(0);
+    e.put_u32(0);
+}
+
+impl Client {
+    async fn new(t: Transport, nfs: SocketAddr, mount: SocketAddr, uid: u32, gid: u32) -> Self {
+        let cfg = ClientConfig {
+            cred: sys(uid, gid),
+            retransmit: Duration::from_millis(300),
+            total_timeout: Duration::from_secs(10),
+            max_record_size: 4 << 20,
+            ..ClientConfig::default()
+        };
+        Self {
+            nfs: RpcClient::new(t, nfs, cfg.clone()).await.unwrap(),
+            mount: RpcClient::new(Transport::Tcp, mount, cfg).await.unwrap(),
+        }
+    }
+
+    async fn call(&self, proc_: u32, args: &Encoder) -> Ans {
+        let body = timeout(STEP, self.nfs.call_raw(NFS, 3, proc_, args.as_slice()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut d = Decoder::new(&body);
+        let stat = d.get_u32().unwrap();
+        let pos = d.position();
+        Ans { stat, body, pos }
+    }
+
+    async fn raw(&self, proc_: u32, args: &[u8]) -> Result<Vec<u8>, ClientError> {
+        timeout(STEP, self.nfs.call_raw(NFS, 3, proc_, args))
+            .await
+            .unwrap()
+    }
+
+    async fn mnt(&self, path: &str) -> (u32, Vec<u8>) {
+        let mut e = Encoder::new();
+        e.put_string(path);
+        let body = timeout(STEP, self.mount.call_raw(MOUNT, 3, 1, e.as_slice()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut d = Decoder::new(&body);
+        let stat = d.get_u32().unwrap();
+        if stat != 0 {
+            return (stat, vec![]);
+        }
+        let fh = d.get_opaque(64).unwrap();
+        let flavors: Vec<u32> = d.get_array(16).unwrap();
+        assert!(flavors.contains(&1), "AUTH_SYS offered");
+        (stat, fh)
+    }
+
+    async fn getattr(&self, fh: &[u8]) -> (u32, Option<Attr>) {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        let a = self.call(1, &e).await;
+        if a.stat != OK {
+            return (a.stat, None);
+        }
+        let mut d = a.d();
+        let mut attr = Encoder::new();
+        attr.put_bool(true);
+        attr.put_raw(&a.body[a.pos..]);
+        let _ = &mut d;
+        (a.stat, skip_post_attr(&mut Decoder::new(attr.as_slice())))
+    }
+
+    async fn lookup(&self, dir: &[u8], name: &[u8]) -> (u32, Vec<u8>) {
+        let a = self.call(3, &dirop(dir, name)).await;
+        if a.stat != OK {
+            return (a.stat, vec![]);
+        }
+        (a.stat, a.d().get_opaque(64).unwrap())
+    }
+
+    /// CREATE with mode 0 UNCHECKED, 1 GUARDED (sattr mode), 2 EXCLUSIVE (verifier).
+    async fn create(&self, dir: &[u8], name: &[u8], how: u32, verf: [u8; 8]) -> (u32, Vec<u8>) {
+        let mut e = dirop(dir, name);
+        e.put_u32(how);
+        if how == 2 {
+            e.put_fixed_opaque(&verf);
+        } else {
+            sattr_mode(&mut e, Some(0o644));
+        }
+        let a = self.call(8, &e).await;
+        let mut d = a.d();
+        if a.stat != OK {
+            let (pre, post) = skip_wcc(&mut d);
+            assert!(pre && post.is_some(), "dir wcc on failure");
+            return (a.stat, vec![]);
+        }
+        assert!(d.get_bool().unwrap(), "handle returned");
+        let fh = d.get_opaque(64).unwrap();
+        assert!(skip_post_attr(&mut d).is_some());
+        let (pre, post) = skip_wcc(&mut d);
+        assert!(pre && post.is_some(), "dir wcc");
+        (a.stat, fh)
+    }
+
+    async fn mkdir(&self, dir: &[u8], name: &[u8]) -> (u32, Vec<u8>) {
+        let mut e = dirop(dir, name);
+        sattr_mode(&mut e, Some(0o755));
+        let a = self.call(9, &e).await;
+        if a.stat != OK {
+            return (a.stat, vec![]);
+        }
+        let mut d = a.d();
+        assert!(d.get_bool().unwrap());
+        (a.stat, d.get_opaque(64).unwrap())
+    }
+
+    async fn write(&self, fh: &[u8], off: u64, data: &[u8], stable: u32) -> (u32, u32, [u8; 8]) {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        e.put_u64(off);
+        e.put_u32(data.len() as u32);
+        e.put_u32(stable);
+        e.put_opaque(data);
+        let a = self.call(7, &e).await;
+        let mut d = a.d();
+        let (pre, post) = skip_wcc(&mut d);
+        if a.stat != OK {
+            return (a.stat, 0, [0; 8]);
+        }
+        assert!(pre, "pre-op attributes of WRITE");
+        assert_eq!(
+            post.unwrap().3,
+            (off + data.len() as u64).max(post.unwrap().3)
+        );
+        let n = d.get_u32().unwrap();
+        let committed = d.get_u32().unwrap();
+        assert!(
+            committed >= stable,
+            "committed {committed} at least as stable as asked {stable}"
+        );
+        (a.stat, n, d.get_fixed_array::<8>().unwrap())
+    }
+
+    async fn read(&self, fh: &[u8], off: u64, count: u32) -> (u32, Vec<u8>, bool) {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        e.put_u64(off);
+        e.put_u32(count);
+        let a = self.call(6, &e).await;
+        if a.stat != OK {
+            return (a.stat, vec![], false);
+        }
+        let mut d = a.d();
+        assert!(skip_post_attr(&mut d).is_some());
+        let n = d.get_u32().unwrap();
+        let eof = d.get_bool().unwrap();
+        let data = d.get_opaque(1 << 22).unwrap();
+        assert_eq!(n as usize, data.len());
+        (a.stat, data, eof)
+    }
+
+    async fn access(&self, fh: &[u8]) -> u32 {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        e.put_u32(0x3f);
+        let a = self.call(4, &e).await;
+        assert_eq!(a.stat, OK);
+        let mut d = a.d();
+        skip_post_attr(&mut d);
+        d.get_u32().unwrap()
+    }
+
+    async fn remove(&self, dir: &[u8], name: &[u8], rmdir: bool) -> u32 {
+        let a = self
+            .call(if rmdir { 13 } else { 12 }, &dirop(dir, name))
+            .await;
+        let (pre, post) = skip_wcc(&mut a.d());
+        if a.stat != STALE {
+            assert!(pre && post.is_some(), "dir wcc of REMOVE/RMDIR");
+        }
+        a.stat
+    }
+
+    /// READDIR or READDIRPLUS until eof: the names, and for PLUS whether each had a handle.
+    async fn list(&self, dir: &[u8], plus: bool) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        let mut cookie = 0u64;
+        let mut verf = [0u8; 8];
+        loop {
+            let mut e = Encoder::new();
+            e.put_opaque(dir);
+            e.put_u64(cookie);
+            e.put_fixed_opaque(&verf);
+            if plus {
+                e.put_u32(200);
+                e.put_u32(1200);
+            } else {
+                e.put_u32(300);
+            }
+            let a = self.call(if plus { 17 } else { 16 }, &e).await;
+            assert_eq!(a.stat, OK);
+            let mut d = a.d();
+            assert!(skip_post_attr(&mut d).is_some());
+            verf = d.get_fixed_array::<8>().unwrap();
+            while d.get_bool().unwrap() {
+                let _ino = d.get_u64().unwrap();
+                let name = String::from_utf8(d.get_opaque(255).unwrap()).unwrap();
+                cookie = d.get_u64().unwrap();
+                let mut has_fh = false;
+                if plus {
+                    let attr = skip_post_attr(&mut d);
+                    has_fh = d.get_bool().unwrap();
+                    if has_fh {
+                        d.get_opaque(64).unwrap();
+                        assert!(attr.is_some());
+                    }
+                }
+                out.push((name, has_fh));
+            }
+            if d.get_bool().unwrap() {
+                return out;
+            }
+        }
+    }
+}
+
+fn flip(fh: &[u8], i: usize) -> Vec<u8> {
+    let mut b = fh.to_vec();
+    b[i] ^= 1;
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_procedure_and_its_errors() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (st, root) = c.mnt("/rw").await;
+    assert_eq!(st, 0);
+    assert_eq!(
+        c.mnt("/nonexistent").await.0,
+        2,
+        "MNT of an unknown path: NOENT"
+    );
+    assert_eq!(
+        c.mnt(s.rw.to_str().unwrap()).await.1,
+        root,
+        "the source path names the same export"
+    );
+
+    // NULL, FSINFO, FSSTAT, PATHCONF, GETATTR.
+    assert!(c.raw(0, &[]).await.unwrap().is_empty());
+    let mut e = Encoder::new();
+    e.put_opaque(&root);
+    let a = c.call(19, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    skip_post_attr(&mut d).unwrap();
+    let rtmax = d.get_u32().unwrap();
+    assert_eq!(rtmax, 1 << 20, "max READ size advertised");
+    let a = c.call(18, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    skip_post_attr(&mut d).unwrap();
+    assert!(d.get_u64().unwrap() > 0, "total bytes of the backing fs");
+    let a = c.call(20, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    skip_post_attr(&mut d).unwrap();
+    d.get_u32().unwrap();
+    assert_eq!(d.get_u32().unwrap(), 255, "name_max of the backing fs");
+    let (st, attr) = c.getattr(&root).await;
+    assert_eq!(st, OK);
+    let (ftype, _, _, _, fileid) = attr.unwrap();
+    assert_eq!(ftype, 2);
+    assert_eq!(fileid, std::fs::metadata(&s.rw).unwrap().ino());
+
+    // LOOKUP of ".." at the export root stays at the root.
+    let (st, up) = c.lookup(&root, b"..").await;
+    assert_eq!(st, OK);
+    assert_eq!(c.getattr(&up).await.1.unwrap().4, fileid);
+    assert_eq!(c.lookup(&root, b"missing").await.0, NOENT);
+    assert_eq!(c.lookup(&root, b"a/b").await.0, ACCES);
+
+    // Root is squashed: it may not create in the root-owned 0755 export root.
+    assert_eq!(c.create(&root, b"f", 1, [0; 8]).await.0, ACCES);
+    // A regular user creates in the public directory.
+    let u = s.client(1000, 1000).await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let (st, f) = u.create(&public, b"f", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let m = std::fs::metadata(s.rw.join("public/f")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o777),
+        (1000, 1000, 0o644),
+        "created as the caller"
+    );
+    assert_eq!(
+        u.create(&public, b"f", 1, [0; 8]).await.0,
+        EXIST,
+        "GUARDED over an existing file"
+    );
+    assert_eq!(
+        u.create(&public, b"f", 0, [0; 8]).await.0,
+        OK,
+        "UNCHECKED over it"
+    );
+    let long = vec![b'n'; 300];
+    assert_eq!(u.create(&public, &long, 1, [0; 8]).await.0, NAMETOOLONG);
+
+    // WRITE (each stability), READ, read past EOF, COMMIT with the same verifier.
+    let (st, n, verf) = u.write(&f, 0, b"hello world", 0).await;
+    assert_eq!((st, n), (OK, 11));
+    let (st, _, verf2) = u.write(&f, 11, b"!", 2).await;
+    assert_eq!(st, OK);
+    assert_eq!(verf, verf2);
+    assert_eq!(u.write(&f, 12, b"?", 1).await.0, OK);
+    assert_eq!(
+        std::fs::read(s.rw.join("public/f")).unwrap(),
+        b"hello world!?"
+    );
+    let (st, data, eof) = u.read(&f, 6, 100).await;
+    assert_eq!((st, data.as_slice(), eof), (OK, &b"world!?"[..], true));
+    let (st, data, eof) = u.read(&f, 0, 5).await;
+    assert_eq!((st, data.as_slice(), eof), (OK, &b"hello"[..], false));
+    let (st, data, eof) = u.read(&f, 1000, 10).await;
+    assert_eq!(
+        (st, data.len(), eof),
+        (OK, 0, true),
+        "read past EOF: nothing, eof"
+    );
+    let mut e = Encoder::new();
+    e.put_opaque(&f);
+    e.put_u64(0);
+    e.put_u32(0);
+    let a = u.call(21, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    skip_wcc(&mut d);
+    assert_eq!(
+        d.get_fixed_array::<8>().unwrap(),
+        verf,
+        "COMMIT verifier = WRITE verifier"
+    );
+    assert_eq!(u.read(&public, 0, 10).await.0, ISDIR);
+
+    // Permission denied as a non-owner: root-owned 0644 file, uid 2000 may read, not write.
+    std::fs::write(s.rw.join("public/rootfile"), b"root").unwrap();
+    let other = s.client(2000, 2000).await;
+    let (_, rf) = other.lookup(&public, b"rootfile").await;
+    assert_eq!(other.write(&rf, 0, b"x", 2).await.0, ACCES);
+    assert_eq!(other.read(&rf, 0, 10).await.1, b"root");
+    assert_eq!(
+        std::fs::read(s.rw.join("public/rootfile")).unwrap(),
+        b"root"
+    );
+    // The owner of a read-only file still writes it (a process that created it 0444
+    // writes through its descriptor); others may not.
+    let mut e = dirop(&public, b"readonly");
+    e.put_u32(1);
+    sattr_mode(&mut e, Some(0o444));
+    let a = u.call(8, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    assert!(d.get_bool().unwrap());
+    let ro_fh = d.get_opaque(64).unwrap();
+    assert_eq!(
+        std::fs::metadata(s.rw.join("public/readonly"))
+            .unwrap()
+            .mode()
+            & 0o777,
+        0o444
+    );
+    assert_eq!(u.write(&ro_fh, 0, b"mine", 2).await.0, OK, "owner override");
+    assert_eq!(u.read(&ro_fh, 0, 4).await.1, b"mine");
+    assert_eq!(other.write(&ro_fh, 0, b"x", 2).await.0, ACCES);
+
+    // ACCESS: the owner may modify, the other user may only read.
+    assert_eq!(u.access(&f).await & 0x0d, 0x0d);
+    assert_eq!(other.access(&f).await & 0x0d, 0x01);
+
+    // SETATTR: size, with a guard that fails and one that holds.
+    let mut e = Encoder::new();
+    e.put_opaque(&f);
+    e.put_bool(false);
+    e.put_bool(false);
+    e.put_bool(false);
+    e.put_bool(true);
+    e.put_u64(5);
+    e.put_u32(0);
+    e.put_u32(0);
+    e.put_bool(true);
+    e.put_u32(1);
+    e.put_u32(2);
+    assert_eq!(u.call(2, &e).await.stat, NOT_SYNC, "guard ctime mismatch");
+    assert_eq!(std::fs::metadata(s.rw.join("public/f")).unwrap().len(), 13);
+    let mut e = Encoder::new();
+    e.put_opaque(&f);
+    e.put_bool(true);
+    e.put_u32(0o600);
+    e.put_bool(false);
+    e.put_bool(false);
+    e.put_bool(true);
+    e.put_u64(5);
+    e.put_u32(1);
+    e.put_u32(0);
+    e.put_bool(false);
+    let a = u.call(2, &e).await;
+    assert_eq!(a.stat, OK);
+    let (pre, post) = skip_wcc(&mut a.d());
+    assert!(pre);
+    assert_eq!(post.unwrap().3, 5);
+    let m = std::fs::metadata(s.rw.join("public/f")).unwrap();
+    assert_eq!((m.len(), m.mode() & 0o777), (5, 0o600));
+
+    // MKDIR, SYMLINK (never followed), READLINK, LINK, MKNOD, RENAME.
+    let (st, sub) = u.mkdir(&public, b"sub").await;
+    assert_eq!(st, OK);
+    assert_eq!(u.mkdir(&public, b"sub").await.0, EXIST);
+    let mut e = dirop(&public, b"link");
+    sattr_mode(&mut e, None);
+    e.put_string("/etc/passwd");
+    let a = u.call(10, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    assert!(d.get_bool().unwrap());
+    let link = d.get_opaque(64).unwrap();
+    let (st, la) = u.getattr(&link).await;
+    assert_eq!(
+        (st, la.unwrap().0),
+        (OK, 5),
+        "the link itself, not /etc/passwd"
+    );
+    assert_eq!(
+        u.read(&link, 0, 10).await.0,
+        INVAL,
+        "a READ never follows a link"
+    );
+    let mut e = Encoder::new();
+    e.put_opaque(&link);
+    let a = u.call(5, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    skip_post_attr(&mut d);
+    assert_eq!(d.get_opaque(4096).unwrap(), b"/etc/passwd");
+    let mut e = Encoder::new();
+    e.put_opaque(&f);
+    e.put_opaque(&sub);
+    e.put_opaque(b"hard");
+    let a = u.call(15, &e).await;
+    assert_eq!(a.stat, OK);
+    assert_eq!(
+        std::fs::metadata(s.rw.join("public/sub/hard"))
+            .unwrap()
+            .ino(),
+        m.ino()
+    );
+    let mut e = dirop(&public, b"fifo");
+    e.put_u32(7);
+    sattr_mode(&mut e, Some(0o600));
+    assert_eq!(u.call(11, &e).await.stat, OK);
+    assert!(std::fs::symlink_metadata(s.rw.join("public/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let mut e = dirop(&public, b"fifo2");
+    e.put_u32(2);
+    assert_eq!(
+        u.call(11, &e).await.stat,
+        10007,
+        "MKNOD of a directory: BADTYPE"
+    );
+    let mut e = dirop(&public, b"fifo");
+    e.put_raw(dirop(&sub, b"moved").as_slice());
+    let a = u.call(14, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    assert!(
+        skip_wcc(&mut d).0 && skip_wcc(&mut d).0,
+        "both directories' wcc"
+    );
+    assert!(s.rw.join("public/sub/moved").exists());
+
+    // READDIR and READDIRPLUS over several small pages.
+    for i in 0..20 {
+        std::fs::write(s.rw.join(format!("public/sub/entry-{i:02}")), b"").unwrap();
+    }
+    let mut names: Vec<String> = u
+        .list(&sub, false)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("entry-{i:02}")).collect();
+    want.extend([".", "..", "hard", "moved"].map(String::from));
+    want.sort();
+    assert_eq!(names, want);
+    let plus = u.list(&sub, true).await;
+    assert_eq!(plus.len(), want.len());
+    assert!(plus
+        .iter()
+        .filter(|(n, _)| n.starts_with("entry"))
+        .all(|(_, h)| *h));
+    let mut e = Encoder::new();
+    e.put_opaque(&sub);
+    e.put_u64(12345);
+    e.put_fixed_opaque(&[9; 8]);
+    e.put_u32(4096);
+    assert_eq!(
+        u.call(16, &e).await.stat,
+        10003,
+        "a cookie verifier not ours: BAD_COOKIE"
+    );
+    let mut e = Encoder::new();
+    e.put_opaque(&f);
+    e.put_u64(0);
+    e.put_fixed_opaque(&[0; 8]);
+    e.put_u32(4096);
+    assert_eq!(u.call(16, &e).await.stat, NOTDIR);
+
+    // RMDIR of a non-empty directory, REMOVE, then the removed file's handle is stale.
+    assert_eq!(u.remove(&public, b"sub", true).await, NOTEMPTY);
+    assert_eq!(u.remove(&public, b"f", false).await, OK);
+    assert_eq!(u.remove(&public, b"f", false).await, NOENT);
+    assert_eq!(u.remove(&sub, b"hard", false).await, OK);
+    assert_eq!(u.getattr(&f).await.0, STALE);
+    assert_eq!(u.write(&f, 0, b"x", 0).await.0, STALE);
+
+    // Forged, truncated and garbage handles.
+    for i in [0, 4, 10, root.len() - 1] {
+        let st = u.getattr(&flip(&root, i)).await.0;
+        assert!(st == BADHANDLE || st == STALE, "flipped byte {i}: {st}");
+    }
+    assert_eq!(u.getattr(&root[..root.len() - 3]).await.0, BADHANDLE);
+    assert_eq!(u.getattr(&[]).await.0, BADHANDLE);
+    let mut e = Encoder::new();
+    e.put_opaque(&[7u8; 65]);
+    assert!(
+        matches!(u.raw(1, e.as_slice()).await, Err(ClientError::GarbageArgs)),
+        "a handle over 64 bytes is garbage"
+    );
+    assert!(matches!(
+        u.raw(7, &[0, 0, 0]).await,
+        Err(ClientError::GarbageArgs)
+    ));
+    assert!(matches!(
+        u.raw(22, &[]).await,
+        Err(ClientError::ProcUnavail)
+    ));
+    let mut e = Encoder::new();
+    e.put_opaque(&root);
+    e.put_u32(9);
+    assert!(
+        matches!(u.raw(8, e.as_slice()).await, Err(ClientError::GarbageArgs)),
+        "truncated CREATE"
+    );
+
+    // The read-only export answers ROFS to every change and still reads.
+    let (st, ro) = c.mnt("/ro").await;
+    assert_eq!(st, 0);
+    let (_, rof) = u.lookup(&ro, b"file").await;
+    assert_eq!(u.read(&rof, 0, 100).await.1, b"read only");
+    assert_eq!(u.write(&rof, 0, b"x", 2).await.0, ROFS);
+    assert_eq!(u.create(&ro, b"new", 1, [0; 8]).await.0, ROFS);
+    assert_eq!(u.remove(&ro, b"file", false).await, ROFS);
+    assert_eq!(u.mkdir(&ro, b"d").await.0, ROFS);
+    assert!(s.ro.join("file").exists());
+    // A handle of one export is not accepted as another's.
+    let mut e = Encoder::new();
+    e.put_opaque(&rof);
+    e.put_opaque(&public);
+    e.put_opaque(b"cross");
+    assert_eq!(u.call(15, &e).await.stat, 18, "LINK across exports: XDEV");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_create_replayed_succeeds_and_another_verifier_does_not() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let v = *b"verifier";
+    let (st, a) = u.create(&public, b"x", 2, v).await;
+    assert_eq!(st, OK);
+    let (st, b) = u.create(&public, b"x", 2, v).await;
+    assert_eq!(
+        st, OK,
+        "the same verifier: the retransmitted create succeeds"
+    );
+    assert_eq!(a, b);
+    assert_eq!(u.create(&public, b"x", 2, *b"another!").await.0, EXIST);
+    s.stop().await;
+}
+
+/// The same xid and arguments sent twice on one connection: the second REMOVE gets the
+/// first one's answer from the duplicate request cache instead of running again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitted_remove_is_answered_from_the_cache() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    std::fs::write(s.rw.join("public/gone"), b"").unwrap();
+    let mut sock = tokio::net::TcpStream::connect(s.nfs.nfs_tcp()[0])
+        .await
+        .unwrap();
+    let args = dirop(&public, b"gone");
+    let mut statuses = Vec::new();
+    for xid in [77, 77, 78] {
+        let msg = CallHeader::new(xid, NFS, 3, 12, sys(1000, 1000)).to_message(args.as_slice());
+        let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+        rec.extend_from_slice(&msg);
+        sock.write_all(&rec).await.unwrap();
+        let mut hdr = [0u8; 4];
+        timeout(STEP, sock.read_exact(&mut hdr))
+            .await
+            .unwrap()
+            .unwrap();
+        let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+        let mut body = vec![0u8; len];
+        sock.read_exact(&mut body).await.unwrap();
+        let mut d = Decoder::new(&body);
+        let h = ReplyHeader::decode(&mut d).unwrap();
+        assert_eq!(h.xid, xid);
+        assert_eq!(h.status, ReplyStatus::accepted(AcceptStatus::Success));
+        statuses.push(d.get_u32().unwrap());
+    }
+    assert_eq!(
+        statuses,
+        vec![OK, OK, NOENT],
+        "replay answered OK; a new xid runs again"
+    );
+    s.stop().await;
+}
+
+/// NFS I/O meets the one table: a local lock on a mandatory file refuses a WRITE with
+/// JUKEBOX until it is released, and a deny-write share reservation refuses it with ACCES.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_locks_and_share_reservations_gate_nfs_io() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let path = s.rw.join("public/m");
+    std::fs::write(&path, b"0123456789").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2666)).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    let file = FileId::new(m.dev(), m.ino());
+    let (_, fh) = u.lookup(&public, b"m").await;
+    let local = Owner::posix(4242);
+    let req = LockRequest {
+        file,
+        scope: ScopeId::DEFAULT,
+        owner: local,
+        pid: 1,
+        kind: LockKind::Exclusive,
+        range: Range::new(0, 4).unwrap(),
+        wait: Wait::No,
+        reclaim: false,
+    };
+    assert!(matches!(s.table.lock(&req), LockOutcome::Granted));
+    assert_eq!(
+        u.write(&fh, 2, b"x", 2).await.0,
+        JUKEBOX,
+        "inside the locked range"
+    );
+    assert_eq!(
+        u.read(&fh, 0, 4).await.0,
+        JUKEBOX,
+        "an exclusive lock forbids reads too"
+    );
+    assert_eq!(u.write(&fh, 8, b"y", 2).await.0, OK, "outside it");
+    assert_eq!(std::fs::read(&path).unwrap(), b"01234567y9");
+    s.table.with(|t| t.unlock(file, local, Range::to_eof(0)));
+    assert_eq!(u.write(&fh, 2, b"x", 2).await.0, OK, "after the unlock");
+
+    // A file without the mandatory mark is not gated.
+    let plain = s.rw.join("public/plain");
+    std::fs::write(&plain, b"abc").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let pm = std::fs::metadata(&plain).unwrap();
+    let pfile = FileId::new(pm.dev(), pm.ino());
+    assert!(matches!(
+        s.table.lock(&LockRequest { file: pfile, ..req }),
+        LockOutcome::Granted
+    ));
+    let (_, pfh) = u.lookup(&public, b"plain").await;
+    assert_eq!(u.write(&pfh, 0, b"z", 2).await.0, OK);
+
+    // A local deny-write reservation refuses NFS writes of any file, not reads.
+    s.shares
+        .lock()
+        .unwrap()
+        .reserve(&ShareRequest {
+            file: pfile,
+            scope: ScopeId::DEFAULT,
+            owner: Owner::ofd(99),
+            pid: 1,
+            mode: ShareMode::new(ShareAccess::READ, ShareDeny::WRITE),
+        })
+        .unwrap();
+    assert_eq!(u.write(&pfh, 0, b"q", 2).await.0, ACCES);
+    assert_eq!(u.read(&pfh, 0, 3).await.1, b"zbc");
+    s.shares.lock().unwrap().release(pfile, Owner::ofd(99));
+    assert_eq!(u.write(&pfh, 0, b"q", 2).await.0, OK);
+    s.stop().await;
+}
+
+/// UDP works the same, with READ sizes capped to a datagram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_transport_serves_the_same_handles() {
+    let s = Server::start().await;
+    let tcp = s.client(1000, 1000).await;
+    let (_, root) = tcp.mnt("/rw").await;
+    let udp = Client::new(
+        Transport::Udp,
+        s.nfs.nfs_udp()[0],
+        s.nfs.mount_tcp()[0],
+        1000,
+        1000,
+    )
+    .await;
+    let (_, public) = udp.lookup(&root, b"public").await;
+    let (st, f) = udp.create(&public, b"u", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let big = vec![7u8; 20_000];
+    assert_eq!(udp.write(&f, 0, &big, 2).await.1, 20_000);
+    let (st, data, _) = udp.read(&f, 0, 1 << 20).await;
+    assert_eq!(st, OK);
+    assert_eq!(data.len(), 20_000);
+    s.stop().await;
+}
+
+/// Per-export client lists apply to MOUNT and NFS alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_not_on_the_list_gets_neither_mount_nor_nfs() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let closed = s.rw.parent().unwrap().join("closed");
+    assert_eq!(u.mnt(closed.to_str().unwrap()).await.0, ACCES);
+    // A handle of that export, sealed by this server, is still refused over NFS.
+    let exports = vec![Export::new(3, &closed)];
+    let fh =
+        lockd_user::fh_for_path(&s.rw.parent().unwrap().join("state"), &exports, &closed).unwrap();
+    assert_eq!(u.getattr(&fh).await.0, ACCES);
+    s.stop().await;
+}
+
+/// AUTH_NONE callers are served as the anonymous identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_none_is_anonymous() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let cfg = ClientConfig::default();
+    let anon = Client {
+        nfs: RpcClient::tcp(s.nfs.nfs_tcp()[0], cfg.clone())
+            .await
+            .unwrap(),
+        mount: RpcClient::tcp(s.nfs.mount_tcp()[0], cfg).await.unwrap(),
+    };
+    assert!(anon.raw(0, &[]).await.unwrap().is_empty(), "NULL");
+    let (st, _) = anon.create(&public, b"anon", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let m = std::fs::metadata(s.rw.join("public/anon")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    assert_eq!(anon.create(&root, b"anon", 1, [0; 8]).await.0, ACCES);
+    s.stop().await;
+}
+
+/// The write verifier changes when the server starts again, so a client resends the
+/// unstable writes a crash may have lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_verifier_changes_with_every_start() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let (_, f) = u.create(&public, b"v", 1, [0; 8]).await;
+    let (_, _, before) = u.write(&f, 0, b"a", 0).await;
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let again = NfsService::start(
+        NfsConfig::new(vec![lo], vec![lo]),
+        s.lockd.lockd().clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let u2 = Client::new(
+        Transport::Tcp,
+        again.nfs_tcp()[0],
+        again.mount_tcp()[0],
+        1000,
+        1000,
+    )
+    .await;
+    let (st, _, after) = u2.write(&f, 1, b"b", 0).await;
+    assert_eq!(st, OK, "handles survive the restart");
+    assert_ne!(before, after);
+    again.shutdown().await;
+    s.stop().await;
+}
+
+/// The descriptors behind handles are bounded by the configured cache size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_descriptors_stay_within_the_configured_bound() {
+    let s = Server::start_with(|c| c.open_files = 16).await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    for i in 0..100 {
+        let name = format!("f{i}");
+        let (st, fh) = u.create(&public, name.as_bytes(), 1, [0; 8]).await;
+        assert_eq!(st, OK);
+        assert_eq!(u.getattr(&fh).await.0, OK);
+        assert!(s.nfs.open_files() <= 16, "{} open", s.nfs.open_files());
+    }
+    // Handles whose descriptors were closed resolve again.
+    let (_, first) = u.lookup(&public, b"f0").await;
+    assert_eq!(u.getattr(&first).await.0, OK);
+    s.stop().await;
+}
+
+/// Random and truncated arguments for every procedure: each call gets an answer or
+/// GARBAGE_ARGS, never a server error (a panic), and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_never_panics_the_server() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for proc_ in 1..=21u32 {
+        // A plausible prefix (a real handle and name), then random bytes.
+        for round in 0..40 {
+            let mut e = Encoder::new();
+            if round % 2 == 0 {
+                e.put_opaque(&public);
+                e.put_opaque(b"fuzz");
+            }
+            let n = (next() % 200) as usize;
+            let tail: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let mut args = e.into_inner();
+            args.extend_from_slice(&tail);
+            let cut = (next() as usize) % (args.len() + 1);
+            for a in [&args[..], &args[..cut]] {
+                match u.raw(proc_, a).await {
+                    Ok(_) | Err(ClientError::GarbageArgs) => {}
+                    Err(e) => panic!("procedure {proc_}: {e:?} for {a:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(u.getattr(&root).await.0, OK, "still serving");
+    s.stop().await;
+}

@@ -1,0 +1,108 @@
+//! Starting the NFS door of `lockfs serve`: NFS version 3 and MOUNT on the configured ports
+//! of the listen addresses, for the same exports, handles and tables as NLM.
+
+use crate::config::{Config, MandatoryPolicy};
+use fuse_lockfs::{FileKey, Invalidator};
+use lockd_user::nfs3::service::Changes;
+use lockd_user::nfs3::{ChangeSink, ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use lockd_user::LockdService;
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+
+/// The FUSE mounts whose kernel caches a change over NFS makes stale; the mounts are
+/// added as they come up (after NFS starts, so that no change is missed).
+#[derive(Default)]
+pub struct MountCaches(Mutex<Vec<Invalidator>>);
+
+impl MountCaches {
+    pub fn add(&self, i: Invalidator) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    }
+
+    fn each(&self, f: impl Fn(&Invalidator)) {
+        for i in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            f(i);
+        }
+    }
+}
+
+impl ChangeSink for MountCaches {
+    fn file_changed(&self, dev: u64, ino: u64) {
+        self.each(|i| i.file_changed(FileKey { dev, ino }));
+    }
+
+    fn entry_changed(&self, dev: u64, ino: u64, name: &[u8]) {
+        self.each(|i| i.entry_changed(FileKey { dev, ino }, OsStr::from_bytes(name)));
+    }
+}
+
+/// The NFS door's configuration, or `None` when `nfs_port` is 0.
+pub fn nfs_config(cfg: &Config) -> Option<NfsConfig> {
+    let port = cfg.nfs_port?;
+    let at = |p: u16| -> Vec<SocketAddr> {
+        cfg.listen
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, p))
+            .collect()
+    };
+    let mut n = NfsConfig::new(at(port), at(cfg.mount_port));
+    n.open_files = cfg.open_files;
+    n.max_io = cfg.nfs_max_io;
+    n.server.max_tcp_connections = cfg.connections;
+    n.server.max_tcp_connections_per_peer = cfg.net.connections_per_address;
+    n.server.max_unfinished_record_bytes = cfg.net.unfinished_record_bytes;
+    n.server.busy_poll = cfg.busy_poll;
+    for e in &cfg.exports {
+        let mandatory = match e.mandatory {
+            MandatoryPolicy::Off => MandatoryMode::Off,
+            MandatoryPolicy::File => MandatoryMode::File,
+            MandatoryPolicy::All => MandatoryMode::All,
+        };
+        n.exports.insert(
+            e.id,
+            ExportOptions {
+                paths: vec![e.source.display().to_string(), format!("/{}", e.name)],
+                squash: Squash {
+                    no_root_squash: e.no_root_squash,
+                    anon_uid: e.anon_uid,
+                    anon_gid: e.anon_gid,
+                },
+                mandatory,
+            },
+        );
+    }
+    Some(n)
+}
+
+/// Starts NFS and MOUNT next to the lock service. A port that cannot be bound (another
+/// NFS server runs) is reported and the daemon goes on without NFS: locks and the local
+/// mounts do not depend on it.
+pub fn start(
+    cfg: &Config,
+    lockd: &LockdService,
+    runtime: &tokio::runtime::Runtime,
+    caches: Arc<MountCaches>,
+) -> Option<NfsService> {
+    let mut config = nfs_config(cfg)?;
+    config.changes = Some(Changes(caches));
+    match runtime.block_on(NfsService::start(
+        config,
+        lockd.lockd().clone(),
+        lockd.builtin_portmapper(),
+    )) {
+        Ok(s) => {
+            eprintln!(
+                "lockfs: NFS v3 on {:?}, MOUNT v1/v3 on {:?}",
+                s.nfs_tcp(),
+                s.mount_tcp()
+            );
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("lockfs: NFS not served: {e}");
+            None
+        }
+    }
+}
