@@ -4,6 +4,8 @@
 //! - A client's reboot notice is routed by the server ID it was sent to: a notice to
 //!   g2's server ID frees the client's g2 locks and leaves its g1 locks alone; a
 //!   simulated crash restarts only the groups served here.
+//! - A group's exports are mounted through FUSE when it comes online and released when it
+//!   goes offline, cut off with a clear error (ENOTCONN) for a process still using them.
 //! - The OCF resource agent (scripts/ocf/lockfs-group) gives the OCF exit codes, starts
 //!   and stops idempotently, and `ocf-tester` accepts it, against a running daemon.
 //! - Two nodes (daemons in network namespaces of their own, a shared directory as the
@@ -632,6 +634,125 @@ fn resource_agent_in_namespace() {
         .status()
         .unwrap();
     assert_eq!(out.code(), Some(7));
+}
+
+/// Whether something is mounted at `path`, from this process's mount table.
+fn mounted(path: &Path) -> bool {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+}
+
+/// A write lock on the first byte of `f` by this process, through the file system `f` is on.
+fn write_lock(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is a valid value; its fields are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    // SAFETY: a valid open descriptor and a valid flock for the call.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn a_group_mounts_its_exports_when_online_and_releases_them_when_offline() {
+    if can_run() {
+        in_private_netns("group_mounts_in_namespace", Duration::from_secs(120));
+    }
+}
+
+#[test]
+#[ignore = "run by a_group_mounts_its_exports_when_online_and_releases_them_when_offline in a private network namespace"]
+fn group_mounts_in_namespace() {
+    let out = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let d = Daemon::start(
+        "node-a",
+        &tmp.path().join("a"),
+        &shared,
+        &["127.0.0.1"],
+        &[
+            GroupSpec {
+                name: "g1",
+                server_id: ("nfs-g1", "127.0.0.10"),
+                online_at_start: false,
+                grace_secs: 1,
+            },
+            GroupSpec {
+                name: "g2",
+                server_id: ("nfs-g2", "127.0.0.11"),
+                online_at_start: true,
+                grace_secs: 1,
+            },
+        ],
+    );
+    let (m1, m2) = (d.dir.join("mnt-g1"), d.dir.join("mnt-g2"));
+    std::fs::write(shared.join("g1/data/f"), b"on g1's storage").unwrap();
+    assert!(!mounted(&m1), "g1 is offline: its export is not mounted");
+    assert!(mounted(&m2), "g2 is online at start: mounted");
+
+    d.group(&["online", "g1"]);
+    assert!(mounted(&m1), "group online mounts g1's export");
+    assert_eq!(
+        std::fs::read(m1.join("f")).unwrap(),
+        b"on g1's storage",
+        "the export shows g1's storage"
+    );
+    // A local process holds a lock on g1's export when the group goes offline.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m1.join("f"))
+        .unwrap();
+    write_lock(&held).expect("a lock through g1's mount");
+    let out = d.group_raw(&["offline", "g1"]);
+    assert!(
+        out.status.success(),
+        "offline with the export in use: {out:?}"
+    );
+    assert!(
+        !mounted(&m1),
+        "group offline releases g1's mount even while in use"
+    );
+    // Cached pages may still read; anything that must reach the daemon fails clearly.
+    let e = write_lock(&held).expect_err("no lock on a released export");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the local process gets a clear error: {e}"
+    );
+    let e = std::fs::metadata(m1.join("other")).expect_err("no lookup there either");
+    assert!(
+        e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTCONN),
+        "{e}"
+    );
+    drop(held);
+    assert!(shared.join("g1/.lockfs/clean-offline").exists());
+    assert_eq!(d.groups()["g1"]["online"], false);
+    assert!(mounted(&m2), "g2's export is untouched");
+
+    // Online again (the mount point is free again), and offline with nothing in use.
+    d.group(&["online", "g1"]);
+    assert!(mounted(&m1), "online again: mounted again");
+    assert_eq!(std::fs::read(m1.join("f")).unwrap(), b"on g1's storage");
+    d.group(&["offline", "g1"]);
+    assert!(!mounted(&m1), "offline unmounts an export nobody uses");
+    assert!(mounted(&m2));
+    drop(d);
+    assert!(!mounted(&m2), "the daemon's stop unmounts the rest");
 }
 
 // The two-node cluster: nodes A and B in network namespaces of their own, joined by a
