@@ -6,17 +6,21 @@
 # lockfs/examples/failover_bench.rs; it runs in a private network namespace (its
 # own loopback, so ports 111 and 4045 and 127.0.x.y addresses are its own).
 #
-# Usage (as root): scripts/bench-failover.sh [--release] [HOSTS [LOCKS [NOTIFY_PER_SECOND]]]
-# Defaults: 1000 hosts, 10 locks, 500 notifications started per second (the
-# daemon's default). Prints the figures and the machine's load average.
+# Usage (as root): scripts/bench-failover.sh [--debug] [HOSTS [LOCKS [GROUP_NOTIFY_PER_SECOND]]]
+# Defaults: 1000 hosts, 10 locks, the daemon's default group_notify_per_second.
+# Builds (release unless --debug) and prints the figures and the machine's load
+# average.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=debug
-flag=()
-if [ "${1:-}" = "--release" ]; then
-    profile=release
-    flag=(--release)
+# Figures come from an optimised build; --debug is for trying the driver out.
+profile=release
+flag=(--release)
+if [ "${1:-}" = "--debug" ]; then
+    profile=debug
+    flag=()
+    shift
+elif [ "${1:-}" = "--release" ]; then
     shift
 fi
 if [ "$(id -u)" -ne 0 ]; then

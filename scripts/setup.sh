@@ -23,14 +23,17 @@ fi
 # and its test: dpkg-dev (dpkg-shlibdeps), binutils (objcopy), lintian,
 # man-db (man -l) and systemd (systemd-analyze verify). The Pacemaker agent's
 # test: resource-agents (ocf-tester) and libxml2-utils (xmllint, which
-# ocf-tester validates the agent's meta-data with).
+# ocf-tester validates the agent's meta-data with); pacemaker, corosync and
+# pacemaker-cli-utils for the test that runs it under a single-node cluster
+# of its own (the packages' own services are disabled below: the test starts
+# its cluster in private namespaces).
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
     rpcbind nfs-common libnfs-dev libnfs-utils libtirpc-dev
     tshark bpftool
     dpkg-dev binutils lintian man-db systemd
-    resource-agents libxml2-utils
+    resource-agents libxml2-utils pacemaker corosync pacemaker-cli-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -45,6 +48,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
     log "Debian packages present"
+fi
+# Installing them enables the node's own cluster services; this machine is no
+# cluster node.
+if [ -d /run/systemd/system ]; then
+    for u in pacemaker corosync; do
+        if systemctl is-enabled --quiet "$u" 2>/dev/null || systemctl is-active --quiet "$u"; then
+            log "disabling the $u service (the tests run their own)"
+            systemctl disable --now "$u" >/dev/null 2>&1 || true
+        fi
+    done
 fi
 
 # The Rust toolchain comes from rustup (Debian 12's rustc is too old).

@@ -43,6 +43,9 @@ impl Default for Limits {
     }
 }
 
+/// Default of [`CallbackPolicy::group_notify_per_second`].
+pub const GROUP_NOTIFY_PER_SECOND: u32 = 600;
+
 /// Timing of callbacks and notifications.
 #[derive(Debug, Clone)]
 pub struct CallbackPolicy {
@@ -58,6 +61,10 @@ pub struct CallbackPolicy {
     pub notify_give_up: Duration,
     /// Clients a restart's SM_NOTIFY round starts per second.
     pub notify_per_second: u32,
+    /// Clients a group's SM_NOTIFY starts per second when it comes online (all its server
+    /// IDs together). Only that group is in grace, and its clients' reclaims are all the
+    /// group can grant until they are in, so it is paced on its own.
+    pub group_notify_per_second: u32,
     /// SM_NOTIFY requests (portmapper lookups included) awaiting a reply at once.
     pub notify_in_flight: usize,
     /// Opt-in: release everything a host holds once its callbacks have failed this long,
@@ -74,6 +81,7 @@ impl Default for CallbackPolicy {
             max_backoff: Duration::from_secs(30),
             notify_give_up: Duration::from_secs(3600),
             notify_per_second: 500,
+            group_notify_per_second: GROUP_NOTIFY_PER_SECOND,
             notify_in_flight: 1024,
             release_unreachable_after: None,
         }

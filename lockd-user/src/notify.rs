@@ -6,7 +6,8 @@
 //! notifications is one task with one UDP socket per address family: each client is first
 //! looked up through its portmapper (GETPORT of the status program), then sent SM_NOTIFY,
 //! both as datagrams matched to their replies by transaction id. New clients are started at
-//! most [`CallbackPolicy::notify_per_second`] a second and at most
+//! most [`CallbackPolicy::notify_per_second`] a second after a restart, at most
+//! [`CallbackPolicy::group_notify_per_second`] a second for a group coming online, and at most
 //! [`CallbackPolicy::notify_in_flight`] wait for a reply at once; a request unanswered is
 //! retransmitted (every second, doubling) until the attempt time limit, after which the
 //! client is tried again later with doubling backoff until the give-up time. Memory is the
@@ -28,6 +29,8 @@ use tracing::{debug, info, warn};
 /// First retransmission of an unanswered datagram; doubled up to [`MAX_RETRANSMIT`].
 const RETRANSMIT: Duration = Duration::from_millis(1000);
 const MAX_RETRANSMIT: Duration = Duration::from_secs(4);
+/// How far behind its schedule a round's pacing may fall and still catch up.
+const CATCH_UP: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -87,18 +90,20 @@ pub(crate) async fn notify_round(
     state: i32,
 ) -> RoundResult {
     let name = lockd.name.clone();
-    notify_round_as(lockd, targets, state, name, None).await
+    let pace = lockd.policy.notify_per_second;
+    notify_round_as(lockd, targets, state, name, None, pace).await
 }
 
 /// [`notify_round`] naming the server `name` (a group's server ID), sent from `from` when
 /// that address is on this node (so clients that check the source see the address they
-/// locked through), else from any.
+/// locked through), else from any; `per_second` clients are started a second.
 pub(crate) async fn notify_round_as(
     lockd: Arc<Lockd>,
     targets: Vec<(String, IpAddr)>,
     state: i32,
     name: String,
     from: Option<IpAddr>,
+    per_second: u32,
 ) -> RoundResult {
     let n = targets.len();
     info!(clients = n, state, server = %name, "sending SM_NOTIFY");
@@ -106,7 +111,9 @@ pub(crate) async fn notify_round_as(
         mon_name: name,
         state,
     });
-    let r = match Round::new(lockd.policy.clone(), args, targets, from).await {
+    let mut policy = lockd.policy.clone();
+    policy.notify_per_second = per_second.max(1);
+    let r = match Round::new(policy, args, targets, from).await {
         Ok(mut round) => round.run().await,
         Err(e) => {
             warn!(error = %e, "cannot open a socket for SM_NOTIFY");
@@ -204,11 +211,16 @@ impl Round {
                 return self.result;
             }
             let now = Instant::now();
-            // Start a client when pacing and the in-flight bound allow.
+            // Start a client when pacing and the in-flight bound allow. Starts are due on a
+            // schedule, one every `gap`, not `gap` after the moment the last one ran: a
+            // timer wakes up to a millisecond late, and adding the gap to the wake-up time
+            // made 500 starts a second about 330. A round that fell behind (nothing queued,
+            // or the in-flight bound reached) catches up by at most CATCH_UP, so pacing
+            // never turns into a burst.
             if self.in_flight < max_in_flight && now >= next_start {
                 if let Some(j) = self.queue.pop_front() {
                     self.start_attempt(j).await;
-                    next_start = next_start.max(now) + gap;
+                    next_start = next_start.max(now.checked_sub(CATCH_UP).unwrap_or(now)) + gap;
                     continue;
                 }
             }

@@ -97,8 +97,9 @@ pub(crate) fn notify_clients(lockd: &Arc<Lockd>, scopes: &[ScopeId]) {
     ));
 }
 
-/// Sends SM_NOTIFY with `state` (the group's own) to every client of one group.
-pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
+/// Sends SM_NOTIFY with `state` (the group's own) to every client of one group, starting
+/// `per_second` clients a second over all its server IDs.
+pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32, per_second: u32) {
     let targets: BTreeSet<(String, IpAddr)> = lockd.store.clients(scope).into_iter().collect();
     if targets.is_empty() {
         return;
@@ -106,7 +107,9 @@ pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
     let targets: Vec<(String, IpAddr)> = targets.into_iter().collect();
     match lockd.server_ids.get(&scope).filter(|ids| !ids.is_empty()) {
         // A client knows the group by the server ID it mounted: each gets its notice.
+        // The group's pace is shared by its server IDs: one round each, run side by side.
         Some(ids) => {
+            let pace = per_second / ids.len() as u32;
             for (name, addr) in ids {
                 tokio::spawn(crate::notify::notify_round_as(
                     lockd.clone(),
@@ -114,11 +117,19 @@ pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32) {
                     state,
                     name.clone(),
                     Some(*addr),
+                    pace,
                 ));
             }
         }
         None => {
-            tokio::spawn(crate::notify::notify_round(lockd.clone(), targets, state));
+            tokio::spawn(crate::notify::notify_round_as(
+                lockd.clone(),
+                targets,
+                state,
+                lockd.name.clone(),
+                None,
+                per_second,
+            ));
         }
     }
 }
@@ -208,7 +219,7 @@ pub(crate) fn restart_in_place(lockd: &Arc<Lockd>) -> io::Result<i32> {
     }
     notify_clients(lockd, &fixed);
     for (s, st) in group_states {
-        notify_group(lockd, s, st);
+        notify_group(lockd, s, st, lockd.policy.notify_per_second);
     }
     Ok(state)
 }
@@ -442,7 +453,7 @@ pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
     start_grace(lockd, scope);
     // Served from here on: its grace is in place, so only reclaims are granted.
     lockd.set_offline(scope, false);
-    notify_group(lockd, scope, state);
+    notify_group(lockd, scope, state, lockd.policy.group_notify_per_second);
     info!(group = scope.0, state, "group online");
     Ok(state)
 }

@@ -278,7 +278,12 @@ impl LockdService {
             .collect();
         crate::recovery::notify_clients(&svc.lockd, &local);
         for (scope, state) in group_states {
-            crate::recovery::notify_group(&svc.lockd, scope, state);
+            crate::recovery::notify_group(
+                &svc.lockd,
+                scope,
+                state,
+                svc.lockd.policy.notify_per_second,
+            );
         }
         Ok(svc)
     }

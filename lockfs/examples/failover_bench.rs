@@ -11,7 +11,9 @@
 //! Last, for comparison, the whole daemon is restarted (SIGTERM, start): how long a new
 //! lock in g2 is refused.
 //!
-//! Usage: failover_bench LOCKFS_BINARY [HOSTS] [LOCKS] [NOTIFY_PER_SECOND]
+//! Usage: failover_bench LOCKFS_BINARY [HOSTS] [LOCKS] [GROUP_NOTIFY_PER_SECOND]
+//! (the last one sets `group_notify_per_second`, the pace of a group coming online;
+//! without it the daemon's default applies).
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::portmap::Portmapper;
@@ -228,11 +230,18 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let lockfs = PathBuf::from(
         args.get(1)
-            .expect("usage: failover_bench LOCKFS [HOSTS] [LOCKS] [NOTIFY_PER_SECOND]"),
+            .expect("usage: failover_bench LOCKFS [HOSTS] [LOCKS] [GROUP_NOTIFY_PER_SECOND]"),
     );
     let hosts: usize = args.get(2).map_or(1000, |s| s.parse().unwrap());
     let locks: usize = args.get(3).map_or(10, |s| s.parse().unwrap());
-    let rate: u32 = args.get(4).map_or(500, |s| s.parse().unwrap());
+    let rate: Option<u32> = args.get(4).map(|s| s.parse().unwrap());
+    let pace = rate.map_or(String::new(), |r| {
+        format!("group_notify_per_second = {r}\n")
+    });
+    let rate = rate.map_or_else(
+        || format!("{} (default)", lockd_user::lockd::GROUP_NOTIFY_PER_SECOND),
+        |r| r.to_string(),
+    );
     assert!(hosts <= 1250 && locks <= 64);
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -255,7 +264,7 @@ fn main() {
             "node_name = \"bench\"\nstate_dir = {state:?}\nadmin_socket = {sock:?}\n\
              grace_period = {GRACE_SECS}\n\
              [listen]\naddresses = [\"127.0.0.1\", \"{G1}\", \"{G2}\"]\nport = {PORT}\n\
-             [limits]\nnotify_per_second = {rate}\nconnections = 4096\n\
+             [limits]\n{pace}connections = 4096\n\
              [[group]]\nname = \"g1\"\nstorage = {g1:?}\nserver_ids = [\"nfs-g1={G1}\"]\n\
              online_at_start = true\n\
              [[group]]\nname = \"g2\"\nstorage = {g2:?}\nserver_ids = [\"nfs-g2={G2}\"]\n\
@@ -398,7 +407,7 @@ fn main() {
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "hosts {hosts}, locks per host {locks}, notify_per_second {rate}, grace {GRACE_SECS} s"
+        "hosts {hosts}, locks per host {locks}, group_notify_per_second {rate}, grace {GRACE_SECS} s"
     );
     println!(
         "failover of g1: group online returned in {:.1} ms; last reclaim granted {:.3} s after group online",

@@ -35,6 +35,7 @@
 //! monitors = 65536                     # SM_MON registrations
 //! monitors_per_host = 64               # SM_MON registrations for one monitored host
 //! notify_per_second = 500              # clients a restart's SM_NOTIFY round starts per second
+//! group_notify_per_second = 600        # clients a group coming online notifies per second
 //! notify_in_flight = 1024             # SM_NOTIFY requests awaiting a reply at once
 //! open_files = 4096                    # backing descriptors kept open behind NFS handles
 //! nfs_max_io = 1048576                 # largest NFS READ and WRITE (bytes)
@@ -158,6 +159,7 @@ struct RawLimits {
     monitors: Option<usize>,
     monitors_per_host: Option<usize>,
     notify_per_second: Option<u32>,
+    group_notify_per_second: Option<u32>,
     notify_in_flight: Option<usize>,
     open_files: Option<usize>,
     nfs_max_io: Option<u32>,
@@ -175,6 +177,7 @@ pub struct NetLimits {
     pub monitors: usize,
     pub monitors_per_host: usize,
     pub notify_per_second: u32,
+    pub group_notify_per_second: u32,
     pub notify_in_flight: usize,
 }
 
@@ -642,6 +645,11 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             monitors: raw.limits.monitors.unwrap_or(65_536),
             monitors_per_host: raw.limits.monitors_per_host.unwrap_or(64),
             notify_per_second: raw.limits.notify_per_second.unwrap_or(500).max(1),
+            group_notify_per_second: raw
+                .limits
+                .group_notify_per_second
+                .unwrap_or(lockd_user::lockd::GROUP_NOTIFY_PER_SECOND)
+                .max(1),
             notify_in_flight: raw.limits.notify_in_flight.unwrap_or(1024).max(1),
         },
         release_unreachable_after,
@@ -940,6 +948,13 @@ pub const KEYS: &[Key] = &[
         value: "integer",
         default: Some("500"),
         doc: "Clients a restart's SM_NOTIFY round starts per second.",
+    },
+    Key {
+        section: Section::Limits,
+        name: "group_notify_per_second",
+        value: "integer",
+        default: Some("600"),
+        doc: "Clients a group coming online (lockfs group online) notifies per second, all its server IDs together.",
     },
     Key {
         section: Section::Limits,

@@ -5,6 +5,7 @@
 mod admin;
 mod config;
 mod demo;
+mod exports_mounted;
 mod lvb;
 mod manpage;
 mod mount;

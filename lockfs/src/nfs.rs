@@ -8,21 +8,35 @@ use lockd_user::nfs3::{ChangeSink, ExportOptions, MandatoryMode, NfsConfig, NfsS
 use lockd_user::LockdService;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 
 /// The FUSE mounts whose kernel caches a change over NFS makes stale; the mounts are
 /// added as they come up (after NFS starts, so that no change is missed).
 #[derive(Default)]
-pub struct MountCaches(Mutex<Vec<Invalidator>>);
+pub struct MountCaches(Mutex<Vec<(PathBuf, Invalidator)>>);
 
 impl MountCaches {
-    pub fn add(&self, i: Invalidator) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+    /// The mount at `at` now caches what NFS may change.
+    pub fn add(&self, at: &Path, i: Invalidator) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at.to_path_buf(), i));
+    }
+
+    /// The mount at `at` is gone (its group went offline): forget it, and with it the
+    /// mount's inode table the invalidator kept alive.
+    pub fn remove(&self, at: &Path) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| p != at);
     }
 
     fn each(&self, f: impl Fn(&Invalidator)) {
-        for i in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (_, i) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             f(i);
         }
     }

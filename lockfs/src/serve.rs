@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use fuse_lockfs::{LockContext, MountOptions};
+use fuse_lockfs::LockContext;
 use lock_table::{ScopeId, SharedTable};
 use lockd_user::exports::Export as LockdExport;
 use lockd_user::service::{LockdConfig, LockdService, PortmapMode};
@@ -20,6 +20,7 @@ use share_reservations::ShareTable;
 
 use crate::admin;
 use crate::config::{self, Config};
+use crate::exports_mounted::ExportMounts;
 
 /// The configuration to run: the file given, or the embedded default rooted
 /// at `./lockfs-data` (whose directories are created).
@@ -98,6 +99,7 @@ fn lockd_config(cfg: &Config) -> LockdConfig {
         monitors_per_host: cfg.net.monitors_per_host,
     };
     l.callbacks.notify_per_second = cfg.net.notify_per_second;
+    l.callbacks.group_notify_per_second = cfg.net.group_notify_per_second;
     l.callbacks.notify_in_flight = cfg.net.notify_in_flight;
     l.server.busy_poll = cfg.busy_poll;
     l.callbacks.release_unreachable_after = cfg.release_unreachable_after;
@@ -158,46 +160,22 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     let caches = Arc::new(crate::nfs::MountCaches::default());
     let nfs = crate::nfs::start(&cfg, &service, &runtime, caches.clone());
 
-    let mut mounts = Vec::new();
+    // An offline group's storage may be on another node: its exports are mounted when it
+    // comes online here.
+    let mounts = Arc::new(ExportMounts::new(&cfg, base_ctx.clone(), caches));
+    let mut online: Vec<&str> = Vec::new();
     for e in &cfg.exports {
-        // An offline group's storage may be on another node: its exports are not mounted
-        // here. (Mounting them when the group comes online is not done yet: a group that
-        // starts offline is served to NLM clients only.)
         if cfg.group(&e.group).is_some_and(|g| !g.online_at_start) {
             eprintln!(
                 "lockfs: export {:?}: group {:?} is offline, not mounted",
                 e.name, e.group
             );
-            continue;
+        } else if !online.contains(&e.group.as_str()) {
+            online.push(&e.group);
         }
-        if !e.mountpoint.exists() {
-            std::fs::create_dir_all(&e.mountpoint)
-                .with_context(|| format!("creating {}", e.mountpoint.display()))?;
-        }
-        let mut ctx = base_ctx.clone();
-        ctx.scope = ScopeId(cfg.group(&e.group).map_or(0, |g| g.scope));
-        let options = MountOptions {
-            forward_locks: true,
-            locks: Some(ctx),
-            read_only: e.read_only,
-            mandatory: e.mandatory,
-            flock: e.flock,
-            fsname: e.source.display().to_string().replace(',', "_"),
-            ..MountOptions::default()
-        };
-        let handle = fuse_lockfs::mount(&e.source, &e.mountpoint, options).with_context(|| {
-            format!("mounting export {:?} on {}", e.name, e.mountpoint.display())
-        })?;
-        eprintln!(
-            "lockfs: export {:?}: {} mounted at {}",
-            e.name,
-            e.source.display(),
-            e.mountpoint.display()
-        );
-        if let Some(i) = handle.invalidator() {
-            caches.add(i);
-        }
-        mounts.push(handle);
+    }
+    for g in online {
+        mounts.mount_group(g)?;
     }
     let lockd = service.lockd().clone();
     let clear: admin::ClearHost = Arc::new(move |name: &str| {
@@ -217,7 +195,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
             "was_monitored": r.was_monitored,
         })
     });
-    let group = group_command(&cfg, service.lockd().clone(), &runtime);
+    let group = group_command(&cfg, service.lockd().clone(), &runtime, mounts.clone());
     let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear), Some(group))?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
 
@@ -235,19 +213,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         runtime.block_on(n.shutdown());
     }
     runtime.block_on(service.shutdown());
-    let mut failed = false;
-    for m in mounts {
-        let at = m.mountpoint().to_path_buf();
-        if let Err(e) = m.unmount() {
-            // Files still open on the export: detach it so no new access
-            // reaches it; the open files fail once the daemon is gone.
-            eprintln!("lockfs: unmounting {}: {e}; detaching it", at.display());
-            if let Err(e) = detach(&at) {
-                eprintln!("lockfs: detaching {}: {e}", at.display());
-                failed = true;
-            }
-        }
-    }
+    let failed = !mounts.release_all();
     if failed {
         bail!("some exports could not be unmounted");
     }
@@ -260,6 +226,7 @@ fn group_command(
     cfg: &Config,
     lockd: std::sync::Arc<lockd_user::lockd::Lockd>,
     runtime: &tokio::runtime::Runtime,
+    mounts: Arc<ExportMounts>,
 ) -> admin::GroupCommand {
     let groups = cfg.groups.clone();
     let handle = runtime.handle().clone();
@@ -287,8 +254,22 @@ fn group_command(
         };
         let scope = ScopeId(g.scope);
         let r = match verb {
-            "online" => lockd_user::recovery::group_online(&lockd, scope).map(|_| ()),
-            "offline" => lockd_user::recovery::group_offline(&lockd, scope),
+            // Its exports are mounted once it is online, and released before it goes
+            // offline (its lease is let go last). An export that cannot be mounted takes
+            // the group offline again; one that cannot be released keeps it online, so
+            // the cluster manager sees the stop fail.
+            "online" => lockd_user::recovery::group_online(&lockd, scope)
+                .map(|_| ())
+                .and_then(|()| {
+                    mounts.mount_group(&g.name).map_err(|e| {
+                        let _ = lockd_user::recovery::group_offline(&lockd, scope);
+                        std::io::Error::other(format!("{e:#}"))
+                    })
+                }),
+            "offline" => mounts
+                .release_group(&g.name)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))
+                .and_then(|()| lockd_user::recovery::group_offline(&lockd, scope)),
             "status" => Ok(()),
             other => return json!({ "error": format!("unknown group request {other:?}") }),
         };
@@ -303,19 +284,6 @@ fn group_command(
             }
         }
     })
-}
-
-/// A lazy unmount (`umount -l`).
-fn detach(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// `lockfs fh PATH`: the NLM file handle of a file under an export, in hex.
