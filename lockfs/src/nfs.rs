@@ -8,8 +8,8 @@ use lockd_user::nfs3::{ChangeSink, ExportOptions, MandatoryMode, NfsConfig, NfsS
 use lockd_user::LockdService;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The FUSE mounts whose kernel caches a change over NFS makes stale; the mounts are
