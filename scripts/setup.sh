@@ -23,7 +23,9 @@ fi
 # and its test: dpkg-dev (dpkg-shlibdeps), binutils (objcopy), lintian,
 # man-db (man -l) and systemd (systemd-analyze verify). The Pacemaker agent's
 # test: resource-agents (ocf-tester) and libxml2-utils (xmllint, which
-# ocf-tester validates the agent's meta-data with).
+# ocf-tester validates the agent's meta-data with). The kernel-client test
+# (scripts/kclient): qemu-system-x86, busybox-static, cpio and libc6-dev (its
+# static guest program).
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
@@ -31,6 +33,7 @@ APT_PACKAGES=(
     tshark bpftool
     dpkg-dev binutils lintian man-db systemd
     resource-agents libxml2-utils
+    qemu-system-x86 busybox-static cpio libc6-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -83,5 +86,9 @@ fi
 
 # The eBPF side: rust-src, bpf-linker, bpffs and tracefs.
 bash scripts/setup-ebpf.sh
+
+# The kernel-client test's guest: Debian's kernel package (downloaded once with
+# apt-get download) and an initramfs, cached under /var/tmp/lockfs-kclient.
+bash scripts/kclient/build.sh
 
 log "done"

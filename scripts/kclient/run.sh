@@ -121,7 +121,7 @@ timeout -k 10 $((LIMIT + 90)) unshare --net --mount --pid --fork --kill-child --
 grep -E '^KC ' "$RUN/console.log" || true
 grep -E '^HOST ' "$RUN/host.log" 2> /dev/null || true
 [ $rc = 0 ] || echo "run.sh: namespace exited with status $rc" >&2
-if grep -q '^KC_END' "$RUN/console.log" && grep -q '^KC done failures=0' "$RUN/console.log" &&
+if grep -q '^KC_END' "$RUN/console.log" && grep -q '^KC_DONE failures=0' "$RUN/console.log" &&
     ! grep -qE '^(KC|HOST) [^ ]+ FAIL' "$RUN/console.log" "$RUN/host.log"; then
     exit 0
 fi

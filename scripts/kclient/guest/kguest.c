@@ -383,6 +383,6 @@ int main(int argc, char **argv)
 	test_reverse();
 	test_mand();
 	alarm(0);
-	printf("KC done failures=%d\n", failures);
+	printf("KC_DONE failures=%d\n", failures);
 	return failures ? 1 : 0;
 }
