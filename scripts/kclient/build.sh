@@ -108,8 +108,8 @@ done | awk '!seen[$0]++' | while read -r ko; do
 done
 [ -s "$ROOT/lib/modules/load" ] || { say "no modules resolved"; exit 1; }
 
-(cd "$ROOT" && find . -print0 | cpio --null -o -H newc --quiet | gzip -6) > "$OUT/initramfs.gz.new"
-mv "$OUT/initramfs.gz.new" "$OUT/initramfs.gz"
+(cd "$ROOT" && find . -print0 | cpio --null -o -H newc --quiet | gzip -6) > "$OUT/initramfs.gz.$$"
+mv "$OUT/initramfs.gz.$$" "$OUT/initramfs.gz"
 cp "$KTREE/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 echo "$stamp" > "$OUT/stamp"
 say "built $OUT (kernel $KVER, modules: $(tr '\n' ' ' < "$ROOT/lib/modules/load"))"

@@ -87,7 +87,7 @@ CONF
         -netdev tap,id=net0,ifname=tap0,script=no,downscript=no \
         -device e1000,netdev=net0 < /dev/null > "$RUN/qemu.log" 2>&1 &
     QPID=$!
-    wait "$QPID" || echo "HOST qemu exited with status $?" >> "$RUN/host.log"
+    wait "$QPID" || echo "HOST qemu FAIL exited with status $? (124: stopped after the time limit)" >> "$RUN/host.log"
     QPID=
     sleep 0.5
     exit 0
