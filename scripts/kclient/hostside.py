@@ -6,6 +6,7 @@ files in the export's source directory.
 
 usage: hostside.py FUSE_MOUNT SOURCE_DIR SECONDS
 Prints "HOST <step> ok|FAIL <detail>" lines."""
+import errno
 import fcntl
 import os
 import sys
@@ -37,7 +38,7 @@ def try_lock(path):
         fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0)
         return "GRANTED"
     except OSError as e:
-        return "EAGAIN" if e.errno in (11, 13) else f"errno {e.errno}"
+        return "EAGAIN" if e.errno in (errno.EAGAIN, errno.EACCES) else f"errno {e.errno}"
     finally:
         os.close(fd)
 
