@@ -4,7 +4,9 @@
 //! portmapper, works with files, takes fcntl and flock locks; a local lock refuses the
 //! guest's F_SETLK and grants its F_SETLKW through the GRANTED callback at the local
 //! unlock; a guest lock refuses a local F_SETLK; a guest write into a locked range of a
-//! mandatory file waits and lands after the unlock.
+//! mandatory file waits and lands after the unlock; and after the daemon is killed with
+//! SIGKILL and started again while the guest holds a lock, the guest's kernel reclaims it
+//! (the new daemon's SM_NOTIFY reaches the guest's statd) and `lockfs locks` lists it.
 //!
 //! Needs root, /dev/fuse and /dev/net/tun; `scripts/kclient/build.sh` (run by
 //! `scripts/setup.sh`, and again here: it does nothing when the guest is up to date)
@@ -130,7 +132,9 @@ fn linux_nfs_client_meets_local_locks() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let console = std::fs::read_to_string(run.join("console.log")).unwrap_or_default();
-    let host = std::fs::read_to_string(run.join("host.log")).unwrap_or_default();
+    // The local processes' lines, then the restart step's (run.sh itself).
+    let host = std::fs::read_to_string(run.join("host.log")).unwrap_or_default()
+        + &std::fs::read_to_string(run.join("restart.log")).unwrap_or_default();
     eprintln!(
         "run.sh: {status} after {:.1}s\n{}\n{}",
         t0.elapsed().as_secs_f64(),
@@ -209,6 +213,16 @@ fn linux_nfs_client_meets_local_locks() {
         std::fs::read(run.join("export/mand")).unwrap(),
         b"guestr-data"
     );
+
+    // Restart: killed with SIGKILL while the guest held a lock; the new daemon's
+    // SM_NOTIFY made the guest's kernel reclaim it, and `lockfs locks` lists it again.
+    expect_ok(&server, "restart");
+    let reclaim = expect_ok(&server, "reclaim");
+    assert!(
+        reclaim.contains("kguest") && reclaim.contains("NLM held WRITE"),
+        "{reclaim}"
+    );
+    assert!(expect_ok(&guest, "restart").contains("RECLAIMED; unlock ok"));
 
     assert!(status.success(), "run.sh: {status}");
     assert!(console.contains("KC_DONE failures=0"));

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Runs the kernel-client test once: a Linux guest (Debian's kernel under qemu, TCG)
 # mounts an export of `lockfs serve` over NFSv3 and runs guest/kguest.c while
-# hostside.py holds and tries locks on the same export's FUSE mount.
+# hostside.py holds and tries locks on the same export's FUSE mount; in the middle of
+# the guest's last test the daemon is killed with SIGKILL and started again, and the
+# guest's lock must come back by reclaim.
 #
 # usage (as root, after build.sh): run.sh [-d RUNDIR] [-l SECONDS] [LOCKFS_BINARY]
 #   -d RUNDIR   where console.log, server.log, host.log and export/ go (default: a new
 #               directory under $KCLIENT_DIR/runs)
 #   -l SECONDS  the guest's whole budget (default 150); the host stops everything after
-#               this plus 60 s however the guest fares
+#               this plus 90 s however the guest fares
 #   LOCKFS_BINARY defaults to `lockfs` on PATH
 # Everything runs inside fresh network, mount and PID namespaces: the server listens on
 # 10.77.0.1 (tap0), the guest is 10.77.0.2. When the run ends, the PID namespace's end
 # kills every process started in it and the mount namespace's end drops the FUSE mount.
-# Prints the "KC ..." (guest) and "HOST ..." (server side) lines; exits 0 only if the
-# guest finished and nothing failed.
+# Prints the "KC ..." (guest) and "HOST ..." (server side: host.log, restart.log) lines;
+# exits 0 only if the guest finished and nothing failed.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${KCLIENT_DIR:-/var/tmp/lockfs-kclient}
@@ -75,6 +77,34 @@ CONF
         tail -n 20 "$RUN/server.log" >&2
         exit 1
     fi
+    restart_server() {
+        kill -KILL "$SPID"
+        wait "$SPID" 2> /dev/null || true
+        umount -l "$MNT" 2> /dev/null || true
+        sed -i 's/^grace_period = 0$/grace_period = 10/' "$RUN/lockfs.toml"
+        RUST_LOG=${RUST_LOG:-info} "$LOCKFS" serve --config "$RUN/lockfs.toml" >> "$RUN/server.log" 2>&1 &
+        SPID=$!
+        echo "HOST restart ok lockfs killed with SIGKILL and started again"
+        local result="no reclaim within 60 s"
+        # A reclaimed lock may be listed by device and inode rather than by path.
+        local ino
+        ino=$(stat -c %i "$EXP/restart")
+        for _ in $(seq 300); do
+            if "$LOCKFS" locks --socket "$RUN/admin.sock" > "$RUN/locks.txt" 2>&1 &&
+                grep -qE "^kguest .* NLM +held +WRITE .*(/restart|:$ino\])\$" "$RUN/locks.txt"; then
+                result=RECLAIMED
+                break
+            fi
+            sleep 0.2
+        done
+        if [ $result = RECLAIMED ]; then
+            echo "HOST reclaim ok lockfs locks shows the guest's lock again: $(grep '^kguest' "$RUN/locks.txt" | tr -s ' ')"
+        else
+            echo "HOST reclaim FAIL $result: $(tr '\n' ' ' < "$RUN/locks.txt")"
+        fi
+        echo "$result" > "$EXP/restart.result.tmp"
+        mv "$EXP/restart.result.tmp" "$EXP/restart.result"
+    }
     python3 "$HERE/hostside.py" "$MNT" "$EXP" "$LIMIT" > "$RUN/host.log" 2>&1 &
     HPID=$!
     for _ in $(seq 100); do grep -q '^HOST hold' "$RUN/host.log" && break; sleep 0.1; done
@@ -87,6 +117,17 @@ CONF
         -netdev tap,id=net0,ifname=tap0,script=no,downscript=no \
         -device e1000,netdev=net0 < /dev/null > "$RUN/qemu.log" 2>&1 &
     QPID=$!
+    # The restart step: once the guest holds its lock on "restart", the daemon dies by
+    # SIGKILL and starts again (with a grace period, so that reclaims are expected); the
+    # guest's kernel must reclaim the lock after the SM_NOTIFY of the new daemon.
+    restarted=0
+    while kill -0 "$QPID" 2> /dev/null; do
+        if [ $restarted = 0 ] && [ -e "$EXP/restart.held" ]; then
+            restarted=1
+            restart_server >> "$RUN/restart.log" 2>&1
+        fi
+        sleep 0.2
+    done
     wait "$QPID" || echo "HOST qemu FAIL exited with status $? (124: stopped after the time limit)" >> "$RUN/host.log"
     QPID=
     sleep 0.5
@@ -119,10 +160,10 @@ timeout -k 10 $((LIMIT + 90)) unshare --net --mount --pid --fork --kill-child --
     --propagation private bash "$0" --inside "$RUN" "$LIMIT" "$LOCKFS" || rc=$?
 [ -f "$RUN/console.raw" ] && tr -d '\r' < "$RUN/console.raw" > "$RUN/console.log" || : > "$RUN/console.log"
 grep -E '^KC ' "$RUN/console.log" || true
-grep -E '^HOST ' "$RUN/host.log" 2> /dev/null || true
+grep -hE '^HOST ' "$RUN/host.log" "$RUN/restart.log" 2> /dev/null || true
 [ $rc = 0 ] || echo "run.sh: namespace exited with status $rc" >&2
 if grep -q '^KC_END' "$RUN/console.log" && grep -q '^KC_DONE failures=0' "$RUN/console.log" &&
-    ! grep -qE '^(KC|HOST) [^ ]+ FAIL' "$RUN/console.log" "$RUN/host.log"; then
+    ! grep -qsE '^(KC|HOST) [^ ]+ FAIL' "$RUN/console.log" "$RUN/host.log" "$RUN/restart.log"; then
     exit 0
 fi
 exit 1

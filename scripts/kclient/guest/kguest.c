@@ -14,6 +14,10 @@
  *   mand    "mand" is a mandatory file the server holds locked: a write into it waits
  *           (the server answers JUKEBOX) and lands after the server unlocks (3 s after
  *           "mand.writing").
+ *   restart the guest locks "restart" and creates "restart.held"; run.sh kills the daemon
+ *           with SIGKILL and starts it again; the guest's kernel reclaims the lock after
+ *           the new daemon's SM_NOTIFY, and run.sh writes "RECLAIMED" into
+ *           "restart.result" once `lockfs locks` lists the lock again.
  * Every result is one console line: "KC <test> ok|FAIL <detail>".
  */
 #define _GNU_SOURCE
@@ -363,6 +367,32 @@ static void test_mand(void)
 	       landed ? "on the server" : "missing");
 }
 
+static void test_restart(void)
+{
+	limit("restart", 150);
+	int fd = open(at("restart"), O_RDWR | O_CREAT, 0666);
+	if (fd < 0 || lock(fd, F_SETLK, F_WRLCK, 0, 0) != 0) {
+		result("restart", 0, "guest lock on restart: %s", strerror(errno));
+		return;
+	}
+	touch(at("restart.held"));
+	char buf[64] = { 0 };
+	if (await(at("restart.result"), 120) == 0) {
+		int rf = open(at("restart.result"), O_RDONLY);
+		if (rf >= 0) {
+			if (read(rf, buf, sizeof buf - 1) < 0)
+				buf[0] = 0;
+			close(rf);
+		}
+	}
+	buf[strcspn(buf, "\n")] = 0;
+	int r = lock(fd, F_SETLK, F_UNLCK, 0, 0);
+	result("restart", strcmp(buf, "RECLAIMED") == 0 && r == 0,
+	       "server killed and restarted while the guest held a lock: %s; unlock %s", buf[0] ? buf : "no answer",
+	       r == 0 ? "ok" : strerror(errno));
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 4) {
@@ -382,6 +412,7 @@ int main(int argc, char **argv)
 	test_xdoor();
 	test_reverse();
 	test_mand();
+	test_restart();
 	alarm(0);
 	printf("KC_DONE failures=%d\n", failures);
 	return failures ? 1 : 0;
