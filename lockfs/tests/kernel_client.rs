@@ -132,9 +132,11 @@ fn linux_nfs_client_meets_local_locks() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let console = std::fs::read_to_string(run.join("console.log")).unwrap_or_default();
-    // The local processes' lines, then the restart step's (run.sh itself).
-    let host = std::fs::read_to_string(run.join("host.log")).unwrap_or_default()
-        + &std::fs::read_to_string(run.join("restart.log")).unwrap_or_default();
+    // run.sh's portmapper check, the local processes' lines, the restart step's.
+    let host: String = ["portmap.log", "host.log", "restart.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(run.join(f)).unwrap_or_default())
+        .collect();
     eprintln!(
         "run.sh: {status} after {:.1}s\n{}\n{}",
         t0.elapsed().as_secs_f64(),
@@ -171,7 +173,9 @@ fn linux_nfs_client_meets_local_locks() {
     assert!(failed.is_empty(), "failures: {failed:?}");
 
     // Mounted with NFSv3 and no ports given: the kernel found MOUNT and NFS (and later
-    // NLM) through the server's portmapper.
+    // NLM, on a port of the moment) through the portmapper on port 111, which in the
+    // run's namespace is lockfs's own.
+    assert!(expect_ok(&server, "portmap").contains("served by lockfs"));
     let mount = expect_ok(&guest, "mount");
     assert!(mount.contains("-o vers=3,"), "{mount}");
     assert!(!mount.contains("port="), "{mount}");

@@ -105,6 +105,19 @@ CONF
         echo "$result" > "$EXP/restart.result.tmp"
         mv "$EXP/restart.result.tmp" "$EXP/restart.result"
     }
+    # The guest's kernel finds MOUNT, NFS and NLM through the portmapper on port 111,
+    # which in this namespace can only be lockfs's own.
+    rpcinfo -p "$SERVER_IP" > "$RUN/rpcinfo.txt" 2>&1 || true
+    owner=$(ss -Htlnp "sport = :111" | grep -o 'users:(("[^"]*"' | head -n 1 | cut -d'"' -f2)
+    missing=
+    for want in "100005 3 tcp" "100003 3 tcp" "100021 4 tcp"; do
+        awk -v w="$want" '($1" "$2" "$3) == w {f=1} END {exit !f}' "$RUN/rpcinfo.txt" || missing="$missing [$want]"
+    done
+    if [ "$owner" = lockfs ] && [ -z "$missing" ]; then
+        echo "HOST portmap ok port 111 served by $owner, which maps MOUNT v3, NFS v3 and NLM v4 over TCP" > "$RUN/portmap.log"
+    else
+        echo "HOST portmap FAIL port 111 served by '${owner:-nobody}', missing:${missing:- none}" > "$RUN/portmap.log"
+    fi
     python3 "$HERE/hostside.py" "$MNT" "$EXP" "$LIMIT" > "$RUN/host.log" 2>&1 &
     HPID=$!
     for _ in $(seq 100); do grep -q '^HOST hold' "$RUN/host.log" && break; sleep 0.1; done
@@ -160,10 +173,10 @@ timeout -k 10 $((LIMIT + 90)) unshare --net --mount --pid --fork --kill-child --
     --propagation private bash "$0" --inside "$RUN" "$LIMIT" "$LOCKFS" || rc=$?
 [ -f "$RUN/console.raw" ] && tr -d '\r' < "$RUN/console.raw" > "$RUN/console.log" || : > "$RUN/console.log"
 grep -E '^KC ' "$RUN/console.log" || true
-grep -hE '^HOST ' "$RUN/host.log" "$RUN/restart.log" 2> /dev/null || true
+grep -hE '^HOST ' "$RUN/portmap.log" "$RUN/host.log" "$RUN/restart.log" 2> /dev/null || true
 [ $rc = 0 ] || echo "run.sh: namespace exited with status $rc" >&2
 if grep -q '^KC_END' "$RUN/console.log" && grep -q '^KC_DONE failures=0' "$RUN/console.log" &&
-    ! grep -qsE '^(KC|HOST) [^ ]+ FAIL' "$RUN/console.log" "$RUN/host.log" "$RUN/restart.log"; then
+    ! grep -qsE '^(KC|HOST) [^ ]+ FAIL' "$RUN/console.log" "$RUN/portmap.log" "$RUN/host.log" "$RUN/restart.log"; then
     exit 0
 fi
 exit 1
