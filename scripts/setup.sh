@@ -26,7 +26,9 @@ fi
 # ocf-tester validates the agent's meta-data with); pacemaker, corosync and
 # pacemaker-cli-utils for the test that runs it under a single-node cluster
 # of its own (the packages' own services are disabled below: the test starts
-# its cluster in private namespaces).
+# its cluster in private namespaces). The kernel-client test
+# (scripts/kclient): qemu-system-x86, busybox-static, cpio and libc6-dev (its
+# static guest program).
 APT_PACKAGES=(
     build-essential pkg-config ca-certificates
     fuse3 attr procps psmisc util-linux iproute2 kmod
@@ -34,6 +36,7 @@ APT_PACKAGES=(
     tshark bpftool
     dpkg-dev binutils lintian man-db systemd
     resource-agents libxml2-utils pacemaker corosync pacemaker-cli-utils
+    qemu-system-x86 busybox-static cpio libc6-dev
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -96,5 +99,9 @@ fi
 
 # The eBPF side: rust-src, bpf-linker, bpffs and tracefs.
 bash scripts/setup-ebpf.sh
+
+# The kernel-client test's guest: Debian's kernel package (downloaded once with
+# apt-get download) and an initramfs, cached under /var/tmp/lockfs-kclient.
+bash scripts/kclient/build.sh
 
 log "done"
