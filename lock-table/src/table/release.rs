@@ -1,12 +1,15 @@
 //! Bulk release: everything of an owner, an open file, a host or a scope at
 //! once (close, FREE_ALL, a client's reboot, a service group leaving).
 
-use super::{settle, LockTable};
+use super::{settle, LockTable, Waiter};
 use crate::ids::{FileId, HostId, Owner, ScopeId};
 use crate::ops::*;
 use crate::probe::{self, Probe};
 use lockfs_probes::{EventKind as ProbeKind, WaitEndReason};
 use smallvec::SmallVec;
+
+/// Files a bulk release changed, to wake their queues once at the end.
+type Touched = SmallVec<[FileId; 4]>;
 
 impl LockTable {
     /// Drop every lock and queued request of `owner` on every file.
@@ -15,52 +18,16 @@ impl LockTable {
             return Released::default();
         };
         let mut out = Released::default();
-        let mut touched: SmallVec<[FileId; 4]> = SmallVec::new();
+        let mut touched: Touched = SmallVec::new();
         for wid in entry.waiters {
-            if let Some(w) = self.waiters.remove(&wid) {
-                if let Some(f) = self.files.get_mut(&w.file) {
-                    if let Some(pos) = f.queue.iter().position(|x| *x == wid) {
-                        f.queue.remove(pos);
-                    }
-                }
-                if probe::contention_enabled() {
-                    self.waiter_probe(wid, &w)
-                        .reason(WaitEndReason::Cancelled)
-                        .fire(&self.registry);
-                }
-                self.events.push(Event::Dropped {
-                    waiter: wid,
-                    token: w.token,
-                    file: w.file,
-                    owner,
-                    reason: DropReason::Released,
-                });
-                out.waiters += 1;
-                if !touched.contains(&w.file) {
-                    touched.push(w.file);
-                }
+            // The owner's entry is gone already, so only the queue and the
+            // waiter map still name the request.
+            if let Some(w) = self.remove_waiter(wid) {
+                self.end_released_waiter(wid, &w, &mut out, &mut touched);
             }
         }
         for file_id in entry.files.to_vec() {
-            let pid = if probe::all_enabled() {
-                self.holder_pid(file_id, &owner)
-            } else {
-                0
-            };
-            if let Some(f) = self.files.get_mut(&file_id) {
-                let had_exclusive = f.holdings.remove_owner(&owner);
-                settle(&mut self.host_segments, &mut f.holdings);
-                if had_exclusive && how == Release::Abnormal {
-                    f.invalidate_lvb();
-                }
-                if probe::all_enabled() {
-                    Probe::new(ProbeKind::LockReleased, file_id, owner, pid).fire(&self.registry);
-                }
-                out.files += 1;
-                if !touched.contains(&file_id) {
-                    touched.push(file_id);
-                }
-            }
+            self.drop_holdings(file_id, owner, how, &mut out, &mut touched);
         }
         for f in touched {
             self.wake(f);
@@ -137,7 +104,7 @@ impl LockTable {
             .copied()
             .collect();
         let mut out = Released::default();
-        let mut touched: SmallVec<[FileId; 4]> = SmallVec::new();
+        let mut touched: Touched = SmallVec::new();
         let in_scopes = |t: &LockTable, file: FileId| {
             t.files
                 .get(&file)
@@ -157,48 +124,14 @@ impl LockTable {
                     continue;
                 }
                 if let Some(w) = self.remove_waiter(wid) {
-                    if probe::contention_enabled() {
-                        self.waiter_probe(wid, &w)
-                            .reason(WaitEndReason::Cancelled)
-                            .fire(&self.registry);
-                    }
-                    self.events.push(Event::Dropped {
-                        waiter: wid,
-                        token: w.token,
-                        file,
-                        owner,
-                        reason: DropReason::Released,
-                    });
-                    out.waiters += 1;
-                    if !touched.contains(&file) {
-                        touched.push(file);
-                    }
+                    self.end_released_waiter(wid, &w, &mut out, &mut touched);
                 }
             }
             for file_id in files {
                 if !in_scopes(self, file_id) {
                     continue;
                 }
-                let pid = if probe::all_enabled() {
-                    self.holder_pid(file_id, &owner)
-                } else {
-                    0
-                };
-                if let Some(f) = self.files.get_mut(&file_id) {
-                    let had_exclusive = f.holdings.remove_owner(&owner);
-                    settle(&mut self.host_segments, &mut f.holdings);
-                    if had_exclusive && how == Release::Abnormal {
-                        f.invalidate_lvb();
-                    }
-                    if probe::all_enabled() {
-                        Probe::new(ProbeKind::LockReleased, file_id, owner, pid)
-                            .fire(&self.registry);
-                    }
-                    out.files += 1;
-                    if !touched.contains(&file_id) {
-                        touched.push(file_id);
-                    }
-                }
+                self.drop_holdings(file_id, owner, how, &mut out, &mut touched);
                 self.forget_owner_file(owner, file_id);
             }
         }
@@ -215,6 +148,66 @@ impl LockTable {
             self.registry.forget_owners(host);
         }
         out
+    }
+
+    /// Tell the door that queued `w` its request ended because its owner's
+    /// locks were released.
+    fn end_released_waiter(
+        &mut self,
+        wid: WaiterId,
+        w: &Waiter,
+        out: &mut Released,
+        touched: &mut Touched,
+    ) {
+        if probe::contention_enabled() {
+            self.waiter_probe(wid, w)
+                .reason(WaitEndReason::Cancelled)
+                .fire(&self.registry);
+        }
+        self.events.push(Event::Dropped {
+            waiter: wid,
+            token: w.token,
+            file: w.file,
+            owner: w.owner,
+            reason: DropReason::Released,
+        });
+        out.waiters += 1;
+        if !touched.contains(&w.file) {
+            touched.push(w.file);
+        }
+    }
+
+    /// Drop `owner`'s locks on one file as part of a bulk release; an
+    /// abnormal release marks the value block it may have been writing
+    /// not-valid.
+    fn drop_holdings(
+        &mut self,
+        file_id: FileId,
+        owner: Owner,
+        how: Release,
+        out: &mut Released,
+        touched: &mut Touched,
+    ) {
+        let pid = if probe::all_enabled() {
+            self.holder_pid(file_id, &owner)
+        } else {
+            0
+        };
+        let Some(f) = self.files.get_mut(&file_id) else {
+            return;
+        };
+        let had_exclusive = f.holdings.remove_owner(&owner);
+        settle(&mut self.host_segments, &mut f.holdings);
+        if had_exclusive && how == Release::Abnormal {
+            f.invalidate_lvb();
+        }
+        if probe::all_enabled() {
+            Probe::new(ProbeKind::LockReleased, file_id, owner, pid).fire(&self.registry);
+        }
+        out.files += 1;
+        if !touched.contains(&file_id) {
+            touched.push(file_id);
+        }
     }
 
     /// Drop every lock and request on the files of a scope (the scope's
