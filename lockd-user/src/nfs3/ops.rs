@@ -91,6 +91,34 @@ fn enc_stat(e: &mut Encoder, s: Stat) {
     e.put_u32(s as u32);
 }
 
+/// The empty attribute block a failed reply carries after its status.
+#[derive(Clone, Copy)]
+enum Empty {
+    /// `post_op_attr` with no attributes.
+    PostAttr,
+    /// `wcc_data` with neither pre nor post attributes.
+    Wcc,
+}
+
+/// A reply that gives the status, then the attributes of the object `fd` as
+/// they are after the call, then, on success only, what `rest` writes.
+fn reply_with_attr<T>(
+    e: &mut Encoder,
+    fd: RawFd,
+    r: Result<T, Stat>,
+    rest: impl FnOnce(&mut Encoder, T),
+) {
+    let (stat, ok) = match r {
+        Ok(v) => (Stat::Ok, Some(v)),
+        Err(s) => (s, None),
+    };
+    enc_stat(e, stat);
+    put_post_attr(e, attr_of(fd).as_ref());
+    if let Some(v) = ok {
+        rest(e, v);
+    }
+}
+
 fn errno_of(r: libc::c_int) -> Result<(), Stat> {
     if r != 0 {
         return Err(ioerr(io::Error::last_os_error()));
@@ -108,6 +136,28 @@ impl Door {
 
     fn node(&self, c: &Caller, fh: &[u8]) -> Result<Node<'_>, Stat> {
         self.backing.resolve(&self.lockd, c.peer, fh)
+    }
+
+    /// The node `fh` names; when there is none, the failed reply (its
+    /// status, then the empty attribute block `empty`) is written instead.
+    fn node_or_fail(
+        &self,
+        c: &Caller,
+        fh: &[u8],
+        e: &mut Encoder,
+        empty: Empty,
+    ) -> Option<Node<'_>> {
+        match self.node(c, fh) {
+            Ok(n) => Some(n),
+            Err(s) => {
+                enc_stat(e, s);
+                match empty {
+                    Empty::PostAttr => put_post_attr(e, None),
+                    Empty::Wcc => put_wcc(e, None, None),
+                }
+                None
+            }
+        }
     }
 
     /// Another door's caches of this file are stale now.
@@ -231,13 +281,8 @@ impl Door {
         } else {
             None
         };
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_wcc(e, None, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
+            return Ok(());
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
@@ -307,13 +352,8 @@ impl Door {
 
     fn lookup(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
         let (fh, name) = get_dirop(d)?;
-        let dir = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         let r = (|| {
             let dst = fstat(dir.raw()).map_err(ioerr)?;
@@ -346,13 +386,8 @@ impl Door {
     fn access(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
         let fh = get_fh(d)?;
         let want = d.get_u32()?;
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -388,29 +423,16 @@ impl Door {
             }
             Ok(got)
         })();
-        match r {
-            Ok(got) => {
-                enc_stat(e, Stat::Ok);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-                e.put_u32(got);
-            }
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-            }
-        }
+        reply_with_attr(e, node.raw(), r, |e, got| {
+            e.put_u32(got);
+        });
         Ok(())
     }
 
     fn readlink(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
         let fh = get_fh(d)?;
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -429,17 +451,9 @@ impl Door {
             buf.truncate(n as usize);
             Ok(buf)
         })();
-        match r {
-            Ok(target) => {
-                enc_stat(e, Stat::Ok);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-                e.put_opaque(&target);
-            }
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-            }
-        }
+        reply_with_attr(e, node.raw(), r, |e, target| {
+            e.put_opaque(&target);
+        });
         Ok(())
     }
 
@@ -454,13 +468,8 @@ impl Door {
         let fh = get_fh(d)?;
         let offset = d.get_u64()?;
         let count = d.get_u32()?.min(self.max_io(c));
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -498,19 +507,11 @@ impl Door {
             let size = fstat(f.as_raw_fd()).map_err(ioerr)?.st_size.max(0) as u64;
             Ok((buf, offset.saturating_add(done as u64) >= size))
         })();
-        match r {
-            Ok((data, eof)) => {
-                enc_stat(e, Stat::Ok);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-                e.put_u32(data.len() as u32);
-                e.put_bool(eof);
-                e.put_opaque(&data);
-            }
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-            }
-        }
+        reply_with_attr(e, node.raw(), r, |e, (data, eof)| {
+            e.put_u32(data.len() as u32);
+            e.put_bool(eof);
+            e.put_opaque(&data);
+        });
         Ok(())
     }
 
@@ -527,13 +528,8 @@ impl Door {
         }
         let data = d.get_opaque_ref(self.max_io.max(UDP_MAX_IO) as usize)?;
         let data = &data[..data.len().min(count as usize)];
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_wcc(e, None, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
+            return Ok(());
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
@@ -621,13 +617,8 @@ impl Door {
         make: impl FnOnce(RawFd, &CString) -> Result<OwnedFd, Stat>,
         name: &[u8],
     ) {
-        let dir = match self.node(c, fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_wcc(e, None, None);
-                return;
-            }
+        let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
+            return;
         };
         let pre = fstat(dir.raw()).ok();
         let r = (|| {
@@ -830,13 +821,8 @@ impl Door {
         dir_too: bool,
     ) -> Result<(), XdrError> {
         let (fh, name) = get_dirop(d)?;
-        let dir = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_wcc(e, None, None);
-                return Ok(());
-            }
+        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
+            return Ok(());
         };
         let pre = fstat(dir.raw()).ok();
         let r = (|| {
@@ -974,13 +960,8 @@ impl Door {
         };
         let maxcount = maxcount.min(self.max_io(c)) as usize;
         let dircount = (dircount as usize).min(maxcount);
-        let dir = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         let r = (|| {
             let st = fstat(dir.raw()).map_err(ioerr)?;
@@ -1050,56 +1031,36 @@ impl Door {
             body.put_bool(eof);
             Ok((ours, body))
         })();
-        match r {
-            Ok((v, body)) => {
-                enc_stat(e, Stat::Ok);
-                put_post_attr(e, attr_of(dir.raw()).as_ref());
-                e.put_fixed_opaque(&v);
-                e.put_raw(body.as_slice());
-            }
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, attr_of(dir.raw()).as_ref());
-            }
-        }
+        reply_with_attr(e, dir.raw(), r, |e, (v, body)| {
+            e.put_fixed_opaque(&v);
+            e.put_raw(body.as_slice());
+        });
         Ok(())
     }
 
     fn fsstat(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
         let fh = get_fh(d)?;
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
+            return Ok(());
         };
         // SAFETY: an all-zero statvfs is valid; `fstatvfs` fills it.
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: valid descriptor and out pointer.
-        match errno_of(unsafe { libc::fstatvfs(node.raw(), &mut sv) }) {
-            Ok(()) => {
-                enc_stat(e, Stat::Ok);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-                let f = sv.f_frsize;
-                for v in [
-                    sv.f_blocks * f,
-                    sv.f_bfree * f,
-                    sv.f_bavail * f,
-                    sv.f_files,
-                    sv.f_ffree,
-                    sv.f_favail,
-                ] {
-                    e.put_u64(v);
-                }
-                e.put_u32(0);
+        let r = errno_of(unsafe { libc::fstatvfs(node.raw(), &mut sv) });
+        reply_with_attr(e, node.raw(), r, |e, ()| {
+            let f = sv.f_frsize;
+            for v in [
+                sv.f_blocks * f,
+                sv.f_bfree * f,
+                sv.f_bavail * f,
+                sv.f_files,
+                sv.f_ffree,
+                sv.f_favail,
+            ] {
+                e.put_u64(v);
             }
-            Err(s) => {
-                enc_stat(e, s);
-                put_post_attr(e, attr_of(node.raw()).as_ref());
-            }
-        }
+            e.put_u32(0);
+        });
         Ok(())
     }
 
@@ -1159,13 +1120,8 @@ impl Door {
         let fh = get_fh(d)?;
         let _offset = d.get_u64()?;
         let _count = d.get_u32()?;
-        let node = match self.node(c, &fh) {
-            Ok(n) => n,
-            Err(s) => {
-                enc_stat(e, s);
-                put_wcc(e, None, None);
-                return Ok(());
-            }
+        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
+            return Ok(());
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
