@@ -10,12 +10,11 @@
 //! its own portmapper, so it runs inside a private network namespace (the project's test
 //! script does that) and in the rpc test group.
 
-use std::io::{BufRead, BufReader};
+use lockfs_testkit::daemon::{Daemon, Spawn};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
@@ -60,26 +59,6 @@ fn build_driver(dir: &Path) -> PathBuf {
     out
 }
 
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_daemon(d: &Path, nfs_port: u16, mount_port: u16) -> Daemon {
     let cfg = format!(
         "state_dir = {state:?}\nadmin_socket = {sock:?}\ngrace_period = 0\n\
@@ -91,33 +70,14 @@ fn start_daemon(d: &Path, nfs_port: u16, mount_port: u16) -> Daemon {
         mnt = d.join("mnt"),
     );
     std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
-    let mut child = Command::new(LOCKFS)
-        .arg("serve")
-        .arg("--config")
-        .arg(d.join("lockfs.toml"))
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting lockfs serve");
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[daemon] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let daemon = Daemon { child };
+    let daemon = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "warn")
+        .unmounts(&d.join("mnt"))
+        .spawn();
     let mut nfs = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("daemon ready within 30 s");
+    daemon.wait_line(Duration::from_secs(30), "the daemon is ready", |line| {
         nfs |= line.contains("NFS v3 on");
-        if line.contains("admin socket") {
-            break;
-        }
-    }
+        line.contains("admin socket")
+    });
     assert!(nfs, "the daemon serves NFS");
     daemon
 }

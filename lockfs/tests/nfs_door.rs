@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, NLM4_VERS, NLM_PROG};
 use lockd_user::rpc::AuthSys;
 use lockd_user::xdr::{Decoder, Encoder};
+use lockfs_testkit::daemon::{file_handle, Daemon as TestDaemon, Spawn};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 const NFS_PORT: u16 = 2049;
@@ -35,8 +35,10 @@ fn can_run() -> bool {
     true
 }
 
+/// The daemon and its directory; the guard (stopping its pid, detaching its mount) drops
+/// before the directory does.
 struct Daemon {
-    child: Child,
+    _guard: TestDaemon,
     dir: tempfile::TempDir,
     nlm_tcp: SocketAddr,
 }
@@ -60,40 +62,23 @@ impl Daemon {
             mnt = d.join("mnt"),
         );
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
-        let mut child = Command::new(LOCKFS)
-            .arg("serve")
-            .arg("--config")
-            .arg(d.join("lockfs.toml"))
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting lockfs serve");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
+        let guard = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "warn")
+            .unmounts(&d.join("mnt"))
+            .spawn();
         let (mut tcp, mut nfs) = (None, false);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("daemon ready within 30 s");
+        guard.wait_line(Duration::from_secs(30), "the daemon is ready", |line| {
             if let Some(rest) = line.split("tcp [").nth(1) {
                 tcp = rest.split(']').next().and_then(|a| a.parse().ok());
             }
             nfs |= line.contains("NFS v3 on");
-            if line.contains("admin socket") {
-                break;
-            }
-        }
+            line.contains("admin socket")
+        });
         assert!(nfs, "the daemon serves NFS");
+        let nlm_tcp = tcp.expect("NLM TCP address");
         Daemon {
-            child,
+            _guard: guard,
             dir,
-            nlm_tcp: tcp.expect("NLM TCP address"),
+            nlm_tcp,
         }
     }
 
@@ -106,44 +91,7 @@ impl Daemon {
     }
 
     fn fh(&self, path: &Path) -> Vec<u8> {
-        let out = Command::new(LOCKFS)
-            .arg("fh")
-            .arg("--config")
-            .arg(self.dir.path().join("lockfs.toml"))
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let hex = String::from_utf8(out.stdout).unwrap();
-        let hex = hex.trim();
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let mnt = self.dir.path().join("mnt");
-        if std::fs::read_to_string("/proc/mounts")
-            .is_ok_and(|m| m.contains(&*mnt.to_string_lossy()))
-        {
-            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
-        }
+        file_handle(LOCKFS, &self.dir.path().join("lockfs.toml"), path)
     }
 }
 
