@@ -72,13 +72,8 @@ fn start_daemon(d: &Path, nfs_port: u16, mount_port: u16) -> Daemon {
     std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
     let daemon = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "warn")
         .unmounts(&d.join("mnt"))
-        .spawn();
-    let mut nfs = false;
-    daemon.wait_line(Duration::from_secs(30), "the daemon is ready", |line| {
-        nfs |= line.contains("NFS v3 on");
-        line.contains("admin socket")
-    });
-    assert!(nfs, "the daemon serves NFS");
+        .start_serve(Duration::from_secs(30));
+    assert!(daemon.logged_at_start("NFS v3 on"), "the daemon serves NFS");
     daemon
 }
 

@@ -64,17 +64,9 @@ impl Daemon {
         std::fs::write(d.join("lockfs.toml"), cfg).unwrap();
         let guard = Spawn::serve(LOCKFS, &d.join("lockfs.toml"), "warn")
             .unmounts(&d.join("mnt"))
-            .spawn();
-        let (mut tcp, mut nfs) = (None, false);
-        guard.wait_line(Duration::from_secs(30), "the daemon is ready", |line| {
-            if let Some(rest) = line.split("tcp [").nth(1) {
-                tcp = rest.split(']').next().and_then(|a| a.parse().ok());
-            }
-            nfs |= line.contains("NFS v3 on");
-            line.contains("admin socket")
-        });
-        assert!(nfs, "the daemon serves NFS");
-        let nlm_tcp = tcp.expect("NLM TCP address");
+            .start_serve(Duration::from_secs(30));
+        assert!(guard.logged_at_start("NFS v3 on"), "the daemon serves NFS");
+        let nlm_tcp = guard.tcp().expect("NLM TCP address");
         Daemon {
             _guard: guard,
             dir,

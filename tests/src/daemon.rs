@@ -198,6 +198,7 @@ impl Spawn {
             mounts: self.mounts,
             stop_signal: self.stop_signal,
             tcp: None,
+            startup: Vec::new(),
             ended: false,
         }
     }
@@ -208,13 +209,16 @@ impl Spawn {
     pub fn start_serve(self, within: Duration) -> Daemon {
         let mut d = self.spawn();
         let mut tcp = None;
+        let mut startup = Vec::new();
         d.wait_line(within, "the daemon logs its admin socket", |line| {
             if let Some(rest) = line.split("tcp [").nth(1) {
                 tcp = rest.split(']').next().and_then(|a| a.parse().ok());
             }
+            startup.push(line.to_string());
             line.contains("admin socket")
         });
         d.tcp = tcp;
+        d.startup = startup;
         d
     }
 }
@@ -229,6 +233,7 @@ pub struct Daemon {
     mounts: Vec<PathBuf>,
     stop_signal: i32,
     tcp: Option<SocketAddr>,
+    startup: Vec<String>,
     // Stopped or killed, its mounts cleared: a later drop must not touch the
     // mount point, which a successor may be using by then.
     ended: bool,
@@ -243,6 +248,12 @@ impl Daemon {
     /// The NLM TCP address `lockfs serve` logged at start, if it did.
     pub fn tcp(&self) -> Option<SocketAddr> {
         self.tcp
+    }
+
+    /// Whether `lockfs serve` logged a line containing `text` before it was
+    /// ready (see [`Spawn::start_serve`]).
+    pub fn logged_at_start(&self, text: &str) -> bool {
+        self.startup.iter().any(|l| l.contains(text))
     }
 
     /// Reads its log lines until `until` returns true for one, which is
