@@ -46,7 +46,9 @@ fn can_run() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !root || !Path::new("/dev/fuse").exists() || !unshare {
-        eprintln!("*** SKIPPED: the service group tests need root, /dev/fuse and unshare (root={root}) ***");
+        lockfs_testkit::skipping!(
+            "the service group tests need root, /dev/fuse and unshare (root={root})"
+        );
         return false;
     }
     true
@@ -541,7 +543,7 @@ fn agent_action(d: &Daemon, group: &str, action: &str) -> i32 {
 #[test]
 fn ocf_tester_accepts_the_resource_agent() {
     if !Path::new("/usr/sbin/ocf-tester").exists() || !Path::new("/usr/bin/xmllint").exists() {
-        eprintln!("*** SKIPPED: ocf-tester (resource-agents) and xmllint (libxml2-utils) are needed; scripts/setup.sh installs them ***");
+        lockfs_testkit::skipping!("ocf-tester (resource-agents) and xmllint (libxml2-utils) are needed; scripts/setup.sh installs them");
         return;
     }
     if can_run() {
@@ -859,7 +861,9 @@ fn pacemaker_starts_and_stops_the_agent() {
             .is_ok_and(|o| o.status.success())
     });
     if !have {
-        eprintln!("*** SKIPPED: Pacemaker and Corosync are not installed (scripts/setup.sh installs them) ***");
+        lockfs_testkit::skipping!(
+            "Pacemaker and Corosync are not installed (scripts/setup.sh installs them)"
+        );
         return;
     }
     if !can_run() {
@@ -1308,7 +1312,7 @@ fn two_nodes_crash_and_planned_move() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ip_ok {
-        eprintln!("*** SKIPPED: the two-node test needs ip (iproute2) ***");
+        lockfs_testkit::skipping!("the two-node test needs ip (iproute2)");
         return;
     }
     if can_run() {
