@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks a lockfs mount against the native file system it serves, in one run:
-# sequential 1 MiB read and write and 4 KiB random read (fio, warm page cache) on
-# a plain (passthrough) file and a mandatory (direct I/O) file, fcntl lock+unlock
-# pairs per second, and the no-op FUSE round trip that is their transport floor.
+# sequential 1 MiB read and 4 KiB random read (lockfs-bench, warm page cache) and
+# sequential 1 MiB write (fio) on a plain (passthrough) file and a mandatory
+# (direct I/O) file, fcntl lock+unlock pairs per second, and the no-op FUSE round
+# trip that is their transport floor.
+#
+# The reads use lockfs-bench's `readcmp`, which alternates quarter-second rounds
+# between the native file and the same data through the mount and reports the
+# median of the per-round ratios: fio with `psync` stopped at about 2.4 GiB/s on
+# these machines where a page-aligned `pread` loop reads the warm page cache at
+# 5-10 GiB/s, so fio's native side was not the page cache's speed.
 #
 # Usage (as root, from anywhere): scripts/bench-fuse.sh [SECONDS_PER_JOB] [SIZE_MIB]
 # Installs fio if it is missing. Set BENCH_DIR to a directory on the file system
@@ -10,10 +17,12 @@
 # ROUNDS (default 5) is the number of alternating rounds per fio test: each round
 # runs native, passthrough and mandatory back to back, and the figures are the
 # medians over the rounds, the ratios the medians of the per-round ratios, so a
-# machine whose speed drifts weighs on both sides alike. BENCH_MOUNT_OPTS adds
+# machine whose speed drifts weighs on both sides alike. Each read test runs for
+# ROUNDS x SECONDS_PER_JOB seconds per file in alternating quarter-second rounds. BENCH_MOUNT_OPTS adds
 # `lockfs mount -o` options (for instance `nosplice`, `max_read=131072`,
-# `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once;
-# FIO_TESTS (default "read write randread") chooses the fio tests.
+# `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once
+# (more than one reader is measured with fio);
+# FIO_TESTS (default "read write randread") chooses the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -88,16 +97,39 @@ print("%.0f %.0f" % (side["bw_bytes"] / 2**20, side["iops"]))'
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print('%.2f' % (a / b if b else 0))" "$1" "$2"; }
 
-echo "fio: $rounds alternating rounds of ${secs}s per file and test, $fio_jobs job(s); medians"
+# readcmp TEST FILE -> "native mount ratio" (MiB/s, or IOPS for 4 KiB reads)
+readcmp() {
+    local out
+    case $1 in
+        read) out=$("$bin/lockfs-bench" readcmp "$src/plain" "$2" "$((secs * rounds))" 1048576) ;;
+        randread) out=$("$bin/lockfs-bench" readcmp "$src/plain" "$2" "$((secs * rounds))" 4096 rand) ;;
+    esac
+    local get
+    get() { echo "$out" | awk -v k="$1" '$1 == k { print $2 }'; }
+    if [ "$1" = randread ]; then
+        echo "$(($(get base_mib_per_sec) * 256)) $(($(get mib_per_sec) * 256)) $(get ratio)"
+    else
+        echo "$(get base_mib_per_sec) $(get mib_per_sec) $(get ratio)"
+    fi
+}
+
+echo "reads: lockfs-bench readcmp, $((secs * rounds)) s per file in alternating quarter-second rounds against native; medians"
+echo "write: fio, $rounds alternating rounds of ${secs}s per file, $fio_jobs job(s); medians"
 printf '%-26s %12s %12s %12s %8s %8s\n' "test" "native" "passthrough" "mandatory" "pt/nat" "mand/nat"
 for test in $fio_tests; do
     case $test in
         read) set -- read 1M MiB/s ;;
         write) set -- write 1M MiB/s ;;
         randread) set -- randread 4k IOPS ;;
-        *) echo "unknown fio test $test" >&2; exit 2 ;;
+        *) echo "unknown test $test" >&2; exit 2 ;;
     esac
     rw=$1 bs=$2 unit=$3
+    if [ "$rw" != write ] && [ "$fio_jobs" = 1 ]; then
+        read -r n1 p pr <<<"$(readcmp "$rw" "$mnt/plain")"
+        read -r n2 m mr <<<"$(readcmp "$rw" "$mnt/mand")"
+        printf '%-26s %12s %12s %12s %8s %8s\n' "$rw $bs ($unit)" "$n1 / $n2" "$p" "$m" "$pr" "$mr"
+        continue
+    fi
     col=1; [ "$unit" = IOPS ] && col=2
     ns="" ps="" ms="" prs="" mrs=""
     for _ in $(seq "$rounds"); do

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fuser::ReplyData;
 
-use crate::fs::{read_at, Shared};
+use crate::fs::{with_read_at, Shared};
 use crate::handles::OpenFile;
 
 /// The READ path's setting and counters of one mount.
@@ -60,8 +60,15 @@ pub(crate) fn reply(shared: &Shared, file: &OpenFile, offset: u64, size: u32, re
     } else {
         reply
     };
-    match read_at(shared, file, offset, size) {
-        Ok(data) => reply.data(&data),
-        Err(e) => reply.error(e),
+    // The reply is sent from inside the read so that the data need not be
+    // copied out of the thread's buffer; on failure it comes back unused.
+    let mut reply = Some(reply);
+    let sent = with_read_at(shared, file, offset, size, |data| {
+        if let Some(reply) = reply.take() {
+            reply.data(data);
+        }
+    });
+    if let (Err(e), Some(reply)) = (sent, reply) {
+        reply.error(e);
     }
 }

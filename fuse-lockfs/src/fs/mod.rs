@@ -28,7 +28,7 @@ mod entries;
 mod files;
 mod io;
 
-pub(crate) use io::{read_at, ReadOut};
+pub(crate) use io::{with_read_at, ReadOut};
 mod locks;
 mod reply;
 mod session;
