@@ -27,6 +27,10 @@
 //!   alternating in short rounds between BASE (the native file) and FILE (the
 //!   same data through a mount); prints both medians and the median of the
 //!   per-round ratios `ratio` (FILE's rate over BASE's).
+//! - `lockfs-bench write FILE SECONDS [BLOCK [rand]]` and `lockfs-bench writecmp
+//!   BASE FILE SECONDS [BLOCK [rand]]`: the same with `pwrite`s from a page-aligned
+//!   buffer over the file's existing blocks (it is never extended, so the page
+//!   cache's pages are overwritten rather than allocated).
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -39,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let (Some(mode), Some(path), Some(secs)) = (args.get(1), args.get(2), args.get(3)) else {
         anyhow::bail!("usage: lockfs-bench locks|noop|compare|lvb FILE SECONDS");
     };
-    if mode == "read" || mode == "readcmp" {
+    if matches!(mode.as_str(), "read" | "readcmp" | "write" | "writecmp") {
         return read_mode(&args);
     }
     let secs: f64 = secs.parse()?;
@@ -136,10 +140,11 @@ fn main() -> anyhow::Result<()> {
 
 /// The `read` and `readcmp` modes.
 fn read_mode(args: &[String]) -> anyhow::Result<()> {
-    let cmp = args[1] == "readcmp";
+    let cmp = args[1].ends_with("cmp");
+    let write = args[1].starts_with("write");
     let rest = if cmp { &args[3..] } else { &args[2..] };
     let (Some(secs), block, random) = (rest.get(1), rest.get(2), rest.get(3)) else {
-        anyhow::bail!("usage: lockfs-bench read FILE SECONDS [BLOCK [rand]] | readcmp BASE FILE SECONDS [BLOCK [rand]]");
+        anyhow::bail!("usage: lockfs-bench read|write FILE SECONDS [BLOCK [rand]] | readcmp|writecmp BASE FILE SECONDS [BLOCK [rand]]");
     };
     let limit = Duration::from_secs_f64(secs.parse()?);
     let block: usize = block.map_or(Ok(1 << 20), |b| b.parse())?;
@@ -151,11 +156,15 @@ fn read_mode(args: &[String]) -> anyhow::Result<()> {
     let mut buf = AlignedBuf::new(block);
     let buf = buf.as_mut_slice();
     let open = |path: &str| -> anyhow::Result<Reader> {
-        let file = std::fs::File::open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)?;
         let blocks = file.metadata()?.len() / block as u64;
         anyhow::ensure!(blocks > 0, "{path} is smaller than one block");
         Ok(Reader {
             file,
+            write,
             blocks,
             next: 0,
             random,
@@ -225,9 +234,10 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// One file read block by block, in order or at random.
+/// One file read or written block by block, in order or at random.
 struct Reader {
     file: std::fs::File,
+    write: bool,
     blocks: u64,
     next: u64,
     random: bool,
@@ -248,8 +258,13 @@ impl Reader {
             self.next = (i + 1) % self.blocks;
             i
         };
-        let n = self.file.read_at(buf, index * buf.len() as u64)?;
-        anyhow::ensure!(n == buf.len(), "short read: {n} of {} bytes", buf.len());
+        let at = index * buf.len() as u64;
+        let n = if self.write {
+            self.file.write_at(buf, at)?
+        } else {
+            self.file.read_at(buf, at)?
+        };
+        anyhow::ensure!(n == buf.len(), "short transfer: {n} of {} bytes", buf.len());
         Ok(())
     }
 
