@@ -19,7 +19,8 @@
 //!   throughout. Planned move: g2 offline on B, online on A, the same, g1 undisturbed.
 //!   A group online on two nodes at once is refused. A client's reboot notice sent over
 //!   UDP to g2's server ID, on a node serving both groups and listening on the wildcard
-//!   address, frees its g2 locks only.
+//!   address, frees its g2 locks only. (A Linux kernel client through the same kind of
+//!   crash, under qemu: kernel_client.rs.)
 //!
 //! Each scenario re-runs this test binary in a private network namespace (`unshare -n`),
 //! where the daemon's fixed ports and the loopback addresses it answers on are its own.

@@ -4,9 +4,15 @@
 //! portmapper, works with files, takes fcntl and flock locks; a local lock refuses the
 //! guest's F_SETLK and grants its F_SETLKW through the GRANTED callback at the local
 //! unlock; a guest lock refuses a local F_SETLK; a guest write into a locked range of a
-//! mandatory file waits and lands after the unlock; and after the daemon is killed with
-//! SIGKILL and started again while the guest holds a lock, the guest's kernel reclaims it
-//! (the new daemon's SM_NOTIFY reaches the guest's statd) and `lockfs locks` lists it.
+//! mandatory file waits and lands after the unlock; a second NLM host on the server side
+//! (hostside.py, from the server's own address) holds a file: the guest's F_GETLK sees
+//! its lock, F_SETLK is refused, F_SETLKW blocks until interrupted, and a blocked
+//! F_SETLKW is granted through the GRANTED callback when that host unlocks; and after
+//! the daemon is killed with SIGKILL and started again while the guest holds a lock, the
+//! guest's kernel reclaims it (the new daemon's SM_NOTIFY reaches the guest's statd) and
+//! `lockfs locks` lists it.
+//! A second run moves a service group between two daemons under the guest (see
+//! `linux_nfs_client_reclaims_after_group_failover`).
 //!
 //! Needs root, /dev/fuse and /dev/net/tun; `scripts/kclient/build.sh` (run by
 //! `scripts/setup.sh`, and again here: it does nothing when the guest is up to date)
@@ -89,11 +95,19 @@ fn processes_naming(needle: &str) -> Vec<String> {
     found
 }
 
-#[test]
-fn linux_nfs_client_meets_local_locks() {
-    if !can_run() {
-        return;
-    }
+/// One run of scripts/kclient/run.sh in MODE, finished and checked for leftovers.
+struct Run {
+    /// Keeps the run directory until the test ends.
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    status: std::process::ExitStatus,
+    console: String,
+    /// The server side's lines: run.sh's own checks, hostside.py, the restart and
+    /// failover steps.
+    host: String,
+}
+
+fn build_guest() {
     let build = Command::new("bash")
         .arg(scripts().join("build.sh"))
         .output()
@@ -103,12 +117,16 @@ fn linux_nfs_client_meets_local_locks() {
         "scripts/kclient/build.sh failed:\n{}",
         String::from_utf8_lossy(&build.stderr)
     );
+}
 
+fn run_guest(mode: &str) -> Run {
+    build_guest();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = tmp.path().join("run");
     let mut child = Command::new("bash")
         .arg(scripts().join("run.sh"))
+        .args(["-m", mode])
         .arg("-d")
         .arg(&run)
         .arg("-l")
@@ -132,13 +150,12 @@ fn linux_nfs_client_meets_local_locks() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let console = std::fs::read_to_string(run.join("console.log")).unwrap_or_default();
-    // run.sh's portmapper check, the local processes' lines, the restart step's.
-    let host: String = ["portmap.log", "host.log", "restart.log"]
+    let host: String = ["portmap.log", "host.log", "restart.log", "failover.log"]
         .iter()
         .map(|f| std::fs::read_to_string(run.join(f)).unwrap_or_default())
         .collect();
     eprintln!(
-        "run.sh: {status} after {:.1}s\n{}\n{}",
+        "run.sh -m {mode}: {status} after {:.1}s\n{}\n{}",
         t0.elapsed().as_secs_f64(),
         console
             .lines()
@@ -149,7 +166,8 @@ fn linux_nfs_client_meets_local_locks() {
     );
 
     // Nothing of the run is left: no qemu, daemon or holder, and the namespaces (with
-    // the FUSE mount and tap device in them) ended with their processes.
+    // the FUSE mounts, the tap device and the nodes' namespaces in them) ended with
+    // their processes.
     let run_str = run.to_string_lossy().into_owned();
     let left = processes_naming(&run_str);
     assert!(left.is_empty(), "processes left behind: {left:?}");
@@ -158,6 +176,27 @@ fn linux_nfs_client_meets_local_locks() {
         !mounts.contains(&run_str),
         "a mount of the run is left behind"
     );
+    Run {
+        _tmp: tmp,
+        dir: run,
+        status,
+        console,
+        host,
+    }
+}
+
+#[test]
+fn linux_nfs_client_meets_local_locks() {
+    if !can_run() {
+        return;
+    }
+    let Run {
+        _tmp: _keep,
+        dir: run,
+        status,
+        console,
+        host,
+    } = run_guest("locks");
 
     let guest = results(&console, "KC");
     let server = results(&host, "HOST");
@@ -218,6 +257,27 @@ fn linux_nfs_client_meets_local_locks() {
         b"guestr-data"
     );
 
+    // Another NLM host holds "hold": the guest's kernel meets a conflict that only the
+    // server knows of. TEST reports the holder (the kernel shows its svid as a negative
+    // pid), LOCK is denied, a blocking LOCK waits (and is cancelled by the signal), and
+    // the holder's UNLOCK grants the next blocked LOCK by the GRANTED callback: the
+    // client would poll again only after 30 s.
+    assert!(expect_ok(&server, "srvhold-lock").contains("status 0"));
+    let getlk = expect_ok(&guest, "srvhold-getlk");
+    assert!(getlk.contains("type=W start=0 len=0 pid=-4242"), "{getlk}");
+    assert!(expect_ok(&guest, "srvhold-setlk").contains("temporarily unavailable"));
+    expect_ok(&guest, "srvhold-setlkw");
+    assert!(expect_ok(&server, "srvhold-unlock").contains("status 0"));
+    let granted = expect_ok(&guest, "srvhold-granted");
+    let secs: f64 = granted
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix('s').and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no time in {granted:?}"));
+    assert!(
+        secs < 5.0,
+        "the guest's blocked F_SETLKW returned {secs}s after the release was asked"
+    );
+
     // Restart: killed with SIGKILL while the guest held a lock; the new daemon's
     // SM_NOTIFY made the guest's kernel reclaim it, and `lockfs locks` lists it again.
     expect_ok(&server, "restart");
@@ -230,4 +290,66 @@ fn linux_nfs_client_meets_local_locks() {
 
     assert!(status.success(), "run.sh: {status}");
     assert!(console.contains("KC_DONE failures=0"));
+}
+
+/// A service group moves to another node under the kernel client's feet: two daemons
+/// (nodes A and B, network namespaces of their own) share g1's storage; the guest locks
+/// a file through g1's server ID on A; A dies by SIGKILL, the address moves to B and g1
+/// comes online there. B's SM_NOTIFY names g1's server ID with a state above A's, the
+/// guest's kernel reclaims while g1 is in grace, and B's `lockfs locks` lists the lock.
+#[test]
+fn linux_nfs_client_reclaims_after_group_failover() {
+    if !can_run() {
+        return;
+    }
+    let r = run_guest("failover");
+    let guest = results(&r.console, "KC");
+    let server = results(&r.host, "HOST");
+    assert!(
+        r.console.lines().any(|l| l.trim_end() == "KC_END"),
+        "the guest did not finish: {guest:?}"
+    );
+    let failed: Vec<_> = guest
+        .iter()
+        .chain(&server)
+        .filter(|(_, ok, _)| !ok)
+        .collect();
+    assert!(failed.is_empty(), "failures: {failed:?}");
+
+    // Mounted through the group's server ID, on node A.
+    assert!(expect_ok(&guest, "mount").contains("10.77.0.10:"));
+    expect_ok(&server, "online-a");
+    assert!(expect_ok(&server, "held-a").contains("kguest"));
+
+    // A killed, g1 online on B with a state above A's ...
+    let online = expect_ok(&server, "online-b");
+    let state = |key: &str| -> i64 {
+        online
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {online:?}"))
+    };
+    let (state_a, state_b) = (state("state_a="), state("state_b="));
+    assert!(state_b > state_a, "{online}");
+    // ... whose SM_NOTIFY reached the guest's statd in g1's name, with B's state ...
+    let notify = format!("Received SM_NOTIFY from nfs-g1, state: {state_b}");
+    assert!(
+        r.console
+            .lines()
+            .any(|l| l.starts_with("KC_STATD") && l.contains(&notify)),
+        "the guest's statd did not log {notify:?}"
+    );
+    // ... and the guest's kernel reclaimed during g1's grace: B lists the lock while g1
+    // is still in grace (a new lock would have been refused then).
+    let reclaim = expect_ok(&server, "reclaim-b");
+    assert!(
+        reclaim.contains("g1 still in grace")
+            && reclaim.contains("kguest")
+            && reclaim.contains("NLM held WRITE"),
+        "{reclaim}"
+    );
+    assert!(expect_ok(&guest, "failover").contains("RECLAIMED; unlock ok"));
+    assert!(r.dir.join("shared/g1/data/failover").exists());
+    assert!(r.status.success(), "run.sh: {}", r.status);
+    assert!(r.console.contains("KC_DONE failures=0"));
 }

@@ -7,12 +7,14 @@
 # missing, downloads are cached, and the initramfs is rebuilt only when an input changed.
 #
 # Output (KCLIENT_DIR, default /var/tmp/lockfs-kclient): out/vmlinuz, out/initramfs.gz.
-# Environment: KCLIENT_DIR, KCLIENT_KVER (kernel ABI, e.g. 6.1.0-56-amd64). Run as root.
+# Environment: KCLIENT_DIR, KCLIENT_KVER (kernel ABI, e.g. 6.1.0-56-amd64), KCLIENT_OUT
+# (where vmlinuz and initramfs.gz go, default $KCLIENT_DIR/out: a guest built from a
+# changed tree can go elsewhere while the downloads stay shared). Run as root.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${KCLIENT_DIR:-/var/tmp/lockfs-kclient}
 DEBS=$DIR/debs
-OUT=$DIR/out
+OUT=${KCLIENT_OUT:-$DIR/out}
 mkdir -p "$DEBS" "$OUT"
 say() { printf 'kclient-build: %s\n' "$*" >&2; }
 
@@ -68,7 +70,7 @@ if [ -s "$OUT/initramfs.gz" ] && [ -s "$OUT/vmlinuz" ] && [ "$(cat "$OUT/stamp" 
     exit 0
 fi
 
-ROOT=$(mktemp -d "$DIR/root.XXXXXX")
+ROOT=$(mktemp -d "$OUT/root.XXXXXX")
 chmod 755 "$ROOT"   # the guest root: statd runs unprivileged
 trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,lib64,lib/x86_64-linux-gnu,var/lib/nfs/sm,var/lib/nfs/sm.bak}

@@ -4,15 +4,23 @@ that meet the guest's NFS locks. Started by run.sh once `lockfs serve` is up, be
 guest boots. The guest (guest/kguest.c) and this script follow each other through marker
 files in the export's source directory.
 
-usage: hostside.py FUSE_MOUNT SOURCE_DIR SECONDS
+It is also a second NLM client host: from the server's own address it locks "hold"
+over NLM (with the handle `lockfs fh` gives), so that the guest meets a lock held by
+another NLM host, and unlocks it when the guest creates "hold.release".
+
+usage: hostside.py FUSE_MOUNT SOURCE_DIR SECONDS LOCKFS CONFIG SERVER_IP
 Prints "HOST <step> ok|FAIL <detail>" lines."""
 import errno
 import fcntl
 import os
+import socket
+import struct
+import subprocess
 import sys
 import time
 
 mnt, src, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
+lockfs, config, server_ip = sys.argv[4], sys.argv[5], sys.argv[6]
 deadline = time.monotonic() + budget
 
 
@@ -42,6 +50,85 @@ def try_lock(path):
     finally:
         os.close(fd)
 
+
+class Rpc:
+    """ONC RPC calls over one TCP connection (record marking, AUTH_SYS as root)."""
+
+    def __init__(self, ip, port):
+        self.sock = socket.create_connection((ip, port), timeout=10)
+        self.xid = int(time.time()) & 0xFFFF
+
+    def call(self, prog, vers, proc, args):
+        self.xid += 1
+        # stamp, machine name, uid 0, gid 0, no other groups
+        cred = struct.pack(">I", 0) + opaque(b"kc-holder") + struct.pack(">III", 0, 0, 0)
+        msg = struct.pack(">IIIIII", self.xid, 0, 2, prog, vers, proc)
+        msg += struct.pack(">II", 1, len(cred)) + cred + struct.pack(">II", 0, 0) + args
+        self.sock.sendall(struct.pack(">I", 0x80000000 | len(msg)) + msg)
+        reply = b""
+        while True:
+            (mark,) = struct.unpack(">I", self._read(4))
+            reply += self._read(mark & 0x7FFFFFFF)
+            if mark & 0x80000000:
+                break
+        xid, mtype, rstat = struct.unpack(">III", reply[:12])
+        if xid != self.xid or mtype != 1 or rstat != 0:
+            raise OSError(f"RPC reply xid={xid} type={mtype} stat={rstat}")
+        (vlen,) = struct.unpack(">I", reply[16:20])
+        off = 20 + (vlen + 3) // 4 * 4
+        (astat,) = struct.unpack(">I", reply[off : off + 4])
+        if astat != 0:
+            raise OSError(f"RPC call not accepted: accept_stat {astat}")
+        return reply[off + 4 :]
+
+    def _read(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise OSError("connection closed")
+            buf += chunk
+        return buf
+
+
+def opaque(b):
+    return struct.pack(">I", len(b)) + b + b"\0" * ((4 - len(b) % 4) % 4)
+
+
+NLM_PROG, NLM4_VERS, NLM4_LOCK, NLM4_UNLOCK = 100021, 4, 2, 4
+
+
+def nlm_lock_arg(fh):
+    """nlm4_lock: caller name, handle, owner handle, svid, whole file."""
+    return opaque(b"kc-holder") + opaque(fh) + opaque(b"kc-holder-owner") + struct.pack(">iQQ", 4242, 0, 0)
+
+
+def nlm_status(reply):
+    """nlm4_res: the cookie, then the status."""
+    (clen,) = struct.unpack(">I", reply[:4])
+    off = 4 + (clen + 3) // 4 * 4
+    return struct.unpack(">I", reply[off : off + 4])[0]
+
+
+# Another NLM host holds "hold": created through the FUSE mount, locked over NLM.
+holder = None
+try:
+    open(os.path.join(mnt, "hold"), "a").close()
+    fh_hex = subprocess.run(
+        [lockfs, "fh", "--config", config, os.path.join(src, "hold")],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout.strip()
+    hold_fh = bytes.fromhex(fh_hex)
+    pm = Rpc(server_ip, 111)
+    port_reply = pm.call(100000, 2, 3, struct.pack(">IIII", NLM_PROG, NLM4_VERS, 6, 0))
+    (nlm_port,) = struct.unpack(">I", port_reply[:4])
+    holder = Rpc(server_ip, nlm_port)
+    args = opaque(b"hold") + struct.pack(">II", 0, 1) + nlm_lock_arg(hold_fh) + struct.pack(">Ii", 0, 1)
+    st = nlm_status(holder.call(NLM_PROG, NLM4_VERS, NLM4_LOCK, args))
+    say("srvhold-lock", st == 0, f"NLM LOCK of hold from {server_ip} (NLM port {nlm_port}): status {st}")
+except (OSError, subprocess.SubprocessError, ValueError) as e:
+    say("srvhold-lock", False, f"{type(e).__name__}: {e}")
+    holder = None
 
 # Locks the guest meets: an ordinary file and a mandatory one (set-group-ID without
 # group-execute), both held by this process through the FUSE mount.
@@ -76,6 +163,13 @@ if await_marker("mand.writing"):
     time.sleep(3)
     fcntl.lockf(mand, fcntl.LOCK_UN, 0, 0)
     say("mand-unlock", True, "released mand")
+if holder is not None and await_marker("hold.release"):
+    try:
+        args = opaque(b"unhold") + nlm_lock_arg(hold_fh)
+        st = nlm_status(holder.call(NLM_PROG, NLM4_VERS, NLM4_UNLOCK, args))
+        say("srvhold-unlock", st == 0, f"NLM UNLOCK of hold: status {st}")
+    except OSError as e:
+        say("srvhold-unlock", False, f"NLM UNLOCK of hold: {e}")
 os.close(mand)
 os.close(xdoor)
 say("done", True, "")

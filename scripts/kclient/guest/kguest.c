@@ -1,6 +1,10 @@
 /*
  * The kernel-client guest's tests, run by the guest's init after the network and statd
- * are up: kguest SERVER EXPORT MOUNTPOINT.
+ * are up: kguest SERVER EXPORT MOUNTPOINT [MODE].
+ *
+ * MODE "locks" (the default) runs the lock tests below; "dd" times the kernel client's
+ * sequential I/O (see test_dd); "failover" holds a lock through a service group's server
+ * ID while run.sh moves the group to another node (see test_failover).
  *
  * It mounts SERVER:EXPORT with NFSv3 through mount(2) (the kernel then asks the server's
  * portmapper for MOUNT, NFS and later NLM), and runs, in order: file operations, F_SETLK,
@@ -14,6 +18,11 @@
  *   mand    "mand" is a mandatory file the server holds locked: a write into it waits
  *           (the server answers JUKEBOX) and lands after the server unlocks (3 s after
  *           "mand.writing").
+ *   srvhold another NLM client on the server side (hostside.py, from the server's own
+ *           address) holds "hold": F_GETLK reports its lock (NLM TEST), F_SETLK fails
+ *           with EAGAIN (DENIED), F_SETLKW blocks until interrupted (BLOCKED, then
+ *           CANCEL); a second F_SETLKW is granted through the GRANTED callback soon after
+ *           the guest creates "hold.release" and the holder unlocks.
  *   restart the guest locks "restart" and creates "restart.held"; run.sh kills the daemon
  *           with SIGKILL and starts it again; the guest's kernel reclaims the lock after
  *           the new daemon's SM_NOTIFY, and run.sh writes "RECLAIMED" into
@@ -108,12 +117,13 @@ static int reap(pid_t pid)
 	return WEXITSTATUS(st);
 }
 
-static int do_mount(const char *server, const char *export)
+static int do_mount(const char *server, const char *export, int markers)
 {
 	char src[512], opts[256];
 	snprintf(src, sizeof src, "%s:%s", server, export);
-	/* noac and lookupcache=none: the marker files must be seen as soon as they exist. */
-	snprintf(opts, sizeof opts, "vers=3,proto=tcp,noac,lookupcache=none,addr=%s", server);
+	/* noac and lookupcache=none: the marker files must be seen as soon as they exist.
+	 * noac also makes every write synchronous, so the I/O timing mounts without it. */
+	snprintf(opts, sizeof opts, "vers=3,proto=tcp%s,addr=%s", markers ? ",noac,lookupcache=none" : "", server);
 	limit("mount", 60);
 	double t0 = now();
 	if (mount(src, mnt, "nfs", 0, opts) != 0) {
@@ -393,26 +403,199 @@ static void test_restart(void)
 	close(fd);
 }
 
+static void ignore_alarm(int sig)
+{
+	(void)sig;
+}
+
+static void test_srvhold(void)
+{
+	limit("srvhold", 120);
+	int fd = -1;
+	/* The holder takes its lock before the guest boots; give it a moment all the same. */
+	struct flock fl = { .l_type = F_UNLCK };
+	for (int i = 0; i < 100; i++) {
+		if (fd < 0)
+			fd = open(at("hold"), O_RDWR);
+		memset(&fl, 0, sizeof fl);
+		fl.l_type = F_WRLCK;
+		fl.l_whence = SEEK_SET;
+		if (fd >= 0 && fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+			break;
+		usleep(100000);
+	}
+	if (fd < 0) {
+		result("srvhold-getlk", 0, "open hold: %s", strerror(errno));
+		return;
+	}
+	result("srvhold-getlk", fl.l_type == F_WRLCK && fl.l_start == 0 && fl.l_len == 0,
+	       "F_GETLK reports type=%c start=%lld len=%lld pid=%d",
+	       fl.l_type == F_WRLCK ? 'W' : fl.l_type == F_RDLCK ? 'R' : 'U', (long long)fl.l_start,
+	       (long long)fl.l_len, (int)fl.l_pid);
+	int r = lock(fd, F_SETLK, F_WRLCK, 0, 0);
+	int e = errno;
+	result("srvhold-setlk", r != 0 && (e == EAGAIN || e == EACCES), "F_SETLK against the other NLM host: %s",
+	       r == 0 ? "granted (wrong)" : strerror(e));
+	if (r == 0)
+		lock(fd, F_SETLK, F_UNLCK, 0, 0);
+
+	/* A blocked F_SETLKW interrupted by a signal: the kernel sends CANCEL. */
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct sigaction sa = { .sa_handler = ignore_alarm };
+		sigaction(SIGALRM, &sa, NULL);
+		int f = open(at("hold"), O_RDWR);
+		alarm(3);
+		double t0 = now();
+		int w = lock(f, F_SETLKW, F_WRLCK, 0, 0);
+		int we = errno;
+		alarm(0);
+		printf("KC_INFO srvhold interrupted F_SETLKW: %s after %.2fs\n", w == 0 ? "granted" : strerror(we),
+		       now() - t0);
+		_exit(w != 0 && we == EINTR ? 0 : 1);
+	}
+	int st = reap(pid);
+	result("srvhold-setlkw", st == 0, "F_SETLKW blocked until interrupted by SIGALRM after 3 s (child %d)", st);
+
+	/* Ask the holder to let go while a second F_SETLKW waits: GRANTED callback. */
+	int p[2];
+	if (pipe(p) != 0)
+		return;
+	pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		alarm(60);
+		int f = open(at("hold"), O_RDWR);
+		if (write(p[1], "w", 1) != 1)
+			_exit(2);
+		int w = lock(f, F_SETLKW, F_WRLCK, 0, 0);
+		double t1 = now();
+		if (w != 0)
+			_exit(3);
+		if (write(p[1], &t1, sizeof t1) != sizeof t1)
+			_exit(4);
+		_exit(lock(f, F_SETLK, F_UNLCK, 0, 0) == 0 ? 0 : 5);
+	}
+	close(p[1]);
+	char c;
+	double asked = 0, granted = -1;
+	if (read(p[0], &c, 1) == 1) {
+		usleep(500000); /* let the waiter block first */
+		asked = now();
+		touch(at("hold.release"));
+		if (read(p[0], &granted, sizeof granted) != sizeof granted)
+			granted = -1;
+	}
+	st = reap(pid);
+	close(p[0]);
+	close(fd);
+	/* The client polls a blocked lock again only after 30 s: a grant this soon came by
+	 * the server's GRANTED callback. */
+	result("srvhold-granted", st == 0 && granted > 0 && granted - asked < 10,
+	       "blocked F_SETLKW granted %.2fs after asking the holder to release (child %d)",
+	       granted > 0 ? granted - asked : -1.0, st);
+}
+
+/* Runs busybox dd with ARGS (NULL-terminated) and returns the seconds it took, or -1. */
+static double timed_dd(char *const args[])
+{
+	double t0 = now();
+	pid_t pid = fork();
+	if (pid == 0) {
+		execv("/bin/dd", args);
+		_exit(127);
+	}
+	int st = reap(pid);
+	return st == 0 ? now() - t0 : -1;
+}
+
+/* The kernel client's sequential I/O, for scale (qemu TCG: not a figure of the server
+ * alone): dd of 64 MiB in 1 MiB blocks onto the mount, flushed to the server before dd
+ * ends, then read back after the guest dropped its page cache. */
+static void test_dd(void)
+{
+	limit("dd", 600);
+	char of[600], in[600];
+	snprintf(of, sizeof of, "of=%s", at("dd.bin"));
+	snprintf(in, sizeof in, "if=%s", at("dd.bin"));
+	char *wr[] = { "dd", "if=/dev/zero", of, "bs=1M", "count=64", "conv=fsync", NULL };
+	double w = timed_dd(wr);
+	result("dd-write", w > 0, "64 MiB in %.2fs: %.1f MiB/s", w, w > 0 ? 64 / w : 0.0);
+	sync();
+	int dc = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (dc < 0 || write(dc, "3\n", 2) != 2) {
+		result("dd-read", 0, "drop_caches: %s", strerror(errno));
+		return;
+	}
+	close(dc);
+	char *rd[] = { "dd", in, "of=/dev/null", "bs=1M", NULL };
+	double r = timed_dd(rd);
+	result("dd-read", r > 0, "64 MiB in %.2fs: %.1f MiB/s", r, r > 0 ? 64 / r : 0.0);
+	unlink(at("dd.bin"));
+}
+
+/* The failover test: the guest locks "failover" through the group's server ID and
+ * creates "failover.held"; run.sh kills node A, moves the address to node B and brings
+ * the group online there; B's SM_NOTIFY makes the guest's kernel reclaim the lock, and
+ * run.sh writes "RECLAIMED" into "failover.result" once B's `lockfs locks` lists it. */
+static void test_failover(void)
+{
+	limit("failover", 200);
+	int fd = open(at("failover"), O_RDWR | O_CREAT, 0666);
+	if (fd < 0 || lock(fd, F_SETLK, F_WRLCK, 0, 0) != 0) {
+		result("failover", 0, "guest lock on failover: %s", strerror(errno));
+		return;
+	}
+	touch(at("failover.held"));
+	char buf[64] = { 0 };
+	if (await(at("failover.result"), 180) == 0) {
+		int rf = open(at("failover.result"), O_RDONLY);
+		if (rf >= 0) {
+			if (read(rf, buf, sizeof buf - 1) < 0)
+				buf[0] = 0;
+			close(rf);
+		}
+	}
+	buf[strcspn(buf, "\n")] = 0;
+	int r = lock(fd, F_SETLK, F_UNLCK, 0, 0);
+	result("failover", strcmp(buf, "RECLAIMED") == 0 && r == 0,
+	       "node killed and the group moved while the guest held a lock: %s; unlock %s",
+	       buf[0] ? buf : "no answer", r == 0 ? "ok" : strerror(errno));
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		printf("KC kguest FAIL usage: kguest SERVER EXPORT MOUNTPOINT\n");
+	if (argc != 4 && argc != 5) {
+		printf("KC kguest FAIL usage: kguest SERVER EXPORT MOUNTPOINT [locks|dd|failover]\n");
+		return 2;
+	}
+	const char *mode = argc == 5 ? argv[4] : "locks";
+	if (strcmp(mode, "locks") != 0 && strcmp(mode, "dd") != 0 && strcmp(mode, "failover") != 0) {
+		printf("KC kguest FAIL unknown mode %s\n", mode);
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	mnt = argv[3];
 	struct sigaction sa = { .sa_handler = on_alarm };
 	sigaction(SIGALRM, &sa, NULL);
-	if (do_mount(argv[1], argv[2]) != 0)
+	if (do_mount(argv[1], argv[2], strcmp(mode, "dd") != 0) != 0)
 		return 1;
-	test_files();
-	test_setlk();
-	test_setlkw(0);
-	test_setlkw(1);
-	test_xdoor();
-	test_reverse();
-	test_mand();
-	test_restart();
+	if (strcmp(mode, "dd") == 0) {
+		test_dd();
+	} else if (strcmp(mode, "failover") == 0) {
+		test_failover();
+	} else {
+		test_files();
+		test_setlk();
+		test_setlkw(0);
+		test_setlkw(1);
+		test_xdoor();
+		test_reverse();
+		test_mand();
+		test_srvhold();
+		test_restart();
+	}
 	alarm(0);
 	printf("KC_DONE failures=%d\n", failures);
 	return failures ? 1 : 0;
