@@ -22,7 +22,9 @@
 # `lockfs mount -o` options (for instance `nosplice`, `max_read=131072`,
 # `threads=4`); FIO_JOBS (default 1) runs that many readers or writers at once
 # (more than one reader is measured with fio);
-# FIO_TESTS (default "read write randread") chooses the tests.
+# FIO_TESTS (default "read write randread") chooses the tests. LOCKFS names
+# another `lockfs` binary to mount with (to compare two builds with the same
+# drivers; default: the one this script builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -40,6 +42,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo build --release --locked -q -p lockfs -p fuse-lockfs --bins
 bin=${CARGO_TARGET_DIR:-target}/release
+lockfs=${LOCKFS:-$bin/lockfs}
 
 base=$(mktemp -d "${BENCH_DIR:-/var/tmp}/lockfs-bench.XXXXXX")
 src=$base/src
@@ -65,7 +68,7 @@ chmod 2644 "$src/mand"
 : >"$src/mandlock"
 chmod 2644 "$src/mandlock"
 
-"$bin/lockfs" mount "$src" "$mnt" -o "mandatory=file,socket=$base/admin.sock$extra_opts" 2>"$base/daemon.log" &
+"$lockfs" mount "$src" "$mnt" -o "mandatory=file,socket=$base/admin.sock$extra_opts" 2>"$base/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do
     grep -q " $mnt .* - fuse.lockfs " /proc/self/mountinfo && break
