@@ -42,6 +42,32 @@ pub mod stat {
     pub const ACCES: u32 = 13;
 }
 
+/// The arguments of one MOUNT call (the same in versions 1 and 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountArgs {
+    Null,
+    Mnt(String),
+    Dump,
+    Umnt(String),
+    UmntAll,
+    Export,
+}
+
+/// Decodes the arguments of MOUNT procedure `proc`: `ProcUnavail` for a procedure the
+/// program does not have, `GarbageArgs` for a path that is not a string of at most
+/// [`MNTPATHLEN`] bytes.
+pub fn decode_args(proc: u32, args: &mut Decoder<'_>) -> Result<MountArgs, ProcError> {
+    Ok(match proc {
+        proc_::NULL => MountArgs::Null,
+        proc_::MNT => MountArgs::Mnt(args.get_string(MNTPATHLEN)?),
+        proc_::DUMP => MountArgs::Dump,
+        proc_::UMNT => MountArgs::Umnt(args.get_string(MNTPATHLEN)?),
+        proc_::UMNTALL => MountArgs::UmntAll,
+        proc_::EXPORT => MountArgs::Export,
+        _ => return Err(ProcError::ProcUnavail),
+    })
+}
+
 /// MOUNT versions 1 and 3.
 pub struct MountProgram {
     lockd: Arc<Lockd>,
@@ -157,14 +183,12 @@ impl RpcProgram for MountProgram {
     }
 
     fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+        let args = decode_args(ctx.proc_, args)?;
         let mut e = Encoder::new();
-        match ctx.proc_ {
-            proc_::NULL => {}
-            proc_::MNT => {
-                let path = args.get_string(MNTPATHLEN)?;
-                self.mnt(ctx, &path, &mut e);
-            }
-            proc_::DUMP => {
+        match args {
+            MountArgs::Null => {}
+            MountArgs::Mnt(path) => self.mnt(ctx, &path, &mut e),
+            MountArgs::Dump => {
                 for (host, dir) in self.mounts().iter() {
                     e.put_bool(true);
                     e.put_string(host);
@@ -172,15 +196,14 @@ impl RpcProgram for MountProgram {
                 }
                 e.put_bool(false);
             }
-            proc_::UMNT => {
-                let path = args.get_string(MNTPATHLEN)?;
+            MountArgs::Umnt(path) => {
                 self.mounts().remove(&(client_name(ctx), path));
             }
-            proc_::UMNTALL => {
+            MountArgs::UmntAll => {
                 let host = client_name(ctx);
                 self.mounts().retain(|(h, _)| *h != host);
             }
-            proc_::EXPORT => {
+            MountArgs::Export => {
                 for (id, path) in self.listed() {
                     e.put_bool(true);
                     e.put_string(&path);
@@ -194,7 +217,6 @@ impl RpcProgram for MountProgram {
                 }
                 e.put_bool(false);
             }
-            _ => return Err(ProcError::ProcUnavail),
         }
         Ok(Reply::Now(e.into_inner()))
     }

@@ -11,6 +11,7 @@
 //! attributes of the directory or file before and after the change, taken with `fstat` on
 //! the descriptor the change went through.
 
+use super::args::{decode, Args, CreateHow, DirOp, MknodWhat};
 use super::backing::{
     component, fstat, is_root, open_at, open_path_at, proc_path, reopen, stat_at, Backing, Node,
 };
@@ -22,7 +23,7 @@ use crate::exports::OpenExport;
 use crate::lockd::Lockd;
 use crate::rpc::Credential;
 use crate::server::{CallContext, ProcError, Transport};
-use crate::xdr::{Decoder, Encoder, XdrError};
+use crate::xdr::{Decoder, Encoder};
 use lock_table::{Access, FileId, IoPass, Range};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -219,70 +220,66 @@ impl Door {
         }
     }
 
-    /// Runs one procedure: the encoded results, or an RPC-level error.
+    /// Runs one procedure: the encoded results, or an RPC-level error (undecodable
+    /// arguments are refused before the procedure has any effect).
     pub fn run(&self, c: &Caller, proc_: u32, args: &[u8]) -> Res {
         let mut d = Decoder::new(args);
-        let d = &mut d;
+        let args = decode(proc_, &mut d, self.max_io.max(UDP_MAX_IO) as usize)?;
         let mut e = Encoder::new();
-        let r = match proc_ {
-            proc_::NULL => Ok(()),
-            proc_::GETATTR => self.getattr(c, d, &mut e),
-            proc_::SETATTR => self.setattr(c, d, &mut e),
-            proc_::LOOKUP => self.lookup(c, d, &mut e),
-            proc_::ACCESS => self.access(c, d, &mut e),
-            proc_::READLINK => self.readlink(c, d, &mut e),
-            proc_::READ => self.read(c, d, &mut e),
-            proc_::WRITE => self.write(c, d, &mut e),
-            proc_::CREATE => self.create(c, d, &mut e),
-            proc_::MKDIR => self.mkdir(c, d, &mut e),
-            proc_::SYMLINK => self.symlink(c, d, &mut e),
-            proc_::MKNOD => self.mknod(c, d, &mut e),
-            proc_::REMOVE => self.remove(c, d, &mut e, false),
-            proc_::RMDIR => self.remove(c, d, &mut e, true),
-            proc_::RENAME => self.rename(c, d, &mut e),
-            proc_::LINK => self.link(c, d, &mut e),
-            proc_::READDIR => self.readdir(c, d, &mut e, false),
-            proc_::READDIRPLUS => self.readdir(c, d, &mut e, true),
-            proc_::FSSTAT => self.fsstat(c, d, &mut e),
-            proc_::FSINFO => self.fsinfo(c, d, &mut e),
-            proc_::PATHCONF => self.pathconf(c, d, &mut e),
-            proc_::COMMIT => self.commit(c, d, &mut e),
-            _ => return Err(ProcError::ProcUnavail),
-        };
-        match r {
-            Ok(()) => Ok(e.into_inner()),
-            Err(_) => Err(ProcError::GarbageArgs),
+        let e_ = &mut e;
+        match args {
+            Args::Null => {}
+            Args::GetAttr(fh) => self.getattr(c, &fh, e_),
+            Args::SetAttr { fh, sattr, guard } => self.setattr(c, &fh, &sattr, guard, e_),
+            Args::Lookup(at) => self.lookup(c, &at, e_),
+            Args::Access { fh, want } => self.access(c, &fh, want, e_),
+            Args::ReadLink(fh) => self.readlink(c, &fh, e_),
+            Args::Read { fh, offset, count } => self.read(c, &fh, offset, count, e_),
+            Args::Write {
+                fh,
+                offset,
+                data,
+                stable,
+            } => self.write(c, &fh, offset, data, stable, e_),
+            Args::Create { at, how } => self.create(c, &at, how, e_),
+            Args::Mkdir { at, sattr } => self.mkdir(c, &at, sattr, e_),
+            Args::Symlink { at, sattr, target } => self.symlink(c, &at, sattr, target, e_),
+            Args::Mknod { at, what } => self.mknod(c, &at, what, e_),
+            Args::Remove(at) => self.remove(c, &at, e_, false),
+            Args::Rmdir(at) => self.remove(c, &at, e_, true),
+            Args::Rename { from, to } => self.rename(c, &from, &to, e_),
+            Args::Link { fh, at } => self.link(c, &fh, &at, e_),
+            Args::ReadDir {
+                fh,
+                cookie,
+                verf,
+                dircount,
+                maxcount,
+                plus,
+            } => self.readdir(c, &fh, cookie, verf, (dircount, maxcount), plus, e_),
+            Args::FsStat(fh) => self.fsstat(c, &fh, e_),
+            Args::FsInfo(fh) => self.fsinfo(c, &fh, e_),
+            Args::PathConf(fh) => self.pathconf(c, &fh, e_),
+            Args::Commit { fh, .. } => self.commit(c, &fh, e_),
         }
+        Ok(e.into_inner())
     }
 
-    // Each procedure decodes everything first (garbage is an RPC error, before any
-    // effect), then answers a status; `Err` only for undecodable arguments.
+    // Each procedure gets its decoded arguments ([`super::args`]) and answers a status.
 
-    fn getattr(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        match self
-            .node(c, &fh)
-            .and_then(|n| fstat(n.raw()).map_err(ioerr))
-        {
+    fn getattr(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        match self.node(c, fh).and_then(|n| fstat(n.raw()).map_err(ioerr)) {
             Ok(st) => {
                 enc_stat(e, Stat::Ok);
                 Fattr::from_stat(&st).encode(e);
             }
             Err(s) => enc_stat(e, s),
         }
-        Ok(())
     }
 
-    fn setattr(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let sattr = Sattr::decode(d)?;
-        let guard = if d.get_bool()? {
-            Some(Time::decode(d)?)
-        } else {
-            None
-        };
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
-            return Ok(());
+    fn setattr(&self, c: &Caller, fh: &[u8], sattr: &Sattr, guard: Option<Time>, e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
+            return;
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
@@ -301,7 +298,7 @@ impl Door {
                 _ => None,
             };
             let _as = self.become_caller(c, node.export)?;
-            apply_sattr(node.raw(), &st, &sattr)
+            apply_sattr(node.raw(), &st, sattr)
         })();
         if r.is_ok() {
             self.changed(node.raw());
@@ -312,7 +309,6 @@ impl Door {
             pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
             attr_of(node.raw()).as_ref(),
         );
-        Ok(())
     }
 
     fn io_gate(
@@ -350,10 +346,9 @@ impl Door {
         Ok((Arc::new(fd), st))
     }
 
-    fn lookup(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+    fn lookup(&self, c: &Caller, at: &DirOp, e: &mut Encoder) {
+        let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::PostAttr) else {
+            return;
         };
         let r = (|| {
             let dst = fstat(dir.raw()).map_err(ioerr)?;
@@ -364,7 +359,7 @@ impl Door {
                 let _as = self.become_caller(c, dir.export)?;
                 // Search permission on the directory, as the caller.
                 check_access(dir.raw(), libc::X_OK)?;
-                self.lookup_in(&dir, &dst, &name)?
+                self.lookup_in(&dir, &dst, &at.name)?
             };
             let fh = self
                 .backing
@@ -380,14 +375,11 @@ impl Door {
             Err(s) => enc_stat(e, s),
         }
         put_post_attr(e, attr_of(dir.raw()).as_ref());
-        Ok(())
     }
 
-    fn access(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let want = d.get_u32()?;
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+    fn access(&self, c: &Caller, fh: &[u8], want: u32, e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return;
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -426,13 +418,11 @@ impl Door {
         reply_with_attr(e, node.raw(), r, |e, got| {
             e.put_u32(got);
         });
-        Ok(())
     }
 
-    fn readlink(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+    fn readlink(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return;
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -454,7 +444,6 @@ impl Door {
         reply_with_attr(e, node.raw(), r, |e, target| {
             e.put_opaque(&target);
         });
-        Ok(())
     }
 
     fn max_io(&self, c: &Caller) -> u32 {
@@ -464,12 +453,10 @@ impl Door {
         }
     }
 
-    fn read(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let offset = d.get_u64()?;
-        let count = d.get_u32()?.min(self.max_io(c));
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+    fn read(&self, c: &Caller, fh: &[u8], offset: u64, count: u32, e: &mut Encoder) {
+        let count = count.min(self.max_io(c));
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return;
         };
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
@@ -512,24 +499,11 @@ impl Door {
             e.put_bool(eof);
             e.put_opaque(&data);
         });
-        Ok(())
     }
 
-    fn write(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let offset = d.get_u64()?;
-        let count = d.get_u32()?;
-        let how = d.get_u32()?;
-        if how > stable::FILE_SYNC {
-            return Err(XdrError::InvalidEnum {
-                name: "stable_how",
-                value: i64::from(how),
-            });
-        }
-        let data = d.get_opaque_ref(self.max_io.max(UDP_MAX_IO) as usize)?;
-        let data = &data[..data.len().min(count as usize)];
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
-            return Ok(());
+    fn write(&self, c: &Caller, fh: &[u8], offset: u64, data: &[u8], how: u32, e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
+            return;
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
@@ -603,7 +577,6 @@ impl Door {
                 );
             }
         }
-        Ok(())
     }
 
     /// The frame of CREATE, MKDIR, SYMLINK and MKNOD: resolve the directory, check it is
@@ -651,33 +624,16 @@ impl Door {
         put_wcc(e, pre_wcc.as_ref(), attr_of(dir.raw()).as_ref());
     }
 
-    fn create(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        enum How {
-            Unchecked(Sattr),
-            Guarded(Sattr),
-            Exclusive([u8; 8]),
-        }
-        let how = match d.get_u32()? {
-            0 => How::Unchecked(Sattr::decode(d)?),
-            1 => How::Guarded(Sattr::decode(d)?),
-            2 => How::Exclusive(d.get_fixed_array::<8>()?),
-            v => {
-                return Err(XdrError::InvalidEnum {
-                    name: "createmode3",
-                    value: i64::from(v),
-                })
-            }
-        };
+    fn create(&self, c: &Caller, at: &DirOp, how: CreateHow, e: &mut Encoder) {
         self.make_in(
             c,
-            &fh,
+            &at.dir,
             e,
             |dir, name| {
                 let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_CREAT;
                 match how {
-                    How::Unchecked(s) | How::Guarded(s) => {
-                        let excl = if matches!(how, How::Guarded(_)) {
+                    CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
+                        let excl = if matches!(how, CreateHow::Guarded(_)) {
                             libc::O_EXCL
                         } else {
                             0
@@ -691,7 +647,7 @@ impl Door {
                         apply_sattr(f.as_raw_fd(), &st, &s)?;
                         Ok(f)
                     }
-                    How::Exclusive(verf) => {
+                    CreateHow::Exclusive(verf) => {
                         // The verifier is kept in the new file's access and modification
                         // times (RFC 1813 3.3.8); the client sets the real ones afterwards.
                         let (a, m) = verf_times(&verf);
@@ -719,17 +675,14 @@ impl Door {
                     }
                 }
             },
-            &name,
+            &at.name,
         );
-        Ok(())
     }
 
-    fn mkdir(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        let s = Sattr::decode(d)?;
+    fn mkdir(&self, c: &Caller, at: &DirOp, s: Sattr, e: &mut Encoder) {
         self.make_in(
             c,
-            &fh,
+            &at.dir,
             e,
             |dir, name| {
                 // SAFETY: `name` is NUL-terminated.
@@ -741,18 +694,14 @@ impl Door {
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
                 Ok(f)
             },
-            &name,
+            &at.name,
         );
-        Ok(())
     }
 
-    fn symlink(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        let s = Sattr::decode(d)?;
-        let target = d.get_opaque(MAX_NAME)?;
+    fn symlink(&self, c: &Caller, at: &DirOp, s: Sattr, target: Vec<u8>, e: &mut Encoder) {
         self.make_in(
             c,
-            &fh,
+            &at.dir,
             e,
             |dir, name| {
                 let t = CString::new(target).map_err(|_| Stat::Inval)?;
@@ -765,38 +714,28 @@ impl Door {
                 }
                 Ok(f)
             },
-            &name,
+            &at.name,
         );
-        Ok(())
     }
 
-    fn mknod(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        let t = d.get_u32()?;
-        let (kind, s, dev) = match t {
-            ftype::CHR | ftype::BLK => {
-                let s = Sattr::decode(d)?;
-                let (ma, mi) = (d.get_u32()?, d.get_u32()?);
-                let k = if t == ftype::CHR {
-                    libc::S_IFCHR
-                } else {
-                    libc::S_IFBLK
-                };
-                (Some(k), s, libc::makedev(ma, mi))
+    fn mknod(&self, c: &Caller, at: &DirOp, what: MknodWhat, e: &mut Encoder) {
+        let (kind, s, dev) = match what {
+            MknodWhat::Device {
+                block,
+                sattr,
+                major,
+                minor,
+            } => {
+                let k = if block { libc::S_IFBLK } else { libc::S_IFCHR };
+                (Some(k), sattr, libc::makedev(major, minor))
             }
-            ftype::SOCK => (Some(libc::S_IFSOCK), Sattr::decode(d)?, 0),
-            ftype::FIFO => (Some(libc::S_IFIFO), Sattr::decode(d)?, 0),
-            1..=7 => (None, Sattr::default(), 0),
-            v => {
-                return Err(XdrError::InvalidEnum {
-                    name: "ftype3",
-                    value: i64::from(v),
-                })
-            }
+            MknodWhat::Socket(s) => (Some(libc::S_IFSOCK), s, 0),
+            MknodWhat::Fifo(s) => (Some(libc::S_IFIFO), s, 0),
+            MknodWhat::BadType(_) => (None, Sattr::default(), 0),
         };
         self.make_in(
             c,
-            &fh,
+            &at.dir,
             e,
             |dir, name| {
                 let kind = kind.ok_or(Stat::BadType)?;
@@ -808,21 +747,14 @@ impl Door {
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
                 Ok(f)
             },
-            &name,
+            &at.name,
         );
-        Ok(())
     }
 
-    fn remove(
-        &self,
-        c: &Caller,
-        d: &mut Decoder<'_>,
-        e: &mut Encoder,
-        dir_too: bool,
-    ) -> Result<(), XdrError> {
-        let (fh, name) = get_dirop(d)?;
-        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
-            return Ok(());
+    fn remove(&self, c: &Caller, at: &DirOp, e: &mut Encoder, dir_too: bool) {
+        let name = &at.name;
+        let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
+            return;
         };
         let pre = fstat(dir.raw()).ok();
         let r = (|| {
@@ -830,14 +762,14 @@ impl Door {
             if name == b"." || name == b".." {
                 return Err(if dir_too { Stat::Inval } else { Stat::Acces });
             }
-            let cname = component(&name)?;
+            let cname = component(name)?;
             let _as = self.become_caller(c, dir.export)?;
             let flags = if dir_too { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: `cname` is NUL-terminated.
             errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })
         })();
         if r.is_ok() {
-            self.entry_changed(dir.raw(), &name);
+            self.entry_changed(dir.raw(), name);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(
@@ -845,14 +777,12 @@ impl Door {
             pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
             attr_of(dir.raw()).as_ref(),
         );
-        Ok(())
     }
 
-    fn rename(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let (from_fh, from_name) = get_dirop(d)?;
-        let (to_fh, to_name) = get_dirop(d)?;
-        let from = self.node(c, &from_fh);
-        let to = self.node(c, &to_fh);
+    fn rename(&self, c: &Caller, from_at: &DirOp, to_at: &DirOp, e: &mut Encoder) {
+        let (from_name, to_name) = (&from_at.name, &to_at.name);
+        let from = self.node(c, &from_at.dir);
+        let to = self.node(c, &to_at.dir);
         let pre_from = from.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
         let pre_to = to.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
         let r = (|| {
@@ -862,17 +792,17 @@ impl Door {
                 return Err(Stat::Xdev);
             }
             self.writable(from.export)?;
-            for n in [&from_name, &to_name] {
+            for n in [from_name, to_name] {
                 if n.as_slice() == b"." || n.as_slice() == b".." {
                     return Err(Stat::Inval);
                 }
             }
-            let (a, b) = (component(&from_name)?, component(&to_name)?);
+            let (a, b) = (component(from_name)?, component(to_name)?);
             let _as = self.become_caller(c, from.export)?;
             // SAFETY: both names are NUL-terminated.
             errno_of(unsafe { libc::renameat(from.raw(), a.as_ptr(), to.raw(), b.as_ptr()) })?;
-            self.entry_changed(from.raw(), &from_name);
-            self.entry_changed(to.raw(), &to_name);
+            self.entry_changed(from.raw(), from_name);
+            self.entry_changed(to.raw(), to_name);
             Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
@@ -887,14 +817,12 @@ impl Door {
             pre_to.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
             post(&to).as_ref(),
         );
-        Ok(())
     }
 
-    fn link(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let (dir_fh, name) = get_dirop(d)?;
-        let file = self.node(c, &fh);
-        let dir = self.node(c, &dir_fh);
+    fn link(&self, c: &Caller, fh: &[u8], at: &DirOp, e: &mut Encoder) {
+        let name = &at.name;
+        let file = self.node(c, fh);
+        let dir = self.node(c, &at.dir);
         let pre = dir.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
         let r = (|| {
             let file = file.as_ref().map_err(|s| *s)?;
@@ -903,7 +831,7 @@ impl Door {
                 return Err(Stat::Xdev);
             }
             self.writable(dir.export)?;
-            let cname = component(&name)?;
+            let cname = component(name)?;
             let _as = self.become_caller(c, dir.export)?;
             let src = proc_path(file.raw());
             // SAFETY: both paths are NUL-terminated; following the procfs link names the
@@ -917,7 +845,7 @@ impl Door {
                     libc::AT_SYMLINK_FOLLOW,
                 )
             })?;
-            self.entry_changed(dir.raw(), &name);
+            self.entry_changed(dir.raw(), name);
             self.changed(file.raw());
             Ok(())
         })();
@@ -931,7 +859,6 @@ impl Door {
             pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
             dir.as_ref().ok().and_then(|n| attr_of(n.raw())).as_ref(),
         );
-        Ok(())
     }
 
     /// The cookie verifier of a directory: it changes when the daemon restarts, so cookies
@@ -942,26 +869,22 @@ impl Door {
         v.to_be_bytes()
     }
 
+    /// READDIR and READDIRPLUS (`plus`); `counts` are the call's dircount and maxcount.
+    #[allow(clippy::too_many_arguments)]
     fn readdir(
         &self,
         c: &Caller,
-        d: &mut Decoder<'_>,
-        e: &mut Encoder,
+        fh: &[u8],
+        cookie: u64,
+        verf: [u8; 8],
+        (dircount, maxcount): (u32, u32),
         plus: bool,
-    ) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let cookie = d.get_u64()?;
-        let verf = d.get_fixed_array::<8>()?;
-        let (dircount, maxcount) = if plus {
-            (d.get_u32()?, d.get_u32()?)
-        } else {
-            let n = d.get_u32()?;
-            (n, n)
-        };
+        e: &mut Encoder,
+    ) {
         let maxcount = maxcount.min(self.max_io(c)) as usize;
         let dircount = (dircount as usize).min(maxcount);
-        let Some(dir) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+        let Some(dir) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return;
         };
         let r = (|| {
             let st = fstat(dir.raw()).map_err(ioerr)?;
@@ -1035,13 +958,11 @@ impl Door {
             e.put_fixed_opaque(&v);
             e.put_raw(body.as_slice());
         });
-        Ok(())
     }
 
-    fn fsstat(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::PostAttr) else {
-            return Ok(());
+    fn fsstat(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return;
         };
         // SAFETY: an all-zero statvfs is valid; `fstatvfs` fills it.
         let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -1061,12 +982,10 @@ impl Door {
             }
             e.put_u32(0);
         });
-        Ok(())
     }
 
-    fn fsinfo(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        match self.node(c, &fh) {
+    fn fsinfo(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        match self.node(c, fh) {
             Ok(node) => {
                 let max = self.max_io(c);
                 enc_stat(e, Stat::Ok);
@@ -1085,12 +1004,10 @@ impl Door {
                 put_post_attr(e, None);
             }
         }
-        Ok(())
     }
 
-    fn pathconf(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        match self.node(c, &fh) {
+    fn pathconf(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        match self.node(c, fh) {
             Ok(node) => {
                 // SAFETY: plain queries of a valid descriptor.
                 let (links, names) = unsafe {
@@ -1113,15 +1030,13 @@ impl Door {
                 put_post_attr(e, None);
             }
         }
-        Ok(())
     }
 
-    fn commit(&self, c: &Caller, d: &mut Decoder<'_>, e: &mut Encoder) -> Result<(), XdrError> {
-        let fh = get_fh(d)?;
-        let _offset = d.get_u64()?;
-        let _count = d.get_u32()?;
-        let Some(node) = self.node_or_fail(c, &fh, e, Empty::Wcc) else {
-            return Ok(());
+    /// COMMIT syncs the whole file: the call's offset and count only say which part
+    /// must be synced at least.
+    fn commit(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
+            return;
         };
         let pre = fstat(node.raw()).ok();
         let r = (|| {
@@ -1138,7 +1053,6 @@ impl Door {
         if r.is_ok() {
             e.put_fixed_opaque(&self.write_verf);
         }
-        Ok(())
     }
 }
 
