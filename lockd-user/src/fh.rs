@@ -43,6 +43,18 @@ use thiserror::Error;
 pub const MAC_LEN: usize = 16;
 /// Bytes of the key.
 pub const KEY_LEN: usize = 32;
+/// The fixed size of an NFS version 2 file handle (MOUNT version 1 answers one): a
+/// shorter handle is zero-padded to it.
+pub const V2_FHSIZE: usize = 32;
+
+/// A handle as MOUNT version 1 hands it out: zero-padded to [`V2_FHSIZE`] bytes, or
+/// `None` when it is longer (a file system whose kernel handles are long, such as tmpfs
+/// or btrfs, cannot be reached through NFS version 2 sizes).
+pub fn v2_handle(fh: &[u8]) -> Option<[u8; V2_FHSIZE]> {
+    let mut out = [0u8; V2_FHSIZE];
+    out.get_mut(..fh.len())?.copy_from_slice(fh);
+    Some(out)
+}
 /// Name of the key file in the state directory.
 pub const KEY_FILE: &str = "fh.key";
 /// Longest kernel handle accepted (`MAX_HANDLE_SZ`).
@@ -144,7 +156,24 @@ impl FhKey {
     }
 
     /// Checks a handle's length and MAC; returns (export id, handle type, kernel handle).
+    /// A handle of NFS version 2's fixed [`V2_FHSIZE`] bytes may be a shorter handle
+    /// zero-padded (as MOUNT version 1 hands them out): it opens as that handle.
     pub fn open<'a>(&self, fh: &'a [u8]) -> Result<(u32, u8, &'a [u8]), FhError> {
+        let exact = self.open_exact(fh);
+        if exact.is_ok() || fh.len() != V2_FHSIZE {
+            return exact;
+        }
+        let mut n = fh.len();
+        while n > HEADER + 1 + MAC_LEN && fh[n - 1] == 0 {
+            n -= 1;
+            if let Ok(parts) = self.open_exact(&fh[..n]) {
+                return Ok(parts);
+            }
+        }
+        exact
+    }
+
+    fn open_exact<'a>(&self, fh: &'a [u8]) -> Result<(u32, u8, &'a [u8]), FhError> {
         if fh.len() < HEADER + 1 + MAC_LEN || fh.len() > HEADER + MAX_KERNEL_HANDLE + MAC_LEN {
             return Err(FhError::Malformed(fh.len()));
         }

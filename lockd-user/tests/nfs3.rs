@@ -1375,3 +1375,124 @@ async fn tshark_decodes_every_nfs_and_mount_packet() {
     assert!(missing.is_empty(), "not seen: {missing:?}\n{out}");
     s.stop().await;
 }
+
+/// MNT of MOUNT version 1 (RFC 1094 `fhstatus`: a fixed 32-byte handle).
+async fn mnt_v1(m: &RpcClient, path: &str) -> (u32, Option<[u8; 32]>) {
+    let mut e = Encoder::new();
+    e.put_string(path);
+    let body = timeout(STEP, m.call_raw(MOUNT, 1, 1, e.as_slice()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut d = Decoder::new(&body);
+    let stat = d.get_u32().unwrap();
+    let fh = (stat == 0).then(|| d.get_fixed_array::<32>().unwrap());
+    assert_eq!(d.remaining(), 0, "nothing after the fhstatus");
+    (stat, fh)
+}
+
+/// MOUNT version 1 MNT succeeds like version 3 with the root handle zero-padded to 32
+/// bytes (the export is on ext4, whose handles fit), and that padded handle names the
+/// export root for NFS and for NLM version 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_v1_mnt_answers_the_root_handle_padded_to_32_bytes() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (st, v3) = u.mnt("/rw").await;
+    assert_eq!(st, 0);
+    let (st, v1) = mnt_v1(&u.mount, "/rw").await;
+    assert_eq!(st, 0, "version 1 MNT succeeds");
+    let v1 = v1.unwrap();
+    assert!(
+        v3.len() <= 32,
+        "an ext4 root handle fits ({} bytes)",
+        v3.len()
+    );
+    assert_eq!(&v1[..v3.len()], &v3[..]);
+    assert!(v1[v3.len()..].iter().all(|b| *b == 0), "zero padding");
+    assert_eq!(mnt_v1(&u.mount, "/nonexistent").await.0, NOENT);
+    let closed = s.rw.parent().unwrap().join("closed");
+    assert_eq!(mnt_v1(&u.mount, closed.to_str().unwrap()).await.0, ACCES);
+    // The padded handle is the root.
+    let (st, attr) = u.getattr(&v1).await;
+    assert_eq!(st, OK);
+    assert_eq!(attr.unwrap().4, std::fs::metadata(&s.rw).unwrap().ino());
+    // NLM version 3 (the lock protocol of NFS version 2 clients) locks with it.
+    let nlm = RpcClient::new(
+        Transport::Tcp,
+        s.lockd.tcp_addrs()[0],
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut e = Encoder::new();
+    e.put_opaque(b"c1"); // cookie
+    e.put_bool(true); // exclusive
+    e.put_string("v1-client");
+    e.put_opaque(&v1);
+    e.put_opaque(b"owner");
+    e.put_i32(7);
+    e.put_u32(0);
+    e.put_u32(10);
+    let body = timeout(STEP, nlm.call_raw(100_021, 3, 1, e.as_slice()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut d = Decoder::new(&body);
+    assert_eq!(d.get_opaque(1024).unwrap(), b"c1");
+    assert_eq!(
+        d.get_u32().unwrap(),
+        0,
+        "NLM TEST with the padded handle: granted"
+    );
+    let mut bad = v1;
+    bad[31] = 1;
+    assert_eq!(u.getattr(&bad).await.0, BADHANDLE, "other padding is not");
+    s.stop().await;
+}
+
+/// An export whose root handle is longer than 32 bytes (tmpfs) cannot be carried by
+/// MOUNT version 1: MNT answers EACCES, and version 3 still mounts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_v1_mnt_of_a_long_handle_is_refused() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        lockfs_testkit::skip!("no /dev/shm (a tmpfs, whose handles exceed 32 bytes)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = tempfile::tempdir_in(shm).unwrap();
+    let mut config = LockdConfig::new("nfs-v1", dir.path().join("state"));
+    config.exports = vec![Export::new(9, tmpfs.path())];
+    config.grace = Duration::ZERO;
+    config.portmap = PortmapMode::Off;
+    let (sink, queue) = EventSink::new();
+    let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
+    let shares = Arc::new(Mutex::new(ShareTable::new()));
+    let lockd = timeout(STEP, LockdService::start(config, table, shares, queue))
+        .await
+        .unwrap()
+        .unwrap();
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let nfs = timeout(
+        STEP,
+        NfsService::start(
+            NfsConfig::new(vec![lo], vec![lo]),
+            lockd.lockd().clone(),
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let u = Client::new(Transport::Tcp, nfs.nfs_tcp()[0], nfs.mount_tcp()[0], 0, 0).await;
+    let path = tmpfs.path().to_str().unwrap();
+    let (st, fh) = u.mnt(path).await;
+    assert_eq!(st, 0);
+    if fh.len() <= 32 {
+        lockfs_testkit::skipping!("tmpfs handles fit 32 bytes here ({})", fh.len());
+    } else {
+        assert_eq!(mnt_v1(&u.mount, path).await, (ACCES, None));
+    }
+    nfs.shutdown().await;
+    lockd.shutdown().await;
+}
