@@ -1496,3 +1496,103 @@ async fn mount_v1_mnt_of_a_long_handle_is_refused() {
     nfs.shutdown().await;
     lockd.shutdown().await;
 }
+
+/// `sattr3` that sets only the size.
+fn sattr_size(e: &mut Encoder, size: u64) {
+    for _ in 0..3 {
+        e.put_bool(false);
+    }
+    e.put_bool(true);
+    e.put_u64(size);
+    e.put_u32(0);
+    e.put_u32(0);
+}
+
+/// CREATE in UNCHECKED mode with a size over an existing file truncates it: that passes
+/// the I/O gate exactly as a size-changing SETATTR does. Another owner's lock on a
+/// mandatory file refuses both with the same status and leaves the file whole, and so
+/// does another owner's deny-write reservation on any file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_unchecked_truncation_is_gated_like_setattr() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let path = s.rw.join("public/m");
+    std::fs::write(&path, b"0123456789").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2666)).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    let file = FileId::new(m.dev(), m.ino());
+    let (_, fh) = u.lookup(&public, b"m").await;
+    let local = Owner::posix(4242);
+    let req = LockRequest {
+        file,
+        scope: ScopeId::DEFAULT,
+        owner: local,
+        pid: 1,
+        kind: LockKind::Exclusive,
+        range: Range::new(0, 4).unwrap(),
+        wait: Wait::No,
+        reclaim: false,
+    };
+    assert!(matches!(s.table.lock(&req), LockOutcome::Granted));
+    let truncate = || {
+        let mut e = Encoder::new();
+        e.put_opaque(&fh);
+        sattr_size(&mut e, 0);
+        e.put_bool(false);
+        e
+    };
+    let create = |name: &[u8]| {
+        let mut e = dirop(&public, name);
+        e.put_u32(0);
+        sattr_size(&mut e, 0);
+        e
+    };
+    let setattr = u.call(2, &truncate()).await.stat;
+    assert_eq!(setattr, JUKEBOX, "SETATTR to size 0 under a lock");
+    let a = u.call(8, &create(b"m")).await;
+    assert_eq!(
+        a.stat, setattr,
+        "CREATE UNCHECKED size 0 answers as SETATTR does"
+    );
+    let (pre, post) = skip_wcc(&mut a.d());
+    assert!(pre && post.is_some(), "dir wcc on failure");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"0123456789",
+        "not truncated"
+    );
+    s.table.with(|t| t.unlock(file, local, Range::to_eof(0)));
+    assert_eq!(u.call(8, &create(b"m")).await.stat, OK, "after the unlock");
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "truncated");
+
+    // A deny-write reservation of another owner, on a file without the mandatory mark.
+    let plain = s.rw.join("public/plain");
+    std::fs::write(&plain, b"abc").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let pm = std::fs::metadata(&plain).unwrap();
+    let pfile = FileId::new(pm.dev(), pm.ino());
+    s.shares
+        .lock()
+        .unwrap()
+        .reserve(&ShareRequest {
+            file: pfile,
+            scope: ScopeId::DEFAULT,
+            owner: Owner::ofd(99),
+            pid: 1,
+            mode: ShareMode::new(ShareAccess::READ, ShareDeny::WRITE),
+        })
+        .unwrap();
+    assert_eq!(u.call(8, &create(b"plain")).await.stat, ACCES);
+    assert_eq!(std::fs::read(&plain).unwrap(), b"abc", "not truncated");
+    // Without a size, CREATE UNCHECKED of an existing file changes nothing and succeeds.
+    let mut e = dirop(&public, b"plain");
+    e.put_u32(0);
+    sattr_mode(&mut e, None);
+    assert_eq!(u.call(8, &e).await.stat, OK);
+    s.shares.lock().unwrap().release(pfile, Owner::ofd(99));
+    assert_eq!(u.call(8, &create(b"plain")).await.stat, OK);
+    assert_eq!(std::fs::read(&plain).unwrap(), b"");
+    s.stop().await;
+}

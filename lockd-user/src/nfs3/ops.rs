@@ -290,13 +290,7 @@ impl Door {
                 }
             }
             self.writable(node.export)?;
-            let _pass = match sattr.size {
-                Some(size) if size != st.st_size as u64 => {
-                    let from = size.min(st.st_size.max(0) as u64);
-                    self.io_gate(c, &node, &st, Access::Write, Range::to_eof(from))?
-                }
-                _ => None,
-            };
+            let _pass = self.resize_gate(c, node.export, &st, sattr.size)?;
             let _as = self.become_caller(c, node.export)?;
             apply_sattr(node.raw(), &st, sattr)
         })();
@@ -314,12 +308,12 @@ impl Door {
     fn io_gate(
         &self,
         c: &Caller,
-        node: &Node<'_>,
+        export: &OpenExport,
         st: &libc::stat,
         access: Access,
         range: Range,
     ) -> Result<Option<IoPass>, Stat> {
-        let mandatory = self.is_mandatory(node.export, st);
+        let mandatory = self.is_mandatory(export, st);
         admit_io(
             &self.lockd,
             FileId::new(st.st_dev, st.st_ino),
@@ -328,6 +322,25 @@ impl Door {
             range,
             mandatory,
         )
+    }
+
+    /// The gate of a change of a file's size to `size` (SETATTR, and CREATE of a file that
+    /// exists, in UNCHECKED mode): the bytes from the new end on are written, so a lock or
+    /// reservation of another owner there refuses it as it would refuse a WRITE.
+    fn resize_gate(
+        &self,
+        c: &Caller,
+        export: &OpenExport,
+        st: &libc::stat,
+        size: Option<u64>,
+    ) -> Result<Option<IoPass>, Stat> {
+        match size {
+            Some(size) if size != st.st_size as u64 => {
+                let from = size.min(st.st_size.max(0) as u64);
+                self.io_gate(c, export, st, Access::Write, Range::to_eof(from))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A name in a directory, as the caller: an `O_PATH` descriptor of it and its stat.
@@ -462,7 +475,7 @@ impl Door {
             let st = fstat(node.raw()).map_err(ioerr)?;
             regular(&st)?;
             let _pass = match Range::from_len(offset, u64::from(count.max(1))) {
-                Ok(range) => self.io_gate(c, &node, &st, Access::Read, range)?,
+                Ok(range) => self.io_gate(c, node.export, &st, Access::Read, range)?,
                 Err(_) => None,
             };
             let f = self.open_for_io(c, &node, &st, libc::O_RDONLY)?;
@@ -517,7 +530,7 @@ impl Door {
                 return Err(Stat::Fbig);
             }
             let _pass = match Range::from_len(offset, data.len().max(1) as u64) {
-                Ok(range) => self.io_gate(c, &node, &st, Access::Write, range)?,
+                Ok(range) => self.io_gate(c, node.export, &st, Access::Write, range)?,
                 Err(_) => None,
             };
             let f = self.open_for_io(c, &node, &st, libc::O_WRONLY)?;
@@ -587,7 +600,7 @@ impl Door {
         c: &Caller,
         fh: &[u8],
         e: &mut Encoder,
-        make: impl FnOnce(RawFd, &CString) -> Result<OwnedFd, Stat>,
+        make: impl FnOnce(RawFd, &CString, &OpenExport) -> Result<OwnedFd, Stat>,
         name: &[u8],
     ) {
         let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
@@ -603,7 +616,7 @@ impl Door {
             let cname = component(name)?;
             let made = {
                 let _as = self.become_caller(c, dir.export)?;
-                make(dir.raw(), &cname)?
+                make(dir.raw(), &cname, dir.export)?
             };
             let fh = self
                 .backing
@@ -629,7 +642,7 @@ impl Door {
             c,
             &at.dir,
             e,
-            |dir, name| {
+            |dir, name, export| {
                 let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_CREAT;
                 match how {
                     CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
@@ -644,6 +657,8 @@ impl Door {
                         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                             return Err(Stat::Exist);
                         }
+                        // Over an existing file, a size is a truncation like SETATTR's.
+                        let _pass = self.resize_gate(c, export, &st, s.size)?;
                         apply_sattr(f.as_raw_fd(), &st, &s)?;
                         Ok(f)
                     }
@@ -684,7 +699,7 @@ impl Door {
             c,
             &at.dir,
             e,
-            |dir, name| {
+            |dir, name, _| {
                 // SAFETY: `name` is NUL-terminated.
                 errno_of(unsafe {
                     libc::mkdirat(dir, name.as_ptr(), s.mode.unwrap_or(0o755) & 0o7777)
@@ -703,7 +718,7 @@ impl Door {
             c,
             &at.dir,
             e,
-            |dir, name| {
+            |dir, name, _| {
                 let t = CString::new(target).map_err(|_| Stat::Inval)?;
                 // SAFETY: both strings are NUL-terminated.
                 errno_of(unsafe { libc::symlinkat(t.as_ptr(), dir, name.as_ptr()) })?;
@@ -737,7 +752,7 @@ impl Door {
             c,
             &at.dir,
             e,
-            |dir, name| {
+            |dir, name, _| {
                 let kind = kind.ok_or(Stat::BadType)?;
                 let mode = kind | (s.mode.unwrap_or(0o644) & 0o7777);
                 // SAFETY: `name` is NUL-terminated.
