@@ -70,11 +70,11 @@ fn check_nfs(a: &Args<'_>) {
 
 /// An accepted decoding used whole words, decodes the same from exactly those bytes,
 /// and is refused without the last of them.
-fn check_prefix<T: PartialEq + std::fmt::Debug>(
-    bytes: &[u8],
+fn check_prefix<'a, T: PartialEq + std::fmt::Debug>(
+    bytes: &'a [u8],
     used: usize,
     v: &T,
-    again: impl Fn(&[u8]) -> Result<T, ProcError>,
+    again: impl Fn(&'a [u8]) -> Result<T, ProcError>,
 ) {
     assert_eq!(used % 4, 0, "{v:?} used {used} bytes");
     assert_eq!(again(&bytes[..used]).as_ref(), Ok(v));
