@@ -12,7 +12,7 @@
 //!   drop, with timeouts, so a failing test leaves nothing running, mounted
 //!   or locked behind it ([`daemon`], and [`nlm`] with the `nlm` feature);
 //! - a wire test captures and dissects its session with tshark the same way
-//!   ([`capture`], with the `nlm` feature).
+//!   (`capture`, with the `nlm` feature).
 
 pub mod alloc;
 #[cfg(feature = "nlm")]

@@ -14,8 +14,8 @@
 //! This module holds what every procedure shares (the door, the caller, resolving
 //! handles, taking the caller's identity, the I/O gate, the reply helpers) and the
 //! dispatch of decoded arguments; the procedures are grouped by what they touch:
-//! [`attrs`] (attributes of a file and of the file system), [`dirs`] (names and
-//! directory listings), [`data`] (a file's contents) and [`namespace`] (creating,
+//! `attrs` (attributes of a file and of the file system), `dirs` (names and
+//! directory listings), `data` (a file's contents) and `namespace` (creating,
 //! removing, renaming and linking names).
 
 use super::args::{decode, Args, CreateHow, DirOp, MknodWhat};
