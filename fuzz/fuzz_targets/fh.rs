@@ -1,13 +1,14 @@
 //! The NLM file-handle check. Arbitrary bytes are never accepted as a handle (they would
-//! need this server's MAC); a handle sealed with the key opens to its parts, and any
-//! change of one bit or of its length is refused. A sealed handle carrying arbitrary
+//! need this server's MAC); a handle sealed with the key opens to its parts, and so does
+//! the same handle zero-padded to NFS version 2's 32 bytes; any other change of one bit or
+//! of its length is refused. A sealed handle carrying arbitrary
 //! kernel-handle bytes goes through `open_by_handle_at` and must be refused or name a file
 //! of the export, never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use lockd_user::exports::{Export, Exports};
-use lockd_user::fh::{FhError, FhKey, FileHandles, KEY_LEN, MAC_LEN};
+use lockd_user::fh::{v2_handle, FhError, FhKey, FileHandles, KEY_LEN, MAC_LEN, V2_FHSIZE};
 use std::sync::OnceLock;
 
 struct World {
@@ -41,7 +42,13 @@ fuzz_target!(|data: &[u8]| {
     // and such input is a genuine sealed handle.)
     let genuine = match w.key.open(data) {
         Ok((e, t, k)) => {
-            assert_eq!(w.key.seal(e, t, k), data, "a forged handle opened");
+            // Sealed, or sealed and zero-padded to NFS version 2's fixed size.
+            let sealed = w.key.seal(e, t, k);
+            let padded = v2_handle(&sealed).filter(|_| data.len() == V2_FHSIZE);
+            assert!(
+                sealed == data || padded.is_some_and(|p| p[..] == *data),
+                "a forged handle opened"
+            );
             true
         }
         Err(FhError::Malformed(_)) | Err(FhError::BadMac) => false,
@@ -80,7 +87,15 @@ fuzz_target!(|data: &[u8]| {
     assert!(w.key.open(&fh[..fh.len() - 1]).is_err());
     let mut longer = fh.clone();
     longer.push(0);
-    assert!(w.key.open(&longer).is_err());
+    if longer.len() != V2_FHSIZE {
+        assert!(w.key.open(&longer).is_err());
+    }
+    // Zero-padded to NFS version 2's size (MOUNT version 1), it opens as itself.
+    if let Some(p) = v2_handle(&fh) {
+        if !kernel.is_empty() {
+            assert_eq!(w.key.open(&p).ok(), Some((export, t, kernel)));
+        }
+    }
     // Through the resolver: export 0 does not exist; export 1 hands the kernel bytes to
     // open_by_handle_at, which must fail cleanly for almost every input.
     match w.handles.resolve(&w.exports, &fh) {

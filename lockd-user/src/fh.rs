@@ -29,10 +29,10 @@ use hmac::{Hmac, Mac};
 use lock_table::FileId;
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,18 @@ use thiserror::Error;
 pub const MAC_LEN: usize = 16;
 /// Bytes of the key.
 pub const KEY_LEN: usize = 32;
+/// The fixed size of an NFS version 2 file handle (MOUNT version 1 answers one): a
+/// shorter handle is zero-padded to it.
+pub const V2_FHSIZE: usize = 32;
+
+/// A handle as MOUNT version 1 hands it out: zero-padded to [`V2_FHSIZE`] bytes, or
+/// `None` when it is longer (a file system whose kernel handles are long, such as tmpfs
+/// or btrfs, cannot be reached through NFS version 2 sizes).
+pub fn v2_handle(fh: &[u8]) -> Option<[u8; V2_FHSIZE]> {
+    let mut out = [0u8; V2_FHSIZE];
+    out.get_mut(..fh.len())?.copy_from_slice(fh);
+    Some(out)
+}
 /// Name of the key file in the state directory.
 pub const KEY_FILE: &str = "fh.key";
 /// Longest kernel handle accepted (`MAX_HANDLE_SZ`).
@@ -144,7 +156,24 @@ impl FhKey {
     }
 
     /// Checks a handle's length and MAC; returns (export id, handle type, kernel handle).
+    /// A handle of NFS version 2's fixed [`V2_FHSIZE`] bytes may be a shorter handle
+    /// zero-padded (as MOUNT version 1 hands them out): it opens as that handle.
     pub fn open<'a>(&self, fh: &'a [u8]) -> Result<(u32, u8, &'a [u8]), FhError> {
+        let exact = self.open_exact(fh);
+        if exact.is_ok() || fh.len() != V2_FHSIZE {
+            return exact;
+        }
+        let mut n = fh.len();
+        while n > HEADER + 1 + MAC_LEN && fh[n - 1] == 0 {
+            n -= 1;
+            if let Ok(parts) = self.open_exact(&fh[..n]) {
+                return Ok(parts);
+            }
+        }
+        exact
+    }
+
+    fn open_exact<'a>(&self, fh: &'a [u8]) -> Result<(u32, u8, &'a [u8]), FhError> {
         if fh.len() < HEADER + 1 + MAC_LEN || fh.len() > HEADER + MAX_KERNEL_HANDLE + MAC_LEN {
             return Err(FhError::Malformed(fh.len()));
         }
@@ -193,6 +222,73 @@ impl KernelHandle {
     }
 }
 
+/// The kernel handle (type, bytes) of `name` in `dir`, by `name_to_handle_at` with
+/// `flags` (`AT_EMPTY_PATH` and an empty name: `dir` itself). A handle this format cannot
+/// carry (a type over 255, no bytes, more than it has room for) is an error of kind
+/// `Unsupported` without an OS error code.
+pub fn kernel_handle_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<(u8, Vec<u8>)> {
+    let mut h = KernelHandle::empty();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `name` is NUL-terminated; `h` is a file_handle header followed by
+    // MAX_KERNEL_HANDLE bytes, as its handle_bytes says; mount_id is a valid out pointer.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir,
+            name.as_ptr(),
+            (&mut h as *mut KernelHandle).cast(),
+            &mut mount_id,
+            flags,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = h.handle_bytes as usize;
+    match u8::try_from(h.handle_type) {
+        Ok(htype) if len > 0 && len <= MAX_KERNEL_HANDLE => Ok((htype, h.f_handle[..len].to_vec())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel file handle does not fit an NLM handle",
+        )),
+    }
+}
+
+/// Whether an error of [`open_kernel_handle`] means the handle names no file (any more):
+/// deleted, never valid, or not decodable by the file system.
+pub fn names_nothing(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::EINVAL)
+    )
+}
+
+/// Opens the file a kernel handle names, relative to the export root `root`, as an
+/// `O_PATH` descriptor (`open_by_handle_at`). Too many bytes is `EINVAL`, as the kernel
+/// answers a handle it cannot decode.
+pub fn open_kernel_handle(root: RawFd, htype: u8, kernel: &[u8]) -> io::Result<OwnedFd> {
+    if kernel.len() > MAX_KERNEL_HANDLE {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut h = KernelHandle::empty();
+    h.handle_bytes = kernel.len() as libc::c_uint;
+    h.handle_type = libc::c_int::from(htype);
+    h.f_handle[..kernel.len()].copy_from_slice(kernel);
+    // SAFETY: the caller keeps `root` open during the call; `h` is a valid file_handle
+    // whose handle_bytes does not exceed its buffer.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            root,
+            (&mut h as *mut KernelHandle).cast(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open_by_handle_at and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FhError + '_ {
     move |source| FhError::Io {
         path: path.to_path_buf(),
@@ -217,30 +313,12 @@ pub fn make_fh(key: &FhKey, export: &OpenExport, path: &Path) -> Result<Vec<u8>,
     }
     let c = CString::new(real.as_os_str().as_bytes())
         .map_err(|_| FhError::Unsupported(real.clone()))?;
-    let mut h = KernelHandle::empty();
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: `c` is a NUL-terminated path; `h` is a file_handle header followed by
-    // MAX_KERNEL_HANDLE bytes, as its handle_bytes says; mount_id is a valid out pointer.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            (&mut h as *mut KernelHandle).cast(),
-            &mut mount_id,
-            0,
-        )
+    let (htype, kernel) = match kernel_handle_at(libc::AT_FDCWD, &c, 0) {
+        Ok(h) => h,
+        Err(e) if e.raw_os_error().is_none() => return Err(FhError::Unsupported(real)),
+        Err(e) => return Err(io_err(&real)(e)),
     };
-    if r != 0 {
-        return Err(io_err(&real)(io::Error::last_os_error()));
-    }
-    let len = h.handle_bytes as usize;
-    let Ok(htype) = u8::try_from(h.handle_type) else {
-        return Err(FhError::Unsupported(real));
-    };
-    if len == 0 || len > MAX_KERNEL_HANDLE {
-        return Err(FhError::Unsupported(real));
-    }
-    Ok(key.seal(export.export.id, htype, &h.f_handle[..len]))
+    Ok(key.seal(export.export.id, htype, &kernel))
 }
 
 /// `lockfs fh PATH` in one call: the handle of `path` under whichever configured export
@@ -340,28 +418,13 @@ impl FileHandles {
         }
         // An export whose group is offline has no root to resolve against.
         let root = export.root().ok_or(FhError::Stale)?;
-        let mut h = KernelHandle::empty();
-        h.handle_bytes = kernel.len() as libc::c_uint;
-        h.handle_type = libc::c_int::from(htype);
-        h.f_handle[..kernel.len()].copy_from_slice(kernel);
-        // SAFETY: the root fd is kept open by `root` during the call; `h` is a valid
-        // file_handle whose handle_bytes does not exceed its buffer.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                root.as_raw_fd(),
-                (&mut h as *mut KernelHandle).cast(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::EINVAL) => FhError::Stale,
-                _ => io_err(&export.export.root)(e),
-            });
-        }
-        // SAFETY: fd was just returned by open_by_handle_at and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_kernel_handle(root.as_raw_fd(), htype, kernel).map_err(|e| {
+            if names_nothing(&e) {
+                FhError::Stale
+            } else {
+                io_err(&export.export.root)(e)
+            }
+        })?;
         let meta = File::from(fd)
             .metadata()
             .map_err(io_err(&export.export.root))?;

@@ -4,11 +4,17 @@
 //! MNT answers the root handle of the export whose path (its source directory, or
 //! `/NAME`) is asked for, if the client's address is on the export's client list; the
 //! handle is the NLM/NFS handle of the root, so everything below it is reached by LOOKUP.
-//! Version 1 MNT hands out 32-byte NFSv2 handles, and NFS version 2 is not served: it
-//! answers EACCES, while its DUMP and EXPORT (what `showmount` uses) are served.
+//! Version 1 MNT answers like version 3 but with the fixed 32-byte handle of NFS version
+//! 2 (RFC 1094 `fhstatus`): the root's handle zero-padded, which NLM versions 1 and 3
+//! accept as the handle itself ([`crate::fh::FhKey::open`]). NFS version 2 itself is not
+//! served. A handle longer than 32 bytes (an export on a file system with long kernel
+//! handles, such as tmpfs or btrfs) cannot be carried: version 1 MNT then answers
+//! EACCES, as nfs-utils' mountd does when the kernel cannot make a handle that small,
+//! and such an export is reached through MOUNT version 3 only.
 //! The mount list DUMP reports is kept in memory only (it is advisory in every
 //! implementation: clients that crash never send UMNT).
 
+use crate::fh::v2_handle;
 use crate::lockd::Lockd;
 use crate::nfs3::backing::Backing;
 use crate::nfs3::ExportOptions;
@@ -40,6 +46,32 @@ pub mod stat {
     pub const NOENT: u32 = 2;
     pub const IO: u32 = 5;
     pub const ACCES: u32 = 13;
+}
+
+/// The arguments of one MOUNT call (the same in versions 1 and 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountArgs {
+    Null,
+    Mnt(String),
+    Dump,
+    Umnt(String),
+    UmntAll,
+    Export,
+}
+
+/// Decodes the arguments of MOUNT procedure `proc`: `ProcUnavail` for a procedure the
+/// program does not have, `GarbageArgs` for a path that is not a string of at most
+/// [`MNTPATHLEN`] bytes.
+pub fn decode_args(proc: u32, args: &mut Decoder<'_>) -> Result<MountArgs, ProcError> {
+    Ok(match proc {
+        proc_::NULL => MountArgs::Null,
+        proc_::MNT => MountArgs::Mnt(args.get_string(MNTPATHLEN)?),
+        proc_::DUMP => MountArgs::Dump,
+        proc_::UMNT => MountArgs::Umnt(args.get_string(MNTPATHLEN)?),
+        proc_::UMNTALL => MountArgs::UmntAll,
+        proc_::EXPORT => MountArgs::Export,
+        _ => return Err(ProcError::ProcUnavail),
+    })
 }
 
 /// MOUNT versions 1 and 3.
@@ -115,16 +147,22 @@ impl MountProgram {
             e.put_u32(stat::ACCES);
             return;
         }
-        if ctx.vers == MOUNT_V1 {
-            e.put_u32(stat::ACCES);
-            return;
-        }
         match self.backing.root_handle(&self.lockd, export) {
             Ok(fh) => {
-                e.put_u32(stat::OK);
-                e.put_opaque(&fh);
-                // auth_flavors: AUTH_SYS (AUTH_NONE callers are served as anonymous).
-                e.put_array(&[crate::rpc::flavor::AUTH_SYS, crate::rpc::flavor::AUTH_NONE]);
+                if ctx.vers == MOUNT_V1 {
+                    // fhstatus: a fixed-size handle and nothing else.
+                    let Some(v2) = v2_handle(&fh) else {
+                        e.put_u32(stat::ACCES);
+                        return;
+                    };
+                    e.put_u32(stat::OK);
+                    e.put_fixed_opaque(&v2);
+                } else {
+                    e.put_u32(stat::OK);
+                    e.put_opaque(&fh);
+                    // auth_flavors: AUTH_SYS (AUTH_NONE callers are served as anonymous).
+                    e.put_array(&[crate::rpc::flavor::AUTH_SYS, crate::rpc::flavor::AUTH_NONE]);
+                }
                 let host = client_name(ctx);
                 let mut m = self.mounts();
                 if m.len() < MAX_MOUNTS {
@@ -157,14 +195,12 @@ impl RpcProgram for MountProgram {
     }
 
     fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+        let args = decode_args(ctx.proc_, args)?;
         let mut e = Encoder::new();
-        match ctx.proc_ {
-            proc_::NULL => {}
-            proc_::MNT => {
-                let path = args.get_string(MNTPATHLEN)?;
-                self.mnt(ctx, &path, &mut e);
-            }
-            proc_::DUMP => {
+        match args {
+            MountArgs::Null => {}
+            MountArgs::Mnt(path) => self.mnt(ctx, &path, &mut e),
+            MountArgs::Dump => {
                 for (host, dir) in self.mounts().iter() {
                     e.put_bool(true);
                     e.put_string(host);
@@ -172,15 +208,14 @@ impl RpcProgram for MountProgram {
                 }
                 e.put_bool(false);
             }
-            proc_::UMNT => {
-                let path = args.get_string(MNTPATHLEN)?;
+            MountArgs::Umnt(path) => {
                 self.mounts().remove(&(client_name(ctx), path));
             }
-            proc_::UMNTALL => {
+            MountArgs::UmntAll => {
                 let host = client_name(ctx);
                 self.mounts().retain(|(h, _)| *h != host);
             }
-            proc_::EXPORT => {
+            MountArgs::Export => {
                 for (id, path) in self.listed() {
                     e.put_bool(true);
                     e.put_string(&path);
@@ -194,7 +229,6 @@ impl RpcProgram for MountProgram {
                 }
                 e.put_bool(false);
             }
-            _ => return Err(ProcError::ProcUnavail),
         }
         Ok(Reply::Now(e.into_inner()))
     }

@@ -3,7 +3,8 @@
 //! truncated handles, ROFS, permission denied as a non-owner, NOTEMPTY, EXIST,
 //! NAMETOOLONG, a read past end of file, a replayed exclusive create, a replayed
 //! non-idempotent call), the share and mandatory-lock gates, and that the handles are the
-//! very ones NLM locks with.
+//! very ones NLM locks with. A session of every NFS and MOUNT procedure is captured and
+//! dissected by tshark, an independent decoder of both protocols.
 //!
 //! Run it inside a private network namespace (see the project's test script); the
 //! servers bind loopback ports chosen by the kernel.
@@ -1119,5 +1120,479 @@ async fn garbage_never_panics_the_server() {
         }
     }
     assert_eq!(u.getattr(&root).await.0, OK, "still serving");
+    s.stop().await;
+}
+
+/// A session that calls every NFS version 3 procedure and every MOUNT version 1 and 3
+/// procedure, with successful and failed results, over TCP and UDP.
+async fn every_call_once(s: &Server) {
+    let c = s.client(1000, 1000).await;
+    let udp = Client::new(
+        Transport::Udp,
+        s.nfs.nfs_udp()[0],
+        s.nfs.mount_tcp()[0],
+        1000,
+        1000,
+    )
+    .await;
+    let mount_udp = RpcClient::new(
+        Transport::Udp,
+        s.nfs.mount_udp()[0],
+        ClientConfig {
+            cred: sys(1000, 1000),
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let path = |p: &str| {
+        let mut e = Encoder::new();
+        e.put_string(p);
+        e.into_inner()
+    };
+    // MOUNT: every procedure of both versions; MNT of a known and of an unknown path.
+    for (vers, m) in [(3, &c.mount), (1, &mount_udp), (1, &c.mount)] {
+        for (proc_, args) in [
+            (0, vec![]),
+            (1, path("/rw")),
+            (1, path("/nonexistent")),
+            (2, vec![]),
+            (5, vec![]),
+            (3, path("/rw")),
+            (4, vec![]),
+        ] {
+            timeout(STEP, m.call_raw(MOUNT, vers, proc_, &args))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    let (st, root) = c.mnt("/rw").await;
+    assert_eq!(st, 0);
+    let fh_arg = |fh: &[u8]| {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        e
+    };
+    // NULL, GETATTR (and a stale one), the file-system queries.
+    assert!(c.raw(0, &[]).await.unwrap().is_empty());
+    assert_eq!(c.getattr(&root).await.0, OK);
+    assert_ne!(c.getattr(&flip(&root, root.len() - 1)).await.0, OK);
+    for p in [18, 19, 20] {
+        assert_eq!(c.call(p, &fh_arg(&root)).await.stat, OK);
+        assert_eq!(udp.call(p, &fh_arg(&root)).await.stat, OK);
+    }
+    // LOOKUP, ACCESS, CREATE (all three modes, and EXIST), WRITE, READ, COMMIT.
+    let (st, public) = c.lookup(&root, b"public").await;
+    assert_eq!(st, OK);
+    assert_eq!(c.lookup(&public, b"missing").await.0, NOENT);
+    c.access(&public).await;
+    let (st, f) = c.create(&public, b"f", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    assert_eq!(c.create(&public, b"f", 1, [0; 8]).await.0, EXIST);
+    assert_eq!(c.create(&public, b"f", 0, [0; 8]).await.0, OK);
+    assert_eq!(c.create(&public, b"x", 2, *b"verifier").await.0, OK);
+    assert_eq!(c.write(&f, 0, b"hello", 0).await.0, OK);
+    assert_eq!(udp.write(&f, 5, b" world", 2).await.0, OK);
+    assert_eq!(c.read(&f, 0, 100).await.0, OK);
+    assert_eq!(udp.read(&f, 0, 100).await.0, OK);
+    assert_eq!(c.read(&public, 0, 10).await.0, ISDIR);
+    let mut e = fh_arg(&f);
+    e.put_u64(0);
+    e.put_u32(0);
+    assert_eq!(c.call(21, &e).await.stat, OK);
+    // SETATTR: a failing guard, then a size and mode change.
+    let mut e = fh_arg(&f);
+    sattr_mode(&mut e, Some(0o600));
+    e.put_bool(true);
+    e.put_u32(1);
+    e.put_u32(2);
+    assert_eq!(c.call(2, &e).await.stat, NOT_SYNC);
+    let mut e = fh_arg(&f);
+    sattr_mode(&mut e, Some(0o640));
+    e.put_bool(false);
+    assert_eq!(c.call(2, &e).await.stat, OK);
+    // MKDIR, SYMLINK, READLINK, MKNOD, LINK, RENAME.
+    let (st, sub) = c.mkdir(&public, b"sub").await;
+    assert_eq!(st, OK);
+    assert_eq!(c.mkdir(&public, b"sub").await.0, EXIST);
+    let mut e = dirop(&public, b"link");
+    sattr_mode(&mut e, None);
+    e.put_string("f");
+    let a = c.call(10, &e).await;
+    assert_eq!(a.stat, OK);
+    let mut d = a.d();
+    assert!(d.get_bool().unwrap());
+    let link = d.get_opaque(64).unwrap();
+    assert_eq!(c.call(5, &fh_arg(&link)).await.stat, OK);
+    assert_eq!(c.call(5, &fh_arg(&f)).await.stat, INVAL);
+    let mut e = dirop(&public, b"fifo");
+    e.put_u32(7);
+    sattr_mode(&mut e, Some(0o600));
+    assert_eq!(c.call(11, &e).await.stat, OK);
+    let mut e = fh_arg(&f);
+    e.put_raw(dirop(&sub, b"hard").as_slice());
+    assert_eq!(c.call(15, &e).await.stat, OK);
+    let mut e = dirop(&public, b"fifo");
+    e.put_raw(dirop(&sub, b"moved").as_slice());
+    assert_eq!(c.call(14, &e).await.stat, OK);
+    let mut e = dirop(&public, b"fifo");
+    e.put_raw(dirop(&sub, b"again").as_slice());
+    assert_eq!(c.call(14, &e).await.stat, NOENT);
+    // READDIR and READDIRPLUS (several pages each), and a bad cookie.
+    assert!(!c.list(&sub, false).await.is_empty());
+    assert!(!c.list(&sub, true).await.is_empty());
+    let mut e = fh_arg(&sub);
+    e.put_u64(12345);
+    e.put_fixed_opaque(&[9; 8]);
+    e.put_u32(4096);
+    assert_eq!(c.call(16, &e).await.stat, 10003);
+    // REMOVE and RMDIR, failing and succeeding.
+    assert_eq!(c.remove(&public, b"sub", true).await, NOTEMPTY);
+    for name in [&b"hard"[..], b"moved"] {
+        assert_eq!(c.remove(&sub, name, false).await, OK);
+    }
+    assert_eq!(c.remove(&public, b"sub", true).await, OK);
+    assert_eq!(c.remove(&public, b"f", false).await, OK);
+    assert_eq!(c.remove(&public, b"f", false).await, NOENT);
+}
+
+/// tshark, an independent decoder, dissects a captured session of every NFS version 3
+/// procedure and every MOUNT version 1 and 3 procedure: each call and each reply must
+/// decode as NFS or MOUNT with the procedure that was called, matched to its call, and
+/// no frame may be malformed or carry an expert error (a reply with a missing or
+/// misplaced field fails here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tshark_decodes_every_nfs_and_mount_packet() {
+    use lockfs_testkit::capture::{dissect, tshark_present, Capture};
+    if !tshark_present() {
+        lockfs_testkit::skip!("tshark missing (apt-get install tshark)");
+    }
+    let s = Server::start().await;
+    let tcp = [s.nfs.nfs_tcp()[0].port(), s.nfs.mount_tcp()[0].port()];
+    let udp = [s.nfs.nfs_udp()[0].port(), s.nfs.mount_udp()[0].port()];
+    let filter = tcp
+        .iter()
+        .map(|p| format!("tcp port {p}"))
+        .chain(udp.iter().map(|p| format!("udp port {p}")))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let pcap = s._dir.path().join("nfs.pcap");
+    let cap = Capture::start("lo", &filter, &pcap).await;
+    every_call_once(&s).await;
+    let pcap = cap.stop().await;
+
+    let decode: Vec<String> = tcp
+        .iter()
+        .map(|p| format!("tcp.port=={p},rpc"))
+        .chain(udp.iter().map(|p| format!("udp.port=={p},rpc")))
+        .collect();
+    let fields = [
+        "frame.number",
+        "_ws.col.Protocol",
+        "rpc.msgtyp",
+        "rpc.program",
+        "rpc.programversion",
+        "rpc.procedure",
+        "nfs.procedure_v3",
+        "mount.procedure_v1",
+        "mount.procedure_v3",
+        "rpc.repframe",
+        "_ws.malformed",
+        "_ws.expert.severity",
+        "_ws.expert.message",
+        "data.len",
+    ];
+    let out = dissect(&pcap, &decode, "udp || tcp.len > 0", &fields).await;
+    // (program, version, procedure, message type) seen, decoded by NFS or MOUNT.
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut calls, mut replies) = (0, 0);
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), fields.len(), "{line}");
+        let list = |i: usize| -> Vec<u32> {
+            f[i].split(',')
+                .filter(|v| !v.is_empty())
+                .map(|v| v.parse().unwrap())
+                .collect()
+        };
+        assert!(
+            matches!(f[1], "NFS" | "MOUNT"),
+            "not decoded as NFS or MOUNT: {line}\n{out}"
+        );
+        assert!(f[10].is_empty(), "malformed: {line:?}");
+        // Bytes after the last field the dissector knows are shown as undissected data.
+        assert!(
+            f[13].is_empty(),
+            "bytes left over after the results: {line:?}"
+        );
+        // Expert severity "error" is 0x00800000; notes (e.g. a status that is not OK)
+        // and warnings are fine.
+        assert!(
+            list(11).iter().all(|sev| *sev < 0x0080_0000),
+            "expert error: {line:?}"
+        );
+        // The session's calls wait for their replies: one RPC message a frame. RPC and
+        // the program's dissector each give the version.
+        let (types, progs, vers, procs) = (list(2), list(3), list(4), list(5));
+        assert!(
+            types.len() == 1 && progs.len() == 1 && procs.len() == 1 && !vers.is_empty(),
+            "one RPC message: {line:?}"
+        );
+        let key = (progs[0], vers[0], procs[0], types[0]);
+        // The procedure as NFS or MOUNT decoded it is the one RPC says.
+        let own = match (key.0, key.1) {
+            (NFS, 3) => list(6),
+            (MOUNT, 1) => list(7),
+            (MOUNT, 3) => list(8),
+            other => panic!("unexpected program {other:?}: {line:?}"),
+        };
+        assert_eq!(own, [key.2], "{key:?} decoded as {own:?}: {line:?}");
+        if key.3 == 1 {
+            replies += 1;
+            assert!(
+                !f[9].is_empty(),
+                "a reply not matched to its call: {line:?}\n{out}"
+            );
+        } else {
+            calls += 1;
+        }
+        seen.insert(key);
+    }
+    assert_eq!(calls, replies, "every call answered:\n{out}");
+    let mut want = std::collections::BTreeSet::new();
+    for t in [0, 1] {
+        for p in 0..=21 {
+            want.insert((NFS, 3, p, t));
+        }
+        for v in [1, 3] {
+            for p in 0..=5 {
+                want.insert((MOUNT, v, p, t));
+            }
+        }
+    }
+    let missing: Vec<_> = want.difference(&seen).collect();
+    assert!(missing.is_empty(), "not seen: {missing:?}\n{out}");
+    s.stop().await;
+}
+
+/// MNT of MOUNT version 1 (RFC 1094 `fhstatus`: a fixed 32-byte handle).
+async fn mnt_v1(m: &RpcClient, path: &str) -> (u32, Option<[u8; 32]>) {
+    let mut e = Encoder::new();
+    e.put_string(path);
+    let body = timeout(STEP, m.call_raw(MOUNT, 1, 1, e.as_slice()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut d = Decoder::new(&body);
+    let stat = d.get_u32().unwrap();
+    let fh = (stat == 0).then(|| d.get_fixed_array::<32>().unwrap());
+    assert_eq!(d.remaining(), 0, "nothing after the fhstatus");
+    (stat, fh)
+}
+
+/// MOUNT version 1 MNT succeeds like version 3 with the root handle zero-padded to 32
+/// bytes (the export is on ext4, whose handles fit), and that padded handle names the
+/// export root for NFS and for NLM version 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_v1_mnt_answers_the_root_handle_padded_to_32_bytes() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (st, v3) = u.mnt("/rw").await;
+    assert_eq!(st, 0);
+    let (st, v1) = mnt_v1(&u.mount, "/rw").await;
+    assert_eq!(st, 0, "version 1 MNT succeeds");
+    let v1 = v1.unwrap();
+    assert!(
+        v3.len() <= 32,
+        "an ext4 root handle fits ({} bytes)",
+        v3.len()
+    );
+    assert_eq!(&v1[..v3.len()], &v3[..]);
+    assert!(v1[v3.len()..].iter().all(|b| *b == 0), "zero padding");
+    assert_eq!(mnt_v1(&u.mount, "/nonexistent").await.0, NOENT);
+    let closed = s.rw.parent().unwrap().join("closed");
+    assert_eq!(mnt_v1(&u.mount, closed.to_str().unwrap()).await.0, ACCES);
+    // The padded handle is the root.
+    let (st, attr) = u.getattr(&v1).await;
+    assert_eq!(st, OK);
+    assert_eq!(attr.unwrap().4, std::fs::metadata(&s.rw).unwrap().ino());
+    // NLM version 3 (the lock protocol of NFS version 2 clients) locks with it.
+    let nlm = RpcClient::new(
+        Transport::Tcp,
+        s.lockd.tcp_addrs()[0],
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut e = Encoder::new();
+    e.put_opaque(b"c1"); // cookie
+    e.put_bool(true); // exclusive
+    e.put_string("v1-client");
+    e.put_opaque(&v1);
+    e.put_opaque(b"owner");
+    e.put_i32(7);
+    e.put_u32(0);
+    e.put_u32(10);
+    let body = timeout(STEP, nlm.call_raw(100_021, 3, 1, e.as_slice()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut d = Decoder::new(&body);
+    assert_eq!(d.get_opaque(1024).unwrap(), b"c1");
+    assert_eq!(
+        d.get_u32().unwrap(),
+        0,
+        "NLM TEST with the padded handle: granted"
+    );
+    let mut bad = v1;
+    bad[31] = 1;
+    assert_eq!(u.getattr(&bad).await.0, BADHANDLE, "other padding is not");
+    s.stop().await;
+}
+
+/// An export whose root handle is longer than 32 bytes (tmpfs) cannot be carried by
+/// MOUNT version 1: MNT answers EACCES, and version 3 still mounts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_v1_mnt_of_a_long_handle_is_refused() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        lockfs_testkit::skip!("no /dev/shm (a tmpfs, whose handles exceed 32 bytes)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = tempfile::tempdir_in(shm).unwrap();
+    let mut config = LockdConfig::new("nfs-v1", dir.path().join("state"));
+    config.exports = vec![Export::new(9, tmpfs.path())];
+    config.grace = Duration::ZERO;
+    config.portmap = PortmapMode::Off;
+    let (sink, queue) = EventSink::new();
+    let table = Arc::new(SharedTable::new(move |ev| sink.on_table_event(ev)));
+    let shares = Arc::new(Mutex::new(ShareTable::new()));
+    let lockd = timeout(STEP, LockdService::start(config, table, shares, queue))
+        .await
+        .unwrap()
+        .unwrap();
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let nfs = timeout(
+        STEP,
+        NfsService::start(
+            NfsConfig::new(vec![lo], vec![lo]),
+            lockd.lockd().clone(),
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let u = Client::new(Transport::Tcp, nfs.nfs_tcp()[0], nfs.mount_tcp()[0], 0, 0).await;
+    let path = tmpfs.path().to_str().unwrap();
+    let (st, fh) = u.mnt(path).await;
+    assert_eq!(st, 0);
+    if fh.len() <= 32 {
+        lockfs_testkit::skipping!("tmpfs handles fit 32 bytes here ({})", fh.len());
+    } else {
+        assert_eq!(mnt_v1(&u.mount, path).await, (ACCES, None));
+    }
+    nfs.shutdown().await;
+    lockd.shutdown().await;
+}
+
+/// `sattr3` that sets only the size.
+fn sattr_size(e: &mut Encoder, size: u64) {
+    for _ in 0..3 {
+        e.put_bool(false);
+    }
+    e.put_bool(true);
+    e.put_u64(size);
+    e.put_u32(0);
+    e.put_u32(0);
+}
+
+/// CREATE in UNCHECKED mode with a size over an existing file truncates it: that passes
+/// the I/O gate exactly as a size-changing SETATTR does. Another owner's lock on a
+/// mandatory file refuses both with the same status and leaves the file whole, and so
+/// does another owner's deny-write reservation on any file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_unchecked_truncation_is_gated_like_setattr() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let path = s.rw.join("public/m");
+    std::fs::write(&path, b"0123456789").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2666)).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    let file = FileId::new(m.dev(), m.ino());
+    let (_, fh) = u.lookup(&public, b"m").await;
+    let local = Owner::posix(4242);
+    let req = LockRequest {
+        file,
+        scope: ScopeId::DEFAULT,
+        owner: local,
+        pid: 1,
+        kind: LockKind::Exclusive,
+        range: Range::new(0, 4).unwrap(),
+        wait: Wait::No,
+        reclaim: false,
+    };
+    assert!(matches!(s.table.lock(&req), LockOutcome::Granted));
+    let truncate = || {
+        let mut e = Encoder::new();
+        e.put_opaque(&fh);
+        sattr_size(&mut e, 0);
+        e.put_bool(false);
+        e
+    };
+    let create = |name: &[u8]| {
+        let mut e = dirop(&public, name);
+        e.put_u32(0);
+        sattr_size(&mut e, 0);
+        e
+    };
+    let setattr = u.call(2, &truncate()).await.stat;
+    assert_eq!(setattr, JUKEBOX, "SETATTR to size 0 under a lock");
+    let a = u.call(8, &create(b"m")).await;
+    assert_eq!(
+        a.stat, setattr,
+        "CREATE UNCHECKED size 0 answers as SETATTR does"
+    );
+    let (pre, post) = skip_wcc(&mut a.d());
+    assert!(pre && post.is_some(), "dir wcc on failure");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"0123456789",
+        "not truncated"
+    );
+    s.table.with(|t| t.unlock(file, local, Range::to_eof(0)));
+    assert_eq!(u.call(8, &create(b"m")).await.stat, OK, "after the unlock");
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "truncated");
+
+    // A deny-write reservation of another owner, on a file without the mandatory mark.
+    let plain = s.rw.join("public/plain");
+    std::fs::write(&plain, b"abc").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let pm = std::fs::metadata(&plain).unwrap();
+    let pfile = FileId::new(pm.dev(), pm.ino());
+    s.shares
+        .lock()
+        .unwrap()
+        .reserve(&ShareRequest {
+            file: pfile,
+            scope: ScopeId::DEFAULT,
+            owner: Owner::ofd(99),
+            pid: 1,
+            mode: ShareMode::new(ShareAccess::READ, ShareDeny::WRITE),
+        })
+        .unwrap();
+    assert_eq!(u.call(8, &create(b"plain")).await.stat, ACCES);
+    assert_eq!(std::fs::read(&plain).unwrap(), b"abc", "not truncated");
+    // Without a size, CREATE UNCHECKED of an existing file changes nothing and succeeds.
+    let mut e = dirop(&public, b"plain");
+    e.put_u32(0);
+    sattr_mode(&mut e, None);
+    assert_eq!(u.call(8, &e).await.stat, OK);
+    s.shares.lock().unwrap().release(pfile, Owner::ofd(99));
+    assert_eq!(u.call(8, &create(b"plain")).await.stat, OK);
+    assert_eq!(std::fs::read(&plain).unwrap(), b"");
     s.stop().await;
 }

@@ -571,6 +571,7 @@ mod service {
     };
     use lockd_user::proto::nsm::{self, SM_PROG, SM_VERS};
     use lockd_user::xdr::to_bytes;
+    use lockfs_testkit::capture::{dissect, tshark_present, Capture};
     use std::time::Duration;
     use tokio::time::timeout;
 
@@ -650,7 +651,7 @@ mod service {
     /// tshark, and checks that every packet decodes as NLM, STAT or Portmap, none malformed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tshark_decodes_every_packet() {
-        if !std::path::Path::new("/usr/bin/tshark").exists() {
+        if !tshark_present() {
             return skip("tshark missing (apt-get install tshark)");
         }
         let h = Harness::start(|_| {}).await;
@@ -661,30 +662,7 @@ mod service {
         let ha = ClientHost::start("127.0.0.12", "wire-a", h.pm_port).await;
         let mut hb = ClientHost::start("127.0.0.13", "wire-b", h.pm_port).await;
         *hb.services.server.lock().unwrap() = Some((h.udp(), hb.ip));
-        let mut cap = tokio::process::Command::new("tshark")
-            .args(["-i", "lo", "-f", "host 127.0.0.12 or host 127.0.0.13", "-w"])
-            .arg(&pcap)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        {
-            use tokio::io::AsyncBufReadExt;
-            let mut err = tokio::io::BufReader::new(cap.stderr.take().unwrap()).lines();
-            loop {
-                let line = timeout(STEP, err.next_line())
-                    .await
-                    .expect("tshark did not start capturing")
-                    .unwrap()
-                    .expect("tshark exited");
-                if line.contains("Capture started") {
-                    break;
-                }
-            }
-            tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
-        }
+        let cap = Capture::start("lo", "host 127.0.0.12 or host 127.0.0.13", &pcap).await;
         let a = Nlm::udp(h.udp(), ha.ip, "wire-a").await;
         let b = Nlm::tcp(h.tcp(), hb.ip, "wire-b").await;
         let la = a.lock4(&fh, 1, 0, 0);
@@ -762,10 +740,7 @@ mod service {
         )
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // SAFETY: kill(2) on the pid of the capture this test started and has not reaped.
-        unsafe { libc::kill(cap.id().unwrap() as i32, libc::SIGINT) };
-        timeout(STEP, cap.wait()).await.unwrap().unwrap();
+        let pcap = cap.stop().await;
 
         let mut decode = Vec::new();
         for port in [
@@ -777,24 +752,13 @@ mod service {
             decode.push(format!("udp.port=={port},rpc"));
         }
         decode.push(format!("tcp.port=={},rpc", h.tcp().port()));
-        let mut cmd = tokio::process::Command::new("tshark");
-        cmd.arg("-r").arg(&pcap);
-        for d in &decode {
-            cmd.args(["-d", d]);
-        }
-        cmd.args([
-            "-Y",
+        let out = dissect(
+            &pcap,
+            &decode,
             "udp || tcp.len > 0",
-            "-T",
-            "fields",
-            "-e",
-            "_ws.col.Protocol",
-            "-e",
-            "_ws.col.Info",
-            "-e",
-            "_ws.malformed",
-        ]);
-        let out = run_cmd(&mut cmd, "tshark -r").await;
+            &["_ws.col.Protocol", "_ws.col.Info", "_ws.malformed"],
+        )
+        .await;
         let lines: Vec<&str> = out.lines().collect();
         let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
         assert!(

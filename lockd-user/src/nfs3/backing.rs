@@ -2,7 +2,10 @@
 //! a handle to an open descriptor, and the bounded cache of those descriptors.
 //!
 //! A handle is the very NLM handle of [`crate::fh`] (export id, kernel handle, keyed MAC),
-//! so a handle a client got from LOOKUP names the same lock resource in an NLM call.
+//! so a handle a client got from LOOKUP names the same lock resource in an NLM call; the
+//! kernel handles themselves are made and opened by that module's
+//! [`kernel_handle_at`] and [`open_kernel_handle`], the one place that speaks
+//! `name_to_handle_at` and `open_by_handle_at`.
 //! Handles are made with `name_to_handle_at` on a descriptor opened without following
 //! symbolic links, and resolved with `open_by_handle_at(export root, O_PATH)` only after the
 //! length, export and MAC check out: a forged handle never reaches a system call that
@@ -16,7 +19,7 @@
 
 use super::proto::{Stat, FHSIZE3};
 use crate::exports::OpenExport;
-use crate::fh::{claimed_export, FhError};
+use crate::fh::{claimed_export, kernel_handle_at, names_nothing, open_kernel_handle, FhError};
 use crate::lockd::Lockd;
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -24,26 +27,6 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
-
-const MAX_KERNEL_HANDLE: usize = 128;
-
-/// `struct file_handle` with room for the largest kernel handle.
-#[repr(C)]
-struct KernelHandle {
-    handle_bytes: libc::c_uint,
-    handle_type: libc::c_int,
-    f_handle: [u8; MAX_KERNEL_HANDLE],
-}
-
-impl KernelHandle {
-    fn empty() -> Self {
-        Self {
-            handle_bytes: MAX_KERNEL_HANDLE as libc::c_uint,
-            handle_type: 0,
-            f_handle: [0; MAX_KERNEL_HANDLE],
-        }
-    }
-}
 
 fn last_err() -> io::Error {
     io::Error::last_os_error()
@@ -114,31 +97,16 @@ pub fn component(name: &[u8]) -> Result<CString, Stat> {
     CString::new(name).map_err(|_| Stat::Inval)
 }
 
-/// The kernel handle of an open descriptor (type, bytes).
-fn kernel_handle(fd: RawFd) -> io::Result<(u8, Vec<u8>)> {
-    let mut h = KernelHandle::empty();
-    let mut mount_id: libc::c_int = 0;
-    // SAFETY: the empty path with AT_EMPTY_PATH names `fd` itself; `h` is a file_handle
-    // header followed by MAX_KERNEL_HANDLE bytes as handle_bytes says; mount_id is valid.
-    let r = unsafe {
-        libc::name_to_handle_at(
-            fd,
-            c"".as_ptr(),
-            (&mut h as *mut KernelHandle).cast(),
-            &mut mount_id,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r != 0 {
-        return Err(last_err());
-    }
-    let len = h.handle_bytes as usize;
-    let htype =
-        u8::try_from(h.handle_type).map_err(|_| io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
-    if len == 0 || len > MAX_KERNEL_HANDLE {
-        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-    }
-    Ok((htype, h.f_handle[..len].to_vec()))
+/// The kernel handle of an open descriptor (type, bytes); a handle the NLM format cannot
+/// carry is NOTSUPP.
+fn kernel_handle(fd: RawFd) -> Result<(u8, Vec<u8>), Stat> {
+    kernel_handle_at(fd, c"", libc::AT_EMPTY_PATH).map_err(|e| {
+        if e.raw_os_error().is_none() {
+            Stat::NotSupp
+        } else {
+            Stat::from_io(&e)
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -236,28 +204,14 @@ impl Backing {
             Some(fd) => fd,
             None => {
                 let root = export.root().ok_or(Stat::Stale)?;
-                let mut h = KernelHandle::empty();
-                h.handle_bytes = kernel.len() as libc::c_uint;
-                h.handle_type = libc::c_int::from(htype);
-                h.f_handle[..kernel.len()].copy_from_slice(kernel);
-                // SAFETY: the root descriptor is kept open by `root` during the call; `h`
-                // is a valid file_handle whose handle_bytes does not exceed its buffer.
-                let fd = unsafe {
-                    libc::open_by_handle_at(
-                        root.as_raw_fd(),
-                        (&mut h as *mut KernelHandle).cast(),
-                        libc::O_PATH | libc::O_CLOEXEC,
-                    )
-                };
-                if fd < 0 {
-                    let e = last_err();
-                    return Err(match e.raw_os_error() {
-                        Some(libc::ESTALE) | Some(libc::ENOENT) | Some(libc::EINVAL) => Stat::Stale,
-                        _ => Stat::from_io(&e),
-                    });
-                }
-                // SAFETY: fd was just returned by open_by_handle_at.
-                let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+                let fd = open_kernel_handle(root.as_raw_fd(), htype, kernel).map_err(|e| {
+                    if names_nothing(&e) {
+                        Stat::Stale
+                    } else {
+                        Stat::from_io(&e)
+                    }
+                })?;
+                let fd = Arc::new(fd);
                 let root_dev = fstat(root.as_raw_fd())
                     .map_err(|e| Stat::from_io(&e))?
                     .st_dev;
@@ -304,7 +258,7 @@ impl Backing {
         if fstat(fd).map_err(|e| Stat::from_io(&e))?.st_dev != root_dev {
             return Err(Stat::Acces);
         }
-        let (htype, kernel) = kernel_handle(fd).map_err(|e| Stat::from_io(&e))?;
+        let (htype, kernel) = kernel_handle(fd)?;
         let fh = lockd
             .fhs
             .key_of(export.export.scope)

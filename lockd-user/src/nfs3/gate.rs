@@ -5,7 +5,8 @@
 //!   reservation, a READ another owner's deny-read one (a local open with a deny mode, an
 //!   NLM SHARE of another host). The answer is NFS3ERR_ACCES: a reservation lasts as long
 //!   as the open that made it, so retrying soon would only repeat the refusal.
-//! - Mandatory locks: on a mandatory file, READ, WRITE and a size-changing SETATTR pass
+//! - Mandatory locks: on a mandatory file, READ, WRITE and a size change (SETATTR, or
+//!   CREATE in UNCHECKED mode with a size over an existing file) pass
 //!   the table's gate ([`lock_table::SharedTable::admit`]) without waiting. The owner is the
 //!   calling client host as a whole ([`Owner::nlm_host`]), named by its AUTH_SYS machine
 //!   name as its NLM calls name it (`caller_name`): a lock of any process of that host is

@@ -3,6 +3,7 @@
 //! locks (sent as NLM) meet local locks in the one table.
 //!
 //! - [`proto`]: NFSv3 numbers and shared wire structures.
+//! - [`args`]: the procedures' arguments, decoded before any of them runs.
 //! - [`backing`]: handles to descriptors of the backing directory, and their cache.
 //! - [`identity`]: each operation runs with the caller's uid, gid and groups.
 //! - [`gate`]: the one call into the lock table's I/O gate and the share table.
@@ -12,6 +13,7 @@
 //!
 //! The MOUNT program lives in [`crate::mountd`].
 
+pub mod args;
 pub mod backing;
 pub mod gate;
 pub mod identity;

@@ -1,0 +1,315 @@
+//! The 22 NFS version 3 procedures, each a function from its decoded arguments to its
+//! encoded results, run on a blocking thread as the caller ([`super::identity`]).
+//!
+//! Every procedure resolves its handles first, as the daemon (resolution needs
+//! `open_by_handle_at`, a privilege the caller does not have), then takes the caller's
+//! identity for the operation itself, so the kernel checks permissions. Files are named
+//! only relative to descriptors of the export (`*at` calls on single components, never
+//! following a symbolic link), and `..` of the export root is the root itself.
+//!
+//! Weak cache consistency: every procedure whose results carry `wcc_data` reports the
+//! attributes of the directory or file before and after the change, taken with `fstat` on
+//! the descriptor the change went through.
+//!
+//! This module holds what every procedure shares (the door, the caller, resolving
+//! handles, taking the caller's identity, the I/O gate, the reply helpers) and the
+//! dispatch of decoded arguments; the procedures are grouped by what they touch:
+//! `attrs` (attributes of a file and of the file system), `dirs` (names and
+//! directory listings), `data` (a file's contents) and `namespace` (creating,
+//! removing, renaming and linking names).
+
+use super::args::{decode, Args, CreateHow, DirOp, MknodWhat};
+use super::backing::{
+    component, fstat, is_root, open_at, open_path_at, proc_path, reopen, stat_at, Backing, Node,
+};
+use super::gate::admit_io;
+use super::identity::{assume, Assumed};
+use super::proto::*;
+use super::{ExportOptions, MandatoryMode};
+use crate::exports::OpenExport;
+use crate::lockd::Lockd;
+use crate::rpc::Credential;
+use crate::server::{CallContext, ProcError, Transport};
+use crate::xdr::{Decoder, Encoder};
+use lock_table::{Access, FileId, IoPass, Range};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+mod attrs;
+mod data;
+mod dirs;
+mod namespace;
+
+/// Largest READ or WRITE over UDP: a reply must fit one datagram.
+const UDP_MAX_IO: u32 = 32 * 1024;
+
+/// What the NFS procedures share.
+pub struct Door {
+    pub lockd: Arc<Lockd>,
+    pub exports: HashMap<u32, ExportOptions>,
+    pub backing: Arc<Backing>,
+    /// Changes on every start: a client resends unstable writes a restart may have lost.
+    pub write_verf: [u8; 8],
+    pub max_io: u32,
+    pub changes: Option<Arc<dyn super::ChangeSink>>,
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door")
+            .field("max_io", &self.max_io)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The caller of one procedure.
+pub struct Caller {
+    pub cred: Credential,
+    pub peer: IpAddr,
+    pub transport: Transport,
+    /// How the client host is named in the lock table.
+    pub machine: String,
+}
+
+impl Caller {
+    pub fn from_ctx(ctx: &CallContext) -> Self {
+        let machine = match ctx.cred.machinename() {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => ctx.peer.ip().to_string(),
+        };
+        Self {
+            cred: ctx.cred.clone(),
+            peer: ctx.peer.ip(),
+            transport: ctx.transport,
+            machine,
+        }
+    }
+}
+
+type Res = Result<Vec<u8>, ProcError>;
+
+fn ioerr(e: io::Error) -> Stat {
+    Stat::from_io(&e)
+}
+
+fn attr_of(fd: RawFd) -> Option<Fattr> {
+    fstat(fd).ok().map(|st| Fattr::from_stat(&st))
+}
+
+fn enc_stat(e: &mut Encoder, s: Stat) {
+    e.put_u32(s as u32);
+}
+
+/// The empty attribute block a failed reply carries after its status.
+#[derive(Clone, Copy)]
+enum Empty {
+    /// `post_op_attr` with no attributes.
+    PostAttr,
+    /// `wcc_data` with neither pre nor post attributes.
+    Wcc,
+}
+
+/// A reply that gives the status, then the attributes of the object `fd` as
+/// they are after the call, then, on success only, what `rest` writes.
+fn reply_with_attr<T>(
+    e: &mut Encoder,
+    fd: RawFd,
+    r: Result<T, Stat>,
+    rest: impl FnOnce(&mut Encoder, T),
+) {
+    let (stat, ok) = match r {
+        Ok(v) => (Stat::Ok, Some(v)),
+        Err(s) => (s, None),
+    };
+    enc_stat(e, stat);
+    put_post_attr(e, attr_of(fd).as_ref());
+    if let Some(v) = ok {
+        rest(e, v);
+    }
+}
+
+fn errno_of(r: libc::c_int) -> Result<(), Stat> {
+    if r != 0 {
+        return Err(ioerr(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Door {
+    fn opts(&self, export: &OpenExport) -> ExportOptions {
+        self.exports
+            .get(&export.export.id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn node(&self, c: &Caller, fh: &[u8]) -> Result<Node<'_>, Stat> {
+        self.backing.resolve(&self.lockd, c.peer, fh)
+    }
+
+    /// The node `fh` names; when there is none, the failed reply (its
+    /// status, then the empty attribute block `empty`) is written instead.
+    fn node_or_fail(
+        &self,
+        c: &Caller,
+        fh: &[u8],
+        e: &mut Encoder,
+        empty: Empty,
+    ) -> Option<Node<'_>> {
+        match self.node(c, fh) {
+            Ok(n) => Some(n),
+            Err(s) => {
+                enc_stat(e, s);
+                match empty {
+                    Empty::PostAttr => put_post_attr(e, None),
+                    Empty::Wcc => put_wcc(e, None, None),
+                }
+                None
+            }
+        }
+    }
+
+    /// Another door's caches of this file are stale now.
+    fn changed(&self, fd: RawFd) {
+        if let (Some(c), Ok(st)) = (&self.changes, fstat(fd)) {
+            c.file_changed(st.st_dev, st.st_ino);
+        }
+    }
+
+    /// Another door's caches of this name (and its directory) are stale now.
+    fn entry_changed(&self, dir: RawFd, name: &[u8]) {
+        if let (Some(c), Ok(st)) = (&self.changes, fstat(dir)) {
+            c.entry_changed(st.st_dev, st.st_ino, name);
+        }
+    }
+
+    fn become_caller(&self, c: &Caller, export: &OpenExport) -> Result<Assumed, Stat> {
+        let id = self.opts(export).squash.identity(&c.cred);
+        assume(&id).map_err(|_| Stat::Perm)
+    }
+
+    fn writable(&self, export: &OpenExport) -> Result<(), Stat> {
+        if export.export.read_only {
+            return Err(Stat::Rofs);
+        }
+        Ok(())
+    }
+
+    fn is_mandatory(&self, export: &OpenExport, st: &libc::stat) -> bool {
+        match self.opts(export).mandatory {
+            MandatoryMode::Off => false,
+            MandatoryMode::All => true,
+            MandatoryMode::File => st.st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID,
+        }
+    }
+
+    fn io_gate(
+        &self,
+        c: &Caller,
+        export: &OpenExport,
+        st: &libc::stat,
+        access: Access,
+        range: Range,
+    ) -> Result<Option<IoPass>, Stat> {
+        let mandatory = self.is_mandatory(export, st);
+        admit_io(
+            &self.lockd,
+            FileId::new(st.st_dev, st.st_ino),
+            Some(&c.machine),
+            access,
+            range,
+            mandatory,
+        )
+    }
+
+    /// The gate of a change of a file's size to `size` (SETATTR, and CREATE of a file that
+    /// exists, in UNCHECKED mode): the bytes from the new end on are written, so a lock or
+    /// reservation of another owner there refuses it as it would refuse a WRITE.
+    fn resize_gate(
+        &self,
+        c: &Caller,
+        export: &OpenExport,
+        st: &libc::stat,
+        size: Option<u64>,
+    ) -> Result<Option<IoPass>, Stat> {
+        match size {
+            Some(size) if size != st.st_size as u64 => {
+                let from = size.min(st.st_size.max(0) as u64);
+                self.io_gate(c, export, st, Access::Write, Range::to_eof(from))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn max_io(&self, c: &Caller) -> u32 {
+        match c.transport {
+            Transport::Udp => self.max_io.min(UDP_MAX_IO),
+            Transport::Tcp => self.max_io,
+        }
+    }
+
+    /// Runs one procedure: the encoded results, or an RPC-level error (undecodable
+    /// arguments are refused before the procedure has any effect).
+    pub fn run(&self, c: &Caller, proc_: u32, args: &[u8]) -> Res {
+        let mut d = Decoder::new(args);
+        let args = decode(proc_, &mut d, self.max_io.max(UDP_MAX_IO) as usize)?;
+        let mut e = Encoder::new();
+        let e_ = &mut e;
+        match args {
+            Args::Null => {}
+            Args::GetAttr(fh) => self.getattr(c, &fh, e_),
+            Args::SetAttr { fh, sattr, guard } => self.setattr(c, &fh, &sattr, guard, e_),
+            Args::Lookup(at) => self.lookup(c, &at, e_),
+            Args::Access { fh, want } => self.access(c, &fh, want, e_),
+            Args::ReadLink(fh) => self.readlink(c, &fh, e_),
+            Args::Read { fh, offset, count } => self.read(c, &fh, offset, count, e_),
+            Args::Write {
+                fh,
+                offset,
+                data,
+                stable,
+            } => self.write(c, &fh, offset, data, stable, e_),
+            Args::Create { at, how } => self.create(c, &at, how, e_),
+            Args::Mkdir { at, sattr } => self.mkdir(c, &at, sattr, e_),
+            Args::Symlink { at, sattr, target } => self.symlink(c, &at, sattr, target, e_),
+            Args::Mknod { at, what } => self.mknod(c, &at, what, e_),
+            Args::Remove(at) => self.remove(c, &at, e_, false),
+            Args::Rmdir(at) => self.remove(c, &at, e_, true),
+            Args::Rename { from, to } => self.rename(c, &from, &to, e_),
+            Args::Link { fh, at } => self.link(c, &fh, &at, e_),
+            Args::ReadDir {
+                fh,
+                cookie,
+                verf,
+                dircount,
+                maxcount,
+                plus,
+            } => self.readdir(c, &fh, cookie, verf, (dircount, maxcount), plus, e_),
+            Args::FsStat(fh) => self.fsstat(c, &fh, e_),
+            Args::FsInfo(fh) => self.fsinfo(c, &fh, e_),
+            Args::PathConf(fh) => self.pathconf(c, &fh, e_),
+            Args::Commit { fh, .. } => self.commit(c, &fh, e_),
+        }
+        Ok(e.into_inner())
+    }
+
+    // Each procedure gets its decoded arguments ([`super::args`]) and answers a status.
+}
+
+impl From<io::Error> for Stat {
+    fn from(e: io::Error) -> Self {
+        Stat::from_io(&e)
+    }
+}
+
+fn regular(st: &libc::stat) -> Result<(), Stat> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFDIR => Err(Stat::IsDir),
+        _ => Err(Stat::Inval),
+    }
+}
