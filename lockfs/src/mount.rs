@@ -9,8 +9,8 @@
 //! - `ro`, `rw`, `threads=N`, `nopassthrough`
 //! - `max_read=BYTES` (default: the kernel's, 1 MiB; with `splice`, what a
 //!   spliced read reply can carry),
-//!   `splice` (splice read replies of direct-I/O files from the backing file
-//!   instead of copying them through the daemon; `nosplice`, the default, copies)
+//!   `splice` (the default: splice read replies of direct-I/O files from the
+//!   backing file instead of copying them through the daemon; `nosplice` copies)
 //! - `socket=PATH`: the admin socket (default under `/run/lockfs/`)
 //! - `defaults`, `auto`, `noauto`, `nofail`, `_netdev`, `user`, `nouser`,
 //!   `dev`, `nodev`, `suid`, `nosuid`, `exec`, `noexec`, `atime`, `noatime`,
