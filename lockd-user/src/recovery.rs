@@ -396,6 +396,14 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
     warn!(monitor = %m.my_name, host = %m.mon_name, "status callback not delivered");
 }
 
+/// Stops or resumes answering for a group's exports on this node, and nothing else: its
+/// locks, shares and lease stay. Taking a group offline starts with this, so nothing new
+/// is granted while its mounts are released, before [`group_offline`] empties it and lets
+/// its lease go; resuming undoes it when a mount could not be released.
+pub fn set_group_refused(lockd: &Lockd, scope: ScopeId, refused: bool) {
+    lockd.set_offline(scope, refused);
+}
+
 /// Takes a service group offline on this node: its exports' requests are refused, every
 /// lock, waiter and share in them is released (its client list stays, for whoever brings
 /// it online), their roots are closed, and, for a group with storage, a clean offline is

@@ -6,6 +6,9 @@
 //!   simulated crash restarts only the groups served here.
 //! - A group's exports are mounted through FUSE when it comes online and released when it
 //!   goes offline, cut off with a clear error (ENOTCONN) for a process still using them.
+//! - On SIGTERM a group's mount is released before its offline is recorded and its lease
+//!   let go: the daemon is held (fanotify) as it records the offline, and the test sees
+//!   the mount gone and the lease still held.
 //! - Under a real single-node Corosync and Pacemaker (private namespaces, state on
 //!   tmpfs), the agent is started as a resource, monitored, and stopped by a ban: the
 //!   group goes online and offline with it.
@@ -758,6 +761,176 @@ fn group_mounts_in_namespace() {
     assert!(mounted(&m2));
     drop(d);
     assert!(!mounted(&m2), "the daemon's stop unmounts the rest");
+}
+
+/// Whether another process holds the group lease file `lease` (a `flock` that fails).
+fn lease_held(lease: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).open(lease).unwrap();
+    // SAFETY: a valid open descriptor for the calls.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above; the lock is ours and let go at once.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    true
+}
+
+/// Holds every open of one file at the kernel until answered (fanotify permission events),
+/// so a test can look at the system at the moment a process opens it.
+struct OpenGate {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl OpenGate {
+    fn on(path: &Path) -> OpenGate {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain system call; the descriptor is checked and owned below.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
+                libc::O_RDONLY as u32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptor and NUL-terminated path for the call.
+        let r = unsafe {
+            libc::fanotify_mark(
+                fd.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "fanotify_mark: {}", std::io::Error::last_os_error());
+        OpenGate { fd }
+    }
+
+    /// Waits up to `within` for an open; runs `look` while the opener is held, then lets it
+    /// go on. The opener's pid, or `None` if nobody opened the file in time.
+    fn next(&self, within: Duration, look: impl FnOnce(i32)) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) } <= 0 {
+            return None;
+        }
+        let mut ev = std::mem::MaybeUninit::<libc::fanotify_event_metadata>::uninit();
+        let size = std::mem::size_of::<libc::fanotify_event_metadata>();
+        // SAFETY: reading at most one event's metadata into memory of that size.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), ev.as_mut_ptr().cast(), size) };
+        assert_eq!(n as usize, size, "fanotify read");
+        // SAFETY: the kernel filled the whole structure.
+        let ev = unsafe { ev.assume_init() };
+        // The opener waits until the answer below, whatever `look` finds.
+        let answer = libc::fanotify_response {
+            fd: ev.fd,
+            response: libc::FAN_ALLOW,
+        };
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| look(ev.pid)));
+        // SAFETY: writing one response for the event read; its descriptor closed after.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&answer as *const libc::fanotify_response).cast(),
+                std::mem::size_of::<libc::fanotify_response>(),
+            );
+            libc::close(ev.fd);
+        }
+        if let Err(e) = found {
+            std::panic::resume_unwind(e);
+        }
+        Some(ev.pid)
+    }
+}
+
+#[test]
+fn sigterm_releases_a_groups_mount_before_its_lease() {
+    if can_run() {
+        in_private_netns("sigterm_order_in_namespace", Duration::from_secs(120));
+    }
+}
+
+#[test]
+#[ignore = "run by sigterm_releases_a_groups_mount_before_its_lease in a private network namespace"]
+fn sigterm_order_in_namespace() {
+    run(&["ip", "link", "set", "lo", "up"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let mut d = Daemon::start(
+        "node-a",
+        &tmp.path().join("a"),
+        &shared,
+        &["127.0.0.1"],
+        &[GroupSpec {
+            name: "g1",
+            server_id: ("nfs-g1", "127.0.0.10"),
+            online_at_start: false,
+            grace_secs: 1,
+        }],
+    );
+    d.group(&["online", "g1"]);
+    let m1 = d.dir.join("mnt-g1");
+    let meta = shared.join("g1/.lockfs");
+    assert!(mounted(&m1) && lease_held(&meta.join("lease")));
+    // Recording the clean offline reads the group's state number: hold the daemon there
+    // and look. Its mount must be gone by then and its lease still held, so no other node
+    // could take the group while this one still served it.
+    let gate = OpenGate::on(&meta.join("state"));
+    let pid = d.child.id() as i32;
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut seen = false;
+    while let Some(who) = gate.next(Duration::from_secs(20), |who| {
+        if who == pid && !seen {
+            assert!(
+                !mounted(&m1),
+                "g1's mount is still there when its offline is recorded"
+            );
+            assert!(
+                lease_held(&meta.join("lease")),
+                "g1's lease is free before its offline is recorded"
+            );
+        }
+    }) {
+        seen |= who == pid;
+        if seen {
+            break;
+        }
+    }
+    assert!(seen, "the daemon never recorded g1's offline on SIGTERM");
+    drop(gate);
+    let t0 = Instant::now();
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        meta.join("clean-offline").exists(),
+        "a clean offline recorded"
+    );
+    assert!(
+        !lease_held(&meta.join("lease")),
+        "the lease let go at the end"
+    );
+    assert!(!mounted(&m1));
 }
 
 /// A single-node Corosync and Pacemaker of a test's own: stopped (Pacemaker first) on drop.
