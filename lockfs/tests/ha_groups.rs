@@ -18,7 +18,8 @@
 //!   groups' storage, clients with status monitors in a third namespace). Crash: node A,
 //!   serving g1, is killed; g1 comes online on B: g1's clients are notified in g1's name
 //!   from its address with a higher state, reclaim during g1's grace, and a new g1 lock
-//!   waits for the grace to end, while g2 on B keeps its locks and grants LOCK+UNLOCK
+//!   waits for the grace to end (one of them a libnfs client in a namespace of its own,
+//!   its status monitor and portmapper libnfs server contexts), while g2 on B keeps its locks and grants LOCK+UNLOCK
 //!   throughout. Planned move: g2 offline on B, online on A, the same, g1 undisturbed.
 //!   A group online on two nodes at once is refused. A client's reboot notice sent over
 //!   UDP to g2's server ID, on a node serving both groups and listening on the wildcard
@@ -1226,6 +1227,8 @@ const CLIENT_1: &str = "10.202.0.101";
 const CLIENT_2: &str = "10.202.0.102";
 const NEWCOMER: &str = "10.202.0.103";
 const STEADY: &str = "10.202.0.104";
+/// The libnfs client host, in a namespace of its own (its calls come from this address).
+const LIBNFS_HOST: &str = "10.202.0.105";
 const GRACE: Duration = Duration::from_secs(5);
 
 fn run(cmd: &[&str]) {
@@ -1250,7 +1253,7 @@ impl Cluster {
         for ip in [CLIENT_1, CLIENT_2, NEWCOMER, STEADY] {
             run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &br]);
         }
-        for (node, ip) in [("a", NODE_A), ("b", NODE_B)] {
+        for (node, ip) in [("a", NODE_A), ("b", NODE_B), ("c", LIBNFS_HOST)] {
             let ns = c.ns(node);
             let (host_if, node_if) = (format!("{}{node}h", c.tag), c.node_if(node));
             run(&["ip", "netns", "add", &ns]);
@@ -1319,7 +1322,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in ["a", "b"] {
+        for node in ["a", "b", "c"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(node)])
                 .status();
@@ -1460,6 +1463,107 @@ impl Steady {
     }
 }
 
+/// The header the libnfs client host is built against (Debian's libnfs-dev).
+const LIBNFS_HEADER: &str = "/usr/include/nfsc/libnfs-raw-nlm.h";
+
+/// A client host made of libnfs alone (lockfs/tests/c/libnfs_ha_client.c): libnfs's NLM v4
+/// calls, and a status monitor and portmapper on libnfs server contexts, in network
+/// namespace `ns` at `ip`. Killed on drop.
+struct LibnfsHost {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LibnfsHost {
+    fn start(dir: &Path, ns: &str, ip: &str, fh: &[u8]) -> LibnfsHost {
+        let bin = dir.join("libnfs_ha_client");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/libnfs_ha_client.c");
+        let out = Command::new("cc")
+            .args(["-Wall", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .arg("-lnfs")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the libnfs client: {out:?}");
+        let hex: String = fh.iter().map(|b| format!("{b:02x}")).collect();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&bin)
+            .args(["libnfs-host", ip, &PORT.to_string(), &hex])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[libnfs-host] {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let h = LibnfsHost {
+            child,
+            stdin,
+            lines,
+        };
+        h.next_line("READY");
+        h
+    }
+
+    /// The next line starting with `prefix`; lines of other kinds are passed over.
+    fn next_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("the libnfs host printed no {prefix} line"));
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    /// LOCK of byte `off` (exclusive, not blocking) at `server`: the NLM4 status number.
+    fn lock(&mut self, server: &str, off: u64, reclaim: bool) -> i64 {
+        use std::io::Write;
+        writeln!(self.stdin, "lock {server} {off} {}", u8::from(reclaim)).unwrap();
+        self.stdin.flush().unwrap();
+        let l = self.next_line("LOCK ");
+        l.trim_start_matches("LOCK stat=").parse().unwrap()
+    }
+
+    /// The next SM_NOTIFY it got: the name it carried and the state.
+    fn notified(&self) -> (String, i64) {
+        let l = self.next_line("NOTIFY ");
+        let mut name = String::new();
+        let mut state = -1;
+        for w in l.split(' ') {
+            if let Some(n) = w.strip_prefix("name=") {
+                name = n.to_string();
+            } else if let Some(s) = w.strip_prefix("state=") {
+                state = s.parse().unwrap();
+            }
+        }
+        (name, state)
+    }
+}
+
+impl Drop for LibnfsHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NLM4 status numbers as libnfs prints them.
+const NLM4_GRANTED: i64 = 0;
+const NLM4_DENIED_GRACE_PERIOD: i64 = 4;
+
 /// Polls a new lock until its group's grace ends; returns when it was granted.
 fn granted_after_grace(h: &Host, server: &str, fh: &[u8], off: u64, since: Instant) -> Duration {
     let rt = rt();
@@ -1486,6 +1590,12 @@ fn two_nodes_crash_and_planned_move() {
         .is_ok_and(|o| o.status.success());
     if !ip_ok {
         lockfs_testkit::skipping!("the two-node test needs ip (iproute2)");
+        return;
+    }
+    if !Path::new(LIBNFS_HEADER).exists() {
+        lockfs_testkit::skipping!(
+            "the two-node test's libnfs client needs libnfs-dev and cc (scripts/setup.sh)"
+        );
         return;
     }
     if can_run() {
@@ -1554,6 +1664,9 @@ fn two_nodes_in_namespaces() {
             assert_eq!(c.lock(G2_IP, &f2, off, false).await, v4::Stats::Granted);
         }
     });
+    // The libnfs host, in a namespace of its own, holds byte 500 of g1's file.
+    let mut lib = LibnfsHost::start(tmp.path(), &cl.ns("c"), LIBNFS_HOST, &f1);
+    assert_eq!(lib.lock(G1_IP, 500, false), NLM4_GRANTED);
     let g1_state = a.groups()["g1"]["state"].as_i64().unwrap();
 
     // Crash: A dies; the cluster moves g1's address to B and brings g1 online there.
@@ -1568,6 +1681,12 @@ fn two_nodes_in_namespaces() {
     for (who, m) in [("client-1", &m1), ("client-2", &m2)] {
         expect_notify(m, who, "nfs-g1", G1_IP, g1_state);
     }
+    let (name, state) = lib.notified();
+    assert_eq!(name, "nfs-g1", "the libnfs host was notified in g1's name");
+    assert!(
+        state > g1_state,
+        "libnfs host: state {state} not above {g1_state}"
+    );
     let s = b.groups();
     assert_eq!(s["g1"]["in_grace"], true, "{s:?}");
     assert_eq!(s["g2"]["in_grace"], false, "{s:?}");
@@ -1580,6 +1699,12 @@ fn two_nodes_in_namespaces() {
             newcomer.lock(G1_IP, &f1, 200, false).await,
             v4::Stats::DeniedGracePeriod
         );
+    });
+    // The libnfs host reclaims through libnfs's own reclaim flag; a new lock of its own is
+    // refused until the grace ends.
+    assert_eq!(lib.lock(G1_IP, 500, true), NLM4_GRANTED, "libnfs reclaim");
+    assert_eq!(lib.lock(G1_IP, 501, false), NLM4_DENIED_GRACE_PERIOD);
+    rt.block_on(async {
         // g2 keeps every lock and grants new ones.
         for off in [0, 100] {
             assert_eq!(
@@ -1598,7 +1723,7 @@ fn two_nodes_in_namespaces() {
         "g1's grace ended after {waited:?}"
     );
     rt.block_on(async {
-        for off in [0, 100] {
+        for off in [0, 100, 500] {
             assert_eq!(
                 newcomer.lock(G1_IP, &f1, off, false).await,
                 v4::Stats::Denied,
@@ -1703,6 +1828,13 @@ fn two_nodes_in_namespaces() {
             "{err}"
         );
     }
+    // The libnfs host holds nothing in g2: g2's moves never notified it.
+    let extra: Vec<String> = lib.lines.try_iter().collect();
+    assert!(
+        !extra.iter().any(|l| l.starts_with("NOTIFY")),
+        "the libnfs host got an unexpected notice: {extra:?}"
+    );
+    drop(lib);
     rt.block_on(async {
         for s in services {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
