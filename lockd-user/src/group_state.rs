@@ -9,7 +9,8 @@
 //! - `fh.key`: the key of the group's file handles ([`crate::fh::FhKey`]), so a client's
 //!   handles stay valid on the node the group moves to;
 //! - `clean-offline`: present while the group's last offline was clean; removed when it
-//!   comes online, so its absence at the next online means the last node crashed;
+//!   comes online, so its absence at the next online means the last node crashed, unless
+//!   the group was never online at all (no state number yet);
 //! - `lease`: locked exclusively (`flock`) by the daemon serving the group, for as long as it
 //!   serves it, and naming that daemon; a second daemon is refused, so two nodes never
 //!   serve a group at once even if the cluster manager errs. The lock dies with the
@@ -33,6 +34,17 @@ const STATE: &str = "state";
 const CLIENTS: &str = "clients";
 const CLEAN: &str = "clean-offline";
 const LEASE: &str = "lease";
+
+/// How a group's last stint online ended, as its storage tells at the next online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastOffline {
+    /// Never online before: a fresh storage, with nothing to recover.
+    Never,
+    /// Taken offline cleanly: its locks released, its clients' reclaims expected.
+    Clean,
+    /// Online before and not taken offline cleanly: its last node crashed.
+    Unclean,
+}
 
 /// The exclusive right to serve a group, held while the file stays open.
 #[derive(Debug)]
@@ -164,15 +176,20 @@ impl GroupState {
         Ok(next)
     }
 
-    /// Whether the last offline was clean; the record is removed (durably), so a crash
-    /// from now on shows at the next online.
-    pub fn take_clean_offline(&self) -> io::Result<bool> {
+    /// How the group's last stint online ended; the clean record is removed (durably), so a
+    /// crash from now on shows at the next online. A group with no state number was never
+    /// online: nothing it never held can have been lost.
+    pub fn take_last_offline(&self) -> io::Result<LastOffline> {
         match std::fs::remove_file(self.dir.join(CLEAN)) {
             Ok(()) => {
                 sync_dir(&self.dir)?;
-                Ok(true)
+                Ok(LastOffline::Clean)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(if self.state()? == 0 {
+                LastOffline::Never
+            } else {
+                LastOffline::Unclean
+            }),
             Err(e) => Err(e),
         }
     }
@@ -202,17 +219,23 @@ mod tests {
         let g = GroupState::open(d.path()).unwrap();
         assert!(g.clients_dir().is_dir());
         assert_eq!(g.state().unwrap(), 0);
-        assert!(
-            !g.take_clean_offline().unwrap(),
-            "never offline cleanly yet"
+        assert_eq!(
+            g.take_last_offline().unwrap(),
+            LastOffline::Never,
+            "a fresh storage was never online"
         );
+        assert_eq!(g.take_last_offline().unwrap(), LastOffline::Never);
         assert_eq!(g.advance().unwrap(), 1);
         g.record_clean_offline().unwrap();
         assert_eq!(g.state().unwrap(), 2);
         // Another node opens the same storage: it sees what this one left.
         let other = GroupState::open(d.path()).unwrap();
-        assert!(other.take_clean_offline().unwrap());
-        assert!(!other.take_clean_offline().unwrap(), "taken once");
+        assert_eq!(other.take_last_offline().unwrap(), LastOffline::Clean);
+        assert_eq!(
+            other.take_last_offline().unwrap(),
+            LastOffline::Unclean,
+            "taken once: online since, and not offline cleanly"
+        );
         assert_eq!(other.advance().unwrap(), 3);
         // A crash (no clean record) still advances past every number given out.
         assert_eq!(GroupState::open(d.path()).unwrap().advance().unwrap(), 5);

@@ -27,7 +27,7 @@
 //! touching other groups: the seam for failover.
 
 use crate::callbacks::connect_udp;
-use crate::group_state::GroupState;
+use crate::group_state::{GroupState, LastOffline};
 use crate::lockd::Lockd;
 use crate::nsm::store::Monitor;
 use crate::proto::nsm::Status;
@@ -135,7 +135,8 @@ pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32, per_s
 }
 
 /// Takes up the state a group keeps on its own storage: its client list, its handle key,
-/// and a new state number (returned). A last offline that was not clean is logged.
+/// and a new state number (returned). How its last stint online ended is logged: a crash
+/// is a warning, a first online is not.
 pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
     let Some(storage) = lockd.group_storage.get(&scope) else {
         return Err(io::Error::other(format!(
@@ -145,7 +146,7 @@ pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
     };
     let gs = GroupState::open(storage)?;
     let lease = gs.acquire_lease(&format!("{} pid {}", lockd.name, std::process::id()))?;
-    let clean = gs.take_clean_offline()?;
+    let last = gs.take_last_offline()?;
     lockd.store.attach_group(scope, &gs.clients_dir())?;
     lockd.fhs.set_group_key(scope, gs.fh_key()?);
     let state = gs.advance()?;
@@ -154,17 +155,20 @@ pub(crate) fn attach_storage(lockd: &Lockd, scope: ScopeId) -> io::Result<i32> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(scope, (lease, state));
-    if clean {
-        info!(
+    match last {
+        LastOffline::Never => info!(
+            group = scope.0,
+            state, "group online for the first time: its storage has no earlier state"
+        ),
+        LastOffline::Clean => info!(
             group = scope.0,
             state, "group state taken from its storage; last offline was clean"
-        );
-    } else {
-        warn!(
+        ),
+        LastOffline::Unclean => warn!(
             group = scope.0,
             state,
             "group state taken from its storage; its last node did not take it offline cleanly"
-        );
+        ),
     }
     Ok(state)
 }
@@ -390,6 +394,14 @@ async fn status_callback(lockd: Arc<Lockd>, m: Monitor, state: i32) {
         }
     }
     warn!(monitor = %m.my_name, host = %m.mon_name, "status callback not delivered");
+}
+
+/// Stops or resumes answering for a group's exports on this node, and nothing else: its
+/// locks, shares and lease stay. Taking a group offline starts with this, so nothing new
+/// is granted while its mounts are released, before [`group_offline`] empties it and lets
+/// its lease go; resuming undoes it when a mount could not be released.
+pub fn set_group_refused(lockd: &Lockd, scope: ScopeId, refused: bool) {
+    lockd.set_offline(scope, refused);
 }
 
 /// Takes a service group offline on this node: its exports' requests are refused, every

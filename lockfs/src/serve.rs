@@ -203,17 +203,33 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     // SAFETY: `set` is a valid sigset_t and `sig` a valid out-pointer.
     unsafe { libc::sigwait(&set, &mut sig) };
     tracing::info!(signal = sig, "stopping");
-    // A group that moves is left cleanly: its clean offline recorded and its lease let go.
-    for g in cfg.groups.iter().filter(|g| g.storage.is_some()) {
-        if let Err(e) = lockd_user::recovery::group_offline(service.lockd(), ScopeId(g.scope)) {
-            eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
-        }
+    let lockd = service.lockd().clone();
+    let moving: Vec<&config::Group> = cfg.groups.iter().filter(|g| g.storage.is_some()).collect();
+    // A group that moves is left in the order that lets another node take it safely:
+    // nothing of it is served any more (its requests refused, the NFS door closed), its
+    // mounts are released, then its locks, its clean offline recorded, its lease let go
+    // last. Until then no other node can take the group while this one still serves it.
+    for g in &moving {
+        lockd_user::recovery::set_group_refused(&lockd, ScopeId(g.scope), true);
     }
     if let Some(n) = nfs {
         runtime.block_on(n.shutdown());
     }
+    let mut failed = false;
+    for g in &moving {
+        if let Err(e) = mounts.release_group(&g.name) {
+            // Not recorded as clean: the mount may still show this node's files. The lease
+            // goes with the process.
+            eprintln!("lockfs: group {:?}: {e:#}", g.name);
+            failed = true;
+            continue;
+        }
+        if let Err(e) = lockd_user::recovery::group_offline(&lockd, ScopeId(g.scope)) {
+            eprintln!("lockfs: taking group {:?} offline: {e}", g.name);
+        }
+    }
     runtime.block_on(service.shutdown());
-    let failed = !mounts.release_all();
+    failed |= !mounts.release_all();
     if failed {
         bail!("some exports could not be unmounted");
     }
@@ -255,7 +271,7 @@ fn group_command(
         let scope = ScopeId(g.scope);
         let r = match verb {
             // Its exports are mounted once it is online, and released before it goes
-            // offline (its lease is let go last). An export that cannot be mounted takes
+            // offline (its requests refused first, its lease let go last). An export that cannot be mounted takes
             // the group offline again; one that cannot be released keeps it online, so
             // the cluster manager sees the stop fail.
             "online" => lockd_user::recovery::group_online(&lockd, scope)
@@ -266,10 +282,16 @@ fn group_command(
                         std::io::Error::other(format!("{e:#}"))
                     })
                 }),
-            "offline" => mounts
-                .release_group(&g.name)
-                .map_err(|e| std::io::Error::other(format!("{e:#}")))
-                .and_then(|()| lockd_user::recovery::group_offline(&lockd, scope)),
+            "offline" => {
+                lockd_user::recovery::set_group_refused(&lockd, scope, true);
+                match mounts.release_group(&g.name) {
+                    Ok(()) => lockd_user::recovery::group_offline(&lockd, scope),
+                    Err(e) => {
+                        lockd_user::recovery::set_group_refused(&lockd, scope, false);
+                        Err(std::io::Error::other(format!("{e:#}")))
+                    }
+                }
+            }
             "status" => Ok(()),
             other => return json!({ "error": format!("unknown group request {other:?}") }),
         };

@@ -75,6 +75,15 @@ impl Node {
     fn kill(&mut self) {
         assert!(self.proc_.kill(), "the daemon outlived SIGKILL");
     }
+
+    /// The line in which the daemon said how the group's last stint online ended, as it
+    /// brought the group online; every line before it must not claim a crash.
+    fn last_offline_line(&self) -> String {
+        self.proc_
+            .wait_line(Duration::from_secs(10), "the group online log line", |l| {
+                l.contains("group state taken from its storage") || l.contains("for the first time")
+            })
+    }
 }
 
 fn ok(out: &Output) {
@@ -108,6 +117,12 @@ fn online_offline_status_lease_and_crash() {
         (true.into(), 1.into()),
         "{s}"
     );
+    // A fresh storage was never online: no crash to report.
+    let line = a.last_offline_line();
+    assert!(
+        line.contains("online for the first time") && !line.contains("WARN"),
+        "{line}"
+    );
     // Online on two nodes at once is refused, naming who holds it.
     let out = b.group(&["online", "g1"]);
     assert!(!out.status.success());
@@ -132,11 +147,18 @@ fn online_offline_status_lease_and_crash() {
         (true.into(), 3.into()),
         "{s}"
     );
+    let line = b.last_offline_line();
+    assert!(line.contains("last offline was clean"), "{line}");
     assert!(!meta.join("clean-offline").exists());
     // B crashes: its lease dies with it, A takes the group, no clean record.
     b.kill();
     ok(&a.group(&["online", "g1"]));
     assert_eq!(a.status()["state"], 5);
+    let line = a.last_offline_line();
+    assert!(
+        line.contains("did not take it offline cleanly") && line.contains("WARN"),
+        "{line}"
+    );
     assert!(!meta.join("clean-offline").exists());
     // Unknown groups and requests are errors.
     let out = a.group(&["online", "nope"]);

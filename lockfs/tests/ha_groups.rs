@@ -6,6 +6,9 @@
 //!   simulated crash restarts only the groups served here.
 //! - A group's exports are mounted through FUSE when it comes online and released when it
 //!   goes offline, cut off with a clear error (ENOTCONN) for a process still using them.
+//! - On SIGTERM a group's mount is released before its offline is recorded and its lease
+//!   let go: the daemon is held (fanotify) as it records the offline, and the test sees
+//!   the mount gone and the lease still held.
 //! - Under a real single-node Corosync and Pacemaker (private namespaces, state on
 //!   tmpfs), the agent is started as a resource, monitored, and stopped by a ban: the
 //!   group goes online and offline with it.
@@ -15,7 +18,8 @@
 //!   groups' storage, clients with status monitors in a third namespace). Crash: node A,
 //!   serving g1, is killed; g1 comes online on B: g1's clients are notified in g1's name
 //!   from its address with a higher state, reclaim during g1's grace, and a new g1 lock
-//!   waits for the grace to end, while g2 on B keeps its locks and grants LOCK+UNLOCK
+//!   waits for the grace to end (one of them a libnfs client in a namespace of its own,
+//!   its status monitor and portmapper libnfs server contexts), while g2 on B keeps its locks and grants LOCK+UNLOCK
 //!   throughout. Planned move: g2 offline on B, online on A, the same, g1 undisturbed.
 //!   A group online on two nodes at once is refused. A client's reboot notice sent over
 //!   UDP to g2's server ID, on a node serving both groups and listening on the wildcard
@@ -761,6 +765,176 @@ fn group_mounts_in_namespace() {
     assert!(!mounted(&m2), "the daemon's stop unmounts the rest");
 }
 
+/// Whether another process holds the group lease file `lease` (a `flock` that fails).
+fn lease_held(lease: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).open(lease).unwrap();
+    // SAFETY: a valid open descriptor for the calls.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above; the lock is ours and let go at once.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    true
+}
+
+/// Holds every open of one file at the kernel until answered (fanotify permission events),
+/// so a test can look at the system at the moment a process opens it.
+struct OpenGate {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl OpenGate {
+    fn on(path: &Path) -> OpenGate {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain system call; the descriptor is checked and owned below.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_CONTENT | libc::FAN_CLOEXEC,
+                libc::O_RDONLY as u32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "fanotify_init: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptor and NUL-terminated path for the call.
+        let r = unsafe {
+            libc::fanotify_mark(
+                fd.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                libc::FAN_OPEN_PERM,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "fanotify_mark: {}", std::io::Error::last_os_error());
+        OpenGate { fd }
+    }
+
+    /// Waits up to `within` for an open; runs `look` while the opener is held, then lets it
+    /// go on. The opener's pid, or `None` if nobody opened the file in time.
+    fn next(&self, within: Duration, look: impl FnOnce(i32)) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, within.as_millis() as i32) } <= 0 {
+            return None;
+        }
+        let mut ev = std::mem::MaybeUninit::<libc::fanotify_event_metadata>::uninit();
+        let size = std::mem::size_of::<libc::fanotify_event_metadata>();
+        // SAFETY: reading at most one event's metadata into memory of that size.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), ev.as_mut_ptr().cast(), size) };
+        assert_eq!(n as usize, size, "fanotify read");
+        // SAFETY: the kernel filled the whole structure.
+        let ev = unsafe { ev.assume_init() };
+        // The opener waits until the answer below, whatever `look` finds.
+        let answer = libc::fanotify_response {
+            fd: ev.fd,
+            response: libc::FAN_ALLOW,
+        };
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| look(ev.pid)));
+        // SAFETY: writing one response for the event read; its descriptor closed after.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&answer as *const libc::fanotify_response).cast(),
+                std::mem::size_of::<libc::fanotify_response>(),
+            );
+            libc::close(ev.fd);
+        }
+        if let Err(e) = found {
+            std::panic::resume_unwind(e);
+        }
+        Some(ev.pid)
+    }
+}
+
+#[test]
+fn sigterm_releases_a_groups_mount_before_its_lease() {
+    if can_run() {
+        in_private_netns("sigterm_order_in_namespace", Duration::from_secs(120));
+    }
+}
+
+#[test]
+#[ignore = "run by sigterm_releases_a_groups_mount_before_its_lease in a private network namespace"]
+fn sigterm_order_in_namespace() {
+    run(&["ip", "link", "set", "lo", "up"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let mut d = Daemon::start(
+        "node-a",
+        &tmp.path().join("a"),
+        &shared,
+        &["127.0.0.1"],
+        &[GroupSpec {
+            name: "g1",
+            server_id: ("nfs-g1", "127.0.0.10"),
+            online_at_start: false,
+            grace_secs: 1,
+        }],
+    );
+    d.group(&["online", "g1"]);
+    let m1 = d.dir.join("mnt-g1");
+    let meta = shared.join("g1/.lockfs");
+    assert!(mounted(&m1) && lease_held(&meta.join("lease")));
+    // Recording the clean offline reads the group's state number: hold the daemon there
+    // and look. Its mount must be gone by then and its lease still held, so no other node
+    // could take the group while this one still served it.
+    let gate = OpenGate::on(&meta.join("state"));
+    let pid = d.child.id() as i32;
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut seen = false;
+    while let Some(who) = gate.next(Duration::from_secs(20), |who| {
+        if who == pid && !seen {
+            assert!(
+                !mounted(&m1),
+                "g1's mount is still there when its offline is recorded"
+            );
+            assert!(
+                lease_held(&meta.join("lease")),
+                "g1's lease is free before its offline is recorded"
+            );
+        }
+    }) {
+        seen |= who == pid;
+        if seen {
+            break;
+        }
+    }
+    assert!(seen, "the daemon never recorded g1's offline on SIGTERM");
+    drop(gate);
+    let t0 = Instant::now();
+    while d.child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        meta.join("clean-offline").exists(),
+        "a clean offline recorded"
+    );
+    assert!(
+        !lease_held(&meta.join("lease")),
+        "the lease let go at the end"
+    );
+    assert!(!mounted(&m1));
+}
+
 /// A single-node Corosync and Pacemaker of a test's own: stopped (Pacemaker first) on drop.
 struct Pacemaker {
     corosync: Child,
@@ -1054,6 +1228,8 @@ const CLIENT_1: &str = "10.202.0.101";
 const CLIENT_2: &str = "10.202.0.102";
 const NEWCOMER: &str = "10.202.0.103";
 const STEADY: &str = "10.202.0.104";
+/// The libnfs client host, in a namespace of its own (its calls come from this address).
+const LIBNFS_HOST: &str = "10.202.0.105";
 const GRACE: Duration = Duration::from_secs(5);
 
 fn run(cmd: &[&str]) {
@@ -1078,7 +1254,7 @@ impl Cluster {
         for ip in [CLIENT_1, CLIENT_2, NEWCOMER, STEADY] {
             run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &br]);
         }
-        for (node, ip) in [("a", NODE_A), ("b", NODE_B)] {
+        for (node, ip) in [("a", NODE_A), ("b", NODE_B), ("c", LIBNFS_HOST)] {
             let ns = c.ns(node);
             let (host_if, node_if) = (format!("{}{node}h", c.tag), c.node_if(node));
             run(&["ip", "netns", "add", &ns]);
@@ -1147,7 +1323,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in ["a", "b"] {
+        for node in ["a", "b", "c"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(node)])
                 .status();
@@ -1288,6 +1464,107 @@ impl Steady {
     }
 }
 
+/// The header the libnfs client host is built against (Debian's libnfs-dev).
+const LIBNFS_HEADER: &str = "/usr/include/nfsc/libnfs-raw-nlm.h";
+
+/// A client host made of libnfs alone (lockfs/tests/c/libnfs_ha_client.c): libnfs's NLM v4
+/// calls, and a status monitor and portmapper on libnfs server contexts, in network
+/// namespace `ns` at `ip`. Killed on drop.
+struct LibnfsHost {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LibnfsHost {
+    fn start(dir: &Path, ns: &str, ip: &str, fh: &[u8]) -> LibnfsHost {
+        let bin = dir.join("libnfs_ha_client");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/libnfs_ha_client.c");
+        let out = Command::new("cc")
+            .args(["-Wall", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .arg("-lnfs")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the libnfs client: {out:?}");
+        let hex: String = fh.iter().map(|b| format!("{b:02x}")).collect();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&bin)
+            .args(["libnfs-host", ip, &PORT.to_string(), &hex])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[libnfs-host] {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let h = LibnfsHost {
+            child,
+            stdin,
+            lines,
+        };
+        h.next_line("READY");
+        h
+    }
+
+    /// The next line starting with `prefix`; lines of other kinds are passed over.
+    fn next_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("the libnfs host printed no {prefix} line"));
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    /// LOCK of byte `off` (exclusive, not blocking) at `server`: the NLM4 status number.
+    fn lock(&mut self, server: &str, off: u64, reclaim: bool) -> i64 {
+        use std::io::Write;
+        writeln!(self.stdin, "lock {server} {off} {}", u8::from(reclaim)).unwrap();
+        self.stdin.flush().unwrap();
+        let l = self.next_line("LOCK ");
+        l.trim_start_matches("LOCK stat=").parse().unwrap()
+    }
+
+    /// The next SM_NOTIFY it got: the name it carried and the state.
+    fn notified(&self) -> (String, i64) {
+        let l = self.next_line("NOTIFY ");
+        let mut name = String::new();
+        let mut state = -1;
+        for w in l.split(' ') {
+            if let Some(n) = w.strip_prefix("name=") {
+                name = n.to_string();
+            } else if let Some(s) = w.strip_prefix("state=") {
+                state = s.parse().unwrap();
+            }
+        }
+        (name, state)
+    }
+}
+
+impl Drop for LibnfsHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// NLM4 status numbers as libnfs prints them.
+const NLM4_GRANTED: i64 = 0;
+const NLM4_DENIED_GRACE_PERIOD: i64 = 4;
+
 /// Polls a new lock until its group's grace ends; returns when it was granted.
 fn granted_after_grace(h: &Host, server: &str, fh: &[u8], off: u64, since: Instant) -> Duration {
     let rt = rt();
@@ -1314,6 +1591,12 @@ fn two_nodes_crash_and_planned_move() {
         .is_ok_and(|o| o.status.success());
     if !ip_ok {
         lockfs_testkit::skipping!("the two-node test needs ip (iproute2)");
+        return;
+    }
+    if !Path::new(LIBNFS_HEADER).exists() {
+        lockfs_testkit::skipping!(
+            "the two-node test's libnfs client needs libnfs-dev and cc (scripts/setup.sh)"
+        );
         return;
     }
     if can_run() {
@@ -1382,6 +1665,9 @@ fn two_nodes_in_namespaces() {
             assert_eq!(c.lock(G2_IP, &f2, off, false).await, v4::Stats::Granted);
         }
     });
+    // The libnfs host, in a namespace of its own, holds byte 500 of g1's file.
+    let mut lib = LibnfsHost::start(tmp.path(), &cl.ns("c"), LIBNFS_HOST, &f1);
+    assert_eq!(lib.lock(G1_IP, 500, false), NLM4_GRANTED);
     let g1_state = a.groups()["g1"]["state"].as_i64().unwrap();
 
     // Crash: A dies; the cluster moves g1's address to B and brings g1 online there.
@@ -1396,6 +1682,12 @@ fn two_nodes_in_namespaces() {
     for (who, m) in [("client-1", &m1), ("client-2", &m2)] {
         expect_notify(m, who, "nfs-g1", G1_IP, g1_state);
     }
+    let (name, state) = lib.notified();
+    assert_eq!(name, "nfs-g1", "the libnfs host was notified in g1's name");
+    assert!(
+        state > g1_state,
+        "libnfs host: state {state} not above {g1_state}"
+    );
     let s = b.groups();
     assert_eq!(s["g1"]["in_grace"], true, "{s:?}");
     assert_eq!(s["g2"]["in_grace"], false, "{s:?}");
@@ -1408,6 +1700,12 @@ fn two_nodes_in_namespaces() {
             newcomer.lock(G1_IP, &f1, 200, false).await,
             v4::Stats::DeniedGracePeriod
         );
+    });
+    // The libnfs host reclaims through libnfs's own reclaim flag; a new lock of its own is
+    // refused until the grace ends.
+    assert_eq!(lib.lock(G1_IP, 500, true), NLM4_GRANTED, "libnfs reclaim");
+    assert_eq!(lib.lock(G1_IP, 501, false), NLM4_DENIED_GRACE_PERIOD);
+    rt.block_on(async {
         // g2 keeps every lock and grants new ones.
         for off in [0, 100] {
             assert_eq!(
@@ -1426,7 +1724,7 @@ fn two_nodes_in_namespaces() {
         "g1's grace ended after {waited:?}"
     );
     rt.block_on(async {
-        for off in [0, 100] {
+        for off in [0, 100, 500] {
             assert_eq!(
                 newcomer.lock(G1_IP, &f1, off, false).await,
                 v4::Stats::Denied,
@@ -1531,6 +1829,13 @@ fn two_nodes_in_namespaces() {
             "{err}"
         );
     }
+    // The libnfs host holds nothing in g2: g2's moves never notified it.
+    let extra: Vec<String> = lib.lines.try_iter().collect();
+    assert!(
+        !extra.iter().any(|l| l.starts_with("NOTIFY")),
+        "the libnfs host got an unexpected notice: {extra:?}"
+    );
+    drop(lib);
     rt.block_on(async {
         for s in services {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
