@@ -90,46 +90,17 @@ pub fn nfs_config(cfg: &Config) -> Option<NfsConfig> {
     Some(n)
 }
 
-/// The NFS door and the runtime it runs on.
-pub struct NfsDoor {
-    service: NfsService,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl NfsDoor {
-    /// Stops serving NFS and MOUNT, then the door's runtime.
-    pub fn shutdown(self) {
-        self.runtime.block_on(self.service.shutdown());
-        self.runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    }
-}
-
-/// Worker threads of the NFS door's runtime: one per CPU. The door runs its read-only
-/// procedures on the connection's own task (no hand-off to another thread), so with
-/// many clients it needs a worker per CPU to use them all; the lock service keeps its own
-/// single-worker runtime, whose calls are too short to gain from a second one.
-fn nfs_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8))
-}
-
-/// Starts NFS and MOUNT next to the lock service, on a runtime of their own. A port that
-/// cannot be bound (another NFS server runs) is reported and the daemon goes on without
-/// NFS: locks and the local mounts do not depend on it.
-pub fn start(cfg: &Config, lockd: &LockdService, caches: Arc<MountCaches>) -> Option<NfsDoor> {
+/// Starts NFS and MOUNT next to the lock service. A port that cannot be bound (another
+/// NFS server runs) is reported and the daemon goes on without NFS: locks and the local
+/// mounts do not depend on it.
+pub fn start(
+    cfg: &Config,
+    lockd: &LockdService,
+    runtime: &tokio::runtime::Runtime,
+    caches: Arc<MountCaches>,
+) -> Option<NfsService> {
     let mut config = nfs_config(cfg)?;
     config.changes = Some(Changes(caches));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(nfs_workers())
-        .thread_name("lockfs-nfs")
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("lockfs: NFS not served: cannot start its runtime: {e}");
-            return None;
-        }
-    };
     match runtime.block_on(NfsService::start(
         config,
         lockd.lockd().clone(),
@@ -141,10 +112,7 @@ pub fn start(cfg: &Config, lockd: &LockdService, caches: Arc<MountCaches>) -> Op
                 s.nfs_tcp(),
                 s.mount_tcp()
             );
-            Some(NfsDoor {
-                service: s,
-                runtime,
-            })
+            Some(s)
         }
         Err(e) => {
             eprintln!("lockfs: NFS not served: {e}");

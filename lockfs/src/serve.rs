@@ -158,7 +158,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     );
 
     let caches = Arc::new(crate::nfs::MountCaches::default());
-    let nfs = crate::nfs::start(&cfg, &service, caches.clone());
+    let nfs = crate::nfs::start(&cfg, &service, &runtime, caches.clone());
 
     // An offline group's storage may be on another node: its exports are mounted when it
     // comes online here.
@@ -210,7 +210,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         }
     }
     if let Some(n) = nfs {
-        n.shutdown();
+        runtime.block_on(n.shutdown());
     }
     runtime.block_on(service.shutdown());
     let failed = !mounts.release_all();
