@@ -264,4 +264,56 @@ mod tests {
         std::fs::write(d.path().join("g"), b"y").unwrap();
         assert_eq!(std::fs::metadata(d.path().join("g")).unwrap().uid(), 0);
     }
+
+    #[test]
+    fn only_what_differs_is_changed_and_put_back() {
+        // SAFETY: reading our own ids.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: identity switching needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: reading our own ids.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let own = thread_groups().unwrap().as_slice().to_vec();
+            // The daemon's own identity: nothing to change, nothing to put back.
+            let same = assume(&Identity {
+                uid,
+                gid,
+                groups: own.clone(),
+            })
+            .unwrap();
+            assert!(same.ids.is_none() && same.groups.is_none());
+            drop(same);
+            // Other groups only: the ids stay, the groups change and come back.
+            let mut other = own.clone();
+            other.push(4243);
+            let groups_only = assume(&Identity {
+                uid,
+                gid,
+                groups: other.clone(),
+            })
+            .unwrap();
+            assert!(groups_only.ids.is_none());
+            assert_eq!(thread_groups().unwrap().as_slice(), other.as_slice());
+            drop(groups_only);
+            assert_eq!(thread_groups().unwrap().as_slice(), own.as_slice());
+            // Another uid: the file-system ids change and come back.
+            let as_other = assume(&Identity {
+                uid: 4243,
+                gid: 4243,
+                groups: own.clone(),
+            })
+            .unwrap();
+            // SAFETY: an invalid id changes nothing and returns the current one.
+            assert_eq!(unsafe { libc::setfsuid(u32::MAX) } as u32, 4243);
+            drop(as_other);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setfsuid(u32::MAX) } as u32, uid);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setfsgid(u32::MAX) } as u32, gid);
+        })
+        .join()
+        .unwrap();
+    }
 }
