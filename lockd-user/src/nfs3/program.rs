@@ -51,7 +51,9 @@ fn runs_inline(proc_: u32, args: &[u8]) -> bool {
         GETATTR | LOOKUP | ACCESS | READLINK | FSSTAT | FSINFO | PATHCONF => true,
         READ => {
             let mut d = Decoder::new(args);
-            let count = get_fh(&mut d).and_then(|_| d.get_u64()).and_then(|_| d.get_u32());
+            let count = get_fh(&mut d)
+                .and_then(|_| d.get_u64())
+                .and_then(|_| d.get_u32());
             count.is_ok_and(|n| n <= INLINE_READ)
         }
         _ => false,
