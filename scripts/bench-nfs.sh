@@ -15,19 +15,23 @@
 # registration of another daemon on this machine is touched, and nothing
 # leaves the machine.
 #
-# Usage (as root): scripts/bench-nfs.sh [--seconds N] [--only ganesha|lockfs]
-# Prints one line per run and a table of both servers with ratios.
+# Usage (as root): scripts/bench-nfs.sh [--seconds N] [--only ganesha|lockfs] [--lockfs BIN]
+# Prints one line per run and a table of both servers with ratios. --lockfs runs that
+# binary instead of building and running target/release/lockfs (to compare two builds in
+# one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 secs=5
 only=""
+lockfs_bin=""
 args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) secs="$2"; shift 2 ;;
         --only) only="$2"; shift 2 ;;
-        *) echo "usage: $0 [--seconds N] [--only ganesha|lockfs]" >&2; exit 2 ;;
+        --lockfs) lockfs_bin=$(realpath "$2"); shift 2 ;;
+        *) echo "usage: $0 [--seconds N] [--only ganesha|lockfs] [--lockfs BIN]" >&2; exit 2 ;;
     esac
 done
 
@@ -52,7 +56,7 @@ if [ -z "${BENCH_NFS_INNER:-}" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
     fi
     # Build outside the namespace (cargo may need the network), then enter it.
-    [ "$only" = "ganesha" ] || cargo build --release --locked -p lockfs >&2
+    [ "$only" = "ganesha" ] || [ -n "$lockfs_bin" ] || cargo build --release --locked -p lockfs >&2
     exec timeout --kill-after=30 3600 unshare --net --mount --propagation private -- \
         env BENCH_NFS_INNER=1 "$0" "${args[@]}"
 fi
@@ -173,7 +177,7 @@ EOF
 }
 
 run_lockfs() {
-    local bin=$target_dir/release/lockfs dir=$work/lockfs/export
+    local bin=${lockfs_bin:-$target_dir/release/lockfs} dir=$work/lockfs/export
     mkdir -p "$dir" "$work/lockfs/mnt" "$work/lockfs/state"
     prepare_export "$dir"
     cat > "$work/lockfs/lockfs.toml" <<EOF

@@ -13,7 +13,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const LAST_FRAGMENT: u32 = 0x8000_0000;
+/// The record-mark bit of the last fragment of a record.
+pub const LAST_FRAGMENT: u32 = 0x8000_0000;
 /// Largest fragment length the header can express.
 pub const MAX_FRAGMENT: usize = 0x7fff_ffff;
 

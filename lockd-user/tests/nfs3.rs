@@ -1596,3 +1596,54 @@ async fn create_unchecked_truncation_is_gated_like_setattr() {
     assert_eq!(std::fs::read(&plain).unwrap(), b"");
     s.stop().await;
 }
+
+/// The read-only procedures run on the server's own task, on the runtime's thread: each
+/// still runs as its caller (a non-owner is refused where the owner is not, with the
+/// owner's and the stranger's calls interleaved), and the thread gets the daemon's
+/// identity back after each. The runtime here has one thread, the test's own, so a
+/// file the test writes after the calls shows which identity that thread was left with.
+#[tokio::test(flavor = "current_thread")]
+async fn inline_procedures_run_as_the_caller_and_give_the_identity_back() {
+    let s = Server::start().await;
+    let owner = s.client(3000, 3000).await;
+    let other = s.client(3001, 3001).await;
+    let (_, root) = owner.mnt("/rw").await;
+    let (_, public) = owner.lookup(&root, b"public").await;
+    let private = s.rw.join("public/private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::write(private.join("f"), b"secret").unwrap();
+    std::fs::write(s.rw.join("public/mine"), b"mine").unwrap();
+    for p in [&private, &private.join("f")] {
+        std::os::unix::fs::chown(p, Some(3000), Some(3000)).unwrap();
+    }
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(s.rw.join("public/mine"), Some(3000), Some(3000)).unwrap();
+    std::fs::set_permissions(
+        s.rw.join("public/mine"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (st, dir) = owner.lookup(&public, b"private").await;
+    assert_eq!(st, OK);
+    let (_, mine) = owner.lookup(&public, b"mine").await;
+    for _ in 0..3 {
+        // LOOKUP needs search permission on the directory: the owner's only.
+        assert_eq!(other.lookup(&dir, b"f").await.0, ACCES);
+        let (st, f) = owner.lookup(&dir, b"f").await;
+        assert_eq!(st, OK);
+        // A small READ runs inline too: the owner reads a 0600 file, the stranger not.
+        assert_eq!(owner.read(&f, 0, 64).await.1, b"secret");
+        assert_eq!(other.read(&mine, 0, 64).await.0, ACCES);
+        assert_eq!(owner.read(&mine, 0, 64).await.1, b"mine");
+        // ACCESS answers what each may do.
+        assert_eq!(owner.access(&mine).await & 0x0d, 0x0d);
+        assert_eq!(other.access(&mine).await & 0x0d, 0);
+    }
+    // This thread served every call above and is the daemon again: what it creates is
+    // root's, and it may create where only root may.
+    let probe = s.rw.join("probe");
+    std::fs::write(&probe, b"p").unwrap();
+    let m = std::fs::metadata(&probe).unwrap();
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    s.stop().await;
+}

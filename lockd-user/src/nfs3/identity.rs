@@ -4,9 +4,10 @@
 //!
 //! The credentials are per thread: `setfsuid`, `setfsgid` and the raw `setgroups` system
 //! call change only the calling thread (the libc `setgroups` wrapper would change every
-//! thread of the daemon, FUSE workers included). An operation runs on a blocking-pool
-//! thread between [`assume`] and the drop of its [`Assumed`], which restores the daemon's
-//! own identity even when the operation panics.
+//! thread of the daemon, FUSE workers included). An operation runs between [`assume`] and
+//! the drop of its [`Assumed`], with no await in between (on a blocking-pool thread, or on
+//! the runtime's own thread for the procedures that run inline), and the drop restores the
+//! daemon's own identity even when the operation panics.
 //!
 //! Root squash: uid 0 becomes the export's anonymous uid and gid, with no supplementary
 //! groups, unless the export says `no_root_squash`. AUTH_NONE callers are anonymous.
@@ -64,18 +65,39 @@ impl Squash {
     }
 }
 
-/// The thread runs as an [`Identity`] until this is dropped.
+/// The thread runs as an [`Identity`] until this is dropped. Only what [`assume`] changed
+/// is put back.
 #[derive(Debug)]
 pub struct Assumed {
-    uid: u32,
-    gid: u32,
-    /// The thread's own supplementary groups, put back on drop.
-    groups: Vec<libc::gid_t>,
+    /// The daemon's own uid and gid, when the file-system ids were changed.
+    ids: Option<(u32, u32)>,
+    /// The thread's own supplementary groups, when they were changed.
+    groups: Option<Groups>,
 }
 
-fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
-    let mut buf = vec![0 as libc::gid_t; 256];
-    // SAFETY: the buffer holds `buf.len()` entries; the raw call reads this thread's list.
+/// Room for the supplementary groups of a thread without a heap allocation in the common
+/// case (AUTH_SYS carries at most 16; a daemon usually has none or a few).
+const INLINE_GROUPS: usize = 32;
+
+/// A list of group ids, kept inline when short.
+#[derive(Debug)]
+enum Groups {
+    Inline(usize, [libc::gid_t; INLINE_GROUPS]),
+    Heap(Vec<libc::gid_t>),
+}
+
+impl Groups {
+    fn as_slice(&self) -> &[libc::gid_t] {
+        match self {
+            Groups::Inline(n, a) => &a[..*n],
+            Groups::Heap(v) => v,
+        }
+    }
+}
+
+fn raw_getgroups(buf: &mut [libc::gid_t]) -> std::io::Result<usize> {
+    // SAFETY: the buffer holds `buf.len()` entries; the raw call reads this thread's list
+    // (and with a length of 0 only counts it).
     let n = unsafe {
         libc::syscall(
             libc::SYS_getgroups,
@@ -86,8 +108,23 @@ fn thread_groups() -> std::io::Result<Vec<libc::gid_t>> {
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    buf.truncate(n as usize);
-    Ok(buf)
+    Ok(n as usize)
+}
+
+fn thread_groups() -> std::io::Result<Groups> {
+    let mut a = [0 as libc::gid_t; INLINE_GROUPS];
+    match raw_getgroups(&mut a) {
+        Ok(n) => Ok(Groups::Inline(n, a)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // More than fit inline: count them, then read them.
+            let n = raw_getgroups(&mut [])?;
+            let mut v = vec![0 as libc::gid_t; n];
+            let got = raw_getgroups(&mut v)?;
+            v.truncate(got);
+            Ok(Groups::Heap(v))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
@@ -108,26 +145,37 @@ fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
 
 /// Makes this thread act as `id` for file-system access. Fails (changing nothing that is
 /// not restored) if the daemon may not take that identity.
+///
+/// Each credential change replaces the thread's credentials in the kernel (and the old
+/// ones are freed after an RCU grace period), so only what differs from the thread's own
+/// identity is changed: a caller who maps to the daemon's own ids (root without root
+/// squashing, for a daemon running as root) costs two reads and no change.
 pub fn assume(id: &Identity) -> std::io::Result<Assumed> {
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let restore = Assumed {
-        uid,
-        gid,
-        groups: thread_groups()?,
+    let mut restore = Assumed {
+        ids: None,
+        groups: None,
     };
-    raw_setgroups(&id.groups)?;
-    // SAFETY: setfsgid/setfsuid change this thread's credentials only; they return the
-    // previous value and never fail in a way that corrupts state. Success is checked by
-    // reading the value back (a call with an invalid id changes nothing and returns it).
-    unsafe {
-        libc::setfsgid(id.gid);
-        libc::setfsuid(id.uid);
-        let now_uid = libc::setfsuid(u32::MAX) as u32;
-        let now_gid = libc::setfsgid(u32::MAX) as u32;
-        if now_uid != id.uid || now_gid != id.gid {
-            drop(restore);
-            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+    let own = thread_groups()?;
+    if own.as_slice() != id.groups.as_slice() {
+        raw_setgroups(&id.groups)?;
+        restore.groups = Some(own);
+    }
+    if (uid, gid) != (id.uid, id.gid) {
+        restore.ids = Some((uid, gid));
+        // SAFETY: setfsgid/setfsuid change this thread's credentials only; they return the
+        // previous value and never fail in a way that corrupts state. Success is checked by
+        // reading the value back (a call with an invalid id changes nothing and returns it).
+        unsafe {
+            libc::setfsgid(id.gid);
+            libc::setfsuid(id.uid);
+            let now_uid = libc::setfsuid(u32::MAX) as u32;
+            let now_gid = libc::setfsgid(u32::MAX) as u32;
+            if now_uid != id.uid || now_gid != id.gid {
+                drop(restore);
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
         }
     }
     Ok(restore)
@@ -135,13 +183,17 @@ pub fn assume(id: &Identity) -> std::io::Result<Assumed> {
 
 impl Drop for Assumed {
     fn drop(&mut self) {
-        // SAFETY: as in `assume`; going back to the daemon's own ids always succeeds.
-        unsafe {
-            libc::setfsuid(self.uid);
-            libc::setfsgid(self.gid);
+        if let Some((uid, gid)) = self.ids {
+            // SAFETY: as in `assume`; going back to the daemon's own ids always succeeds.
+            unsafe {
+                libc::setfsuid(uid);
+                libc::setfsgid(gid);
+            }
         }
-        if let Err(e) = raw_setgroups(&self.groups) {
-            tracing::error!(error = %e, "cannot drop supplementary groups after an NFS call");
+        if let Some(g) = &self.groups {
+            if let Err(e) = raw_setgroups(g.as_slice()) {
+                tracing::error!(error = %e, "cannot drop supplementary groups after an NFS call");
+            }
         }
     }
 }
@@ -211,5 +263,57 @@ mod tests {
         // This thread was never changed, and the other one was restored on drop.
         std::fs::write(d.path().join("g"), b"y").unwrap();
         assert_eq!(std::fs::metadata(d.path().join("g")).unwrap().uid(), 0);
+    }
+
+    #[test]
+    fn only_what_differs_is_changed_and_put_back() {
+        // SAFETY: reading our own ids.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: identity switching needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: reading our own ids.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let own = thread_groups().unwrap().as_slice().to_vec();
+            // The daemon's own identity: nothing to change, nothing to put back.
+            let same = assume(&Identity {
+                uid,
+                gid,
+                groups: own.clone(),
+            })
+            .unwrap();
+            assert!(same.ids.is_none() && same.groups.is_none());
+            drop(same);
+            // Other groups only: the ids stay, the groups change and come back.
+            let mut other = own.clone();
+            other.push(4243);
+            let groups_only = assume(&Identity {
+                uid,
+                gid,
+                groups: other.clone(),
+            })
+            .unwrap();
+            assert!(groups_only.ids.is_none());
+            assert_eq!(thread_groups().unwrap().as_slice(), other.as_slice());
+            drop(groups_only);
+            assert_eq!(thread_groups().unwrap().as_slice(), own.as_slice());
+            // Another uid: the file-system ids change and come back.
+            let as_other = assume(&Identity {
+                uid: 4243,
+                gid: 4243,
+                groups: own.clone(),
+            })
+            .unwrap();
+            // SAFETY: an invalid id changes nothing and returns the current one.
+            assert_eq!(unsafe { libc::setfsuid(u32::MAX) } as u32, 4243);
+            drop(as_other);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setfsuid(u32::MAX) } as u32, uid);
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::setfsgid(u32::MAX) } as u32, gid);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -8,7 +8,8 @@
 //! - [`identity`]: each operation runs with the caller's uid, gid and groups.
 //! - [`gate`]: the one call into the lock table's I/O gate and the share table.
 //! - [`ops`]: the 22 procedures.
-//! - [`program`]: the RPC program, its blocking pool and duplicate request cache.
+//! - [`program`]: the RPC program: which procedures run inline and which on the blocking
+//!   pool, and the duplicate request cache.
 //! - [`service`]: NFS and MOUNT listeners and their registration.
 //!
 //! The MOUNT program lives in [`crate::mountd`].

@@ -20,7 +20,9 @@
 
 use super::dispatch::{result_msg, Action, Dispatcher};
 use super::{stopped, unspecified, ServerConfig, Transport};
-use crate::record::{encode_record_into, RecordBudget, RecordError, RecordReader, MAX_FRAGMENT};
+use crate::record::{
+    encode_record_into, RecordBudget, RecordError, RecordReader, LAST_FRAGMENT, MAX_FRAGMENT,
+};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -270,9 +272,28 @@ async fn serve_connection(
         // all of them, and bounds the CPU spent to one thread for one window per reply.
         if let Some(window) = config.busy_poll.filter(|_| served) {
             if let Some(_turn) = PollTurn::take(&poller.turn) {
-                match busy_poll(&mut stream, &mut reader, window, &poller, &stop_flag).await {
+                let polled = busy_poll(
+                    &mut stream,
+                    &mut reader,
+                    &mut deferred,
+                    window,
+                    &poller,
+                    &stop_flag,
+                )
+                .await;
+                match polled {
                     Polled::Data => {
                         admitted.touch();
+                        continue;
+                    }
+                    Polled::Reply(reply) => {
+                        tokio::select! {
+                            _ = &mut stop_signal => break End::Stop,
+                            r = write_framed(&mut stream, &mut out, &reply) => if let Err(e) = r {
+                                debug!(%peer, error = %e, "TCP write failed");
+                                break End::Closed;
+                            },
+                        }
                         continue;
                     }
                     Polled::Nothing => {}
@@ -363,16 +384,22 @@ impl Drop for PollTurn<'_> {
 
 enum Polled {
     Data,
+    /// A deferred reply became ready: written before anything else is read.
+    Reply(Vec<u8>),
     Nothing,
     End,
 }
 
-/// Keeps looking for the next record for up to `window` instead of sleeping at once. On a
-/// virtual machine a sleeping CPU can take tens of microseconds to wake, which a client that
-/// sends its next call right after each reply pays on every call.
+/// Keeps looking for the next record, or for a deferred reply of this connection, for up to
+/// `window` instead of sleeping at once. On a virtual machine a sleeping CPU can take tens
+/// of microseconds to wake, which a client that sends its next call right after each reply
+/// pays on every call. A call answered later (on another thread) is the common case right
+/// after a record was served, so its reply must end the poll as soon as it is ready, not
+/// wait out the window.
 async fn busy_poll(
     stream: &mut TcpStream,
     reader: &mut RecordReader,
+    deferred: &mut JoinSet<Option<Vec<u8>>>,
     window: Duration,
     poller: &Poller,
     stop: &watch::Receiver<bool>,
@@ -384,6 +411,12 @@ async fn busy_poll(
         tokio::task::yield_now().await;
         if *stop.borrow() || poller.records.load(Ordering::Relaxed) != records {
             return Polled::Nothing;
+        }
+        while let Some(done) = deferred.try_join_next() {
+            // A reply dropped by its program, or a task lost to shutdown: nothing to send.
+            if let Ok(Some(reply)) = done {
+                return Polled::Reply(reply);
+            }
         }
         match stream.try_read(reader.spare()) {
             Ok(0) => return Polled::Nothing,
@@ -416,9 +449,38 @@ fn record_error(peer: SocketAddr, e: &RecordError) {
     }
 }
 
+/// Replies up to this size are framed by copying into one buffer (one plain write); larger
+/// ones are written with their record mark as a second buffer.
+const COPY_LIMIT: usize = 64 * 1024;
+
+/// Writes `head` then `body`, as few system calls as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let total = head.len() + body.len();
+    let mut done = 0;
+    while done < total {
+        let n = if done < head.len() {
+            let bufs = [io::IoSlice::new(&head[done..]), io::IoSlice::new(body)];
+            stream.write_vectored(&bufs).await?
+        } else {
+            stream.write(&body[done - head.len()..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// Writes `msg` as one record (several fragments only past 2 GiB) with one write call in the
 /// common case, framing it in `buf`, which keeps its capacity for the next reply.
 async fn write_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, msg: &[u8]) -> io::Result<()> {
+    if msg.len() > COPY_LIMIT && msg.len() <= MAX_FRAGMENT {
+        // A large reply (READ data) is sent from where it lies, its record mark beside it:
+        // copying a megabyte to put four bytes in front of it costs more than the write.
+        let mark = (msg.len() as u32 | LAST_FRAGMENT).to_be_bytes();
+        return write_all_vectored(stream, &mark, msg).await;
+    }
     buf.clear();
     encode_record_into(buf, msg, MAX_FRAGMENT);
     let r = stream.write_all(buf).await;
