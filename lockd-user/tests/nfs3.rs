@@ -1629,6 +1629,11 @@ async fn inline_procedures_run_as_the_caller_and_give_the_identity_back() {
     for _ in 0..3 {
         // LOOKUP needs search permission on the directory: the owner's only.
         assert_eq!(other.lookup(&dir, b"f").await.0, ACCES);
+        // "." and ".." too, though the server answers "." without opening a name.
+        assert_eq!(other.lookup(&dir, b".").await.0, ACCES);
+        assert_eq!(other.lookup(&dir, b"..").await.0, ACCES);
+        assert_eq!(owner.lookup(&dir, b".").await.0, OK);
+        assert_eq!(owner.lookup(&dir, b"..").await.0, OK);
         let (st, f) = owner.lookup(&dir, b"f").await;
         assert_eq!(st, OK);
         // A small READ runs inline too: the owner reads a 0600 file, the stranger not.

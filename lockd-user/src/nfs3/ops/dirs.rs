@@ -28,15 +28,24 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::PostAttr) else {
             return;
         };
+        // A lookup changes nothing, so the directory's attributes taken first are
+        // also its post-operation attributes.
+        let mut dir_attr = None;
         let r = (|| {
             let dst = fstat(dir.raw()).map_err(ioerr)?;
+            dir_attr = Some(dst);
             if dst.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 return Err(Stat::NotDir);
             }
             let found = {
                 let _as = self.become_caller(c, dir.export)?;
-                // Search permission on the directory, as the caller.
-                check_access(dir.raw(), libc::X_OK)?;
+                // Opening the name as the caller is itself checked for search
+                // permission on the directory (the kernel checks it for every
+                // component it walks); only "." and the root's "..", answered
+                // without opening anything, need the check made here.
+                if at.name == b"." || at.name == b".." {
+                    check_access(dir.raw(), libc::X_OK)?;
+                }
                 self.lookup_in(&dir, &dst, &at.name)?
             };
             let fh = self
@@ -52,7 +61,10 @@ impl Door {
             }
             Err(s) => enc_stat(e, s),
         }
-        put_post_attr(e, attr_of(dir.raw()).as_ref());
+        match dir_attr {
+            Some(st) => put_post_attr(e, Some(&Fattr::from_stat(&st))),
+            None => put_post_attr(e, attr_of(dir.raw()).as_ref()),
+        }
     }
 
     pub(super) fn readlink(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
