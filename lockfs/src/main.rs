@@ -65,7 +65,7 @@ enum Command {
         /// Where to mount it.
         mountpoint: PathBuf,
         /// Comma-separated options: mandatory=off|file|all, flock=separate|shared,
-        /// ro, threads=N, nopassthrough, socket=PATH.
+        /// ro, threads=N, nopassthrough, nosplice, max_read=BYTES, socket=PATH.
         #[arg(short = 'o')]
         options: Vec<String>,
     },
