@@ -11,7 +11,7 @@
 //!
 //! **A client rebooted** (SM_NOTIFY from it, or FREE_ALL): everything it held is released
 //! and waiters of other clients are granted, once the sender is found to be that client
-//! ([`judge_sender`]): a notification from this server itself, or naming a host from an
+//! (`judge_sender`): a notification from this server itself, or naming a host from an
 //! address not on record for it, releases nothing.
 //!
 //! **A client is unreachable** (network partition): its locks stay, as NLM requires, until

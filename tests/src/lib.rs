@@ -10,7 +10,7 @@
 //!   the crates that forbid `unsafe` can still measure themselves;
 //! - a process or host a test starts is ended by a guard that cleans up on
 //!   drop, with timeouts, so a failing test leaves nothing running, mounted
-//!   or locked behind it ([`daemon`], and [`nlm`] with the `nlm` feature);
+//!   or locked behind it ([`daemon`], and `nlm` with the `nlm` feature);
 //! - a wire test captures and dissects its session with tshark the same way
 //!   (`capture`, with the `nlm` feature).
 

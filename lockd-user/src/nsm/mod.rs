@@ -28,7 +28,7 @@
 //!   caller name) and believed only from an address on record for it; a name on no list is
 //!   matched by its address only when exactly one host is on record there; a notification
 //!   naming this server, or coming back from it, releases nothing
-//!   ([`crate::recovery::judge_sender`]).
+//!   (`recovery::judge_sender`).
 
 pub mod store;
 

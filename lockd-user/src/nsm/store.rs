@@ -12,7 +12,7 @@
 //! - `monitors/`: the SM_MON registrations of local callers that asked to hear of a host's
 //!   reboot, one file per registration.
 //!
-//! A group's client directory ([`ClientDir`]) holds:
+//! A group's client directory (`ClientDir`) holds:
 //!
 //! - `c-<name>`: one client, named by a safe encoding of its NLM name (letters, digits, `-`,
 //!   `_` and an inner `.` as they are, every other byte as `%XX`; a name whose encoding would
