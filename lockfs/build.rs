@@ -4,13 +4,22 @@
 //! tarball can name its commit); otherwise `git rev-parse` asks the checkout
 //! the crate is built from, and a tree outside git says "unknown".
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The crate's directory, as cargo gives it to this run of the script. Not
+/// `env!("CARGO_MANIFEST_DIR")`: that is fixed when the script is compiled, and
+/// cargo may reuse a compiled build script for a copy of the same tree at
+/// another path (a clone sharing the build directory), which would then ask a
+/// checkout that may no longer exist.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .output()
         .ok()?;
     if !out.status.success() {
@@ -45,7 +54,7 @@ fn main() {
 
 /// `git rev-parse --git-path` answers relative to the crate directory.
 fn watch(path: &str) {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let p = manifest_dir().join(path);
     if p.exists() {
         println!("cargo:rerun-if-changed={}", p.display());
     }
