@@ -863,12 +863,18 @@ async fn retransmitted_remove_is_answered_from_the_cache() {
     s.stop().await;
 }
 
-/// NFS I/O meets the one table: a local lock on a mandatory file refuses a WRITE with
-/// JUKEBOX until it is released, and a deny-write share reservation refuses it with ACCES.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mandatory_locks_and_share_reservations_gate_nfs_io() {
-    let s = Server::start().await;
-    let u = s.client(1000, 1000).await;
+/// `public/m` of the read-write export: ten bytes, marked mandatory (set-group-ID
+/// without group execute), with a local owner's exclusive lock on bytes 0-3.
+struct LocalLock {
+    public: Vec<u8>,
+    path: std::path::PathBuf,
+    file: FileId,
+    fh: Vec<u8>,
+    local: Owner,
+    req: LockRequest,
+}
+
+async fn mandatory_file_locked_locally(s: &Server, u: &Client) -> LocalLock {
     let (_, root) = u.mnt("/rw").await;
     let (_, public) = u.lookup(&root, b"public").await;
     let path = s.rw.join("public/m");
@@ -889,6 +895,30 @@ async fn mandatory_locks_and_share_reservations_gate_nfs_io() {
         reclaim: false,
     };
     assert!(matches!(s.table.lock(&req), LockOutcome::Granted));
+    LocalLock {
+        public,
+        path,
+        file,
+        fh,
+        local,
+        req,
+    }
+}
+
+/// NFS I/O meets the one table: a local lock on a mandatory file refuses a WRITE with
+/// JUKEBOX until it is released, and a deny-write share reservation refuses it with ACCES.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_locks_and_share_reservations_gate_nfs_io() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let LocalLock {
+        public,
+        path,
+        file,
+        fh,
+        local,
+        req,
+    } = mandatory_file_locked_locally(&s, &u).await;
     assert_eq!(
         u.write(&fh, 2, b"x", 2).await.0,
         JUKEBOX,
@@ -1516,26 +1546,14 @@ fn sattr_size(e: &mut Encoder, size: u64) {
 async fn create_unchecked_truncation_is_gated_like_setattr() {
     let s = Server::start().await;
     let u = s.client(1000, 1000).await;
-    let (_, root) = u.mnt("/rw").await;
-    let (_, public) = u.lookup(&root, b"public").await;
-    let path = s.rw.join("public/m");
-    std::fs::write(&path, b"0123456789").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2666)).unwrap();
-    let m = std::fs::metadata(&path).unwrap();
-    let file = FileId::new(m.dev(), m.ino());
-    let (_, fh) = u.lookup(&public, b"m").await;
-    let local = Owner::posix(4242);
-    let req = LockRequest {
+    let LocalLock {
+        public,
+        path,
         file,
-        scope: ScopeId::DEFAULT,
-        owner: local,
-        pid: 1,
-        kind: LockKind::Exclusive,
-        range: Range::new(0, 4).unwrap(),
-        wait: Wait::No,
-        reclaim: false,
-    };
-    assert!(matches!(s.table.lock(&req), LockOutcome::Granted));
+        fh,
+        local,
+        req: _,
+    } = mandatory_file_locked_locally(&s, &u).await;
     let truncate = || {
         let mut e = Encoder::new();
         e.put_opaque(&fh);
