@@ -51,7 +51,7 @@ fn can_run() -> bool {
 
 /// The result lines of one kind ("KC" from the guest, "HOST" from the server side):
 /// (name, ok, detail).
-fn results(text: &str, kind: &str) -> Vec<(String, bool, String)> {
+fn results(text: &str, kind: &str) -> Lines {
     text.lines()
         .filter_map(|l| {
             let mut w = l.trim_end().splitn(4, ' ');
@@ -105,6 +105,33 @@ struct Run {
     /// The server side's lines: run.sh's own checks, hostside.py, the restart and
     /// failover steps.
     host: String,
+}
+
+/// Result lines of one side: (name, passed, detail).
+type Lines = Vec<(String, bool, String)>;
+
+impl Run {
+    /// The guest's and the server side's result lines, once the guest is known to
+    /// have finished and no check on either side failed.
+    fn finished(&self) -> (Lines, Lines) {
+        finished(&self.console, &self.host)
+    }
+}
+
+fn finished(console: &str, host: &str) -> (Lines, Lines) {
+    let guest = results(console, "KC");
+    let server = results(host, "HOST");
+    assert!(
+        console.lines().any(|l| l.trim_end() == "KC_END"),
+        "the guest did not finish: {guest:?}"
+    );
+    let failed: Vec<_> = guest
+        .iter()
+        .chain(&server)
+        .filter(|(_, ok, _)| !ok)
+        .collect();
+    assert!(failed.is_empty(), "failures: {failed:?}");
+    (guest, server)
 }
 
 fn build_guest() {
@@ -198,18 +225,7 @@ fn linux_nfs_client_meets_local_locks() {
         host,
     } = run_guest("locks");
 
-    let guest = results(&console, "KC");
-    let server = results(&host, "HOST");
-    assert!(
-        console.lines().any(|l| l.trim_end() == "KC_END"),
-        "the guest did not finish: {guest:?}"
-    );
-    let failed: Vec<_> = guest
-        .iter()
-        .chain(&server)
-        .filter(|(_, ok, _)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "failures: {failed:?}");
+    let (guest, server) = finished(&console, &host);
 
     // Mounted with NFSv3 and no ports given: the kernel found MOUNT and NFS (and later
     // NLM, on a port of the moment) through the portmapper on port 111, which in the
@@ -303,18 +319,7 @@ fn linux_nfs_client_reclaims_after_group_failover() {
         return;
     }
     let r = run_guest("failover");
-    let guest = results(&r.console, "KC");
-    let server = results(&r.host, "HOST");
-    assert!(
-        r.console.lines().any(|l| l.trim_end() == "KC_END"),
-        "the guest did not finish: {guest:?}"
-    );
-    let failed: Vec<_> = guest
-        .iter()
-        .chain(&server)
-        .filter(|(_, ok, _)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "failures: {failed:?}");
+    let (guest, server) = r.finished();
 
     // Mounted through the group's server ID, on node A.
     assert!(expect_ok(&guest, "mount").contains("10.77.0.10:"));
