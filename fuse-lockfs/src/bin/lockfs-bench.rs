@@ -153,8 +153,11 @@ fn read_mode(args: &[String]) -> anyhow::Result<()> {
         Some("rand") => true,
         Some(other) => anyhow::bail!("unknown read order {other}"),
     };
-    let mut buf = AlignedBuf::new(block);
-    let buf = buf.as_mut_slice();
+    // A page-aligned buffer, as `dd` and fio use: the kernel's copy into a
+    // destination that is not page-aligned measured several times slower here.
+    let mut backing = vec![0u8; block + 4096];
+    let start = backing.as_ptr().align_offset(4096).min(4096);
+    let buf = &mut backing[start..start + block];
     let open = |path: &str| -> anyhow::Result<Reader> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -203,35 +206,6 @@ fn read_mode(args: &[String]) -> anyhow::Result<()> {
     println!("ratio {:.3}", median(&mut ratios));
     println!("rounds {}", ratios.len());
     Ok(())
-}
-
-/// A page-aligned buffer, as `dd` and fio read into: the kernel's copy into a
-/// destination that is not page-aligned measured several times slower here.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 4096).expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory");
-        AlignedBuf { ptr, layout }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` points to `layout.size()` initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
 }
 
 /// One file read or written block by block, in order or at random.
