@@ -377,18 +377,24 @@ static void test_mand(void)
 	       landed ? "on the server" : "missing");
 }
 
-static void test_restart(void)
+/* Holds a write lock on NAME, creates NAME.held and waits up to WAIT seconds for the
+ * server side to write its verdict into NAME.result ("RECLAIMED" once the server lists
+ * the lock again after what it did to itself); then unlocks. */
+static void held_through(const char *name, unsigned limit_s, unsigned wait_s, const char *what)
 {
-	limit("restart", 150);
-	int fd = open(at("restart"), O_RDWR | O_CREAT, 0666);
+	char held[64], result_file[64];
+	snprintf(held, sizeof held, "%s.held", name);
+	snprintf(result_file, sizeof result_file, "%s.result", name);
+	limit(name, limit_s);
+	int fd = open(at(name), O_RDWR | O_CREAT, 0666);
 	if (fd < 0 || lock(fd, F_SETLK, F_WRLCK, 0, 0) != 0) {
-		result("restart", 0, "guest lock on restart: %s", strerror(errno));
+		result(name, 0, "guest lock on %s: %s", name, strerror(errno));
 		return;
 	}
-	touch(at("restart.held"));
+	touch(at(held));
 	char buf[64] = { 0 };
-	if (await(at("restart.result"), 120) == 0) {
-		int rf = open(at("restart.result"), O_RDONLY);
+	if (await(at(result_file), wait_s) == 0) {
+		int rf = open(at(result_file), O_RDONLY);
 		if (rf >= 0) {
 			if (read(rf, buf, sizeof buf - 1) < 0)
 				buf[0] = 0;
@@ -397,10 +403,14 @@ static void test_restart(void)
 	}
 	buf[strcspn(buf, "\n")] = 0;
 	int r = lock(fd, F_SETLK, F_UNLCK, 0, 0);
-	result("restart", strcmp(buf, "RECLAIMED") == 0 && r == 0,
-	       "server killed and restarted while the guest held a lock: %s; unlock %s", buf[0] ? buf : "no answer",
-	       r == 0 ? "ok" : strerror(errno));
+	result(name, strcmp(buf, "RECLAIMED") == 0 && r == 0, "%s while the guest held a lock: %s; unlock %s", what,
+	       buf[0] ? buf : "no answer", r == 0 ? "ok" : strerror(errno));
 	close(fd);
+}
+
+static void test_restart(void)
+{
+	held_through("restart", 150, 120, "server killed and restarted");
 }
 
 static void ignore_alarm(int sig)
@@ -540,28 +550,7 @@ static void test_dd(void)
  * run.sh writes "RECLAIMED" into "failover.result" once B's `lockfs locks` lists it. */
 static void test_failover(void)
 {
-	limit("failover", 200);
-	int fd = open(at("failover"), O_RDWR | O_CREAT, 0666);
-	if (fd < 0 || lock(fd, F_SETLK, F_WRLCK, 0, 0) != 0) {
-		result("failover", 0, "guest lock on failover: %s", strerror(errno));
-		return;
-	}
-	touch(at("failover.held"));
-	char buf[64] = { 0 };
-	if (await(at("failover.result"), 180) == 0) {
-		int rf = open(at("failover.result"), O_RDONLY);
-		if (rf >= 0) {
-			if (read(rf, buf, sizeof buf - 1) < 0)
-				buf[0] = 0;
-			close(rf);
-		}
-	}
-	buf[strcspn(buf, "\n")] = 0;
-	int r = lock(fd, F_SETLK, F_UNLCK, 0, 0);
-	result("failover", strcmp(buf, "RECLAIMED") == 0 && r == 0,
-	       "node killed and the group moved while the guest held a lock: %s; unlock %s",
-	       buf[0] ? buf : "no answer", r == 0 ? "ok" : strerror(errno));
-	close(fd);
+	held_through("failover", 200, 180, "node killed and the group moved");
 }
 
 int main(int argc, char **argv)
