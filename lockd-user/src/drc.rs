@@ -3,8 +3,9 @@
 //! UDP clients retransmit when a reply is late or lost. NLM procedures are not idempotent
 //! (a retransmitted LOCK after an UNLOCK, or a second CANCEL, would change the table), so a
 //! retransmission must get the original reply bytes instead of running the handler again.
-//! A request is identified by client address, xid, program, version, procedure and a hash of
-//! its argument bytes (so an xid reused for different arguments is a new request). While the
+//! A request is identified by client address, xid, program, version, procedure, the length of
+//! its arguments and a hash of their first [`HASHED_ARGS`] bytes (so an xid reused for
+//! different arguments is a new request). While the
 //! original is still being served, duplicates are dropped: the client will retry. The cache
 //! holds at most `capacity` entries, evicting the least recently used, and forgets entries
 //! older than `ttl`.
@@ -15,6 +16,13 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// How many leading argument bytes identify a request with its length. They hold every
+/// field of an NLM or NFS call but a WRITE's data, of which they hold the first few hundred
+/// bytes: a client reusing an xid changes far more than data deep inside a WRITE, and
+/// hashing a whole megabyte cost more than the write itself (the Linux server checksums a
+/// prefix for the same reason).
+pub const HASHED_ARGS: usize = 1024;
 
 /// Identity of one request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -85,7 +93,8 @@ impl DuplicateCache {
         }
     }
 
-    /// Builds the key for a request from its header fields and raw argument bytes.
+    /// Builds the key for a request from its header fields and raw argument bytes (their
+    /// length, and a hash of their first [`HASHED_ARGS`] bytes).
     pub fn key(
         &self,
         peer: SocketAddr,
@@ -102,7 +111,7 @@ impl DuplicateCache {
             vers,
             proc_,
             args_len: args.len(),
-            args_hash: self.hasher.hash_one(args),
+            args_hash: self.hasher.hash_one(&args[..args.len().min(HASHED_ARGS)]),
         }
     }
 

@@ -121,6 +121,59 @@ impl Encoder {
         self.put_fixed_opaque(data);
     }
 
+    /// Variable-length opaque of at most `max` bytes that `fill` writes in place, so a large
+    /// body (a READ's data) is produced where it is sent from, with no copy and no zeroing.
+    /// `fill` returns how many bytes it wrote; on its error nothing is appended.
+    ///
+    /// # Safety
+    /// `fill` must have initialised the first `n` bytes of the slice it is given when it
+    /// returns `Ok(n)`, and `n` must not exceed the slice's length.
+    pub unsafe fn put_opaque_in_place<E>(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let at = self.buf.len();
+        self.buf.reserve(4 + max + 3);
+        self.put_u32(0);
+        let n = match fill(&mut self.buf.spare_capacity_mut()[..max]) {
+            Ok(n) => n.min(max),
+            Err(e) => {
+                self.buf.truncate(at);
+                return Err(e);
+            }
+        };
+        // SAFETY: the caller's contract: `fill` initialised the first `n <= max` spare
+        // bytes, which `reserve` made part of the allocation.
+        unsafe { self.buf.set_len(at + 4 + n) };
+        self.buf[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+        self.buf.extend_from_slice(&[0u8; 3][..padding(n)]);
+        Ok(n)
+    }
+
+    /// Makes room for `additional` more bytes at once, instead of growing step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
+    /// Drops everything written after the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
+    /// Replaces the `len` bytes at `at` with `with` (of any length): fills in a part whose
+    /// content is known only after what follows it was written.
+    ///
+    /// # Panics
+    /// If `at + len` is past the bytes written, a bug of the caller's.
+    pub fn replace(&mut self, at: usize, len: usize, with: &[u8]) {
+        if with.len() == len {
+            self.buf[at..at + len].copy_from_slice(with);
+        } else {
+            self.buf.splice(at..at + len, with.iter().copied());
+        }
+    }
+
     /// A string is a variable-length opaque of its UTF-8 bytes.
     pub fn put_string(&mut self, s: &str) {
         self.put_opaque(s.as_bytes());
@@ -534,6 +587,35 @@ mod tests {
         assert_eq!(d.get_i64().unwrap(), -1);
         assert!(d.get_bool().unwrap());
         d.finish().unwrap();
+    }
+
+    #[test]
+    fn opaque_written_in_place_is_framed_and_padded() {
+        let mut e = Encoder::new();
+        e.put_u32(7);
+        // SAFETY: the closure initialises exactly the 5 bytes it reports.
+        let n = unsafe {
+            e.put_opaque_in_place(100, |buf| {
+                for (i, b) in buf[..5].iter_mut().enumerate() {
+                    b.write(b'a' + i as u8);
+                }
+                Ok::<_, ()>(5)
+            })
+        };
+        assert_eq!(n, Ok(5));
+        assert_eq!(e.as_slice(), b"\0\0\0\x07\0\0\0\x05abcde\0\0\0");
+        // A failed fill leaves nothing behind.
+        // SAFETY: the closure reports no bytes.
+        let r = unsafe { e.put_opaque_in_place(100, |_| Err::<usize, _>("no")) };
+        assert_eq!(r, Err("no"));
+        assert_eq!(e.len(), 16);
+        // A part filled in afterwards, of the same length or shorter.
+        e.replace(0, 4, &9u32.to_be_bytes());
+        assert_eq!(&e.as_slice()[..4], &[0, 0, 0, 9]);
+        e.replace(0, 8, &[1, 2, 3, 4]);
+        assert_eq!(e.as_slice(), b"\x01\x02\x03\x04abcde\0\0\0");
+        e.truncate(4);
+        assert_eq!(e.len(), 4);
     }
 
     #[test]

@@ -184,6 +184,9 @@ impl Time {
     }
 }
 
+/// The encoded length of a `fattr3`: it has no variable part.
+pub const FATTR_LEN: usize = 84;
+
 /// `fattr3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fattr {
@@ -437,6 +440,19 @@ mod tests {
         let n = bad.len();
         bad[n - 12..n - 8].copy_from_slice(&9u32.to_be_bytes());
         assert!(Sattr::decode(&mut Decoder::new(&bad)).is_err());
+    }
+
+    #[test]
+    fn fattr_has_its_fixed_length() {
+        // SAFETY: stat is plain data; all zeroes is a valid value.
+        let st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut e = Encoder::new();
+        Fattr::from_stat(&st).encode(&mut e);
+        assert_eq!(e.len(), FATTR_LEN);
+        assert_eq!(
+            Fattr::decode(&mut Decoder::new(e.as_slice())).unwrap(),
+            Fattr::from_stat(&st)
+        );
     }
 
     #[test]

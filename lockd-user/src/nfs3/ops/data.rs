@@ -5,6 +5,41 @@
 //! its `O_PATH` descriptor; the write verifier they answer is the door's.
 
 use super::*;
+use std::mem::MaybeUninit;
+
+/// A READ reply's fixed part before its data: status, `post_op_attr` with attributes,
+/// count and end-of-file flag.
+const READ_HEAD: usize = 4 + 4 + FATTR_LEN + 4 + 4;
+
+/// Reads from `offset` until `buf` is full or the file ends; returns the bytes read, all
+/// of them initialised.
+fn pread_into(fd: RawFd, buf: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        // SAFETY: the tail of `buf` is valid for writes of its length; the kernel writes
+        // at most that many bytes and returns how many.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(done)
+}
 
 impl Door {
     /// Opens a file for one READ or WRITE as the caller. The owner of a file may read
@@ -32,11 +67,16 @@ impl Door {
         }
     }
 
+    /// READ. The data is read straight into the reply, behind room for its fixed part
+    /// (status, attributes, count, end of file), which is filled in afterwards: a megabyte
+    /// is then copied once on its way from the page cache to the socket's buffer, not
+    /// zeroed, read, and copied again into the reply.
     pub(super) fn read(&self, c: &Caller, fh: &[u8], offset: u64, count: u32, e: &mut Encoder) {
         let count = count.min(self.max_io(c));
         let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
             return;
         };
+        let start = e.len();
         let r = (|| {
             let st = fstat(node.raw()).map_err(ioerr)?;
             regular(&st)?;
@@ -45,39 +85,31 @@ impl Door {
                 Err(_) => None,
             };
             let f = self.open_for_io(c, &node, &st, libc::O_RDONLY)?;
-            let mut buf = vec![0u8; count as usize];
-            let mut done = 0usize;
-            while done < buf.len() {
-                // SAFETY: the buffer tail is valid for writing its length.
-                let n = unsafe {
-                    libc::pread(
-                        f.as_raw_fd(),
-                        buf[done..].as_mut_ptr().cast(),
-                        buf.len() - done,
-                        (offset + done as u64) as libc::off_t,
-                    )
-                };
-                if n < 0 {
-                    let err = io::Error::last_os_error();
-                    if err.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(ioerr(err));
-                }
-                if n == 0 {
-                    break;
-                }
-                done += n as usize;
+            e.reserve(READ_HEAD + 4 + count as usize + 3);
+            e.put_raw(&[0u8; READ_HEAD]);
+            // SAFETY: `pread_into` returns how many bytes of the slice the kernel wrote.
+            let done = unsafe {
+                e.put_opaque_in_place(count as usize, |buf| pread_into(f.as_raw_fd(), buf, offset))
             }
-            buf.truncate(done);
+            .map_err(ioerr)?;
             let size = fstat(f.as_raw_fd()).map_err(ioerr)?.st_size.max(0) as u64;
-            Ok((buf, offset.saturating_add(done as u64) >= size))
+            Ok((done, offset.saturating_add(done as u64) >= size))
         })();
-        reply_with_attr(e, node.raw(), r, |e, (data, eof)| {
-            e.put_u32(data.len() as u32);
-            e.put_bool(eof);
-            e.put_opaque(&data);
-        });
+        match r {
+            Ok((done, eof)) => {
+                let mut head = Encoder::with_capacity(READ_HEAD);
+                enc_stat(&mut head, Stat::Ok);
+                put_post_attr(&mut head, attr_of(node.raw()).as_ref());
+                head.put_u32(done as u32);
+                head.put_bool(eof);
+                // Shorter only when the attributes could not be read.
+                e.replace(start, READ_HEAD, head.as_slice());
+            }
+            Err(s) => {
+                e.truncate(start);
+                reply_with_attr(e, node.raw(), Err::<(), _>(s), |_, ()| {});
+            }
+        }
     }
 
     pub(super) fn write(
