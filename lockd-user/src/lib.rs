@@ -75,6 +75,7 @@ pub mod drc;
 pub mod exports;
 pub mod fh;
 pub mod group_state;
+pub mod group_threads;
 mod liveness;
 pub mod lockd;
 pub mod mountd;

@@ -158,10 +158,12 @@ pub struct Lockd {
     pub(crate) offline: Mutex<std::collections::HashSet<ScopeId>>,
     /// Storage directories of the groups that move between nodes.
     pub(crate) group_storage: HashMap<ScopeId, std::path::PathBuf>,
-    /// Leases of the groups with storage served here, with their state numbers.
     /// Server IDs (name, address) of the groups that have them.
     pub(crate) server_ids: HashMap<ScopeId, Vec<(String, IpAddr)>>,
+    /// Leases of the groups with storage served here, with their state numbers.
     pub(crate) leases: Mutex<HashMap<ScopeId, (crate::group_state::Lease, i32)>>,
+    /// The threads on which the groups with server IDs are served.
+    pub(crate) threads: Arc<crate::group_threads::GroupThreads>,
 }
 
 impl std::fmt::Debug for Lockd {

@@ -110,8 +110,13 @@ pub(crate) fn notify_group(lockd: &Arc<Lockd>, scope: ScopeId, state: i32, per_s
         // The group's pace is shared by its server IDs: one round each, run side by side.
         Some(ids) => {
             let pace = per_second / ids.len() as u32;
+            // On the group's own thread, with the reclaims it sets off.
+            let on = lockd
+                .threads
+                .handle(scope)
+                .unwrap_or_else(tokio::runtime::Handle::current);
             for (name, addr) in ids {
-                tokio::spawn(crate::notify::notify_round_as(
+                on.spawn(crate::notify::notify_round_as(
                     lockd.clone(),
                     targets.clone(),
                     state,

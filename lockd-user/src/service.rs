@@ -217,6 +217,9 @@ impl LockdService {
             group_storage: config.group_storage.clone(),
             leases: Mutex::new(HashMap::new()),
             server_ids: config.group_server_ids.clone(),
+            threads: Arc::new(crate::group_threads::GroupThreads::new(
+                &config.group_server_ids,
+            )),
         });
         // Groups online at start with storage of their own: their list, key and state
         // number come from it.
@@ -243,7 +246,8 @@ impl LockdService {
         }
         let mut b = RpcServer::builder(config.server.clone())
             .program(Arc::new(NlmProgram::new(lockd.clone())))
-            .program(Arc::new(NsmProgram::new(lockd.clone())));
+            .program(Arc::new(NsmProgram::new(lockd.clone())))
+            .placement(lockd.threads.clone());
         for a in &config.udp {
             b = b.udp(*a);
         }

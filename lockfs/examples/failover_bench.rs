@@ -22,6 +22,12 @@
 //! the daemon's own); a niced monitor answers late on a loaded machine, and the daemon
 //! then retransmits its notices, so the default leaves them at the daemon's priority. The daemon's and the driver's CPU time
 //! during the failover are printed beside the figures.
+//!
+//! `BENCH_SAMPLES=FILE` appends g2's latencies to FILE, to pool several runs.
+//!
+//! `BENCH_SPLIT=1` runs the daemon on CPU 0 alone and the driver on the other CPUs, as a
+//! server with one CPU would meet clients on other machines: the daemon's groups then
+//! compete only with each other, not with the simulated hosts.
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::portmap::Portmapper;
@@ -146,7 +152,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(lockfs: &Path, cfg: &Path) -> Daemon {
-        let mut child = Command::new(lockfs)
+        let mut cmd = if split() {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(lockfs);
+            c
+        } else {
+            Command::new(lockfs)
+        };
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(cfg)
@@ -232,6 +245,32 @@ fn cpu_of(pid: u32) -> Duration {
 }
 
 /// Lowers the calling thread's priority to nice `n` (Linux nice values are per thread).
+/// Whether the daemon and the driver run on CPUs of their own (`BENCH_SPLIT=1`).
+fn split() -> bool {
+    std::env::var("BENCH_SPLIT").is_ok_and(|v| v == "1")
+}
+
+/// Keeps this thread, and the threads it starts, off CPU 0 (the daemon's under split).
+fn leave_cpu0() {
+    // SAFETY: cpu_set_t is plain data, initialised by CPU_ZERO before use; the calls
+    // concern the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for c in 1..n.max(2) {
+            libc::CPU_SET(c, &mut set);
+        }
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn nice_this_thread(n: i32) {
     // SAFETY: gettid and setpriority on the calling thread; no memory is shared.
     unsafe {
@@ -283,6 +322,9 @@ fn main() {
         |r| r.to_string(),
     );
     assert!(hosts <= 1250 && locks <= 64);
+    if split() {
+        leave_cpu0();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     for g in ["g1", "g2"] {
@@ -446,6 +488,21 @@ fn main() {
         .collect();
     before.sort();
     during.sort();
+    // Runs are short and their tails few samples: `BENCH_SAMPLES=FILE` appends every
+    // latency ("before"/"during" and microseconds, one per line) so runs can be pooled.
+    if let Ok(path) = std::env::var("BENCH_SAMPLES") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("BENCH_SAMPLES file");
+        for (tag, v) in [("before", &before), ("during", &during)] {
+            for l in v.iter() {
+                writeln!(f, "{tag} {}", l.as_micros()).expect("BENCH_SAMPLES write");
+            }
+        }
+    }
 
     // The field's way: the whole daemon restarts and every group is in grace.
     let restart = Instant::now();
@@ -473,7 +530,12 @@ fn main() {
     );
     let wall = (failover_end - online).as_secs_f64();
     println!(
-        "simulated hosts at nice {nice}; CPU during the failover ({:.2} s): daemon {:.2} s ({:.0}% of one core), driver {:.2} s ({:.0}%)",
+        "{}simulated hosts at nice {nice}; CPU during the failover ({:.2} s): daemon {:.2} s ({:.0}% of one core), driver {:.2} s ({:.0}%)",
+        if split() {
+            "daemon on CPU 0, driver on the others; "
+        } else {
+            ""
+        },
         wall,
         daemon_cpu.as_secs_f64(),
         100.0 * daemon_cpu.as_secs_f64() / wall,

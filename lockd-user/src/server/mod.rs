@@ -107,6 +107,15 @@ impl Default for ServerConfig {
     }
 }
 
+/// Which runtime serves a connection, by the local address it reached: lets the work of
+/// one set of addresses (a service group's server IDs) run on a thread of its own.
+pub trait Placement: Send + Sync {
+    /// The runtime for a TCP connection accepted at, or a UDP socket bound to, `local`,
+    /// with a key that names it (connections with one key share their busy poll); `None`
+    /// keeps it on the listener's runtime.
+    fn place(&self, local: SocketAddr) -> Option<(u64, tokio::runtime::Handle)>;
+}
+
 /// Why the server could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -128,6 +137,7 @@ pub struct ServerBuilder {
     tcp: Vec<SocketAddr>,
     udp_sockets: Vec<std::net::UdpSocket>,
     tcp_listeners: Vec<std::net::TcpListener>,
+    placement: Option<Arc<dyn Placement>>,
 }
 
 impl ServerBuilder {
@@ -139,7 +149,15 @@ impl ServerBuilder {
             tcp: Vec::new(),
             udp_sockets: Vec::new(),
             tcp_listeners: Vec::new(),
+            placement: None,
         }
+    }
+
+    /// Serves connections and sockets where `p` places them instead of all on the
+    /// runtime that starts the server.
+    pub fn placement(mut self, p: Arc<dyn Placement>) -> Self {
+        self.placement = Some(p);
+        self
     }
 
     /// Serves a program.
@@ -233,14 +251,43 @@ impl ServerBuilder {
                 .map_err(bind_err(Transport::Udp, unspecified()))?;
             udp_addrs.push(addr);
             info!(%addr, "RPC server listening on UDP");
-            tasks.spawn(udp::serve_udp(
-                Arc::new(sock),
-                addr,
+            let placed = self.placement.as_ref().and_then(|p| p.place(addr));
+            let (dispatcher, drc, poll, stop) = (
                 dispatcher.clone(),
                 drc.clone(),
                 self.config.busy_poll,
                 stop_rx.clone(),
-            ));
+            );
+            match placed {
+                None => {
+                    tasks.spawn(udp::serve_udp(
+                        Arc::new(sock),
+                        addr,
+                        dispatcher,
+                        drc,
+                        poll,
+                        stop,
+                    ));
+                }
+                Some((_, handle)) => {
+                    // Registered again with the reactor of the runtime that serves it.
+                    let std = sock.into_std().map_err(bind_err(Transport::Udp, addr))?;
+                    tasks.spawn_on(
+                        async move {
+                            match UdpSocket::from_std(std) {
+                                Ok(s) => {
+                                    udp::serve_udp(Arc::new(s), addr, dispatcher, drc, poll, stop)
+                                        .await
+                                }
+                                Err(e) => {
+                                    tracing::error!(%addr, error = %e, "UDP socket not served")
+                                }
+                            }
+                        },
+                        &handle,
+                    );
+                }
+            }
         }
         let mut tcp_addrs = Vec::new();
         let slots = Arc::new(tcp::Conns::new(&self.config));
@@ -255,6 +302,7 @@ impl ServerBuilder {
                 dispatcher.clone(),
                 self.config.clone(),
                 slots.clone(),
+                self.placement.clone(),
                 stop_rx.clone(),
             ));
         }

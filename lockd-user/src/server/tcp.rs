@@ -19,7 +19,7 @@
 //! stops as soon as another connection is served, since the runtime is then awake anyway.
 
 use super::dispatch::{result_msg, Action, Dispatcher};
-use super::{stopped, unspecified, ServerConfig, Transport};
+use super::{stopped, unspecified, Placement, ServerConfig, Transport};
 use crate::record::{
     encode_record_into, RecordBudget, RecordError, RecordReader, LAST_FRAGMENT, MAX_FRAGMENT,
 };
@@ -162,10 +162,14 @@ pub(super) async fn serve_tcp(
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
     conns_table: Arc<Conns>,
+    placement: Option<Arc<dyn Placement>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
     let poller = Arc::new(Poller::default());
+    // Connections served on another runtime busy-poll among themselves: a turn taken by
+    // one of them must not keep this runtime's connections from polling.
+    let mut pollers: HashMap<u64, Arc<Poller>> = HashMap::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -187,10 +191,39 @@ pub(super) async fn serve_tcp(
         let dispatcher = dispatcher.clone();
         let config = config.clone();
         let stop = stop.clone();
-        let poller = poller.clone();
-        conns.spawn(async move {
-            serve_connection(stream, peer, dispatcher, config, poller, admitted, stop).await;
+        let placed = placement.as_ref().and_then(|p| {
+            let local = stream.local_addr().ok()?;
+            p.place(local)
         });
+        let Some((key, handle)) = placed else {
+            let poller = poller.clone();
+            conns.spawn(async move {
+                serve_connection(stream, peer, dispatcher, config, poller, admitted, stop).await;
+            });
+            continue;
+        };
+        let poller = pollers.entry(key).or_default().clone();
+        // Taken off this runtime's reactor and registered with the serving runtime's, so
+        // its readiness wakes that runtime's thread directly.
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%peer, error = %e, "TCP connection could not be handed over");
+                continue;
+            }
+        };
+        conns.spawn_on(
+            async move {
+                match TcpStream::from_std(std) {
+                    Ok(stream) => {
+                        serve_connection(stream, peer, dispatcher, config, poller, admitted, stop)
+                            .await
+                    }
+                    Err(e) => warn!(%peer, error = %e, "TCP connection could not be handed over"),
+                }
+            },
+            &handle,
+        );
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
@@ -559,6 +592,136 @@ mod tests {
             }
         ));
         (h.xid, d.get_u32().unwrap())
+    }
+
+    /// BLOCK blocks its thread until a NOW call has been served (or 10 s pass).
+    const BLOCK: u32 = 2;
+
+    struct Blocking {
+        served_now: Mutex<std::sync::mpsc::Receiver<()>>,
+        now_tx: Mutex<std::sync::mpsc::Sender<()>>,
+        blocked_on: Mutex<Vec<Option<String>>>,
+    }
+
+    impl RpcProgram for Blocking {
+        fn program(&self) -> u32 {
+            PROG
+        }
+        fn versions(&self) -> (u32, u32) {
+            (1, 1)
+        }
+        fn call(&self, ctx: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+            let v: u32 = decode_args(args)?;
+            match ctx.proc_ {
+                NOW => {
+                    let _ = self.now_tx.lock().unwrap().send(());
+                    Ok(Reply::encode(&v))
+                }
+                BLOCK => {
+                    self.blocked_on
+                        .lock()
+                        .unwrap()
+                        .push(std::thread::current().name().map(String::from));
+                    // Holds the thread it runs on, as a slow call would.
+                    let got = self.served_now.lock().unwrap().recv_timeout(STEP).is_ok();
+                    Ok(Reply::encode(&u32::from(got)))
+                }
+                _ => Err(ProcError::ProcUnavail),
+            }
+        }
+    }
+
+    // Connections reaching 127.0.0.2 run on a runtime of their own.
+    struct Second(tokio::runtime::Runtime);
+
+    impl crate::server::Placement for Second {
+        fn place(&self, local: std::net::SocketAddr) -> Option<(u64, tokio::runtime::Handle)> {
+            (local.ip() == std::net::Ipv4Addr::new(127, 0, 0, 2))
+                .then(|| (2, self.0.handle().clone()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_placed_connection_runs_apart_from_the_listeners_runtime() {
+        // One worker each: if the connection to the second address ran on the listener's
+        // worker, its blocked call would keep the first address's call from being served
+        // and would time out.
+        let second = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("placed-worker")
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prog = Arc::new(Blocking {
+            served_now: Mutex::new(rx),
+            now_tx: Mutex::new(tx),
+            blocked_on: Mutex::new(Vec::new()),
+        });
+        let server = RpcServer::builder(ServerConfig::default())
+            .program(prog.clone())
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .tcp("127.0.0.2:0".parse().unwrap())
+            .udp("127.0.0.2:0".parse().unwrap())
+            .placement(Arc::new(Second(second)))
+            .start()
+            .await
+            .unwrap();
+        let (first, placed) = (server.tcp_addrs()[0], server.tcp_addrs()[1]);
+        let mut p = TcpStream::connect(placed).await.unwrap();
+        p.write_all(&call(1, BLOCK, 0)).await.unwrap();
+        // The blocking call is running before the other is sent.
+        let t = std::time::Instant::now();
+        while prog.blocked_on.lock().unwrap().is_empty() {
+            assert!(t.elapsed() < STEP, "the blocking call never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut f = TcpStream::connect(first).await.unwrap();
+        f.write_all(&call(2, NOW, 7)).await.unwrap();
+        assert_eq!(reply(&mut f).await, (2, 7));
+        assert_eq!(
+            reply(&mut p).await,
+            (1, 1),
+            "the blocked call saw the other served"
+        );
+        assert_eq!(
+            prog.blocked_on.lock().unwrap().as_slice(),
+            [Some("placed-worker".to_string())],
+            "the placed connection's call ran on the placed runtime"
+        );
+        // A UDP socket bound to the placed address is served there as well.
+        let udp_placed = server.udp_addrs()[0];
+        let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let msg =
+            CallHeader::new(3, PROG, 1, BLOCK, OpaqueAuth::none()).to_message(&to_bytes(&0u32));
+        u.send_to(&msg, udp_placed).await.unwrap();
+        let t = std::time::Instant::now();
+        while prog.blocked_on.lock().unwrap().len() < 2 {
+            assert!(t.elapsed() < STEP, "the blocking UDP call never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f.write_all(&call(4, NOW, 8)).await.unwrap();
+        assert_eq!(reply(&mut f).await, (4, 8));
+        let mut buf = [0u8; 512];
+        let n = timeout(STEP, u.recv(&mut buf))
+            .await
+            .expect("UDP reply in time")
+            .unwrap();
+        let mut d = Decoder::new(&buf[..n]);
+        assert_eq!(ReplyHeader::decode(&mut d).unwrap().xid, 3);
+        assert_eq!(
+            d.get_u32().unwrap(),
+            1,
+            "the blocked UDP call saw the other served"
+        );
+        assert_eq!(
+            prog.blocked_on.lock().unwrap()[1].as_deref(),
+            Some("placed-worker")
+        );
+        // Shutdown ends the placed connection and socket too.
+        timeout(STEP, server.shutdown())
+            .await
+            .expect("shutdown in time");
     }
 
     #[tokio::test]
