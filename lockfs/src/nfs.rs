@@ -90,17 +90,41 @@ pub fn nfs_config(cfg: &Config) -> Option<NfsConfig> {
     Some(n)
 }
 
+/// The NFS door as it runs: its service and the runtime it runs on.
+pub struct NfsDoor {
+    service: NfsService,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NfsDoor {
+    /// Stops serving NFS and MOUNT and ends the door's thread.
+    pub fn shutdown(self) {
+        self.runtime.block_on(self.service.shutdown());
+    }
+}
+
 /// Starts NFS and MOUNT next to the lock service. A port that cannot be bound (another
 /// NFS server runs) is reported and the daemon goes on without NFS: locks and the local
 /// mounts do not depend on it.
-pub fn start(
-    cfg: &Config,
-    lockd: &LockdService,
-    runtime: &tokio::runtime::Runtime,
-    caches: Arc<MountCaches>,
-) -> Option<NfsService> {
+///
+/// The door has a runtime of its own, with one worker, apart from the lock service's: its
+/// read-only calls run right on that worker (see `lockd_user::nfs3::program`), and a
+/// READ or LOOKUP waiting for a disk must not hold up an NLM UNLOCK or a GRANTED callback.
+pub fn start(cfg: &Config, lockd: &LockdService, caches: Arc<MountCaches>) -> Option<NfsDoor> {
     let mut config = nfs_config(cfg)?;
     config.changes = Some(Changes(caches));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("lockfs-nfs")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lockfs: NFS not served: cannot start its thread: {e}");
+            return None;
+        }
+    };
     match runtime.block_on(NfsService::start(
         config,
         lockd.lockd().clone(),
@@ -112,7 +136,10 @@ pub fn start(
                 s.nfs_tcp(),
                 s.mount_tcp()
             );
-            Some(s)
+            Some(NfsDoor {
+                service: s,
+                runtime,
+            })
         }
         Err(e) => {
             eprintln!("lockfs: NFS not served: {e}");

@@ -158,7 +158,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     );
 
     let caches = Arc::new(crate::nfs::MountCaches::default());
-    let nfs = crate::nfs::start(&cfg, &service, &runtime, caches.clone());
+    let nfs = crate::nfs::start(&cfg, &service, caches.clone());
 
     // An offline group's storage may be on another node: its exports are mounted when it
     // comes online here.
@@ -213,7 +213,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         lockd_user::recovery::set_group_refused(&lockd, ScopeId(g.scope), true);
     }
     if let Some(n) = nfs {
-        runtime.block_on(n.shutdown());
+        n.shutdown();
     }
     let mut failed = false;
     for g in &moving {

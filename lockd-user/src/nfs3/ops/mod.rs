@@ -1,7 +1,6 @@
 //! The 22 NFS version 3 procedures, each a function from its decoded arguments to its
 //! encoded results, run as the caller ([`super::identity`]): the read-only ones on the
-//! connection's own task while it calls alone, the rest on a blocking thread (see
-//! [`super::program`]).
+//! connection's own task, the rest on a blocking thread (see [`super::program`]).
 //!
 //! Every procedure resolves its handles first, as the daemon (resolution needs
 //! `open_by_handle_at`, a privilege the caller does not have), then takes the caller's
