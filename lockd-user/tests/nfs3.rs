@@ -1670,3 +1670,39 @@ async fn inline_procedures_run_as_the_caller_and_give_the_identity_back() {
     assert_eq!((m.uid(), m.gid()), (0, 0));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
+    use std::os::fd::AsRawFd;
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let path = s.rw.join("cold");
+    std::fs::write(&path, &data).unwrap();
+    let (st, fh) = c.lookup(&root, b"cold").await;
+    assert_eq!(st, OK);
+    // Cached: answered where it was decoded.
+    assert_eq!(c.read(&fh, 0, 1 << 20).await.1, data);
+    assert_eq!(s.nfs.reads_waited(), 0, "a cached READ went to the pool");
+    // Written back and dropped from the page cache: the READ may not wait on the
+    // connection's thread, is read on the pool instead, and gets the same bytes.
+    let f = std::fs::File::open(&path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: plain system call on a descriptor this test owns.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+    let (st, got, eof) = c.read(&fh, 4096, 300_000).await;
+    assert_eq!((st, eof), (OK, false));
+    assert!(got == data[4096..304_096], "bytes read on the pool differ");
+    assert!(
+        s.nfs.reads_waited() >= 1,
+        "the uncached READ was not handed to the pool"
+    );
+    // Past the end of the file: end of file, no data, from memory or not.
+    let (st, got, eof) = c.read(&fh, (1 << 20) + 10, 4096).await;
+    assert_eq!((st, got.len(), eof), (OK, 0, true));
+    s.stop().await;
+}

@@ -5,16 +5,18 @@
 //! cross-thread wake-ups, each of which can be the wake-up of a halted virtual CPU; that
 //! was most of the time of a GETATTR. So the procedures that change nothing and do a few
 //! system calls on descriptors already open (GETATTR, LOOKUP, ACCESS, READLINK, FSSTAT,
-//! FSINFO, PATHCONF, and a READ of at most [`INLINE_READ`] bytes) run right where the call
-//! was decoded, and the reply goes out with no hand-off. That holds with many clients too:
+//! FSINFO, PATHCONF, and a READ of at most [`INLINE_READ`] bytes whose data is all in the
+//! page cache, read with `RWF_NOWAIT`) run right where the call was decoded, and the reply
+//! goes out with no hand-off; a READ that would wait for the disk is run again on the
+//! blocking pool, so one client's cold file never holds up the others. That holds with many clients too:
 //! measured on 2 CPUs with 16 clients, one thread answering LOOKUPs one after another
 //! served 1.8 times as many as the blocking pool did (the pool's wake-ups cost more than
 //! the calls), so `lockfs serve` gives the NFS door a runtime thread of its own, apart from
 //! NLM's. Everything that changes a file or a name stays on the blocking pool: a change
 //! tells the FUSE mount to drop its caches of the file, and that call can wait for a local
 //! writer that is itself waiting for a lock whose release (an NLM UNLOCK) must still be
-//! served. So do COMMIT (an fsync), READDIR and READDIRPLUS (a whole directory may be
-//! read) and large READs. An inline procedure takes the caller's identity on the runtime's
+//! served. So do COMMIT (an fsync) and READDIR and READDIRPLUS (a whole directory may be
+//! read). An inline procedure takes the caller's identity on the runtime's
 //! thread and gives it back before it returns: there is no await in between, so no other
 //! task runs as the caller.
 //!
@@ -37,9 +39,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::error;
 
-/// The largest READ run inline: a few pages copied from the page cache cost less than the
-/// hand-off; a megabyte would hold every other connection up while it is copied.
-pub const INLINE_READ: u32 = 64 * 1024;
+/// The largest READ tried inline (and only from the page cache: data that must come from
+/// the disk is read on the blocking pool).
+pub const INLINE_READ: u32 = 1024 * 1024;
 
 /// Whether a call runs at once on the connection's task (see the module comment). Arguments
 /// that do not decode go to the blocking pool, which answers them as before.
@@ -97,13 +99,20 @@ impl RpcProgram for Nfs3Program {
         let caller = Caller::from_ctx(ctx);
         let proc_ = ctx.proc_;
         if !non_idempotent(proc_) && runs_inline(proc_, raw) {
-            return match catch_unwind(AssertUnwindSafe(|| self.door.run(&caller, proc_, raw))) {
-                Ok(r) => r.map(Reply::Now),
+            let run = || self.door.run_without_waiting(&caller, proc_, raw);
+            match catch_unwind(AssertUnwindSafe(run)) {
+                Ok(Some(r)) => return r.map(Reply::Now),
+                // Data to come from the disk: read on the blocking pool below.
+                Ok(None) => {
+                    self.door
+                        .reads_waited
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(_) => {
                     error!(proc_, "NFS procedure panicked");
-                    Err(ProcError::SystemErr)
+                    return Err(ProcError::SystemErr);
                 }
-            };
+            }
         }
         let bytes = raw.to_vec();
         let key = non_idempotent(proc_).then(|| {

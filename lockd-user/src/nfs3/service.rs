@@ -127,6 +127,7 @@ impl NfsService {
             write_verf: fresh_verifier(),
             max_io,
             changes: config.changes.as_ref().map(|c| c.0.clone()),
+            reads_waited: Default::default(),
         });
         let mut sc = config.server.clone();
         sc.max_record_size = sc.max_record_size.max(max_io as usize + 64 * 1024);
@@ -224,6 +225,13 @@ impl NfsService {
     /// Backing descriptors held open behind handles now.
     pub fn open_files(&self) -> usize {
         self.door.backing.open_count()
+    }
+
+    /// READs whose data was not all in memory and that were read on the blocking pool.
+    pub fn reads_waited(&self) -> u64 {
+        self.door
+            .reads_waited
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops serving and withdraws the rpcbind registrations it made.

@@ -11,21 +11,41 @@ use std::mem::MaybeUninit;
 /// count and end-of-file flag.
 const READ_HEAD: usize = 4 + 4 + FATTR_LEN + 4 + 4;
 
+/// Why a READ gave no reply.
+enum ReadFail {
+    Stat(Stat),
+    /// Not all of the data is in the page cache, and the READ may not wait for the disk.
+    WouldWait,
+}
+
+impl From<Stat> for ReadFail {
+    fn from(s: Stat) -> Self {
+        ReadFail::Stat(s)
+    }
+}
+
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read, all
-/// of them initialised.
-fn pread_into(fd: RawFd, buf: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<usize> {
+/// of them initialised. With [`Wait::No`], only from the page cache (`RWF_NOWAIT`): data
+/// that would have to come from the disk ends the read with `EAGAIN`.
+fn pread_into(
+    fd: RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    offset: u64,
+    wait: Wait,
+) -> io::Result<usize> {
+    let flags = match wait {
+        Wait::Yes => 0,
+        Wait::No => libc::RWF_NOWAIT,
+    };
     let mut done = 0usize;
     while done < buf.len() {
-        // SAFETY: the tail of `buf` is valid for writes of its length; the kernel writes
-        // at most that many bytes and returns how many.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
-                (offset + done as u64) as libc::off_t,
-            )
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
         };
+        // SAFETY: the one iovec covers the tail of `buf`, valid for writes of its length;
+        // the kernel writes at most that many bytes and returns how many.
+        let n = unsafe { libc::preadv2(fd, &iov, 1, (offset + done as u64) as libc::off_t, flags) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -71,13 +91,24 @@ impl Door {
     /// (status, attributes, count, end of file), which is filled in afterwards: a megabyte
     /// is then copied once on its way from the page cache to the socket's buffer, not
     /// zeroed, read, and copied again into the reply.
-    pub(super) fn read(&self, c: &Caller, fh: &[u8], offset: u64, count: u32, e: &mut Encoder) {
+    ///
+    /// With [`Wait::No`] the data must all be in the page cache: false (and nothing in
+    /// `e`) when some of it is not, and the READ is to be run again where it may wait.
+    pub(super) fn read(
+        &self,
+        c: &Caller,
+        fh: &[u8],
+        offset: u64,
+        count: u32,
+        wait: Wait,
+        e: &mut Encoder,
+    ) -> bool {
         let count = count.min(self.max_io(c));
-        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
-            return;
-        };
         let start = e.len();
-        let r = (|| {
+        let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
+            return true;
+        };
+        let r = (|| -> Result<(usize, bool), ReadFail> {
             let st = fstat(node.raw()).map_err(ioerr)?;
             regular(&st)?;
             let _pass = match Range::from_len(offset, u64::from(count.max(1))) {
@@ -89,11 +120,26 @@ impl Door {
             e.put_raw(&[0u8; READ_HEAD]);
             // SAFETY: `pread_into` returns how many bytes of the slice the kernel wrote.
             let done = unsafe {
-                e.put_opaque_in_place(count as usize, |buf| pread_into(f.as_raw_fd(), buf, offset))
-            }
-            .map_err(ioerr)?;
+                e.put_opaque_in_place(count as usize, |buf| {
+                    pread_into(f.as_raw_fd(), buf, offset, wait)
+                })
+            };
+            let done = match done {
+                Ok(n) => n,
+                // EAGAIN: not cached; EOPNOTSUPP: a file system without RWF_NOWAIT.
+                Err(err) if wait == Wait::No => {
+                    tracing::trace!(error = %err, "READ not served from memory");
+                    return Err(ReadFail::WouldWait);
+                }
+                Err(err) => return Err(ioerr(err).into()),
+            };
             let size = fstat(f.as_raw_fd()).map_err(ioerr)?.st_size.max(0) as u64;
-            Ok((done, offset.saturating_add(done as u64) >= size))
+            let eof = offset.saturating_add(done as u64) >= size;
+            // A short read before the end: the rest was not cached.
+            if wait == Wait::No && done < count as usize && !eof {
+                return Err(ReadFail::WouldWait);
+            }
+            Ok((done, eof))
         })();
         match r {
             Ok((done, eof)) => {
@@ -105,11 +151,16 @@ impl Door {
                 // Shorter only when the attributes could not be read.
                 e.replace(start, READ_HEAD, head.as_slice());
             }
-            Err(s) => {
+            Err(ReadFail::Stat(s)) => {
                 e.truncate(start);
                 reply_with_attr(e, node.raw(), Err::<(), _>(s), |_, ()| {});
             }
+            Err(ReadFail::WouldWait) => {
+                e.truncate(start);
+                return false;
+            }
         }
+        true
     }
 
     pub(super) fn write(

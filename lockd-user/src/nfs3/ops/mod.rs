@@ -57,6 +57,9 @@ pub struct Door {
     pub write_verf: [u8; 8],
     pub max_io: u32,
     pub changes: Option<Arc<dyn super::ChangeSink>>,
+    /// READs that could not be answered from memory where they were decoded and were
+    /// read on the blocking pool instead (see [`super::program`]).
+    pub reads_waited: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Door {
@@ -256,8 +259,26 @@ impl Door {
     /// Runs one procedure: the encoded results, or an RPC-level error (undecodable
     /// arguments are refused before the procedure has any effect).
     pub fn run(&self, c: &Caller, proc_: u32, args: &[u8]) -> Res {
+        match self.run_as(c, proc_, args, Wait::Yes) {
+            Some(r) => r,
+            // Only a run that may not wait gives up.
+            None => Err(ProcError::SystemErr),
+        }
+    }
+
+    /// Runs one procedure on a thread that must not wait for a disk: `None` when it would
+    /// have to (a READ of data not in the page cache), to be run again with [`Door::run`]
+    /// where waiting is allowed. Nothing was changed or sent then.
+    pub fn run_without_waiting(&self, c: &Caller, proc_: u32, args: &[u8]) -> Option<Res> {
+        self.run_as(c, proc_, args, Wait::No)
+    }
+
+    fn run_as(&self, c: &Caller, proc_: u32, args: &[u8], wait: Wait) -> Option<Res> {
         let mut d = Decoder::new(args);
-        let args = decode(proc_, &mut d, self.max_io.max(UDP_MAX_IO) as usize)?;
+        let args = match decode(proc_, &mut d, self.max_io.max(UDP_MAX_IO) as usize) {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e)),
+        };
         let mut e = Encoder::new();
         let e_ = &mut e;
         match args {
@@ -267,7 +288,11 @@ impl Door {
             Args::Lookup(at) => self.lookup(c, &at, e_),
             Args::Access { fh, want } => self.access(c, &fh, want, e_),
             Args::ReadLink(fh) => self.readlink(c, &fh, e_),
-            Args::Read { fh, offset, count } => self.read(c, &fh, offset, count, e_),
+            Args::Read { fh, offset, count } => {
+                if !self.read(c, &fh, offset, count, wait, e_) {
+                    return None;
+                }
+            }
             Args::Write {
                 fh,
                 offset,
@@ -295,7 +320,7 @@ impl Door {
             Args::PathConf(fh) => self.pathconf(c, &fh, e_),
             Args::Commit { fh, .. } => self.commit(c, &fh, e_),
         }
-        Ok(e.into_inner())
+        Some(Ok(e.into_inner()))
     }
 
     // Each procedure gets its decoded arguments ([`super::args`]) and answers a status.
@@ -305,6 +330,14 @@ impl From<io::Error> for Stat {
     fn from(e: io::Error) -> Self {
         Stat::from_io(&e)
     }
+}
+
+/// Whether a procedure may wait for the disk where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Only data already in memory: the thread serves other clients' calls.
+    No,
 }
 
 fn regular(st: &libc::stat) -> Result<(), Stat> {
