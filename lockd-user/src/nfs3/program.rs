@@ -101,7 +101,7 @@ impl RpcProgram for Nfs3Program {
         if !non_idempotent(proc_) && runs_inline(proc_, raw) {
             let run = || self.door.run_without_waiting(&caller, proc_, raw);
             match catch_unwind(AssertUnwindSafe(run)) {
-                Ok(Some(r)) => return r.map(Reply::Now),
+                Ok(Some(r)) => return r.map(Reply::NowAfterHeader),
                 // Data to come from the disk: read on the blocking pool below.
                 Ok(None) => {
                     self.door

@@ -3,8 +3,8 @@
 
 use super::{CallContext, ProcError, Reply, RpcProgram, Transport};
 use crate::rpc::{
-    flavor, AcceptStatus, AuthStat, CallDecodeError, CallHeader, Credential, RejectStatus,
-    ReplyHeader, ReplyStatus, RPC_VERSION,
+    flavor, write_success_header, AcceptStatus, AuthStat, CallDecodeError, CallHeader, Credential,
+    RejectStatus, ReplyHeader, ReplyStatus, RPC_VERSION, SUCCESS_HEADER_LEN,
 };
 use crate::xdr::Decoder;
 use std::collections::HashMap;
@@ -139,6 +139,18 @@ impl Dispatcher {
         // A handler bug must cost one call, not the listener that serves everyone.
         match catch_unwind(AssertUnwindSafe(|| prog.call(&ctx, &mut dec))) {
             Ok(Ok(Reply::Now(body))) => Action::Send(result_msg(xid, Ok(body))),
+            Ok(Ok(Reply::NowAfterHeader(mut msg))) if msg.len() >= SUCCESS_HEADER_LEN => {
+                write_success_header(&mut msg, xid);
+                Action::Send(msg)
+            }
+            Ok(Ok(Reply::NowAfterHeader(_))) => {
+                error!(
+                    prog = h.prog,
+                    proc_ = h.proc_,
+                    "results without room for the header"
+                );
+                send(ReplyStatus::accepted(AcceptStatus::SystemErr))
+            }
             Ok(Ok(Reply::None)) => Action::Nothing,
             Ok(Ok(Reply::Later(rx))) => Action::Defer { xid, rx },
             Ok(Err(e)) => send(error_status(e)),

@@ -77,6 +77,10 @@ pub fn handle_silent<A: XdrDecode>(
 pub enum Reply {
     /// Send these already-encoded results now.
     Now(Vec<u8>),
+    /// Send now the results that follow [`crate::rpc::SUCCESS_HEADER_LEN`] bytes of room
+    /// for the reply's header, which is written there instead of copying the results
+    /// behind it (for large results: a READ's megabyte).
+    NowAfterHeader(Vec<u8>),
     /// Send nothing (message-passing procedures such as NLM `*_MSG` and `*_RES`).
     None,
     /// The answer comes later through the matching [`ReplySender`].

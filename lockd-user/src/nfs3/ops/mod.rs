@@ -268,18 +268,24 @@ impl Door {
 
     /// Runs one procedure on a thread that must not wait for a disk: `None` when it would
     /// have to (a READ of data not in the page cache), to be run again with [`Door::run`]
-    /// where waiting is allowed. Nothing was changed or sent then.
+    /// where waiting is allowed. Nothing was changed or sent then. The results follow
+    /// room for the RPC reply header ([`crate::server::Reply::NowAfterHeader`]), so a
+    /// READ's data is not copied once more behind it.
     pub fn run_without_waiting(&self, c: &Caller, proc_: u32, args: &[u8]) -> Option<Res> {
         self.run_as(c, proc_, args, Wait::No)
     }
 
     fn run_as(&self, c: &Caller, proc_: u32, args: &[u8], wait: Wait) -> Option<Res> {
+        let room = match wait {
+            Wait::No => crate::rpc::SUCCESS_HEADER_LEN,
+            Wait::Yes => 0,
+        };
         let mut d = Decoder::new(args);
         let args = match decode(proc_, &mut d, self.max_io.max(UDP_MAX_IO) as usize) {
             Ok(a) => a,
             Err(e) => return Some(Err(e)),
         };
-        let mut e = Encoder::new();
+        let mut e = Encoder::from_vec(vec![0u8; room]);
         let e_ = &mut e;
         match args {
             Args::Null => {}
