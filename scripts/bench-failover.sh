@@ -9,7 +9,9 @@
 # Usage (as root): scripts/bench-failover.sh [--debug] [HOSTS [LOCKS [GROUP_NOTIFY_PER_SECOND]]]
 # Defaults: 1000 hosts, 10 locks, the daemon's default group_notify_per_second.
 # BENCH_CLIENT_NICE=N runs the simulated hosts' threads at nice N (default 0: the
-# daemon's priority; see BENCHMARKS.md for why).
+# daemon's priority; see BENCHMARKS.md for why). BENCH_SAMPLES=FILE appends g2's
+# latencies to FILE (to pool several runs); BENCH_SPLIT=1 runs the daemon on CPU 0
+# and the driver on the other CPUs.
 # Builds (release unless --debug) and prints the figures and the machine's load
 # average.
 set -euo pipefail
