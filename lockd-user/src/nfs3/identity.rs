@@ -238,8 +238,7 @@ mod tests {
     fn identity_is_per_thread_and_restored() {
         // SAFETY: reading our own ids.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: identity switching needs root");
-            return;
+            lockfs_testkit::skip!("identity switching needs root");
         }
         let d = tempfile::tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -269,8 +268,7 @@ mod tests {
     fn only_what_differs_is_changed_and_put_back() {
         // SAFETY: reading our own ids.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: identity switching needs root");
-            return;
+            lockfs_testkit::skip!("identity switching needs root");
         }
         std::thread::spawn(|| {
             // SAFETY: reading our own ids.
