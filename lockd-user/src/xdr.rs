@@ -151,11 +151,6 @@ impl Encoder {
         Ok(n)
     }
 
-    /// Makes room for `additional` more bytes at once, instead of growing step by step.
-    pub fn reserve(&mut self, additional: usize) {
-        self.buf.reserve(additional);
-    }
-
     /// Drops everything written after the first `len` bytes.
     pub fn truncate(&mut self, len: usize) {
         self.buf.truncate(len);

@@ -7,6 +7,11 @@
 use super::*;
 use std::mem::MaybeUninit;
 
+/// The largest READ tried inline, where it may not wait (see [`super::super::program`]):
+/// a larger one, or one whose data is not all in the page cache, is read on the blocking
+/// pool.
+pub const INLINE_READ: u32 = 1024 * 1024;
+
 /// A READ reply's fixed part before its data: status, `post_op_attr` with attributes,
 /// count and end-of-file flag.
 const READ_HEAD: usize = 4 + 4 + FATTR_LEN + 4 + 4;
@@ -92,8 +97,9 @@ impl Door {
     /// is then copied once on its way from the page cache to the socket's buffer, not
     /// zeroed, read, and copied again into the reply.
     ///
-    /// With [`Wait::No`] the data must all be in the page cache: false (and nothing in
-    /// `e`) when some of it is not, and the READ is to be run again where it may wait.
+    /// With [`Wait::No`] the READ must be at most [`INLINE_READ`] bytes and its data all
+    /// in the page cache: false (and nothing in `e`) when it is not, and the READ is to be
+    /// run again where it may wait.
     pub(super) fn read(
         &self,
         c: &Caller,
@@ -103,6 +109,9 @@ impl Door {
         wait: Wait,
         e: &mut Encoder,
     ) -> bool {
+        if wait == Wait::No && count > INLINE_READ {
+            return false;
+        }
         let count = count.min(self.max_io(c));
         let start = e.len();
         let Some(node) = self.node_or_fail(c, fh, e, Empty::PostAttr) else {
@@ -116,7 +125,6 @@ impl Door {
                 Err(_) => None,
             };
             let f = self.open_for_io(c, &node, &st, libc::O_RDONLY)?;
-            e.reserve(READ_HEAD + 4 + count as usize + 3);
             e.put_raw(&[0u8; READ_HEAD]);
             // SAFETY: `pread_into` returns how many bytes of the slice the kernel wrote.
             let done = unsafe {

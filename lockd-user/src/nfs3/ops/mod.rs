@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 mod attrs;
 mod data;
+pub use data::INLINE_READ;
 mod dirs;
 mod namespace;
 
@@ -57,8 +58,9 @@ pub struct Door {
     pub write_verf: [u8; 8],
     pub max_io: u32,
     pub changes: Option<Arc<dyn super::ChangeSink>>,
-    /// READs that could not be answered from memory where they were decoded and were
-    /// read on the blocking pool instead (see [`super::program`]).
+    /// READs that could not be answered where they were decoded (larger than
+    /// [`INLINE_READ`], or data not all in memory) and were read on the blocking pool
+    /// instead (see [`super::program`]).
     pub reads_waited: std::sync::atomic::AtomicU64,
 }
 
@@ -267,7 +269,8 @@ impl Door {
     }
 
     /// Runs one procedure on a thread that must not wait for a disk: `None` when it would
-    /// have to (a READ of data not in the page cache), to be run again with [`Door::run`]
+    /// have to (a READ of data not in the page cache, or larger than [`INLINE_READ`]), to
+    /// be run again with [`Door::run`]
     /// where waiting is allowed. Nothing was changed or sent then. The results follow
     /// room for the RPC reply header ([`crate::server::Reply::NowAfterHeader`]), so a
     /// READ's data is not copied once more behind it.
