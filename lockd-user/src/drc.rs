@@ -3,12 +3,11 @@
 //! UDP clients retransmit when a reply is late or lost. NLM procedures are not idempotent
 //! (a retransmitted LOCK after an UNLOCK, or a second CANCEL, would change the table), so a
 //! retransmission must get the original reply bytes instead of running the handler again.
-//! A request is identified by client address, xid, program, version, procedure, the length of
-//! its arguments and a hash of their first [`HASHED_ARGS`] bytes (so an xid reused for
-//! different arguments is a new request). While the
-//! original is still being served, duplicates are dropped: the client will retry. The cache
-//! holds at most `capacity` entries, evicting the least recently used, and forgets entries
-//! older than `ttl`.
+//! A request is identified by client address, xid, program, version, procedure, the length
+//! of its arguments and a hash of their first [`HASHED_ARGS`] bytes (so an xid reused for
+//! different arguments is a new request). While the original is still being served,
+//! duplicates are dropped: the client will retry. The cache holds at most `capacity`
+//! entries, evicting the least recently used, and forgets entries older than `ttl`.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};

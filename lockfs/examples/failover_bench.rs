@@ -20,8 +20,8 @@
 //! queued behind the simulated hosts' tasks. The hosts' threads (reclaims, portmappers,
 //! status monitor) may be run at a lower priority with `BENCH_CLIENT_NICE=N` (default 0,
 //! the daemon's own); a niced monitor answers late on a loaded machine, and the daemon
-//! then retransmits its notices, so the default leaves them at the daemon's priority. The daemon's and the driver's CPU time
-//! during the failover are printed beside the figures.
+//! then retransmits its notices, so the default leaves them at the daemon's priority. The
+//! daemon's and the driver's CPU time during the failover are printed beside the figures.
 //!
 //! `BENCH_SAMPLES=FILE` appends g2's latencies to FILE, to pool several runs.
 //!
@@ -244,7 +244,6 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
 }
 
-/// Lowers the calling thread's priority to nice `n` (Linux nice values are per thread).
 /// Whether the daemon and the driver run on CPUs of their own (`BENCH_SPLIT=1`).
 fn split() -> bool {
     std::env::var("BENCH_SPLIT").is_ok_and(|v| v == "1")
@@ -271,6 +270,7 @@ fn leave_cpu0() {
     }
 }
 
+/// Lowers the calling thread's priority to nice `n` (Linux nice values are per thread).
 fn nice_this_thread(n: i32) {
     // SAFETY: gettid and setpriority on the calling thread; no memory is shared.
     unsafe {

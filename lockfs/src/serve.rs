@@ -136,7 +136,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     // One worker: it waits in epoll, runs the connection that became readable and writes
     // its reply without handing work to another thread. Measured on 2 cores with 16
     // concurrent NLM clients, a second worker only added cross-thread wake-ups and doubled
-    // the tail latency; FUSE requests are served by their own threads, not by this runtime.
+    // the tail latency. FUSE requests, the NFS door and each group with server IDs have
+    // threads of their own (ARCHITECTURE.md, "Threads of the daemon").
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -271,9 +272,9 @@ fn group_command(
         let scope = ScopeId(g.scope);
         let r = match verb {
             // Its exports are mounted once it is online, and released before it goes
-            // offline (its requests refused first, its lease let go last). An export that cannot be mounted takes
-            // the group offline again; one that cannot be released keeps it online, so
-            // the cluster manager sees the stop fail.
+            // offline (its requests refused first, its lease let go last). An export that
+            // cannot be mounted takes the group offline again; one that cannot be released
+            // keeps it online, so the cluster manager sees the stop fail.
             "online" => lockd_user::recovery::group_online(&lockd, scope)
                 .map(|_| ())
                 .and_then(|()| {
