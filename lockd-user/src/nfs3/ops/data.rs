@@ -31,7 +31,7 @@ impl From<Stat> for ReadFail {
 
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read, all
 /// of them initialised. With [`Wait::No`], only from the page cache (`RWF_NOWAIT`): data
-/// that would have to come from the disk ends the read with `EAGAIN`.
+/// that would have to come from the disk ends the read, with `EAGAIN` or short.
 fn pread_into(
     fd: RawFd,
     buf: &mut [MaybeUninit<u8>],
@@ -62,6 +62,11 @@ fn pread_into(
             break;
         }
         done += n as usize;
+        // Short from memory: the rest is not cached yet, and asking again would only
+        // race the readahead this read started. The caller reads it where it may wait.
+        if wait == Wait::No {
+            break;
+        }
     }
     Ok(done)
 }
