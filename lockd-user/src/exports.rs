@@ -143,10 +143,18 @@ pub enum ExportError {
 #[derive(Debug)]
 pub struct OpenExport {
     pub export: Export,
-    root: Mutex<Option<Arc<File>>>,
+    root: Mutex<Option<Root>>,
 }
 
-fn open_root(e: &Export) -> Result<File, ExportError> {
+/// An open export root and its device and inode numbers, read when it was opened: every
+/// handle the NFS door seals or opens is checked against them.
+#[derive(Debug, Clone)]
+struct Root {
+    file: Arc<File>,
+    id: (u64, u64),
+}
+
+fn open_root(e: &Export) -> Result<Root, ExportError> {
     let root = File::open(&e.root).map_err(|source| ExportError::Open {
         path: e.root.clone(),
         source,
@@ -158,23 +166,32 @@ fn open_root(e: &Export) -> Result<File, ExportError> {
     if !meta.is_dir() {
         return Err(ExportError::NotADirectory(e.root.clone()));
     }
-    Ok(root)
+    use std::os::unix::fs::MetadataExt;
+    Ok(Root {
+        file: Arc::new(root),
+        id: (meta.dev(), meta.ino()),
+    })
 }
 
 impl OpenExport {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<File>>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Root>> {
         self.root.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The open root directory, unless the export is closed (its group offline).
     pub fn root(&self) -> Option<Arc<File>> {
-        self.slot().clone()
+        self.slot().as_ref().map(|r| r.file.clone())
+    }
+
+    /// The device and inode numbers of the open root, unless the export is closed.
+    pub fn root_id(&self) -> Option<(u64, u64)> {
+        self.slot().as_ref().map(|r| r.id)
     }
 
     /// Opens the root again (its group comes online, maybe on storage mounted anew).
     pub fn reopen(&self) -> Result<(), ExportError> {
-        let f = open_root(&self.export)?;
-        *self.slot() = Some(Arc::new(f));
+        let r = open_root(&self.export)?;
+        *self.slot() = Some(r);
         Ok(())
     }
 
@@ -210,7 +227,7 @@ impl Exports {
             let root = if offline.contains(&e.scope) {
                 None
             } else {
-                Some(Arc::new(open_root(&e)?))
+                Some(open_root(&e)?)
             };
             list.push(OpenExport {
                 export: e,

@@ -122,11 +122,14 @@ pub struct Backing {
     capacity: usize,
 }
 
-/// A resolved handle: its export and an `O_PATH` descriptor of the file.
+/// A resolved handle: its export, an `O_PATH` descriptor of the file, and the file's
+/// status as it was when the handle was resolved (an operation's attributes from before
+/// it changes anything).
 #[derive(Debug, Clone)]
 pub struct Node<'a> {
     pub export: &'a OpenExport,
     pub fd: Arc<OwnedFd>,
+    pub st: libc::stat,
 }
 
 impl Node<'_> {
@@ -212,10 +215,9 @@ impl Backing {
                     }
                 })?;
                 let fd = Arc::new(fd);
-                let root_dev = fstat(root.as_raw_fd())
-                    .map_err(|e| Stat::from_io(&e))?
-                    .st_dev;
-                if fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?.st_dev != root_dev {
+                let (root_dev, _) = export.root_id().ok_or(Stat::Stale)?;
+                let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
+                if st.st_dev != root_dev {
                     return Err(Stat::Stale);
                 }
                 self.insert(fh, fd.clone());
@@ -227,7 +229,7 @@ impl Backing {
             self.lock().map.remove(fh);
             return Err(Stat::Stale);
         }
-        Ok(Node { export, fd })
+        Ok(Node { export, fd, st })
     }
 
     fn insert(&self, fh: &[u8], fd: Arc<OwnedFd>) {
@@ -243,19 +245,18 @@ impl Backing {
         l.map.insert(fh.into(), (fd, now));
     }
 
-    /// Seals the handle of an open descriptor of a file in `export`. A file on another
-    /// device than the export root is refused: the server does not cross mounts.
+    /// Seals the handle of an open descriptor of a file in `export`, whose status is
+    /// `st`. A file on another device than the export root is refused: the server does
+    /// not cross mounts.
     pub fn handle_of(
         &self,
         lockd: &Lockd,
         export: &OpenExport,
         fd: RawFd,
+        st: &libc::stat,
     ) -> Result<Vec<u8>, Stat> {
-        let root = export.root().ok_or(Stat::Stale)?;
-        let root_dev = fstat(root.as_raw_fd())
-            .map_err(|e| Stat::from_io(&e))?
-            .st_dev;
-        if fstat(fd).map_err(|e| Stat::from_io(&e))?.st_dev != root_dev {
+        let (root_dev, _) = export.root_id().ok_or(Stat::Stale)?;
+        if st.st_dev != root_dev {
             return Err(Stat::Acces);
         }
         let (htype, kernel) = kernel_handle(fd)?;
@@ -272,14 +273,12 @@ impl Backing {
     /// The handle of an export's root directory.
     pub fn root_handle(&self, lockd: &Lockd, export: &OpenExport) -> Result<Vec<u8>, Stat> {
         let root = export.root().ok_or(Stat::Stale)?;
-        self.handle_of(lockd, export, root.as_raw_fd())
+        let st = fstat(root.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
+        self.handle_of(lockd, export, root.as_raw_fd(), &st)
     }
 }
 
-/// Whether `fd` is the root directory of `export`.
+/// Whether the file of status `st` is the root directory of `export`.
 pub fn is_root(export: &OpenExport, st: &libc::stat) -> bool {
-    export
-        .root()
-        .and_then(|r| fstat(r.as_raw_fd()).ok())
-        .is_some_and(|r| r.st_dev == st.st_dev && r.st_ino == st.st_ino)
+    export.root_id() == Some((st.st_dev, st.st_ino))
 }

@@ -80,7 +80,7 @@ pub struct Assumed {
 const INLINE_GROUPS: usize = 32;
 
 /// A list of group ids, kept inline when short.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Groups {
     Inline(usize, [libc::gid_t; INLINE_GROUPS]),
     Heap(Vec<libc::gid_t>),
@@ -143,21 +143,55 @@ fn raw_setgroups(groups: &[libc::gid_t]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The identity a thread has between operations: the daemon's effective ids and the
+/// thread's supplementary groups.
+#[derive(Debug, Clone)]
+struct Own {
+    uid: u32,
+    gid: u32,
+    groups: Groups,
+}
+
+thread_local! {
+    /// Read once per thread: nothing in the daemon changes a thread's credentials but
+    /// [`assume`], and the drop of its [`Assumed`] puts them back, so three system calls
+    /// per operation would only read the same values again.
+    static OWN: std::cell::OnceCell<Own> = const { std::cell::OnceCell::new() };
+}
+
+fn own_identity() -> std::io::Result<Own> {
+    OWN.with(|o| {
+        if let Some(own) = o.get() {
+            return Ok(own.clone());
+        }
+        // SAFETY: geteuid/getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let own = Own {
+            uid,
+            gid,
+            groups: thread_groups()?,
+        };
+        Ok(o.get_or_init(|| own).clone())
+    })
+}
+
 /// Makes this thread act as `id` for file-system access. Fails (changing nothing that is
 /// not restored) if the daemon may not take that identity.
 ///
 /// Each credential change replaces the thread's credentials in the kernel (and the old
 /// ones are freed after an RCU grace period), so only what differs from the thread's own
 /// identity is changed: a caller who maps to the daemon's own ids (root without root
-/// squashing, for a daemon running as root) costs two reads and no change.
+/// squashing, for a daemon running as root) costs no system call at all.
 pub fn assume(id: &Identity) -> std::io::Result<Assumed> {
-    // SAFETY: geteuid/getegid cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let Own {
+        uid,
+        gid,
+        groups: own,
+    } = own_identity()?;
     let mut restore = Assumed {
         ids: None,
         groups: None,
     };
-    let own = thread_groups()?;
     if own.as_slice() != id.groups.as_slice() {
         raw_setgroups(&id.groups)?;
         restore.groups = Some(own);

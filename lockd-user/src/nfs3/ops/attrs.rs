@@ -8,7 +8,7 @@ use super::*;
 
 impl Door {
     pub(super) fn getattr(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
-        match self.node(c, fh).and_then(|n| fstat(n.raw()).map_err(ioerr)) {
+        match self.node(c, fh).map(|n| n.st) {
             Ok(st) => {
                 enc_stat(e, Stat::Ok);
                 Fattr::from_stat(&st).encode(e);
@@ -28,7 +28,7 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = fstat(node.raw()).ok();
+        let pre = Some(node.st);
         let r = (|| {
             let st = pre.ok_or(Stat::Io)?;
             if let Some(g) = guard {
@@ -42,7 +42,7 @@ impl Door {
             apply_sattr(node.raw(), &st, sattr)
         })();
         if r.is_ok() {
-            self.changed(node.raw());
+            self.changed(&node);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(
@@ -57,7 +57,7 @@ impl Door {
             return;
         };
         let r = (|| {
-            let st = fstat(node.raw()).map_err(ioerr)?;
+            let st = node.st;
             let kind = st.st_mode & libc::S_IFMT;
             if kind == libc::S_IFLNK {
                 return Ok(want & access::READ);

@@ -123,7 +123,7 @@ impl Door {
             return true;
         };
         let r = (|| -> Result<(usize, bool), ReadFail> {
-            let st = fstat(node.raw()).map_err(ioerr)?;
+            let st = node.st;
             regular(&st)?;
             let _pass = match Range::from_len(offset, u64::from(count.max(1))) {
                 Ok(range) => self.io_gate(c, node.export, &st, Access::Read, range)?,
@@ -188,7 +188,7 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = fstat(node.raw()).ok();
+        let pre = Some(node.st);
         let r = (|| {
             let st = pre.ok_or(Stat::Io)?;
             self.writable(node.export)?;
@@ -240,7 +240,7 @@ impl Door {
         })();
         match r {
             Ok(n) => {
-                self.changed(node.raw());
+                self.changed(&node);
                 enc_stat(e, Stat::Ok);
                 put_wcc(
                     e,
@@ -268,7 +268,7 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = fstat(node.raw()).ok();
+        let pre = Some(node.st);
         let r = (|| {
             let st = pre.ok_or(Stat::Io)?;
             regular(&st)?;

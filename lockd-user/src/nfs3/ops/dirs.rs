@@ -28,12 +28,10 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::PostAttr) else {
             return;
         };
-        // A lookup changes nothing, so the directory's attributes taken first are
-        // also its post-operation attributes.
-        let mut dir_attr = None;
+        // A lookup changes nothing, so the directory's attributes taken when its handle
+        // was resolved are also its post-operation attributes.
         let r = (|| {
-            let dst = fstat(dir.raw()).map_err(ioerr)?;
-            dir_attr = Some(dst);
+            let dst = dir.st;
             if dst.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 return Err(Stat::NotDir);
             }
@@ -48,9 +46,9 @@ impl Door {
                 }
                 self.lookup_in(&dir, &dst, &at.name)?
             };
-            let fh = self
-                .backing
-                .handle_of(&self.lockd, dir.export, found.0.as_raw_fd())?;
+            let fh =
+                self.backing
+                    .handle_of(&self.lockd, dir.export, found.0.as_raw_fd(), &found.1)?;
             Ok((fh, found.1))
         })();
         match r {
@@ -61,10 +59,7 @@ impl Door {
             }
             Err(s) => enc_stat(e, s),
         }
-        match dir_attr {
-            Some(st) => put_post_attr(e, Some(&Fattr::from_stat(&st))),
-            None => put_post_attr(e, attr_of(dir.raw()).as_ref()),
-        }
+        put_post_attr(e, Some(&Fattr::from_stat(&dir.st)));
     }
 
     pub(super) fn readlink(&self, c: &Caller, fh: &[u8], e: &mut Encoder) {
@@ -72,7 +67,7 @@ impl Door {
             return;
         };
         let r = (|| {
-            let st = fstat(node.raw()).map_err(ioerr)?;
+            let st = node.st;
             if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
                 return Err(Stat::Inval);
             }
@@ -119,7 +114,7 @@ impl Door {
             return;
         };
         let r = (|| {
-            let st = fstat(dir.raw()).map_err(ioerr)?;
+            let st = dir.st;
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 return Err(Stat::NotDir);
             }
@@ -159,7 +154,7 @@ impl Door {
                             put_post_attr(&mut sub, Some(&Fattr::from_stat(&fst)));
                             let h = self
                                 .backing
-                                .handle_of(&self.lockd, dir.export, fd.as_raw_fd())
+                                .handle_of(&self.lockd, dir.export, fd.as_raw_fd(), &fst)
                                 .ok();
                             put_post_fh(&mut sub, h.as_deref());
                         }

@@ -180,16 +180,16 @@ impl Door {
     }
 
     /// Another door's caches of this file are stale now.
-    fn changed(&self, fd: RawFd) {
-        if let (Some(c), Ok(st)) = (&self.changes, fstat(fd)) {
-            c.file_changed(st.st_dev, st.st_ino);
+    fn changed(&self, node: &Node<'_>) {
+        if let Some(c) = &self.changes {
+            c.file_changed(node.st.st_dev, node.st.st_ino);
         }
     }
 
     /// Another door's caches of this name (and its directory) are stale now.
-    fn entry_changed(&self, dir: RawFd, name: &[u8]) {
-        if let (Some(c), Ok(st)) = (&self.changes, fstat(dir)) {
-            c.entry_changed(st.st_dev, st.st_ino, name);
+    fn entry_changed(&self, dir: &Node<'_>, name: &[u8]) {
+        if let Some(c) = &self.changes {
+            c.entry_changed(dir.st.st_dev, dir.st.st_ino, name);
         }
     }
 

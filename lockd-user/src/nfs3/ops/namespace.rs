@@ -23,7 +23,7 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = fstat(dir.raw()).ok();
+        let pre = Some(dir.st);
         let r = (|| {
             let st = pre.ok_or(Stat::Io)?;
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -35,16 +35,18 @@ impl Door {
                 let _as = self.become_caller(c, dir.export)?;
                 make(dir.raw(), &cname, dir.export)?
             };
-            let fh = self
-                .backing
-                .handle_of(&self.lockd, dir.export, made.as_raw_fd())
-                .ok();
-            Ok((fh, attr_of(made.as_raw_fd())))
+            let st = fstat(made.as_raw_fd()).ok();
+            let fh = st.and_then(|st| {
+                self.backing
+                    .handle_of(&self.lockd, dir.export, made.as_raw_fd(), &st)
+                    .ok()
+            });
+            Ok((fh, st.map(|st| Fattr::from_stat(&st))))
         })();
         let pre_wcc = pre.map(|p| Fattr::from_stat(&p).wcc());
         match r {
             Ok((fh, attr)) => {
-                self.entry_changed(dir.raw(), name);
+                self.entry_changed(&dir, name);
                 enc_stat(e, Stat::Ok);
                 put_post_fh(e, fh.as_deref());
                 put_post_attr(e, attr.as_ref());
@@ -63,17 +65,26 @@ impl Door {
                 let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_CREAT;
                 match how {
                     CreateHow::Unchecked(s) | CreateHow::Guarded(s) => {
-                        let excl = if matches!(how, CreateHow::Guarded(_)) {
-                            libc::O_EXCL
-                        } else {
-                            0
+                        let guarded = matches!(how, CreateHow::Guarded(_));
+                        let mode = s.mode.unwrap_or(0o644) & 0o7777;
+                        // Made anew or opened: a file this call made with the mode it
+                        // asked for needs no chmod, which the daemon's umask may call for.
+                        let (f, made) = match open_at(dir, name, base | libc::O_EXCL, mode) {
+                            Ok(f) => (f, true),
+                            Err(err) if err.raw_os_error() == Some(libc::EEXIST) && !guarded => {
+                                (open_at(dir, name, base, mode).map_err(ioerr)?, false)
+                            }
+                            Err(err) => return Err(ioerr(err)),
                         };
-                        let f = open_at(dir, name, base | excl, s.mode.unwrap_or(0o644) & 0o7777)
-                            .map_err(ioerr)?;
                         let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                             return Err(Stat::Exist);
                         }
+                        let s = if made && st.st_mode & 0o7777 == mode {
+                            Sattr { mode: None, ..s }
+                        } else {
+                            s
+                        };
                         // Over an existing file, a size is a truncation like SETATTR's.
                         let _pass = self.resize_gate(c, export, &st, s.size)?;
                         apply_sattr(f.as_raw_fd(), &st, &s)?;
@@ -195,7 +206,7 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
             return;
         };
-        let pre = fstat(dir.raw()).ok();
+        let pre = Some(dir.st);
         let r = (|| {
             self.writable(dir.export)?;
             if name == b"." || name == b".." {
@@ -208,7 +219,7 @@ impl Door {
             errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })
         })();
         if r.is_ok() {
-            self.entry_changed(dir.raw(), name);
+            self.entry_changed(&dir, name);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(
@@ -222,8 +233,8 @@ impl Door {
         let (from_name, to_name) = (&from_at.name, &to_at.name);
         let from = self.node(c, &from_at.dir);
         let to = self.node(c, &to_at.dir);
-        let pre_from = from.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
-        let pre_to = to.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
+        let pre_from = from.as_ref().ok().map(|n| n.st);
+        let pre_to = to.as_ref().ok().map(|n| n.st);
         let r = (|| {
             let from = from.as_ref().map_err(|s| *s)?;
             let to = to.as_ref().map_err(|s| *s)?;
@@ -240,8 +251,8 @@ impl Door {
             let _as = self.become_caller(c, from.export)?;
             // SAFETY: both names are NUL-terminated.
             errno_of(unsafe { libc::renameat(from.raw(), a.as_ptr(), to.raw(), b.as_ptr()) })?;
-            self.entry_changed(from.raw(), from_name);
-            self.entry_changed(to.raw(), to_name);
+            self.entry_changed(from, from_name);
+            self.entry_changed(to, to_name);
             Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
@@ -262,7 +273,7 @@ impl Door {
         let name = &at.name;
         let file = self.node(c, fh);
         let dir = self.node(c, &at.dir);
-        let pre = dir.as_ref().ok().and_then(|n| fstat(n.raw()).ok());
+        let pre = dir.as_ref().ok().map(|n| n.st);
         let r = (|| {
             let file = file.as_ref().map_err(|s| *s)?;
             let dir = dir.as_ref().map_err(|s| *s)?;
@@ -284,8 +295,8 @@ impl Door {
                     libc::AT_SYMLINK_FOLLOW,
                 )
             })?;
-            self.entry_changed(dir.raw(), name);
-            self.changed(file.raw());
+            self.entry_changed(dir, name);
+            self.changed(file);
             Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
