@@ -1717,3 +1717,80 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     assert_eq!((st, got.len(), eof), (OK, 0, true));
     s.stop().await;
 }
+
+/// A LOOKUP answers the file a name names now, even while the server holds the file it
+/// named before open (its handle was resolved): after the name is moved onto another
+/// file, the handle and the attributes are both of the new file, and the old file's
+/// handle is stale once its last link is gone. A file system mounted inside the export is not
+/// handed out, on the first LOOKUP of its mount point or on a later one.
+#[tokio::test]
+async fn a_lookup_answers_what_the_name_names_now() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    std::fs::write(s.rw.join("name"), b"first").unwrap();
+    std::fs::write(s.rw.join("other"), b"second file").unwrap();
+    let (st, first) = c.lookup(&root, b"name").await;
+    assert_eq!(st, OK);
+    assert_eq!(
+        c.lookup(&root, b"name").await.1,
+        first,
+        "handles are stable"
+    );
+    let old_ino = std::fs::metadata(s.rw.join("name")).unwrap().ino();
+    assert_eq!(c.getattr(&first).await.1.unwrap().4, old_ino);
+    std::fs::rename(s.rw.join("other"), s.rw.join("name")).unwrap();
+    let new_ino = std::fs::metadata(s.rw.join("name")).unwrap().ino();
+    let (st, second) = c.lookup(&root, b"name").await;
+    assert_eq!(st, OK);
+    assert_ne!(
+        second, first,
+        "the moved name still gets the old file's handle"
+    );
+    let attr = c.getattr(&second).await.1.unwrap();
+    assert_eq!((attr.3, attr.4), (11, new_ino));
+    assert_eq!(c.getattr(&first).await.0, STALE);
+    // Removed by a local process: the name is gone for LOOKUP too.
+    std::fs::remove_file(s.rw.join("name")).unwrap();
+    assert_eq!(c.lookup(&root, b"name").await.0, NOENT);
+
+    // SAFETY: reading our own id.
+    if unsafe { libc::geteuid() } != 0 {
+        lockfs_testkit::skip!("mounting inside the export needs root");
+    }
+    let inner = s.rw.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let dir_ino = std::fs::metadata(&inner).unwrap().ino();
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "lockfs-test",
+            inner.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount of a tmpfs inside the export failed");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", self.0.to_str().unwrap()])
+                .status();
+        }
+    }
+    let _unmount = Unmount(inner.clone());
+    assert_ne!(std::fs::metadata(&inner).unwrap().ino(), dir_ino);
+    for _ in 0..2 {
+        let (st, fh) = c.lookup(&root, b"inner").await;
+        assert_eq!(
+            st, ACCES,
+            "a file system mounted inside the export was handed out"
+        );
+        assert!(fh.is_empty());
+    }
+    drop(_unmount);
+    s.stop().await;
+}
