@@ -541,7 +541,7 @@ mod tests {
         match fd_xattr_set(fd.as_fd(), c"trusted.lockfs.probe", b"1") {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("SKIPPING: no trusted xattrs in {}: {e}", dir.display());
+                lockfs_testkit::skipping!("no trusted xattrs in {}: {e}", dir.display());
                 false
             }
         }
