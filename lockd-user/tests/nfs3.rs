@@ -1794,3 +1794,51 @@ async fn a_lookup_answers_what_the_name_names_now() {
     drop(_unmount);
     s.stop().await;
 }
+
+/// Page-cache state of a whole file by `cachestat(2)`: (dirty pages, pages under
+/// writeback), or `None` where the kernel has no such call (before Linux 6.5).
+fn dirty_pages(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = [0u64, 0u64]; // from offset 0 to the end of the file
+    let mut out = [0u64; 5]; // cache, dirty, writeback, evicted, recently evicted
+                             // SAFETY: both pointers name arrays of the layout the system call reads and writes.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            range.as_ptr(),
+            out.as_mut_ptr(),
+            0,
+        )
+    };
+    (r == 0).then_some((out[1], out[2]))
+}
+
+/// A large UNSTABLE WRITE starts its writeback at once, so that a COMMIT finds the disk
+/// already at work: its pages are clean within seconds, long before the kernel's own
+/// writeback would take pages that young (`vm.dirty_expire_centisecs`, 30 s by default).
+#[tokio::test]
+async fn a_large_unstable_write_starts_its_way_to_the_disk() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let (_, public) = c.lookup(&root, b"public").await;
+    let (st, fh) = c.create(&public, b"big", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let path = s.rw.join("public/big");
+    let probe = std::fs::File::open(&path).unwrap();
+    if dirty_pages(&probe).is_none() {
+        lockfs_testkit::skip!("no cachestat(2) in this kernel to see dirty pages with");
+    }
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (st, n, _) = c.write(&fh, 0, &data, 0).await;
+    assert_eq!((st, n), (OK, 1 << 20));
+    lockfs_testkit::eventually(
+        Duration::from_secs(5),
+        "the pages of a 1 MiB UNSTABLE WRITE to be written back",
+        || (dirty_pages(&probe) == Some((0, 0))).then_some(()),
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    s.stop().await;
+}

@@ -32,6 +32,10 @@ impl From<Stat> for ReadFail {
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read, all
 /// of them initialised. With [`Wait::No`], only from the page cache (`RWF_NOWAIT`): data
 /// that would have to come from the disk ends the read, with `EAGAIN` or short.
+/// The size from which an UNSTABLE WRITE starts its writeback at once; smaller ones are
+/// left to the kernel's writeback, which gathers neighbours into larger writes.
+const WRITEBACK_AT: usize = 256 * 1024;
+
 fn pread_into(
     fd: RawFd,
     buf: &mut [MaybeUninit<u8>],
@@ -230,6 +234,19 @@ impl Door {
             // SAFETY: plain system calls on a descriptor we own.
             let synced = unsafe {
                 match how {
+                    // A large unstable write starts its way to the disk now (without
+                    // waiting for it): the COMMIT that follows then finds the disk
+                    // already busy with it instead of starting all of it at once. Only
+                    // a hint: where it fails, the COMMIT writes the data as before.
+                    stable::UNSTABLE if done >= WRITEBACK_AT => {
+                        libc::sync_file_range(
+                            f.as_raw_fd(),
+                            offset as libc::off64_t,
+                            done as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        );
+                        0
+                    }
                     stable::UNSTABLE => 0,
                     stable::DATA_SYNC => libc::fdatasync(f.as_raw_fd()),
                     _ => libc::fsync(f.as_raw_fd()),
