@@ -28,9 +28,9 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = Some(node.st);
+        let pre = Fattr::from_stat(&node.st).wcc();
         let r = (|| {
-            let st = pre.ok_or(Stat::Io)?;
+            let st = node.st;
             if let Some(g) = guard {
                 if Fattr::from_stat(&st).ctime != g {
                     return Err(Stat::NotSync);
@@ -45,11 +45,7 @@ impl Door {
             self.changed(&node);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
-        put_wcc(
-            e,
-            pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
-            attr_of(node.raw()).as_ref(),
-        );
+        put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
     }
 
     pub(super) fn access(&self, c: &Caller, fh: &[u8], want: u32, e: &mut Encoder) {

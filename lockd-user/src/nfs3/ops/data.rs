@@ -12,6 +12,10 @@ use std::mem::MaybeUninit;
 /// pool.
 pub const INLINE_READ: u32 = 1024 * 1024;
 
+/// The size from which an UNSTABLE WRITE starts its writeback at once; smaller ones are
+/// left to the kernel's writeback, which gathers neighbours into larger writes.
+const WRITEBACK_AT: usize = 256 * 1024;
+
 /// A READ reply's fixed part before its data: status, `post_op_attr` with attributes,
 /// count and end-of-file flag.
 const READ_HEAD: usize = 4 + 4 + FATTR_LEN + 4 + 4;
@@ -32,10 +36,6 @@ impl From<Stat> for ReadFail {
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read, all
 /// of them initialised. With [`Wait::No`], only from the page cache (`RWF_NOWAIT`): data
 /// that would have to come from the disk ends the read, with `EAGAIN` or short.
-/// The size from which an UNSTABLE WRITE starts its writeback at once; smaller ones are
-/// left to the kernel's writeback, which gathers neighbours into larger writes.
-const WRITEBACK_AT: usize = 256 * 1024;
-
 fn pread_into(
     fd: RawFd,
     buf: &mut [MaybeUninit<u8>],
@@ -192,9 +192,9 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = Some(node.st);
+        let pre = Fattr::from_stat(&node.st).wcc();
         let r = (|| {
-            let st = pre.ok_or(Stat::Io)?;
+            let st = node.st;
             self.writable(node.export)?;
             regular(&st)?;
             if offset
@@ -259,22 +259,14 @@ impl Door {
             Ok(n) => {
                 self.changed(&node);
                 enc_stat(e, Stat::Ok);
-                put_wcc(
-                    e,
-                    pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
-                    attr_of(node.raw()).as_ref(),
-                );
+                put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
                 e.put_u32(n as u32);
                 e.put_u32(how);
                 e.put_fixed_opaque(&self.write_verf);
             }
             Err(s) => {
                 enc_stat(e, s);
-                put_wcc(
-                    e,
-                    pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
-                    attr_of(node.raw()).as_ref(),
-                );
+                put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
             }
         }
     }
@@ -285,18 +277,17 @@ impl Door {
         let Some(node) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = Some(node.st);
+        let pre = Fattr::from_stat(&node.st).wcc();
         let r = (|| {
-            let st = pre.ok_or(Stat::Io)?;
+            let st = node.st;
             regular(&st)?;
             // Syncing needs no permission of the caller: the daemon reopens the file.
             let f = reopen(node.raw(), libc::O_RDONLY)?;
             // SAFETY: a descriptor we own.
             errno_of(unsafe { libc::fsync(f.as_raw_fd()) })
         })();
-        let pre_wcc = pre.map(|p| Fattr::from_stat(&p).wcc());
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
-        put_wcc(e, pre_wcc.as_ref(), attr_of(node.raw()).as_ref());
+        put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
         if r.is_ok() {
             e.put_fixed_opaque(&self.write_verf);
         }

@@ -270,10 +270,10 @@ impl Door {
 
     /// Runs one procedure on a thread that must not wait for a disk: `None` when it would
     /// have to (a READ of data not in the page cache, or larger than [`INLINE_READ`]), to
-    /// be run again with [`Door::run`]
-    /// where waiting is allowed. Nothing was changed or sent then. The results follow
-    /// room for the RPC reply header ([`crate::server::Reply::NowAfterHeader`]), so a
-    /// READ's data is not copied once more behind it.
+    /// be run again with [`Door::run`] where waiting is allowed. Nothing was changed or
+    /// sent then. The results follow room for the RPC reply header
+    /// ([`crate::server::Reply::NowAfterHeader`]), so a READ's data is not copied once
+    /// more behind it.
     pub fn run_without_waiting(&self, c: &Caller, proc_: u32, args: &[u8]) -> Option<Res> {
         self.run_as(c, proc_, args, Wait::No)
     }

@@ -23,9 +23,9 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
             return;
         };
-        let pre = Some(dir.st);
+        let pre = Fattr::from_stat(&dir.st).wcc();
         let r = (|| {
-            let st = pre.ok_or(Stat::Io)?;
+            let st = dir.st;
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                 return Err(Stat::NotDir);
             }
@@ -43,7 +43,6 @@ impl Door {
             });
             Ok((fh, st.map(|st| Fattr::from_stat(&st))))
         })();
-        let pre_wcc = pre.map(|p| Fattr::from_stat(&p).wcc());
         match r {
             Ok((fh, attr)) => {
                 self.entry_changed(&dir, name);
@@ -53,7 +52,7 @@ impl Door {
             }
             Err(s) => enc_stat(e, s),
         }
-        put_wcc(e, pre_wcc.as_ref(), attr_of(dir.raw()).as_ref());
+        put_wcc(e, Some(&pre), attr_of(dir.raw()).as_ref());
     }
 
     pub(super) fn create(&self, c: &Caller, at: &DirOp, how: CreateHow, e: &mut Encoder) {
@@ -206,7 +205,7 @@ impl Door {
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
             return;
         };
-        let pre = Some(dir.st);
+        let pre = Fattr::from_stat(&dir.st).wcc();
         let r = (|| {
             self.writable(dir.export)?;
             if name == b"." || name == b".." {
@@ -222,11 +221,7 @@ impl Door {
             self.entry_changed(&dir, name);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
-        put_wcc(
-            e,
-            pre.map(|p| Fattr::from_stat(&p).wcc()).as_ref(),
-            attr_of(dir.raw()).as_ref(),
-        );
+        put_wcc(e, Some(&pre), attr_of(dir.raw()).as_ref());
     }
 
     pub(super) fn rename(&self, c: &Caller, from_at: &DirOp, to_at: &DirOp, e: &mut Encoder) {
