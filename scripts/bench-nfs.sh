@@ -15,7 +15,17 @@
 # registration of another daemon on this machine is touched, and nothing
 # leaves the machine.
 #
+# The exported files live on a fresh ext4 made for the run (mkfs defaults, so
+# with a journal; a file-backed loop device with direct I/O, 6 GiB sparse under
+# /tmp), not on whatever file system holds /tmp. Without a journal ext4 skips,
+# when it allocates an inode, every inode freed in the last minute or so
+# ("recently_deleted" in fs/ext4/ialloc.c), so a CREATE+REMOVE row there slows
+# down with the number of files removed in the minute before it, by either
+# server: one server's row measured the other's history. --fs tmp keeps the
+# old placement, to compare.
+#
 # Usage (as root): scripts/bench-nfs.sh [--seconds N] [--only ganesha|lockfs] [--lockfs BIN]
+#                                       [--fs image|tmp]
 # Prints one line per run and a table of both servers with ratios. --lockfs runs that
 # binary instead of building and running target/release/lockfs (to compare two builds in
 # one sitting).
@@ -24,6 +34,7 @@ cd "$(dirname "$0")/.."
 
 secs=5
 only=""
+fs=image
 lockfs_bin=""
 args=("$@")
 while [ $# -gt 0 ]; do
@@ -31,9 +42,11 @@ while [ $# -gt 0 ]; do
         --seconds) secs="$2"; shift 2 ;;
         --only) only="$2"; shift 2 ;;
         --lockfs) lockfs_bin=$(realpath "$2"); shift 2 ;;
-        *) echo "usage: $0 [--seconds N] [--only ganesha|lockfs] [--lockfs BIN]" >&2; exit 2 ;;
+        --fs) fs="$2"; shift 2 ;;
+        *) echo "usage: $0 [--seconds N] [--only ganesha|lockfs] [--lockfs BIN] [--fs image|tmp]" >&2; exit 2 ;;
     esac
 done
+case "$fs" in image|tmp) ;; *) echo "--fs is image or tmp" >&2; exit 2 ;; esac
 
 log() { printf 'bench-nfs: %s\n' "$*" >&2; }
 
@@ -47,7 +60,7 @@ case "$target_dir" in /*) ;; *) target_dir=$(pwd)/$target_dir ;; esac
 
 if [ -z "${BENCH_NFS_INNER:-}" ]; then
     need=()
-    for p in nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-dev; do
+    for p in nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-dev e2fsprogs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then
@@ -75,6 +88,7 @@ mkdir -p /var/lib/nfs/ganesha
 
 work=$(mktemp -d /tmp/lockfs-bench-nfs.XXXXXX)
 pids=()
+loop=""
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do
@@ -82,9 +96,27 @@ cleanup() {
         kill -9 "$p" 2>/dev/null || true
     done
     umount "$work/lockfs/mnt" 2>/dev/null || true
+    if [ -n "$loop" ]; then
+        umount "$work/fs" 2>/dev/null || true
+        losetup -d "$loop" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# Where the exported files live (see the header).
+files=$work
+if [ "$fs" = image ]; then
+    truncate -s 6G "$work/fs.img"
+    # Inode tables and journal written now, so no lazy initialisation runs in the
+    # background during the rows.
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$work/fs.img"
+    loop=$(losetup -f --show --direct-io=on "$work/fs.img")
+    mkdir "$work/fs"
+    mount "$loop" "$work/fs"
+    files=$work/fs
+fi
+mkdir -p "$work/ganesha" "$work/lockfs"
 
 cc -O2 -o "$work/nfs-bench" scripts/nfs-bench.c -lnfs
 nfs_port=2049
@@ -95,14 +127,14 @@ pids+=($!)
 for _ in $(seq 50); do rpcinfo -p 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.1; done
 
 # The files every server reads: 16 of 32 MiB, shared by hard links.
-mkdir -p "$work/data"
+mkdir -p "$files/data"
 for i in $(seq 0 15); do
-    dd if=/dev/urandom of="$work/data/bench-$i" bs=1M count=32 status=none
+    dd if=/dev/urandom of="$files/data/bench-$i" bs=1M count=32 status=none
 done
 
 prepare_export() { # dir
     mkdir -p "$1/many"
-    for i in $(seq 0 15); do ln "$work/data/bench-$i" "$1/bench-$i"; done
+    for i in $(seq 0 15); do ln "$files/data/bench-$i" "$1/bench-$i"; done
     (cd "$1/many" && seq -f 'f%.0f' 0 99999 | xargs touch)
 }
 
@@ -148,7 +180,7 @@ run_rows() { # label export server-pid
 }
 
 run_ganesha() {
-    local dir=$work/ganesha/export
+    local dir=$files/ganesha
     mkdir -p "$dir"
     prepare_export "$dir"
     # NLM off: no lock calls are measured, and it spares a statd.
@@ -177,7 +209,7 @@ EOF
 }
 
 run_lockfs() {
-    local bin=${lockfs_bin:-$target_dir/release/lockfs} dir=$work/lockfs/export
+    local bin=${lockfs_bin:-$target_dir/release/lockfs} dir=$files/lockfs
     mkdir -p "$dir" "$work/lockfs/mnt" "$work/lockfs/state"
     prepare_export "$dir"
     cat > "$work/lockfs/lockfs.toml" <<EOF
