@@ -56,6 +56,44 @@ pub(crate) struct Inode {
     pub(crate) fd: OwnedFd,
     /// Open-file state, see [`IoState`].
     pub(crate) io: Mutex<IoState>,
+    /// What the kernel may cache of this inode, see [`Inode::seen`].
+    pub(crate) cache: CacheMarks,
+}
+
+/// Whether the kernel may hold anything it learned from the daemon about an inode
+/// (attributes, data, names in it) that no invalidation has covered yet, so that a
+/// change made through another door can skip telling the kernel when nothing is cached.
+/// Telling costs a write into `/dev/fuse` that may wait for a directory lock, which is
+/// why another door wants to know it can skip it.
+///
+/// Every request about the inode counts one in `seen` before the daemon reads the
+/// backing file; an invalidation, once the kernel has done it, raises `told` to the
+/// count it read before it began. So a count read after a change and found equal to
+/// `told` means that every request since the last invalidation began after the change
+/// and answered what the change left (an answer given from older state came from a
+/// request counted before, and the invalidation was then made).
+#[derive(Debug, Default)]
+pub(crate) struct CacheMarks {
+    seen: AtomicU64,
+    told: AtomicU64,
+}
+
+impl CacheMarks {
+    /// A request about the inode is being answered.
+    pub(crate) fn seen(&self) {
+        self.seen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The count to invalidate up to, or `None` when the kernel caches nothing new.
+    pub(crate) fn unseen_since_told(&self) -> Option<u64> {
+        let seen = self.seen.load(Ordering::SeqCst);
+        (seen != self.told.load(Ordering::SeqCst)).then_some(seen)
+    }
+
+    /// The kernel dropped what it had from requests counted up to `seen`.
+    pub(crate) fn told(&self, seen: u64) {
+        self.told.fetch_max(seen, Ordering::SeqCst);
+    }
 }
 
 impl Inode {
@@ -105,6 +143,7 @@ impl InodeTable {
             kind: st.st_mode & libc::S_IFMT,
             fd,
             io: Mutex::default(),
+            cache: CacheMarks::default(),
         });
         let mut maps = Maps::default();
         maps.by_key.insert(key, ROOT_INO);
@@ -127,9 +166,12 @@ impl InodeTable {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The inode the kernel calls `ino`, if it still knows it.
+    /// The inode the kernel calls `ino`, if it still knows it; counted as seen by the
+    /// kernel ([`CacheMarks`]), since every request about an inode comes here.
     pub(crate) fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        self.maps().by_ino.get(&ino).map(|e| e.inode.clone())
+        let inode = self.maps().by_ino.get(&ino).map(|e| e.inode.clone())?;
+        inode.cache.seen();
+        Some(inode)
     }
 
     /// Records one more kernel reference to the backing file behind `fd`.
@@ -145,6 +187,7 @@ impl InodeTable {
         if let Some(&ino) = maps.by_key.get(&key) {
             if let Some(e) = maps.by_ino.get_mut(&ino) {
                 e.nlookup = e.nlookup.saturating_add(1);
+                e.inode.cache.seen();
                 return e.inode.clone();
             }
         }
@@ -166,7 +209,11 @@ impl InodeTable {
             kind: st.st_mode & libc::S_IFMT,
             fd,
             io: Mutex::default(),
+            cache: CacheMarks::default(),
         });
+        // A new inode: `seen` one above `told`, so a change before any later request
+        // still invalidates what this entry's answer told the kernel.
+        inode.cache.seen();
         maps.by_key.insert(key, ino);
         maps.by_ino.insert(
             ino,

@@ -130,7 +130,7 @@ pub use lvb::{
 };
 pub use mount::{
     block_termination, mount, prepare, raise_fd_limit, run, unmount_on_termination, Invalidator,
-    MountHandle, MountStats, Mounted, Unmounter,
+    MountHandle, MountStats, Mounted, Stale, Unmounter, Was,
 };
 pub use options::{
     is_mandatory_mode, FileAttr, FlockMode, IoMode, IoPolicy, Mandatory, MountOptions,

@@ -296,8 +296,14 @@ impl std::fmt::Debug for MountHandle {
 
 /// Tells the kernel that backing files of a mount changed behind its back (through
 /// another door, such as NFS), so that its cached attributes, data and names of them are
-/// dropped instead of being served for up to the attribute timeout. Files and names the
-/// kernel does not know are nothing to invalidate.
+/// dropped instead of being served for up to the attribute timeout.
+///
+/// Deciding and telling are apart: deciding what is stale never waits (it reads the
+/// inode table and its [`CacheMarks`](crate::inode::CacheMarks)), while telling writes
+/// into `/dev/fuse` and can wait for a lock of the directory held by a local process
+/// whose own request waits. A door that must not wait decides at once and has the
+/// telling done elsewhere; most changes find nothing to tell: files and names the kernel
+/// does not know, and attributes it has not asked for since the last invalidation.
 #[derive(Clone)]
 pub struct Invalidator {
     notifier: fuser::Notifier,
@@ -310,27 +316,107 @@ impl std::fmt::Debug for Invalidator {
     }
 }
 
-impl Invalidator {
-    fn ino(&self, key: FileKey) -> Option<fuser::INodeNo> {
-        self.shared
-            .inodes
-            .by_key(&key)
-            .map(|i| fuser::INodeNo(i.ino))
-    }
+/// What a name named before a change, as far as the changing door knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Was {
+    /// Nothing: the name is new. The kernel caches no negative entries of a lockfs
+    /// mount (a failed lookup is answered `ENOENT`, which it looks up again next time),
+    /// so a new name has nothing to drop.
+    Free,
+    /// This file. Only a file the kernel knows can have a name cached for it.
+    File(FileKey),
+    /// Not known; the name is dropped if the directory is known.
+    Unknown,
+}
 
-    /// The backing file `key` changed (size, times, mode, contents).
-    pub fn file_changed(&self, key: FileKey) {
-        if let Some(ino) = self.ino(key) {
-            // ENOENT: the kernel forgot the inode meanwhile; nothing is cached then.
-            let _ = self.notifier.inval_inode(ino, 0, 0);
+/// One thing the kernel must drop, decided by [`Invalidator`]; [`Stale::tell`] tells it,
+/// and may wait.
+pub struct Stale {
+    notifier: fuser::Notifier,
+    what: StaleWhat,
+}
+
+enum StaleWhat {
+    /// Attributes and data of an inode, with the request count they cover.
+    Inode(Arc<crate::inode::Inode>, u64),
+    /// A name in a directory.
+    Entry(u64, std::ffi::OsString),
+}
+
+impl std::fmt::Debug for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.what {
+            StaleWhat::Inode(i, _) => f.debug_tuple("Stale::Inode").field(&i.ino).finish(),
+            StaleWhat::Entry(d, n) => f.debug_tuple("Stale::Entry").field(d).field(n).finish(),
+        }
+    }
+}
+
+impl Stale {
+    /// Tells the kernel; waits while it takes the locks it needs.
+    pub fn tell(self) {
+        match self.what {
+            StaleWhat::Inode(inode, seen) => {
+                match self.notifier.inval_inode(fuser::INodeNo(inode.ino), 0, 0) {
+                    // ENOENT: the kernel forgot the inode meanwhile; nothing is cached then.
+                    Ok(()) => inode.cache.told(seen),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => inode.cache.told(seen),
+                    // Not told: the next change tries again.
+                    Err(_) => {}
+                }
+            }
+            StaleWhat::Entry(dir, name) => {
+                let _ = self.notifier.inval_entry(fuser::INodeNo(dir), &name);
+            }
+        }
+    }
+}
+
+impl Invalidator {
+    fn stale(&self, what: StaleWhat) -> Stale {
+        Stale {
+            notifier: self.notifier.clone(),
+            what,
         }
     }
 
-    /// The name `name` in directory `dir` appeared, went away or now names another file.
-    pub fn entry_changed(&self, dir: FileKey, name: &std::ffi::OsStr) {
-        if let Some(ino) = self.ino(dir) {
-            let _ = self.notifier.inval_entry(ino, name);
-            let _ = self.notifier.inval_inode(ino, 0, 0);
+    /// The backing file `key` changed (size, times, mode, contents): what of it the
+    /// kernel must drop goes into `out`.
+    pub fn file_changed(&self, key: FileKey, out: &mut Vec<Stale>) {
+        if let Some(inode) = self.shared.inodes.by_key(&key) {
+            if let Some(seen) = inode.cache.unseen_since_told() {
+                out.push(self.stale(StaleWhat::Inode(inode, seen)));
+            }
+        }
+    }
+
+    /// The name `name` in directory `dir` appeared, went away or now names another file;
+    /// it named `was` before. What the kernel must drop (the name, the directory's
+    /// attributes, the old file's link count) goes into `out`.
+    pub fn entry_changed(
+        &self,
+        dir: FileKey,
+        name: &std::ffi::OsStr,
+        was: Was,
+        out: &mut Vec<Stale>,
+    ) {
+        // A name is cached only in a directory the kernel knows.
+        let Some(d) = self.shared.inodes.by_key(&dir) else {
+            return;
+        };
+        let cached_name = match was {
+            Was::Free => false,
+            Was::File(k) => self.shared.inodes.by_key(&k).is_some(),
+            Was::Unknown => true,
+        };
+        if cached_name {
+            out.push(self.stale(StaleWhat::Entry(d.ino, name.to_os_string())));
+        }
+        if let Some(seen) = d.cache.unseen_since_told() {
+            out.push(self.stale(StaleWhat::Inode(d, seen)));
+        }
+        if let Was::File(k) = was {
+            self.file_changed(k, out);
         }
     }
 }

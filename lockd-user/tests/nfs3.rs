@@ -13,7 +13,10 @@ use lock_table::{
     FileId, LockKind, LockOutcome, LockRequest, Owner, Range, ScopeId, SharedTable, Wait,
 };
 use lockd_user::client::{ClientConfig, ClientError, RpcClient};
-use lockd_user::nfs3::{ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use lockd_user::nfs3::service::Changes;
+use lockd_user::nfs3::{
+    ChangeSink, ExportOptions, Invalidation, MandatoryMode, NfsConfig, NfsService, Squash, Was,
+};
 use lockd_user::rpc::{AcceptStatus, AuthSys, CallHeader, OpaqueAuth, ReplyHeader, ReplyStatus};
 use lockd_user::xdr::{Decoder, Encoder};
 use lockd_user::{EventSink, Export, LockdConfig, LockdService, PortmapMode, Transport};
@@ -1686,7 +1689,7 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     assert_eq!(st, OK);
     // Cached: answered where it was decoded.
     assert_eq!(c.read(&fh, 0, 1 << 20).await.1, data);
-    assert_eq!(s.nfs.reads_waited(), 0, "a cached READ went to the pool");
+    assert_eq!(s.nfs.handed_on(), 0, "a cached READ went to the pool");
     // Written back and dropped from the page cache: the READ may not wait on the
     // connection's thread, is read on the pool instead, and gets the same bytes. The
     // read from memory starts readahead, and a fast disk can finish it before the
@@ -1695,7 +1698,7 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     let f = std::fs::File::open(&path).unwrap();
     f.sync_all().unwrap();
     let mut tries = 0;
-    while s.nfs.reads_waited() == 0 && tries < 50 {
+    while s.nfs.handed_on() == 0 && tries < 50 {
         // SAFETY: plain system call on a descriptor this test owns.
         let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(r, 0);
@@ -1709,7 +1712,7 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
         tries += 1;
     }
     assert!(
-        s.nfs.reads_waited() >= 1,
+        s.nfs.handed_on() >= 1,
         "no READ of dropped data was handed to the pool in {tries} tries"
     );
     // Past the end of the file: end of file, no data, from memory or not.
@@ -1840,5 +1843,155 @@ async fn a_large_unstable_write_starts_its_way_to_the_disk() {
         || (dirty_pages(&probe) == Some((0, 0))).then_some(()),
     );
     assert_eq!(std::fs::read(&path).unwrap(), data);
+    s.stop().await;
+}
+
+/// REMOVE, RMDIR and CREATE run where they were decoded, except a REMOVE of the last name
+/// of a file with data (freeing its blocks waits for pages the disk is writing) and an
+/// UNCHECKED CREATE that sets a size (it may truncate a file): those are handed to the
+/// blocking pool, and do the same there.
+#[tokio::test]
+async fn a_change_that_frees_data_is_made_where_it_may_wait() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    // Root is squashed: the changes are made in the directory anyone may write.
+    let (_, root) = c.lookup(&root, b"public").await;
+    let rw = s.rw.join("public");
+    std::fs::write(rw.join("small"), b"x").unwrap();
+    assert_eq!(c.remove(&root, b"small", false).await, OK);
+    assert_eq!(c.create(&root, b"new", 0, [0; 8]).await.0, OK);
+    assert_eq!(c.mkdir(&root, b"d").await.0, OK);
+    assert_eq!(c.remove(&root, b"d", true).await, OK);
+    assert_eq!(
+        s.nfs.handed_on(),
+        0,
+        "a change that frees no data was handed on"
+    );
+    assert!(!rw.join("small").exists() && rw.join("new").exists());
+
+    let big = vec![7u8; 2 << 20];
+    let write_synced = |name: &str| {
+        let p = rw.join(name);
+        std::fs::write(&p, &big).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::File::open(&p).unwrap().sync_all().unwrap();
+        p
+    };
+    // Another name keeps the data: removed at once.
+    let kept = write_synced("kept");
+    std::fs::hard_link(&kept, rw.join("kept2")).unwrap();
+    assert_eq!(c.remove(&root, b"kept", false).await, OK);
+    assert_eq!(
+        s.nfs.handed_on(),
+        0,
+        "a REMOVE that frees no data was handed on"
+    );
+    assert_eq!(std::fs::read(rw.join("kept2")).unwrap().len(), 2 << 20);
+    // The last name of 2 MiB: handed on, and removed there.
+    let last = write_synced("last");
+    assert_eq!(c.remove(&root, b"last", false).await, OK);
+    assert_eq!(
+        s.nfs.handed_on(),
+        1,
+        "the REMOVE freeing 2 MiB was not handed on"
+    );
+    assert!(!last.exists());
+    // UNCHECKED with a size over an existing file: handed on, and truncates there.
+    let mut e = dirop(&root, b"kept2");
+    e.put_u32(0);
+    sattr_size(&mut e, 5);
+    assert_eq!(c.call(8, &e).await.stat, OK);
+    assert_eq!(
+        s.nfs.handed_on(),
+        2,
+        "the truncating CREATE was not handed on"
+    );
+    assert_eq!(std::fs::metadata(rw.join("kept2")).unwrap().len(), 5);
+    s.stop().await;
+}
+
+/// A sink whose invalidations wait until the test opens its gate, and that records what
+/// it was told.
+#[derive(Default)]
+struct GatedSink {
+    told: Mutex<Vec<(String, Was)>>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    made: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedSink {
+    fn note(&self, what: String, was: Was, out: &mut Vec<Invalidation>) {
+        self.told.lock().unwrap().push((what, was));
+        let (gate, made) = (self.gate.clone(), self.made.clone());
+        out.push(Box::new(move || {
+            let (open, cv) = &*gate;
+            let g = open.lock().unwrap();
+            let _ = cv.wait_timeout_while(g, STEP, |open| !*open).unwrap();
+            made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+
+    fn open(&self) {
+        let (open, cv) = &*self.gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl ChangeSink for GatedSink {
+    fn file_changed(&self, dev: u64, ino: u64, out: &mut Vec<Invalidation>) {
+        self.note(format!("file {dev}:{ino}"), Was::Unknown, out);
+    }
+
+    fn entry_changed(&self, _: u64, _: u64, name: &[u8], was: Was, out: &mut Vec<Invalidation>) {
+        self.note(String::from_utf8_lossy(name).into_owned(), was, out);
+    }
+}
+
+/// A change made where it was decoded is answered only once the other doors' caches it
+/// made stale are told; and while telling them waits (a local process may hold the
+/// directory's lock), every other client's calls are still answered on the same thread.
+/// The sink is told what each name named before: nothing for a new name, the removed
+/// file for a REMOVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_answered_after_its_invalidation_which_holds_up_no_one_else() {
+    let sink = Arc::new(GatedSink::default());
+    let s = Server::start_with(|nc| nc.changes = Some(Changes(sink.clone()))).await;
+    let a = s.client(0, 0).await;
+    let b = s.client(0, 0).await;
+    let (_, root) = a.mnt("/rw").await;
+    // Root is squashed: the changes are made in the directory anyone may write.
+    let (_, root) = a.lookup(&root, b"public").await;
+    std::fs::write(s.rw.join("public/seen"), b"s").unwrap();
+    let dir = root.clone();
+    let create = tokio::spawn(async move { a.create(&dir, b"x", 0, [0; 8]).await });
+    for _ in 0..20 {
+        assert_eq!(b.getattr(&root).await.0, OK);
+        assert_eq!(b.lookup(&root, b"seen").await.0, OK);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !create.is_finished(),
+        "the CREATE was answered before its invalidation was made"
+    );
+    assert_eq!(
+        sink.made.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the gate is shut"
+    );
+    sink.open();
+    let (st, _) = timeout(STEP, create).await.unwrap().unwrap();
+    assert_eq!(st, OK);
+    assert_eq!(sink.made.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let m = std::fs::metadata(s.rw.join("public/x")).unwrap();
+    assert_eq!(b.remove(&root, b"x", false).await, OK);
+    assert_eq!(
+        *sink.told.lock().unwrap(),
+        [
+            ("x".to_string(), Was::Free),
+            ("x".to_string(), Was::File(m.dev(), m.ino()))
+        ]
+    );
     s.stop().await;
 }

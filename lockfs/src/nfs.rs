@@ -2,9 +2,11 @@
 //! of the listen addresses, for the same exports, handles and tables as NLM.
 
 use crate::config::{Config, MandatoryPolicy};
-use fuse_lockfs::{FileKey, Invalidator};
+use fuse_lockfs::{FileKey, Invalidator, Stale, Was as MountWas};
 use lockd_user::nfs3::service::Changes;
-use lockd_user::nfs3::{ChangeSink, ExportOptions, MandatoryMode, NfsConfig, NfsService, Squash};
+use lockd_user::nfs3::{
+    ChangeSink, ExportOptions, Invalidation, MandatoryMode, NfsConfig, NfsService, Squash, Was,
+};
 use lockd_user::LockdService;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -35,20 +37,46 @@ impl MountCaches {
             .retain(|(p, _)| p != at);
     }
 
-    fn each(&self, f: impl Fn(&Invalidator)) {
+    fn each(&self, mut f: impl FnMut(&Invalidator)) {
         for (_, i) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             f(i);
         }
     }
 }
 
+/// Each stale thing of a mount, told when the NFS door runs it.
+fn to_invalidations(stale: Vec<Stale>, out: &mut Vec<Invalidation>) {
+    out.extend(
+        stale
+            .into_iter()
+            .map(|s| Box::new(move || s.tell()) as Invalidation),
+    );
+}
+
 impl ChangeSink for MountCaches {
-    fn file_changed(&self, dev: u64, ino: u64) {
-        self.each(|i| i.file_changed(FileKey { dev, ino }));
+    fn file_changed(&self, dev: u64, ino: u64, out: &mut Vec<Invalidation>) {
+        let mut stale = Vec::new();
+        self.each(|i| i.file_changed(FileKey { dev, ino }, &mut stale));
+        to_invalidations(stale, out);
     }
 
-    fn entry_changed(&self, dev: u64, ino: u64, name: &[u8]) {
-        self.each(|i| i.entry_changed(FileKey { dev, ino }, OsStr::from_bytes(name)));
+    fn entry_changed(
+        &self,
+        dev: u64,
+        ino: u64,
+        name: &[u8],
+        was: Was,
+        out: &mut Vec<Invalidation>,
+    ) {
+        let was = match was {
+            Was::Free => MountWas::Free,
+            Was::File(dev, ino) => MountWas::File(FileKey { dev, ino }),
+            Was::Unknown => MountWas::Unknown,
+        };
+        let name = OsStr::from_bytes(name);
+        let mut stale = Vec::new();
+        self.each(|i| i.entry_changed(FileKey { dev, ino }, name, was, &mut stale));
+        to_invalidations(stale, out);
     }
 }
 

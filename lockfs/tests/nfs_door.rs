@@ -291,6 +291,52 @@ impl Nfs {
 }
 
 impl Nfs {
+    /// A call whose results begin with a status: the status.
+    async fn status_of(&self, proc_: u32, e: &Encoder) -> u32 {
+        let r = self
+            .nfs
+            .call_raw(100_003, 3, proc_, e.as_slice())
+            .await
+            .unwrap();
+        Decoder::new(&r).get_u32().unwrap()
+    }
+
+    /// MKDIR (proc 9) with mode 0755, or CREATE (proc 8) UNCHECKED with mode 0644.
+    async fn make(&self, dir: &[u8], name: &str, directory: bool) -> u32 {
+        let mut e = Encoder::new();
+        e.put_opaque(dir);
+        e.put_string(name);
+        if !directory {
+            e.put_u32(0);
+        }
+        // sattr3: mode set; uid, gid, size not; times not changed.
+        e.put_u32(1);
+        e.put_u32(if directory { 0o755 } else { 0o644 });
+        for _ in 0..3 {
+            e.put_u32(0);
+        }
+        e.put_u32(0);
+        e.put_u32(0);
+        self.status_of(if directory { 9 } else { 8 }, &e).await
+    }
+
+    /// RMDIR (proc 13).
+    async fn rmdir(&self, dir: &[u8], name: &str) -> u32 {
+        let mut e = Encoder::new();
+        e.put_opaque(dir);
+        e.put_string(name);
+        self.status_of(13, &e).await
+    }
+
+    /// LINK (proc 15) of `file` as `name` in `dir`.
+    async fn link(&self, file: &[u8], dir: &[u8], name: &str) -> u32 {
+        let mut e = Encoder::new();
+        e.put_opaque(file);
+        e.put_opaque(dir);
+        e.put_string(name);
+        self.status_of(15, &e).await
+    }
+
     /// REMOVE (proc 12) or RENAME (proc 14, with a destination name in the same directory).
     async fn name_op(&self, dir: &[u8], name: &str, to: Option<&str>) -> u32 {
         let mut e = Encoder::new();
@@ -506,4 +552,77 @@ fn nfs_changes_are_seen_at_once_on_the_fuse_mount() {
     assert_eq!(rt.block_on(nfs.name_op(&root, "before", Some("after"))), 0);
     assert!(!d.mnt("before").exists(), "the old name of a rename");
     assert_eq!(std::fs::read(d.mnt("after")).unwrap(), b"0123456789");
+}
+
+/// Changes of names made over NFS are seen at once on the FUSE mount however they
+/// alternate with the mount's own requests. The NFS door tells the mount only what it may
+/// have cached since it was last told (a directory's attributes asked for again, a file
+/// it knows); these rounds check that skipping the rest drops nothing it did cache: two
+/// changes in a row with no local request between, a change right after a local one, a
+/// link count of a file the mount knows, a name it looked up and did not find.
+#[test]
+fn name_changes_over_nfs_are_seen_at_once_however_they_alternate() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::create_dir(d.mnt("dir")).unwrap();
+    std::fs::set_permissions(d.mnt("dir"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rt = rt();
+    let nfs = rt.block_on(Nfs::connect());
+    let root = rt.block_on(nfs.root());
+    let dir = rt.block_on(nfs.lookup(&root, "dir"));
+    let links = |p: &str| std::fs::symlink_metadata(d.mnt(p)).unwrap().nlink();
+    let mut expect = links("dir");
+    for round in 0..6u32 {
+        // One, two or three MKDIRs with no local request between them, and in odd rounds
+        // an RMDIR of the first right after.
+        for i in 0..=round % 3 {
+            assert_eq!(
+                rt.block_on(nfs.make(&dir, &format!("sub{round}-{i}"), true)),
+                0
+            );
+            expect += 1;
+        }
+        if round % 2 == 1 {
+            assert_eq!(rt.block_on(nfs.rmdir(&dir, &format!("sub{round}-0"))), 0);
+            expect -= 1;
+        }
+        assert_eq!(
+            links("dir"),
+            expect,
+            "round {round}: the directory's link count after MKDIR and RMDIR over NFS"
+        );
+    }
+    // A file the mount knows: its link count follows LINK and REMOVE over NFS.
+    std::fs::write(d.mnt("dir/f"), b"f").unwrap();
+    std::fs::set_permissions(d.mnt("dir/f"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let f = rt.block_on(nfs.lookup(&dir, "f"));
+    for round in 0..3u32 {
+        assert_eq!(links("dir/f"), 1, "round {round}");
+        assert_eq!(rt.block_on(nfs.link(&f, &dir, "f2")), 0);
+        assert_eq!(
+            links("dir/f"),
+            2,
+            "round {round}: the link count after LINK"
+        );
+        assert!(d.mnt("dir/f2").exists());
+        assert_eq!(rt.block_on(nfs.name_op(&dir, "f2", None)), 0);
+        assert_eq!(
+            links("dir/f"),
+            1,
+            "round {round}: the link count after REMOVE of the other name"
+        );
+        assert!(!d.mnt("dir/f2").exists(), "round {round}: the removed name");
+    }
+    // A name looked up and not found appears at once when made over NFS.
+    for round in 0..3u32 {
+        let name = format!("new{round}");
+        assert!(!d.mnt(&format!("dir/{name}")).exists());
+        assert_eq!(rt.block_on(nfs.make(&dir, &name, false)), 0);
+        assert!(
+            d.mnt(&format!("dir/{name}")).exists(),
+            "round {round}: a name created over NFS after a failed local lookup"
+        );
+    }
 }

@@ -37,6 +37,7 @@ impl LockFs {
     pub(super) fn getattr(&self, ino: INodeNo, fh: Option<FileHandle>) -> R<Attr> {
         let attr = match fh.and_then(|fh| self.shared.files.get(fh.0)) {
             Some(f) => {
+                f.inode.cache.seen();
                 let st = sys::fstat(f.fd.as_fd()).map_err(errno)?;
                 attr::to_attr(f.inode.ino, &st).ok_or(Errno::EIO)?
             }

@@ -147,7 +147,9 @@ impl LockFs {
     }
 
     fn file(&self, fh: FileHandle) -> R<Arc<OpenFile>> {
-        self.shared.files.get(fh.0).ok_or(Errno::EBADF)
+        let f = self.shared.files.get(fh.0).ok_or(Errno::EBADF)?;
+        f.inode.cache.seen();
+        Ok(f)
     }
 
     fn dir(&self, fh: FileHandle) -> R<Arc<OpenDir>> {

@@ -27,13 +27,41 @@ pub use identity::Squash;
 pub use service::{NfsConfig, NfsService};
 
 /// Told of every change the NFS door makes, so that another door's caches of the same
-/// files (the FUSE mount's attributes and names in the kernel) are dropped at once.
-/// Files are named by the backing device and inode.
+/// files (the FUSE mount's attributes and names in the kernel) are dropped before the
+/// change is answered. Files are named by the backing device and inode.
+///
+/// A sink decides at once, without waiting, what is stale, and answers it as
+/// [`Invalidation`]s to run, which may wait (telling the kernel takes locks a local
+/// process may hold while its own request waits). So a change made on the thread that
+/// must never wait leaves the telling, and its reply, to another thread, and only when
+/// there is something to tell.
 pub trait ChangeSink: Send + Sync {
     /// A file's attributes or contents changed.
-    fn file_changed(&self, dev: u64, ino: u64);
-    /// A name in a directory appeared, went away or names another file now.
-    fn entry_changed(&self, dir_dev: u64, dir_ino: u64, name: &[u8]);
+    fn file_changed(&self, dev: u64, ino: u64, out: &mut Vec<Invalidation>);
+    /// A name in a directory appeared, went away or names another file now; `was` is
+    /// what it named before.
+    fn entry_changed(
+        &self,
+        dir_dev: u64,
+        dir_ino: u64,
+        name: &[u8],
+        was: Was,
+        out: &mut Vec<Invalidation>,
+    );
+}
+
+/// Something another door must drop from its caches; running it may wait.
+pub type Invalidation = Box<dyn FnOnce() + Send>;
+
+/// What a name named before a change (see [`ChangeSink::entry_changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Was {
+    /// Nothing: the change made the name.
+    Free,
+    /// The file with this device and inode.
+    File(u64, u64),
+    /// Not known.
+    Unknown,
 }
 
 /// Which files of an export are under mandatory locking (the export's `mandatory` policy,

@@ -127,7 +127,7 @@ impl NfsService {
             write_verf: fresh_verifier(),
             max_io,
             changes: config.changes.as_ref().map(|c| c.0.clone()),
-            reads_waited: Default::default(),
+            handed_on: Default::default(),
         });
         let mut sc = config.server.clone();
         sc.max_record_size = sc.max_record_size.max(max_io as usize + 64 * 1024);
@@ -227,10 +227,11 @@ impl NfsService {
         self.door.backing.open_count()
     }
 
-    /// READs whose data was not all in memory and that were read on the blocking pool.
-    pub fn reads_waited(&self) -> u64 {
+    /// Calls tried at once that were run on the blocking pool instead, where they may
+    /// wait for the disk (see [`super::program`]).
+    pub fn handed_on(&self) -> u64 {
         self.door
-            .reads_waited
+            .handed_on
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

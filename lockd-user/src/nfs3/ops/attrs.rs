@@ -42,7 +42,7 @@ impl Door {
             apply_sattr(node.raw(), &st, sattr)
         })();
         if r.is_ok() {
-            self.changed(&node);
+            self.changed(c, &node.st);
         }
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());

@@ -257,7 +257,7 @@ impl Door {
         })();
         match r {
             Ok(n) => {
-                self.changed(&node);
+                self.changed(c, &node.st);
                 enc_stat(e, Stat::Ok);
                 put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
                 e.put_u32(n as u32);

@@ -26,13 +26,14 @@ use super::backing::{
 use super::gate::admit_io;
 use super::identity::{assume, Assumed};
 use super::proto::*;
-use super::{ExportOptions, MandatoryMode};
+use super::{ExportOptions, Invalidation, MandatoryMode, Was};
 use crate::exports::OpenExport;
 use crate::lockd::Lockd;
 use crate::rpc::Credential;
 use crate::server::{CallContext, ProcError, Transport};
 use crate::xdr::{Decoder, Encoder};
 use lock_table::{Access, FileId, IoPass, Range};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
@@ -58,10 +59,10 @@ pub struct Door {
     pub write_verf: [u8; 8],
     pub max_io: u32,
     pub changes: Option<Arc<dyn super::ChangeSink>>,
-    /// READs that could not be answered where they were decoded (larger than
-    /// [`INLINE_READ`], or data not all in memory) and were read on the blocking pool
-    /// instead (see [`super::program`]).
-    pub reads_waited: std::sync::atomic::AtomicU64,
+    /// Calls tried where they were decoded that had to be run on the blocking pool
+    /// instead (see [`super::program`]): a READ larger than [`INLINE_READ`] or of data
+    /// not all in memory, a REMOVE that frees data, an UNCHECKED CREATE that sets a size.
+    pub handed_on: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Door {
@@ -79,6 +80,9 @@ pub struct Caller {
     pub transport: Transport,
     /// How the client host is named in the lock table.
     pub machine: String,
+    /// What the procedure's changes made stale in other doors' caches, not yet told
+    /// ([`super::ChangeSink`]).
+    stale: RefCell<Vec<Invalidation>>,
 }
 
 impl Caller {
@@ -92,7 +96,13 @@ impl Caller {
             peer: ctx.peer.ip(),
             transport: ctx.transport,
             machine,
+            stale: RefCell::default(),
         }
+    }
+
+    /// The invalidations the procedure left to make (see [`Door::run_without_waiting`]).
+    pub fn take_invalidations(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut self.stale.borrow_mut())
     }
 }
 
@@ -180,16 +190,18 @@ impl Door {
     }
 
     /// Another door's caches of this file are stale now.
-    fn changed(&self, node: &Node<'_>) {
-        if let Some(c) = &self.changes {
-            c.file_changed(node.st.st_dev, node.st.st_ino);
+    fn changed(&self, c: &Caller, st: &libc::stat) {
+        if let Some(s) = &self.changes {
+            s.file_changed(st.st_dev, st.st_ino, &mut c.stale.borrow_mut());
         }
     }
 
-    /// Another door's caches of this name (and its directory) are stale now.
-    fn entry_changed(&self, dir: &Node<'_>, name: &[u8]) {
-        if let Some(c) = &self.changes {
-            c.entry_changed(dir.st.st_dev, dir.st.st_ino, name);
+    /// Another door's caches of this name (and its directory) are stale now; the name
+    /// named `was` before.
+    fn entry_changed(&self, c: &Caller, dir: &Node<'_>, name: &[u8], was: Was) {
+        if let Some(s) = &self.changes {
+            let out = &mut c.stale.borrow_mut();
+            s.entry_changed(dir.st.st_dev, dir.st.st_ino, name, was, out);
         }
     }
 
@@ -260,12 +272,18 @@ impl Door {
 
     /// Runs one procedure: the encoded results, or an RPC-level error (undecodable
     /// arguments are refused before the procedure has any effect).
+    ///
+    /// Other doors' caches the procedure made stale are told before it returns.
     pub fn run(&self, c: &Caller, proc_: u32, args: &[u8]) -> Res {
-        match self.run_as(c, proc_, args, Wait::Yes) {
+        let r = match self.run_as(c, proc_, args, Wait::Yes) {
             Some(r) => r,
             // Only a run that may not wait gives up.
             None => Err(ProcError::SystemErr),
+        };
+        for tell in c.take_invalidations() {
+            tell();
         }
+        r
     }
 
     /// Runs one procedure on a thread that must not wait for a disk: `None` when it would
@@ -274,6 +292,10 @@ impl Door {
     /// sent then. The results follow room for the RPC reply header
     /// ([`crate::server::Reply::NowAfterHeader`]), so a READ's data is not copied once
     /// more behind it.
+    ///
+    /// A change leaves in `c` what it made stale in other doors' caches
+    /// ([`Caller::take_invalidations`]): the caller tells them where waiting is allowed,
+    /// before it sends the reply.
     pub fn run_without_waiting(&self, c: &Caller, proc_: u32, args: &[u8]) -> Option<Res> {
         self.run_as(c, proc_, args, Wait::No)
     }
@@ -308,12 +330,27 @@ impl Door {
                 data,
                 stable,
             } => self.write(c, &fh, offset, data, stable, e_),
-            Args::Create { at, how } => self.create(c, &at, how, e_),
+            Args::Create { at, how } => {
+                // Over an existing file, a size is a truncation, which may wait for pages
+                // the disk is writing.
+                if wait == Wait::No && matches!(&how, CreateHow::Unchecked(s) if s.size.is_some()) {
+                    return None;
+                }
+                self.create(c, &at, how, e_)
+            }
             Args::Mkdir { at, sattr } => self.mkdir(c, &at, sattr, e_),
             Args::Symlink { at, sattr, target } => self.symlink(c, &at, sattr, target, e_),
             Args::Mknod { at, what } => self.mknod(c, &at, what, e_),
-            Args::Remove(at) => self.remove(c, &at, e_, false),
-            Args::Rmdir(at) => self.remove(c, &at, e_, true),
+            Args::Remove(at) => {
+                if !self.remove(c, &at, e_, false, wait) {
+                    return None;
+                }
+            }
+            Args::Rmdir(at) => {
+                if !self.remove(c, &at, e_, true, wait) {
+                    return None;
+                }
+            }
             Args::Rename { from, to } => self.rename(c, &from, &to, e_),
             Args::Link { fh, at } => self.link(c, &fh, &at, e_),
             Args::ReadDir {

@@ -11,13 +11,14 @@ use super::*;
 impl Door {
     /// The frame of CREATE, MKDIR, SYMLINK and MKNOD: resolve the directory, check it is
     /// writable, run `make` as the caller, answer the new object's handle and attributes
-    /// and the directory's wcc data.
+    /// and the directory's wcc data. `make` answers the object and whether it made the
+    /// name (a CREATE may open a file that was there).
     fn make_in(
         &self,
         c: &Caller,
         fh: &[u8],
         e: &mut Encoder,
-        make: impl FnOnce(RawFd, &CString, &OpenExport) -> Result<OwnedFd, Stat>,
+        make: impl FnOnce(RawFd, &CString, &OpenExport) -> Result<(OwnedFd, bool), Stat>,
         name: &[u8],
     ) {
         let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
@@ -31,11 +32,17 @@ impl Door {
             }
             self.writable(dir.export)?;
             let cname = component(name)?;
-            let made = {
+            let (made, new) = {
                 let _as = self.become_caller(c, dir.export)?;
                 make(dir.raw(), &cname, dir.export)?
             };
             let st = fstat(made.as_raw_fd()).ok();
+            if new {
+                self.entry_changed(c, &dir, name, Was::Free);
+            } else if let Some(st) = &st {
+                // An existing file, opened: its size or mode may have been set.
+                self.changed(c, st);
+            }
             let fh = st.and_then(|st| {
                 self.backing
                     .handle_of(&self.lockd, dir.export, made.as_raw_fd(), &st)
@@ -45,7 +52,6 @@ impl Door {
         })();
         match r {
             Ok((fh, attr)) => {
-                self.entry_changed(&dir, name);
                 enc_stat(e, Stat::Ok);
                 put_post_fh(e, fh.as_deref());
                 put_post_attr(e, attr.as_ref());
@@ -87,7 +93,7 @@ impl Door {
                         // Over an existing file, a size is a truncation like SETATTR's.
                         let _pass = self.resize_gate(c, export, &st, s.size)?;
                         apply_sattr(f.as_raw_fd(), &st, &s)?;
-                        Ok(f)
+                        Ok((f, made))
                     }
                     CreateHow::Exclusive(verf) => {
                         // The verifier is kept in the new file's access and modification
@@ -98,7 +104,7 @@ impl Door {
                                 let ts = [timespec(a, 0), timespec(m, 0)];
                                 // SAFETY: `ts` holds two valid timespecs.
                                 errno_of(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })?;
-                                Ok(f)
+                                Ok((f, true))
                             }
                             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                                 let st = stat_at(dir, name).map_err(ioerr)?;
@@ -110,7 +116,7 @@ impl Door {
                                 if !replay {
                                     return Err(Stat::Exist);
                                 }
-                                open_path_at(dir, name).map_err(ioerr)
+                                Ok((open_path_at(dir, name).map_err(ioerr)?, false))
                             }
                             Err(err) => Err(ioerr(err)),
                         }
@@ -134,7 +140,7 @@ impl Door {
                 let f = open_path_at(dir, name).map_err(ioerr)?;
                 let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
-                Ok(f)
+                Ok((f, true))
             },
             &at.name,
         );
@@ -161,7 +167,7 @@ impl Door {
                     let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                     apply_sattr(f.as_raw_fd(), &st, &Sattr { mode: None, ..s })?;
                 }
-                Ok(f)
+                Ok((f, true))
             },
             &at.name,
         );
@@ -194,16 +200,27 @@ impl Door {
                 let f = open_path_at(dir, name).map_err(ioerr)?;
                 let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
-                Ok(f)
+                Ok((f, true))
             },
             &at.name,
         );
     }
 
-    pub(super) fn remove(&self, c: &Caller, at: &DirOp, e: &mut Encoder, dir_too: bool) {
+    /// REMOVE and RMDIR. Where the thread must not wait (`Wait::No`), a file whose last
+    /// name goes and whose data would be freed is left alone (`false`, nothing written
+    /// to `e`): freeing its blocks waits for those of its pages the disk is still
+    /// writing, as after a large WRITE.
+    pub(super) fn remove(
+        &self,
+        c: &Caller,
+        at: &DirOp,
+        e: &mut Encoder,
+        dir_too: bool,
+        wait: Wait,
+    ) -> bool {
         let name = &at.name;
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
-            return;
+            return true;
         };
         let pre = Fattr::from_stat(&dir.st).wcc();
         let r = (|| {
@@ -212,16 +229,27 @@ impl Door {
                 return Err(if dir_too { Stat::Inval } else { Stat::Acces });
             }
             let cname = component(name)?;
+            // What the name names: the other doors' cached name of it is dropped only if
+            // they know that file. (Read as the daemon, for that choice alone.)
+            let old = stat_at(dir.raw(), &cname).ok();
+            if wait == Wait::No && old.as_ref().is_some_and(frees_data) {
+                return Ok(false);
+            }
             let _as = self.become_caller(c, dir.export)?;
             let flags = if dir_too { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: `cname` is NUL-terminated.
-            errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })
+            errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })?;
+            let was = old.map_or(Was::Unknown, |st| Was::File(st.st_dev, st.st_ino));
+            self.entry_changed(c, &dir, name, was);
+            Ok(true)
         })();
-        if r.is_ok() {
-            self.entry_changed(&dir, name);
+        match r {
+            Ok(false) => return false,
+            Ok(true) => enc_stat(e, Stat::Ok),
+            Err(s) => enc_stat(e, s),
         }
-        enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(e, Some(&pre), attr_of(dir.raw()).as_ref());
+        true
     }
 
     pub(super) fn rename(&self, c: &Caller, from_at: &DirOp, to_at: &DirOp, e: &mut Encoder) {
@@ -246,8 +274,8 @@ impl Door {
             let _as = self.become_caller(c, from.export)?;
             // SAFETY: both names are NUL-terminated.
             errno_of(unsafe { libc::renameat(from.raw(), a.as_ptr(), to.raw(), b.as_ptr()) })?;
-            self.entry_changed(from, from_name);
-            self.entry_changed(to, to_name);
+            self.entry_changed(c, from, from_name, Was::Unknown);
+            self.entry_changed(c, to, to_name, Was::Unknown);
             Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
@@ -290,8 +318,8 @@ impl Door {
                     libc::AT_SYMLINK_FOLLOW,
                 )
             })?;
-            self.entry_changed(dir, name);
-            self.changed(file);
+            self.entry_changed(c, dir, name, Was::Free);
+            self.changed(c, &file.st);
             Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
@@ -305,6 +333,18 @@ impl Door {
             dir.as_ref().ok().and_then(|n| attr_of(n.raw())).as_ref(),
         );
     }
+}
+
+/// Above this many bytes of data, removing a file's last name is left to a thread that may
+/// wait ([`Door::remove`]).
+const INLINE_REMOVE: i64 = 1 << 20;
+
+/// Whether removing `st`'s name frees its data: its last link, and more than
+/// [`INLINE_REMOVE`] bytes allocated.
+fn frees_data(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_nlink <= 1
+        && st.st_blocks.saturating_mul(512) > INLINE_REMOVE
 }
 
 fn verf_times(v: &[u8; 8]) -> (i64, i64) {
