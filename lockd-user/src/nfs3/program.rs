@@ -12,7 +12,9 @@
 //! SYMLINK, MKNOD, LINK, and a REMOVE or RMDIR unless it removes the last name of a file
 //! with data (freeing its blocks waits for the pages the disk is writing). A READ that
 //! would wait for the disk, or a REMOVE that would free data, is run again on the
-//! blocking pool, so one client's cold file never holds up the others.
+//! blocking pool, so one client's cold file never holds up the others. (A change of a
+//! name can still wait for the file system's journal, briefly: ext4 opens a new
+//! transaction while the last one commits, and a handle waits only for the switch.)
 //!
 //! This holds with many clients too: measured on 2 CPUs with 16 clients, one thread
 //! answering LOOKUPs one after another served 1.8 times as many as the blocking pool did
