@@ -350,12 +350,7 @@ impl Nfs {
             }
             None => 12,
         };
-        let r = self
-            .nfs
-            .call_raw(100_003, 3, proc_, e.as_slice())
-            .await
-            .unwrap();
-        Decoder::new(&r).get_u32().unwrap()
+        self.status_of(proc_, &e).await
     }
 }
 
