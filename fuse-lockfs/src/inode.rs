@@ -56,7 +56,7 @@ pub(crate) struct Inode {
     pub(crate) fd: OwnedFd,
     /// Open-file state, see [`IoState`].
     pub(crate) io: Mutex<IoState>,
-    /// What the kernel may cache of this inode, see [`Inode::seen`].
+    /// What the kernel may cache of this inode, see [`CacheMarks`].
     pub(crate) cache: CacheMarks,
 }
 
@@ -66,12 +66,12 @@ pub(crate) struct Inode {
 /// Telling costs a write into `/dev/fuse` that may wait for a directory lock, which is
 /// why another door wants to know it can skip it.
 ///
-/// Every request about the inode counts one in `seen` before the daemon reads the
-/// backing file; an invalidation, once the kernel has done it, raises `told` to the
-/// count it read before it began. So a count read after a change and found equal to
-/// `told` means that every request since the last invalidation began after the change
-/// and answered what the change left (an answer given from older state came from a
-/// request counted before, and the invalidation was then made).
+/// Every request about the inode adds one to `seen` before the daemon reads the
+/// backing file. An invalidation takes the count before it begins and, once the kernel
+/// has done it, raises `told` to that count. So when a change finds `seen` equal to
+/// `told`, every answer the kernel was given came from a request counted before the last
+/// invalidation began, and that invalidation dropped it: there is nothing to tell. A
+/// request counted after the change looked reads what the change left.
 #[derive(Debug, Default)]
 pub(crate) struct CacheMarks {
     seen: AtomicU64,

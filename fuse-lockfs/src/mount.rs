@@ -299,7 +299,7 @@ impl std::fmt::Debug for MountHandle {
 /// dropped instead of being served for up to the attribute timeout.
 ///
 /// Deciding and telling are apart: deciding what is stale never waits (it reads the
-/// inode table and its [`CacheMarks`](crate::inode::CacheMarks)), while telling writes
+/// inode table and its request counts, `CacheMarks` in `inode.rs`), while telling writes
 /// into `/dev/fuse` and can wait for a lock of the directory held by a local process
 /// whose own request waits. A door that must not wait decides at once and has the
 /// telling done elsewhere; most changes find nothing to tell: files and names the kernel
