@@ -358,11 +358,10 @@ impl Stale {
         match self.what {
             StaleWhat::Inode(inode, seen) => {
                 match self.notifier.inval_inode(fuser::INodeNo(inode.ino), 0, 0) {
-                    // ENOENT: the kernel forgot the inode meanwhile; nothing is cached then.
-                    Ok(()) => inode.cache.told(seen),
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => inode.cache.told(seen),
                     // Not told: the next change tries again.
-                    Err(_) => {}
+                    Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {}
+                    // Done, or ENOENT: the kernel forgot the inode, so nothing is cached.
+                    _ => inode.cache.told(seen),
                 }
             }
             StaleWhat::Entry(dir, name) => {
@@ -380,13 +379,19 @@ impl Invalidator {
         }
     }
 
+    /// The attributes and data of `inode`, if the kernel asked about it since it was
+    /// last told.
+    fn inode_changed(&self, inode: Arc<crate::inode::Inode>, out: &mut Vec<Stale>) {
+        if let Some(seen) = inode.cache.unseen_since_told() {
+            out.push(self.stale(StaleWhat::Inode(inode, seen)));
+        }
+    }
+
     /// The backing file `key` changed (size, times, mode, contents): what of it the
     /// kernel must drop goes into `out`.
     pub fn file_changed(&self, key: FileKey, out: &mut Vec<Stale>) {
         if let Some(inode) = self.shared.inodes.by_key(&key) {
-            if let Some(seen) = inode.cache.unseen_since_told() {
-                out.push(self.stale(StaleWhat::Inode(inode, seen)));
-            }
+            self.inode_changed(inode, out);
         }
     }
 
@@ -404,19 +409,17 @@ impl Invalidator {
         let Some(d) = self.shared.inodes.by_key(&dir) else {
             return;
         };
-        let cached_name = match was {
-            Was::Free => false,
-            Was::File(k) => self.shared.inodes.by_key(&k).is_some(),
-            Was::Unknown => true,
+        let old = match was {
+            Was::File(k) => self.shared.inodes.by_key(&k),
+            Was::Free | Was::Unknown => None,
         };
-        if cached_name {
+        if old.is_some() || was == Was::Unknown {
             out.push(self.stale(StaleWhat::Entry(d.ino, name.to_os_string())));
         }
-        if let Some(seen) = d.cache.unseen_since_told() {
-            out.push(self.stale(StaleWhat::Inode(d, seen)));
-        }
-        if let Was::File(k) = was {
-            self.file_changed(k, out);
+        self.inode_changed(d, out);
+        // The old file's link count changed.
+        if let Some(old) = old {
+            self.inode_changed(old, out);
         }
     }
 }

@@ -35,9 +35,8 @@ pub(super) struct Changes {
 
 impl LockFs {
     pub(super) fn getattr(&self, ino: INodeNo, fh: Option<FileHandle>) -> R<Attr> {
-        let attr = match fh.and_then(|fh| self.shared.files.get(fh.0)) {
+        let attr = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(f) => {
-                f.inode.cache.seen();
                 let st = sys::fstat(f.fd.as_fd()).map_err(errno)?;
                 attr::to_attr(f.inode.ino, &st).ok_or(Errno::EIO)?
             }

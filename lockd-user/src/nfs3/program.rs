@@ -44,7 +44,7 @@ use super::ops::{Caller, Door};
 use super::proto::{non_idempotent, proc_, NFS_PROG, NFS_V3};
 use crate::drc::{DrcKey, DrcLookup, DuplicateCache};
 use crate::rpc::SUCCESS_HEADER_LEN;
-use crate::server::{CallContext, ProcError, Reply, RpcProgram};
+use crate::server::{CallContext, ProcError, Reply, ReplySender, RpcProgram};
 use crate::xdr::Decoder;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -107,6 +107,20 @@ fn finish(drc: &DuplicateCache, key: Option<&DrcKey>, results: Option<&[u8]>) {
     }
 }
 
+/// Records a deferred call's outcome ([`finish`]) and sends it.
+fn answer(
+    drc: &DuplicateCache,
+    key: Option<&DrcKey>,
+    r: Result<Vec<u8>, ProcError>,
+    tx: ReplySender,
+) {
+    finish(drc, key, r.as_deref().ok());
+    match r {
+        Ok(body) => tx.send(body),
+        Err(e) => tx.fail(e),
+    };
+}
+
 impl RpcProgram for Nfs3Program {
     fn program(&self) -> u32 {
         NFS_PROG
@@ -161,17 +175,11 @@ impl RpcProgram for Nfs3Program {
                         for tell in stale {
                             tell();
                         }
-                        match r {
-                            Ok(mut v) => {
-                                v.drain(..SUCCESS_HEADER_LEN);
-                                finish(&drc, key.as_ref(), Some(&v));
-                                tx.send(v)
-                            }
-                            Err(e) => {
-                                finish(&drc, key.as_ref(), None);
-                                tx.fail(e)
-                            }
-                        };
+                        let r = r.map(|mut v| {
+                            v.drain(..SUCCESS_HEADER_LEN);
+                            v
+                        });
+                        answer(&drc, key.as_ref(), r, tx);
                     });
                     return Ok(reply);
                 }
@@ -200,11 +208,7 @@ impl RpcProgram for Nfs3Program {
                 error!(proc_, "NFS procedure panicked");
                 Err(ProcError::SystemErr)
             });
-            finish(&drc, key.as_ref(), r.as_deref().ok());
-            match r {
-                Ok(body) => tx.send(body),
-                Err(e) => tx.fail(e),
-            };
+            answer(&drc, key.as_ref(), r, tx);
         });
         Ok(reply)
     }
