@@ -164,6 +164,9 @@ pub struct Lockd {
     pub(crate) leases: Mutex<HashMap<ScopeId, (crate::group_state::Lease, i32)>>,
     /// The threads on which the groups with server IDs are served.
     pub(crate) threads: Arc<crate::group_threads::GroupThreads>,
+    /// The NFS door's cache of open descriptors, once NFS is served: a group going
+    /// offline closes those of its exports, or its storage could not be unmounted.
+    pub(crate) nfs_files: std::sync::OnceLock<Arc<crate::nfs3::backing::Backing>>,
 }
 
 impl std::fmt::Debug for Lockd {
@@ -207,6 +210,15 @@ impl Lockd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&scope)
+    }
+
+    /// Closes the NFS door's cached descriptors of `scope`'s exports.
+    pub(crate) fn forget_nfs_files(&self, scope: ScopeId) {
+        if let Some(b) = self.nfs_files.get() {
+            for e in self.exports.of_group(scope) {
+                b.forget_export(e.export.id);
+            }
+        }
     }
 
     pub(crate) fn set_offline(&self, scope: ScopeId, offline: bool) {

@@ -427,6 +427,7 @@ pub fn group_offline(lockd: &Lockd, scope: ScopeId) -> io::Result<()> {
     for e in lockd.exports.of_group(scope) {
         e.close();
     }
+    lockd.forget_nfs_files(scope);
     if let Some(storage) = lockd.group_storage.get(&scope) {
         GroupState::open(storage)?.record_clean_offline()?;
         // Last: the next node may take the group only once everything here is let go.
@@ -462,6 +463,7 @@ pub fn group_online(lockd: &Arc<Lockd>, scope: ScopeId) -> io::Result<i32> {
     }
     // Handles resolve to (device, inode): the storage may have been mounted anew.
     lockd.fhs.clear_cache();
+    lockd.forget_nfs_files(scope);
     let state = if lockd.group_storage.contains_key(&scope) {
         attach_storage(lockd, scope)?
     } else {

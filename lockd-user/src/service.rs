@@ -217,6 +217,7 @@ impl LockdService {
             group_storage: config.group_storage.clone(),
             leases: Mutex::new(HashMap::new()),
             server_ids: config.group_server_ids.clone(),
+            nfs_files: Default::default(),
             threads: Arc::new(crate::group_threads::GroupThreads::new(
                 &config.group_server_ids,
             )),

@@ -1116,6 +1116,57 @@ async fn open_descriptors_stay_within_the_configured_bound() {
     s.stop().await;
 }
 
+/// A name looked up again is answered from the cached descriptor of its file (one
+/// `fstatat`), and that cache lets go of a file whose last name a REMOVE took, so its blocks
+/// are freed at once; a file that keeps another name keeps its descriptor and handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_file_lets_go_of_its_descriptor() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    // Root is squashed: the changes are made in the directory anyone may write.
+    let (_, root) = c.lookup(&root, b"public").await;
+    let dir = s.rw.join("public");
+    std::fs::write(dir.join("once"), b"one name").unwrap();
+    std::fs::write(dir.join("twice"), b"two names").unwrap();
+    std::fs::hard_link(dir.join("twice"), dir.join("twice-too")).unwrap();
+    assert_eq!(c.getattr(&root).await.0, OK);
+    let before = s.nfs.open_files();
+    let (st, once) = c.lookup(&root, b"once").await;
+    assert_eq!(st, OK);
+    let (st, twice) = c.lookup(&root, b"twice").await;
+    assert_eq!(st, OK);
+    assert_eq!(
+        s.nfs.open_files(),
+        before + 2,
+        "each file looked up is cached"
+    );
+    assert_eq!(c.lookup(&root, b"once").await.1, once);
+    assert_eq!(
+        c.lookup(&root, b"twice-too").await.1,
+        twice,
+        "one file, one handle"
+    );
+    assert_eq!(
+        s.nfs.open_files(),
+        before + 2,
+        "looked up again: no new descriptor"
+    );
+    assert_eq!(c.remove(&root, b"twice", false).await, OK);
+    assert_eq!(s.nfs.open_files(), before + 2, "the file has another name");
+    assert_eq!(c.getattr(&twice).await.0, OK);
+    assert_eq!(c.remove(&root, b"once", false).await, OK);
+    assert_eq!(s.nfs.open_files(), before + 1, "the last name is gone");
+    assert_eq!(c.getattr(&once).await.0, STALE);
+    // A new file under the old name is another file, with another handle.
+    std::fs::write(dir.join("once"), b"new").unwrap();
+    let (st, again) = c.lookup(&root, b"once").await;
+    assert_eq!(st, OK);
+    assert_ne!(again, once);
+    assert_eq!(c.getattr(&again).await.1.unwrap().3, 3);
+    s.stop().await;
+}
+
 /// Random and truncated arguments for every procedure: each call gets an answer or
 /// GARBAGE_ARGS, never a server error (a panic), and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! directory and address, sharing a group's storage). Run it in a private
 //! network namespace: the daemons answer on 127.0.0.2 and 127.0.0.3.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -167,4 +168,70 @@ fn online_offline_status_lease_and_crash() {
     // A daemon stopped with SIGTERM leaves its groups cleanly.
     drop(a);
     assert!(meta.join("clean-offline").exists());
+}
+
+/// The daemon's descriptors whose file lies under `dir`.
+fn open_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// A group's storage can move only if the node taking the group offline lets go of every
+/// file in it: the NFS door's cached descriptors of the group's files, made by an NFS
+/// client's LOOKUP and READ, are closed by `group offline` (else the cluster manager's
+/// unmount of the storage fails, or kills the daemon holding it).
+#[test]
+fn offline_lets_go_of_the_files_nfs_clients_used() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        lockfs_testkit::skip!("the admin socket serves root only (not root)");
+    }
+    let have_nfs_cat = Command::new("sh")
+        .args(["-c", "command -v nfs-cat"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_nfs_cat {
+        lockfs_testkit::skip!("libnfs-utils (nfs-cat) is not installed: run scripts/setup.sh");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Root's calls are squashed to nobody, who must reach the export.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = tmp.path().join("shared");
+    let data = shared.join("g1/data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"read over NFS\n").unwrap();
+    let a = Node::start("node-a", "127.0.0.2", tmp.path(), &shared);
+    let pid = a.proc_.pid().expect("the daemon's pid");
+    ok(&a.group(&["online", "g1"]));
+    let cat = || {
+        Command::new("timeout")
+            .args(["-k", "5", "30", "nfs-cat", "nfs://127.0.0.2/e1/f"])
+            .output()
+            .expect("run nfs-cat")
+    };
+    let out = cat();
+    assert!(
+        out.status.success() && out.stdout == b"read over NFS\n",
+        "nfs-cat: {out:?}"
+    );
+    let held = open_under(pid, &data);
+    assert!(
+        held.iter().any(|p| p.ends_with("data/f")),
+        "the NFS door caches the descriptor of a file it served: {held:?}"
+    );
+    ok(&a.group(&["offline", "g1"]));
+    let held = open_under(pid, &shared);
+    assert!(held.is_empty(), "still open after offline: {held:?}");
+    assert!(
+        !cat().status.success(),
+        "an offline group's files are not served"
+    );
+    // Online again, the group is served as before, from descriptors opened anew.
+    ok(&a.group(&["online", "g1"]));
+    let out = cat();
+    assert!(out.status.success(), "nfs-cat after online: {out:?}");
 }

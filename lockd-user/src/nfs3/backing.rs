@@ -16,6 +16,12 @@
 //! size; when it is full, the older quarter is closed at once (one sort per many inserts
 //! rather than bookkeeping on every hit). A cached descriptor of a file whose last link
 //! is gone answers STALE, as a fresh resolution would.
+//!
+//! The cache is also indexed by export, device and inode, so that a name looked up again
+//! costs one `fstatat` rather than an open, a `name_to_handle_at`, a MAC and a close. That
+//! index cannot name the wrong file: a cached descriptor holds its inode, so the inode's
+//! number cannot be given to another file while the entry exists, and a `fstatat` that
+//! answers that device and inode has found the very file the cached handle names.
 
 use super::proto::{Stat, FHSIZE3};
 use crate::exports::OpenExport;
@@ -109,10 +115,46 @@ fn kernel_handle(fd: RawFd) -> Result<(u8, Vec<u8>), Stat> {
     })
 }
 
+/// A file as the index knows it: export id, device, inode.
+type FileKey = (u32, u64, u64);
+
+#[derive(Debug)]
+struct Entry {
+    fd: Arc<OwnedFd>,
+    stamp: u64,
+    file: FileKey,
+}
+
 #[derive(Debug)]
 struct Lru {
-    map: HashMap<Box<[u8]>, (Arc<OwnedFd>, u64)>,
+    map: HashMap<Box<[u8]>, Entry>,
+    by_file: HashMap<FileKey, Box<[u8]>>,
     clock: u64,
+}
+
+impl Lru {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn remove(&mut self, fh: &[u8]) {
+        if let Some(gone) = self.map.remove(fh) {
+            self.unindex(&gone.file, fh);
+        }
+    }
+
+    /// Drops the index entry of `file` if it is that of `fh` (two handles of one file,
+    /// sealed under two keys, share one index entry: the latest).
+    fn unindex(&mut self, file: &FileKey, fh: &[u8]) {
+        if self.by_file.get(file).is_some_and(|h| &**h == fh) {
+            self.by_file.remove(file);
+        }
+    }
+}
+
+fn file_key(export: &OpenExport, st: &libc::stat) -> FileKey {
+    (export.export.id, st.st_dev, st.st_ino)
 }
 
 /// Resolves handles to descriptors for the NFS door, with the descriptor cache.
@@ -153,6 +195,7 @@ impl Backing {
         Self {
             lru: Mutex::new(Lru {
                 map: HashMap::new(),
+                by_file: HashMap::new(),
                 clock: 0,
             }),
             capacity: capacity.max(16),
@@ -196,11 +239,10 @@ impl Backing {
         }
         let cached = {
             let mut l = self.lock();
-            l.clock += 1;
-            let now = l.clock;
-            l.map.get_mut(fh).map(|(fd, stamp)| {
-                *stamp = now;
-                fd.clone()
+            let now = l.tick();
+            l.map.get_mut(fh).map(|entry| {
+                entry.stamp = now;
+                entry.fd.clone()
             })
         };
         let fd = match cached {
@@ -220,35 +262,128 @@ impl Backing {
                 if st.st_dev != root_dev {
                     return Err(Stat::Stale);
                 }
-                self.insert(fh, fd.clone());
+                self.admit(lockd, export, fh, fd.clone(), &st);
                 fd
             }
         };
         let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
         if st.st_nlink == 0 {
-            self.lock().map.remove(fh);
+            self.lock().remove(fh);
             return Err(Stat::Stale);
         }
         Ok(Node { export, fd, st })
     }
 
-    fn insert(&self, fh: &[u8], fd: Arc<OwnedFd>) {
+    /// Caches a descriptor, unless its group went offline meanwhile: an offline first
+    /// refuses the group, then closes its cached descriptors, so an entry made after that
+    /// sees the refusal here and goes too.
+    fn admit(
+        &self,
+        lockd: &Lockd,
+        export: &OpenExport,
+        fh: &[u8],
+        fd: Arc<OwnedFd>,
+        st: &libc::stat,
+    ) {
+        self.insert(fh, fd, file_key(export, st));
+        if lockd.is_offline(export.export.scope) {
+            self.lock().remove(fh);
+        }
+    }
+
+    fn insert(&self, fh: &[u8], fd: Arc<OwnedFd>, file: FileKey) {
         let mut l = self.lock();
         if l.map.len() >= self.capacity {
-            let mut stamps: Vec<u64> = l.map.values().map(|(_, s)| *s).collect();
+            let mut stamps: Vec<u64> = l.map.values().map(|e| e.stamp).collect();
             stamps.sort_unstable();
             let cut = stamps[stamps.len() / 4];
-            l.map.retain(|_, (_, s)| *s > cut);
+            let Lru { map, by_file, .. } = &mut *l;
+            map.retain(|fh, e| {
+                let keep = e.stamp > cut;
+                if !keep && by_file.get(&e.file).is_some_and(|h| h == fh) {
+                    by_file.remove(&e.file);
+                }
+                keep
+            });
         }
-        l.clock += 1;
-        let now = l.clock;
-        l.map.insert(fh.into(), (fd, now));
+        let stamp = l.tick();
+        let fh: Box<[u8]> = fh.into();
+        if let Some(old) = l.map.insert(fh.clone(), Entry { fd, stamp, file }) {
+            if old.file != file {
+                l.unindex(&old.file, &fh);
+            }
+        }
+        l.by_file.insert(file, fh);
+    }
+
+    /// The cached handle of the file of status `st` in `export`, if its descriptor is held.
+    fn cached_handle(&self, export: &OpenExport, st: &libc::stat) -> Option<Vec<u8>> {
+        let mut l = self.lock();
+        let now = l.tick();
+        let Lru { map, by_file, .. } = &mut *l;
+        let fh = by_file.get(&file_key(export, st))?;
+        let entry = map.get_mut(fh)?;
+        entry.stamp = now;
+        Some(fh.to_vec())
+    }
+
+    /// Closes the cached descriptors of a file whose last name is gone, so that its
+    /// blocks are freed now rather than when the cache would have dropped it.
+    pub fn forget(&self, export: &OpenExport, st: &libc::stat) {
+        let mut l = self.lock();
+        if let Some(fh) = l.by_file.remove(&file_key(export, st)) {
+            l.map.remove(&fh);
+        }
+    }
+
+    /// Closes every cached descriptor of files of the export `id` (its group goes
+    /// offline, or comes online on storage that may have been mounted anew).
+    pub fn forget_export(&self, id: u32) {
+        let mut l = self.lock();
+        let Lru { map, by_file, .. } = &mut *l;
+        map.retain(|_, e| e.file.0 != id);
+        by_file.retain(|file, _| file.0 != id);
+    }
+
+    /// The handle and status of `name` in the directory `dir` of `export`, as the calling
+    /// thread (its search permission on the directory is checked by the kernel). A file
+    /// whose descriptor is cached costs one `fstatat`; another is opened without following
+    /// a symbolic link, and its descriptor is cached.
+    pub fn lookup(
+        &self,
+        lockd: &Lockd,
+        export: &OpenExport,
+        dir: RawFd,
+        name: &CString,
+    ) -> Result<(Vec<u8>, libc::stat), Stat> {
+        let st = stat_at(dir, name).map_err(|e| Stat::from_io(&e))?;
+        if let Some(fh) = self.cached_handle(export, &st) {
+            return Ok((fh, st));
+        }
+        let fd = open_path_at(dir, name).map_err(|e| Stat::from_io(&e))?;
+        let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
+        let fh = self.seal(lockd, export, fd.as_raw_fd(), &st)?;
+        self.admit(lockd, export, &fh, Arc::new(fd), &st);
+        Ok((fh, st))
     }
 
     /// Seals the handle of an open descriptor of a file in `export`, whose status is
     /// `st`. A file on another device than the export root is refused: the server does
     /// not cross mounts.
     pub fn handle_of(
+        &self,
+        lockd: &Lockd,
+        export: &OpenExport,
+        fd: RawFd,
+        st: &libc::stat,
+    ) -> Result<Vec<u8>, Stat> {
+        match self.cached_handle(export, st) {
+            Some(fh) => Ok(fh),
+            None => self.seal(lockd, export, fd, st),
+        }
+    }
+
+    fn seal(
         &self,
         lockd: &Lockd,
         export: &OpenExport,

@@ -119,6 +119,9 @@ impl NfsService {
         }
         let exports = Arc::new(exports);
         let backing = Arc::new(Backing::new(config.open_files));
+        // One NFS service per lock service; a second one's descriptors are not the ones
+        // a group's offline must close, so it keeps the first's registration.
+        let _ = lockd.nfs_files.set(backing.clone());
         let max_io = config.max_io.clamp(4096, 16 * 1024 * 1024);
         let door = Arc::new(Door {
             lockd: lockd.clone(),

@@ -9,19 +9,23 @@ use super::*;
 
 impl Door {
     /// A name in a directory, as the caller: an `O_PATH` descriptor of it and its stat.
+    /// The handle and status of `name` in `dir` (whose status is `dir_st`), as the
+    /// calling thread.
     fn lookup_in(
         &self,
         dir: &Node<'_>,
         dir_st: &libc::stat,
         name: &[u8],
-    ) -> Result<(Arc<OwnedFd>, libc::stat), Stat> {
+    ) -> Result<(Vec<u8>, libc::stat), Stat> {
         if name == b"." || (name == b".." && is_root(dir.export, dir_st)) {
-            return Ok((dir.fd.clone(), *dir_st));
+            let fh = self
+                .backing
+                .handle_of(&self.lockd, dir.export, dir.raw(), dir_st)?;
+            return Ok((fh, *dir_st));
         }
         let cname = component(name)?;
-        let fd = open_path_at(dir.raw(), &cname).map_err(ioerr)?;
-        let st = fstat(fd.as_raw_fd()).map_err(ioerr)?;
-        Ok((Arc::new(fd), st))
+        self.backing
+            .lookup(&self.lockd, dir.export, dir.raw(), &cname)
     }
 
     pub(super) fn lookup(&self, c: &Caller, at: &DirOp, e: &mut Encoder) {
@@ -46,10 +50,7 @@ impl Door {
                 }
                 self.lookup_in(&dir, &dst, &at.name)?
             };
-            let fh =
-                self.backing
-                    .handle_of(&self.lockd, dir.export, found.0.as_raw_fd(), &found.1)?;
-            Ok((fh, found.1))
+            Ok(found)
         })();
         match r {
             Ok((fh, st)) => {
@@ -145,18 +146,15 @@ impl Door {
                 sub.put_opaque(&name);
                 sub.put_u64(next);
                 if plus {
-                    let found = (name.as_slice() != b"..")
+                    // ".." is answered only at the root (where it is the root itself):
+                    // elsewhere it would name a file outside what was asked.
+                    let found = (name.as_slice() != b".." || root)
                         .then(|| self.lookup_in(&dir, &st, &name).ok())
-                        .flatten()
-                        .or_else(|| (name == b".." && root).then(|| (dir.fd.clone(), st)));
+                        .flatten();
                     match found {
-                        Some((fd, fst)) => {
+                        Some((fh, fst)) => {
                             put_post_attr(&mut sub, Some(&Fattr::from_stat(&fst)));
-                            let h = self
-                                .backing
-                                .handle_of(&self.lockd, dir.export, fd.as_raw_fd(), &fst)
-                                .ok();
-                            put_post_fh(&mut sub, h.as_deref());
+                            put_post_fh(&mut sub, Some(&fh));
                         }
                         None => {
                             put_post_attr(&mut sub, None);

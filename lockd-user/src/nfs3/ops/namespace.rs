@@ -239,6 +239,9 @@ impl Door {
             let flags = if dir_too { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: `cname` is NUL-terminated.
             errno_of(unsafe { libc::unlinkat(dir.raw(), cname.as_ptr(), flags) })?;
+            if let Some(st) = old.as_ref().filter(|st| dir_too || st.st_nlink <= 1) {
+                self.backing.forget(dir.export, st);
+            }
             let was = old.map_or(Was::Unknown, |st| Was::File(st.st_dev, st.st_ino));
             self.entry_changed(c, &dir, name, was);
             Ok(true)
