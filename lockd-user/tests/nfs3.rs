@@ -1738,9 +1738,19 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     std::fs::write(&path, &data).unwrap();
     let (st, fh) = c.lookup(&root, b"cold").await;
     assert_eq!(st, OK);
-    // Cached: answered where it was decoded.
+    // Cached: answered where it was decoded, its data sent from the page cache.
     assert_eq!(c.read(&fh, 0, 1 << 20).await.1, data);
     assert_eq!(s.nfs.handed_on(), 0, "a cached READ went to the pool");
+    assert_eq!(s.nfs.sent_from_file(), 1, "a cached 1 MiB READ was copied");
+    // Up to the end, a length that needs padding.
+    let at = (1 << 20) - 65_539;
+    let (st, got, eof) = c.read(&fh, at as u64, 1 << 20).await;
+    assert_eq!((st, eof), (OK, true));
+    assert!(got == data[at..], "the bytes sent from the file differ");
+    assert_eq!(s.nfs.sent_from_file(), 2);
+    // A small READ is copied: two copies of a few pages cost less than the calls.
+    assert_eq!(c.read(&fh, 8, 4096).await.1, data[8..8 + 4096]);
+    assert_eq!(s.nfs.sent_from_file(), 2);
     // Written back and dropped from the page cache: the READ may not wait on the
     // connection's thread, is read on the pool instead, and gets the same bytes. The
     // read from memory starts readahead, and a fast disk can finish it before the

@@ -7,7 +7,9 @@
 //! descriptors already open run right where the call was decoded, and the reply goes
 //! out with no hand-off: GETATTR, LOOKUP, ACCESS, READLINK, FSSTAT, FSINFO, PATHCONF, a
 //! READ of at most [`INLINE_READ`](super::ops::INLINE_READ) bytes whose data is all in
-//! the page cache (read with `RWF_NOWAIT`), and the changes of names that free no data:
+//! the page cache (read with `RWF_NOWAIT`, or over TCP, from 64 KiB, checked with
+//! `cachestat` and left to the transport to send from the page cache), and the changes of
+//! names that free no data:
 //! CREATE (but an UNCHECKED one that sets a size: it may truncate a file), MKDIR,
 //! SYMLINK, MKNOD, LINK, and a REMOVE or RMDIR unless it removes the last name of a file
 //! with data (freeing its blocks waits for the pages the disk is writing). A READ that
@@ -163,6 +165,10 @@ impl RpcProgram for Nfs3Program {
             match catch_unwind(AssertUnwindSafe(run)) {
                 Ok(Some(r)) => {
                     let stale = caller.take_invalidations();
+                    if let Some(tail) = caller.take_tail() {
+                        // A READ, which changes nothing: no invalidation, no cache entry.
+                        return r.map(|v| Reply::NowAfterHeaderWithFile(v, tail));
+                    }
                     if stale.is_empty() {
                         // The results follow room for the reply header.
                         let body = r.as_ref().ok().map(|v| &v[SUCCESS_HEADER_LEN..]);

@@ -131,6 +131,7 @@ impl NfsService {
             max_io,
             changes: config.changes.as_ref().map(|c| c.0.clone()),
             handed_on: Default::default(),
+            sent_from_file: Default::default(),
         });
         let mut sc = config.server.clone();
         sc.max_record_size = sc.max_record_size.max(max_io as usize + 64 * 1024);
@@ -235,6 +236,13 @@ impl NfsService {
     pub fn handed_on(&self) -> u64 {
         self.door
             .handed_on
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// READs whose data was sent from the page cache rather than copied into the reply.
+    pub fn sent_from_file(&self) -> u64 {
+        self.door
+            .sent_from_file
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -1,7 +1,7 @@
 //! Turns one received message into the action its transport must take, answering every
 //! RPC-level error (RFC 5531) without involving the program.
 
-use super::{CallContext, ProcError, Reply, RpcProgram, Transport};
+use super::{CallContext, FileTail, ProcError, Reply, RpcProgram, Transport};
 use crate::rpc::{
     flavor, write_success_header, AcceptStatus, AuthStat, CallDecodeError, CallHeader, Credential,
     RejectStatus, ReplyHeader, ReplyStatus, RPC_VERSION, SUCCESS_HEADER_LEN,
@@ -17,11 +17,31 @@ use tracing::{debug, error};
 /// What the transport must do after a call was handled.
 pub(super) enum Action {
     Send(Vec<u8>),
+    /// Send the message followed by the file's bytes, as one reply (a transport that
+    /// cannot send from a file has them read in by [`Action::copied`]).
+    SendFile(Vec<u8>, FileTail),
     Defer {
         xid: u32,
         rx: oneshot::Receiver<Result<Vec<u8>, ProcError>>,
     },
     Nothing,
+}
+
+impl Action {
+    /// The action with a file's bytes read into the message. A file that shrank under
+    /// its reply gets no reply at all: the client asks again, and is answered afresh.
+    pub(super) fn copied(self) -> Action {
+        match self {
+            Action::SendFile(mut msg, tail) => match tail.read_into(&mut msg) {
+                Ok(()) => Action::Send(msg),
+                Err(e) => {
+                    debug!(error = %e, "the file bytes of a reply could not be read");
+                    Action::Nothing
+                }
+            },
+            a => a,
+        }
+    }
 }
 
 fn reply_msg(xid: u32, status: ReplyStatus) -> Vec<u8> {
@@ -143,7 +163,13 @@ impl Dispatcher {
                 write_success_header(&mut msg, xid);
                 Action::Send(msg)
             }
-            Ok(Ok(Reply::NowAfterHeader(_))) => {
+            Ok(Ok(Reply::NowAfterHeaderWithFile(mut msg, tail)))
+                if msg.len() >= SUCCESS_HEADER_LEN =>
+            {
+                write_success_header(&mut msg, xid);
+                Action::SendFile(msg, tail)
+            }
+            Ok(Ok(Reply::NowAfterHeader(_) | Reply::NowAfterHeaderWithFile(..))) => {
                 error!(
                     prog = h.prog,
                     proc_ = h.proc_,

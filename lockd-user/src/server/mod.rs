@@ -35,7 +35,8 @@ mod udp;
 use crate::drc::DuplicateCache;
 use dispatch::Dispatcher;
 pub use program::{
-    decode_args, handle, handle_silent, CallContext, ProcError, Reply, ReplySender, RpcProgram,
+    decode_args, handle, handle_silent, CallContext, FileTail, ProcError, Reply, ReplySender,
+    RpcProgram,
 };
 
 /// The transport a call arrived on.

@@ -4,7 +4,9 @@
 use super::Transport;
 use crate::rpc::{AuthStat, Credential, OpaqueAuth};
 use crate::xdr::{to_bytes, Decoder, XdrDecode, XdrEncode, XdrError};
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -81,10 +83,61 @@ pub enum Reply {
     /// for the reply's header, which is written there instead of copying the results
     /// behind it (for large results: a READ's megabyte).
     NowAfterHeader(Vec<u8>),
+    /// As [`Reply::NowAfterHeader`], the results ending with the length of an opaque whose
+    /// bytes are those of a file: the transport sends them from the page cache (on TCP by
+    /// `sendfile`) rather than have them copied into the reply and again into the socket.
+    NowAfterHeaderWithFile(Vec<u8>, FileTail),
     /// Send nothing (message-passing procedures such as NLM `*_MSG` and `*_RES`).
     None,
     /// The answer comes later through the matching [`ReplySender`].
     Later(oneshot::Receiver<Result<Vec<u8>, ProcError>>),
+}
+
+/// The bytes of an open file that end a reply, with the XDR padding after them.
+#[derive(Debug)]
+pub struct FileTail {
+    pub fd: OwnedFd,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl FileTail {
+    /// Zero bytes after the data, to a multiple of four.
+    pub fn pad(&self) -> usize {
+        (4 - self.len % 4) % 4
+    }
+
+    /// Appends the bytes and their padding to `out`, for a transport that cannot send
+    /// from a file; an error if the file no longer has them all.
+    pub fn read_into(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        let start = out.len();
+        out.resize(start + self.len, 0);
+        let mut done = 0;
+        while done < self.len {
+            let buf = &mut out[start + done..];
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe {
+                libc::pread(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    (self.offset + done as u64) as libc::off_t,
+                )
+            };
+            match n {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                n => done += n as usize,
+            }
+        }
+        out.resize(out.len() + self.pad(), 0);
+        Ok(())
+    }
 }
 
 impl Reply {

@@ -19,6 +19,7 @@
 //! stops as soon as another connection is served, since the runtime is then awake anyway.
 
 use super::dispatch::{result_msg, Action, Dispatcher};
+use super::FileTail;
 use super::{stopped, unspecified, Placement, ServerConfig, Transport};
 use crate::record::{
     encode_record_into, RecordBudget, RecordError, RecordReader, LAST_FRAGMENT, MAX_FRAGMENT,
@@ -26,10 +27,11 @@ use crate::record::{
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -295,6 +297,15 @@ async fn serve_connection(
                         },
                     }
                 }
+                Action::SendFile(msg, tail) => {
+                    tokio::select! {
+                        _ = &mut stop_signal => break 'conn End::Stop,
+                        r = write_framed_file(&stream, &mut out, &msg, &tail) => if let Err(e) = r {
+                            debug!(%peer, error = %e, "TCP write failed");
+                            break 'conn End::Closed;
+                        },
+                    }
+                }
                 Action::Nothing => {}
                 Action::Defer { xid, rx } => {
                     deferred.spawn(async move { rx.await.ok().map(|r| result_msg(xid, r)) });
@@ -523,12 +534,95 @@ async fn write_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, msg: &[u8]) -> 
     r
 }
 
+/// Sends `bytes` whole with `flags` (and never SIGPIPE), waiting for room as needed.
+async fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    while !bytes.is_empty() {
+        let sent = stream
+            .async_io(Interest::WRITABLE, || {
+                // SAFETY: `bytes` is valid for reads of its length during the call.
+                let n = unsafe {
+                    libc::send(
+                        sock,
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        flags | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await;
+        match sent {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one record of `msg` and then a file's bytes and their padding, those sent by
+/// `sendfile` from the page cache. The mark and `msg` go with `MSG_MORE`, so they leave
+/// in one segment with the data's start rather than as a small one of their own. A file
+/// that no longer has all the bytes the record promised ends the connection: the record
+/// cannot be finished, and the client sends its call again on a new connection.
+async fn write_framed_file(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    msg: &[u8],
+    tail: &FileTail,
+) -> io::Result<()> {
+    let total = msg.len() + tail.len + tail.pad();
+    if total > MAX_FRAGMENT {
+        return Err(io::Error::other("reply larger than one record fragment"));
+    }
+    buf.clear();
+    buf.extend_from_slice(&(total as u32 | LAST_FRAGMENT).to_be_bytes());
+    buf.extend_from_slice(msg);
+    send_all(stream, buf, libc::MSG_MORE).await?;
+    let sock = stream.as_raw_fd();
+    let file = tail.fd.as_raw_fd();
+    let mut offset = tail.offset as libc::off_t;
+    let mut left = tail.len;
+    while left > 0 {
+        let sent = stream
+            .async_io(Interest::WRITABLE, || {
+                // SAFETY: both descriptors are open for the call, and `offset` is a valid
+                // offset for the kernel to read and advance.
+                let n = unsafe { libc::sendfile(sock, file, &mut offset, left) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await;
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than its reply says",
+                ))
+            }
+            Ok(n) => left -= n.min(left),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    send_all(stream, &[0u8; 3][..tail.pad()], 0).await
+}
+
 #[cfg(test)]
 mod tests {
     use crate::record::{encode_record, read_record};
     use crate::rpc::{AcceptStatus, CallHeader, OpaqueAuth, ReplyHeader, ReplyStatus};
     use crate::server::{
-        decode_args, CallContext, ProcError, Reply, ReplySender, RpcProgram, RpcServer,
+        decode_args, CallContext, FileTail, ProcError, Reply, ReplySender, RpcProgram, RpcServer,
         ServerConfig,
     };
     use crate::xdr::{to_bytes, Decoder};
@@ -811,6 +905,112 @@ mod tests {
         // The connection keeps serving after both.
         s.write_all(&call(500, NOW, 7)).await.unwrap();
         assert_eq!(reply(&mut s).await, (500, 7));
+        timeout(STEP, server.shutdown()).await.expect("shutdown");
+    }
+
+    /// Answers with its argument (a length) and then that many bytes of a file that holds
+    /// 300,001 bytes (byte i is i % 251), from offset 1.
+    struct FromFile(std::path::PathBuf);
+
+    impl RpcProgram for FromFile {
+        fn program(&self) -> u32 {
+            PROG
+        }
+        fn versions(&self) -> (u32, u32) {
+            (1, 1)
+        }
+        fn call(&self, _: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
+            let len: u32 = decode_args(args)?;
+            let fd = std::fs::File::open(&self.0).unwrap().into();
+            let mut msg = vec![0u8; crate::rpc::SUCCESS_HEADER_LEN];
+            msg.extend_from_slice(&len.to_be_bytes());
+            let tail = FileTail {
+                fd,
+                offset: 1,
+                len: len as usize,
+            };
+            Ok(Reply::NowAfterHeaderWithFile(msg, tail))
+        }
+    }
+
+    /// A reply that ends with a file's bytes is one record: the results, the bytes (sent
+    /// from the file on TCP, read in on UDP) and their padding. A file shorter than the
+    /// reply promised ends the TCP connection rather than send a record it cannot finish,
+    /// and gets no UDP reply; both transports keep serving.
+    #[tokio::test]
+    async fn a_reply_ending_with_a_file_is_one_record_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let server = RpcServer::builder(ServerConfig::default())
+            .program(Arc::new(FromFile(path)))
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .udp("127.0.0.1:0".parse().unwrap())
+            .start()
+            .await
+            .unwrap();
+        let body = |rec: &[u8], xid: u32| -> Vec<u8> {
+            let mut d = Decoder::new(rec);
+            let h = ReplyHeader::decode(&mut d).unwrap();
+            assert_eq!(h.xid, xid);
+            let bytes = d
+                .get_opaque(1 << 20)
+                .expect("an opaque of the file's bytes");
+            assert_eq!(d.remaining(), 0, "nothing after the padding");
+            bytes.to_vec()
+        };
+        let mut s = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+        for (xid, len) in [
+            (1u32, 300_000u32),
+            (2, 65_537),
+            (3, 65_538),
+            (4, 65_539),
+            (5, 0),
+        ] {
+            s.write_all(&call(xid, NOW, len)).await.unwrap();
+            let rec = timeout(STEP, read_record(&mut s, 1 << 20))
+                .await
+                .expect("reply in time")
+                .unwrap()
+                .expect("a reply");
+            assert_eq!(body(&rec, xid), &data[1..1 + len as usize], "length {len}");
+        }
+        // One byte more than the file has after offset 1.
+        s.write_all(&call(6, NOW, 300_001)).await.unwrap();
+        let end = timeout(STEP, read_record(&mut s, 1 << 20))
+            .await
+            .expect("the connection ends in time");
+        assert!(
+            !matches!(end, Ok(Some(_))),
+            "a record promising bytes the file lacks was sent whole"
+        );
+        let mut s = TcpStream::connect(server.tcp_addrs()[0]).await.unwrap();
+        s.write_all(&call(7, NOW, 10)).await.unwrap();
+        let rec = timeout(STEP, read_record(&mut s, 1 << 20))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(body(&rec, 7), &data[1..11]);
+
+        let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        u.connect(server.udp_addrs()[0]).await.unwrap();
+        let udp_call = |xid: u32, len: u32| {
+            CallHeader::new(xid, PROG, 1, NOW, OpaqueAuth::none()).to_message(&to_bytes(&len))
+        };
+        let mut buf = vec![0u8; 65_536];
+        u.send(&udp_call(8, 9_999)).await.unwrap();
+        let n = timeout(STEP, u.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(body(&buf[..n], 8), &data[1..10_000]);
+        u.send(&udp_call(9, 300_001)).await.unwrap();
+        u.send(&udp_call(10, 3)).await.unwrap();
+        let n = timeout(STEP, u.recv(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(
+            body(&buf[..n], 10),
+            &data[1..4],
+            "no reply to the call the file could not finish"
+        );
         timeout(STEP, server.shutdown()).await.expect("shutdown");
     }
 }

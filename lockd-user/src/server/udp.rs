@@ -96,14 +96,18 @@ pub(super) async fn serve_udp(
                 }
             }
         }
-        match dispatcher.execute(&h, args, peer, local, Transport::Udp) {
+        match dispatcher
+            .execute(&h, args, peer, local, Transport::Udp)
+            .copied()
+        {
             Action::Send(out) => {
                 if let (Some(c), Some(k)) = (&drc, &key) {
                     c.complete(k, Some(Arc::from(&out[..])));
                 }
                 udp_send(&sock, &out, peer, dst).await;
             }
-            Action::Nothing => {
+            // `copied` read a file's bytes in: none is left to send from here.
+            Action::Nothing | Action::SendFile(..) => {
                 if let (Some(c), Some(k)) = (&drc, &key) {
                     c.complete(k, None);
                 }

@@ -30,7 +30,7 @@ use super::{ExportOptions, Invalidation, MandatoryMode, Was};
 use crate::exports::OpenExport;
 use crate::lockd::Lockd;
 use crate::rpc::Credential;
-use crate::server::{CallContext, ProcError, Transport};
+use crate::server::{CallContext, FileTail, ProcError, Transport};
 use crate::xdr::{Decoder, Encoder};
 use lock_table::{Access, FileId, IoPass, Range};
 use std::cell::RefCell;
@@ -63,6 +63,8 @@ pub struct Door {
     /// instead (see [`super::program`]): a READ larger than [`INLINE_READ`] or of data
     /// not all in memory, a REMOVE that frees data, an UNCHECKED CREATE that sets a size.
     pub handed_on: std::sync::atomic::AtomicU64,
+    /// READs whose data was left to the transport to send from the page cache.
+    pub sent_from_file: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Door {
@@ -83,6 +85,8 @@ pub struct Caller {
     /// What the procedure's changes made stale in other doors' caches, not yet told
     /// ([`super::ChangeSink`]).
     stale: RefCell<Vec<Invalidation>>,
+    /// The bytes of a file that end the reply, to be sent from the page cache.
+    tail: RefCell<Option<FileTail>>,
 }
 
 impl Caller {
@@ -97,7 +101,13 @@ impl Caller {
             transport: ctx.transport,
             machine,
             stale: RefCell::default(),
+            tail: RefCell::default(),
         }
+    }
+
+    /// The file bytes that end the reply, if the procedure left them to the transport.
+    pub fn take_tail(&self) -> Option<FileTail> {
+        self.tail.borrow_mut().take()
     }
 
     /// The invalidations the procedure left to make (see [`Door::run_without_waiting`]).
