@@ -92,6 +92,21 @@ pub fn reopen(fd: RawFd, flags: i32) -> io::Result<OwnedFd> {
     open_at(libc::AT_FDCWD, &proc_path(fd), flags | libc::O_CLOEXEC, 0)
 }
 
+/// Whether the calling thread's identity (its file system ids and groups) may access the
+/// file of descriptor `fd`, `O_PATH` ones included, with `mode` (`R_OK`, `W_OK`, `X_OK`).
+/// Asked of the descriptor itself (`faccessat2` with `AT_EMPTY_PATH`), which walks no path.
+/// `ENOSYS` on a kernel before 5.8: the C library's fallback for `AT_EACCESS` would compare
+/// the process's ids, not the thread's, so there is none here.
+pub fn may_access(fd: RawFd, mode: i32) -> io::Result<()> {
+    const SYS_FACCESSAT2: libc::c_long = 439;
+    let flags = libc::AT_EACCESS | libc::AT_EMPTY_PATH;
+    // SAFETY: the path is an empty NUL-terminated string; nothing is written.
+    if unsafe { libc::syscall(SYS_FACCESSAT2, fd, c"".as_ptr(), mode, flags) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// A name from the wire as a single path component: no '/', no NUL.
 pub fn component(name: &[u8]) -> Result<CString, Stat> {
     if name.contains(&b'/') {
@@ -123,6 +138,8 @@ struct Entry {
     fd: Arc<OwnedFd>,
     stamp: u64,
     file: FileKey,
+    /// The file opened for reading by the daemon, once a READ needed it.
+    readable: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Debug)]
@@ -308,7 +325,13 @@ impl Backing {
         }
         let stamp = l.tick();
         let fh: Box<[u8]> = fh.into();
-        if let Some(old) = l.map.insert(fh.clone(), Entry { fd, stamp, file }) {
+        let entry = Entry {
+            fd,
+            stamp,
+            file,
+            readable: None,
+        };
+        if let Some(old) = l.map.insert(fh.clone(), entry) {
             if old.file != file {
                 l.unindex(&old.file, &fh);
             }
@@ -334,6 +357,25 @@ impl Backing {
         if let Some(fh) = l.by_file.remove(&file_key(export, st)) {
             l.map.remove(&fh);
         }
+    }
+
+    /// The file of `node` open for reading, opened by the daemon itself (the caller's
+    /// permission is the caller's to check) and kept with the node's cached descriptor, so
+    /// that READs of a file open it once rather than each through procfs.
+    pub fn readable(&self, node: &Node<'_>) -> io::Result<Arc<OwnedFd>> {
+        fn entry<'l>(l: &'l mut Lru, key: &FileKey) -> Option<&'l mut Entry> {
+            let Lru { map, by_file, .. } = l;
+            map.get_mut(by_file.get(key)?)
+        }
+        let key = file_key(node.export, &node.st);
+        if let Some(f) = entry(&mut self.lock(), &key).and_then(|e| e.readable.clone()) {
+            return Ok(f);
+        }
+        let f = Arc::new(reopen(node.raw(), libc::O_RDONLY)?);
+        if let Some(e) = entry(&mut self.lock(), &key) {
+            e.readable.get_or_insert_with(|| f.clone());
+        }
+        Ok(f)
     }
 
     /// Closes every cached descriptor of files of the export `id` (its group goes

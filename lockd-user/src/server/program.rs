@@ -7,6 +7,7 @@ use crate::xdr::{to_bytes, Decoder, XdrDecode, XdrEncode, XdrError};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -96,7 +97,7 @@ pub enum Reply {
 /// The bytes of an open file that end a reply, with the XDR padding after them.
 #[derive(Debug)]
 pub struct FileTail {
-    pub fd: OwnedFd,
+    pub fd: Arc<OwnedFd>,
     pub offset: u64,
     pub len: usize,
 }

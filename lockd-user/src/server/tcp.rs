@@ -921,7 +921,7 @@ mod tests {
         }
         fn call(&self, _: &CallContext, args: &mut Decoder<'_>) -> Result<Reply, ProcError> {
             let len: u32 = decode_args(args)?;
-            let fd = std::fs::File::open(&self.0).unwrap().into();
+            let fd = Arc::new(std::fs::File::open(&self.0).unwrap().into());
             let mut msg = vec![0u8; crate::rpc::SUCCESS_HEADER_LEN];
             msg.extend_from_slice(&len.to_be_bytes());
             let tail = FileTail {

@@ -21,7 +21,8 @@
 
 use super::args::{decode, Args, CreateHow, DirOp, MknodWhat};
 use super::backing::{
-    component, fstat, is_root, open_at, open_path_at, proc_path, reopen, stat_at, Backing, Node,
+    component, fstat, is_root, may_access, open_at, open_path_at, proc_path, reopen, stat_at,
+    Backing, Node,
 };
 use super::gate::admit_io;
 use super::identity::{assume, Assumed};
