@@ -1116,9 +1116,11 @@ async fn open_descriptors_stay_within_the_configured_bound() {
     s.stop().await;
 }
 
-/// A name looked up again is answered from the cached descriptor of its file (one
-/// `fstatat`), and that cache lets go of a file whose last name a REMOVE took, so its blocks
-/// are freed at once; a file that keeps another name keeps its descriptor and handle.
+/// A LOOKUP alone caches no descriptor (a walk over many names would churn the cache);
+/// a handle's use does, and a name of a file whose handle is in use is then answered from
+/// that cache (one `fstatat`). The cache lets go of a file whose last name a REMOVE took,
+/// so its blocks are freed at once; a file that keeps another name keeps its descriptor
+/// and handle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_file_lets_go_of_its_descriptor() {
     let s = Server::start().await;
@@ -1136,11 +1138,10 @@ async fn a_removed_file_lets_go_of_its_descriptor() {
     assert_eq!(st, OK);
     let (st, twice) = c.lookup(&root, b"twice").await;
     assert_eq!(st, OK);
-    assert_eq!(
-        s.nfs.open_files(),
-        before + 2,
-        "each file looked up is cached"
-    );
+    assert_eq!(s.nfs.open_files(), before, "a LOOKUP cached a descriptor");
+    assert_eq!(c.getattr(&once).await.0, OK);
+    assert_eq!(c.getattr(&twice).await.0, OK);
+    assert_eq!(s.nfs.open_files(), before + 2, "each handle used is cached");
     assert_eq!(c.lookup(&root, b"once").await.1, once);
     assert_eq!(
         c.lookup(&root, b"twice-too").await.1,

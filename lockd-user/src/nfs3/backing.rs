@@ -17,8 +17,9 @@
 //! rather than bookkeeping on every hit). A cached descriptor of a file whose last link
 //! is gone answers STALE, as a fresh resolution would.
 //!
-//! The cache is also indexed by export, device and inode, so that a name looked up again
-//! costs one `fstatat` rather than an open, a `name_to_handle_at`, a MAC and a close. That
+//! The cache is also indexed by export, device and inode, so that a LOOKUP of a name whose
+//! handle is in use costs one `fstatat` rather than an open, a `name_to_handle_at`, a MAC
+//! and a close. That
 //! index cannot name the wrong file: a cached descriptor holds its inode, so the inode's
 //! number cannot be given to another file while the entry exists, and a `fstatat` that
 //! answers that device and inode has found the very file the cached handle names.
@@ -32,6 +33,7 @@ use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 fn last_err() -> io::Error {
@@ -179,7 +181,16 @@ fn file_key(export: &OpenExport, st: &libc::stat) -> FileKey {
 pub struct Backing {
     lru: Mutex<Lru>,
     capacity: usize,
+    /// How LOOKUPs fared lately with asking the index first (one `fstatat`, wasted when
+    /// the name's file is not cached): up by [`PROBE_HIT`] when the file was cached, down
+    /// by one when a probe missed, between the bounds of [`PROBE_RANGE`]. The index is
+    /// asked first while this is not negative, that is while about one name in
+    /// `PROBE_HIT + 1` is found cached; a walk over many names each looked up once skips it.
+    probe: AtomicI32,
 }
+
+const PROBE_HIT: i32 = 4;
+const PROBE_RANGE: std::ops::RangeInclusive<i32> = -32..=32;
 
 /// A resolved handle: its export, an `O_PATH` descriptor of the file, and the file's
 /// status as it was when the handle was resolved (an operation's attributes from before
@@ -216,6 +227,7 @@ impl Backing {
                 clock: 0,
             }),
             capacity: capacity.max(16),
+            probe: AtomicI32::new(0),
         }
     }
 
@@ -389,8 +401,9 @@ impl Backing {
 
     /// The handle and status of `name` in the directory `dir` of `export`, as the calling
     /// thread (its search permission on the directory is checked by the kernel). A file
-    /// whose descriptor is cached costs one `fstatat`; another is opened without following
-    /// a symbolic link, and its descriptor is cached.
+    /// whose descriptor is cached (a handle in use) costs one `fstatat`, tried first while
+    /// that pays (see [`Backing::probe`]); another is opened without following a symbolic
+    /// link, for its handle.
     pub fn lookup(
         &self,
         lockd: &Lockd,
@@ -398,15 +411,36 @@ impl Backing {
         dir: RawFd,
         name: &CString,
     ) -> Result<(Vec<u8>, libc::stat), Stat> {
-        let st = stat_at(dir, name).map_err(|e| Stat::from_io(&e))?;
-        if let Some(fh) = self.cached_handle(export, &st) {
-            return Ok((fh, st));
+        let probing = self.probe.load(Ordering::Relaxed) >= 0;
+        if probing {
+            let st = stat_at(dir, name).map_err(|e| Stat::from_io(&e))?;
+            if let Some(fh) = self.cached_handle(export, &st) {
+                self.probed(PROBE_HIT);
+                return Ok((fh, st));
+            }
+            self.probed(-1);
         }
         let fd = open_path_at(dir, name).map_err(|e| Stat::from_io(&e))?;
         let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
+        if !probing {
+            if let Some(fh) = self.cached_handle(export, &st) {
+                self.probed(PROBE_HIT);
+                return Ok((fh, st));
+            }
+        }
+        // Not cached: a LOOKUP alone does not say the handle will be used, and a walk over
+        // many names would only churn the cache (each quarter it drops is a burst of
+        // closes); the handle's first use caches its descriptor.
         let fh = self.seal(lockd, export, fd.as_raw_fd(), &st)?;
-        self.admit(lockd, export, &fh, Arc::new(fd), &st);
         Ok((fh, st))
+    }
+
+    fn probed(&self, by: i32) {
+        let _ = self
+            .probe
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some((p + by).clamp(*PROBE_RANGE.start(), *PROBE_RANGE.end()))
+            });
     }
 
     /// Seals the handle of an open descriptor of a file in `export`, whose status is

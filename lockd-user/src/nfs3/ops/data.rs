@@ -29,8 +29,13 @@ const SEND_FROM_FILE: usize = 64 * 1024;
 /// Whether `cachestat(2)` (Linux 6.5) is missing: then no READ is sent from the file.
 static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
 
-/// Whether every page of `len` bytes from `offset` of the file is in the page cache, so
-/// that sending them cannot wait for the disk. False when the kernel cannot tell.
+/// Whether every page of `len` bytes from `offset` of the file is in the page cache and
+/// read, so that sending them does not wait for the disk. False when the kernel cannot
+/// tell. `cachestat` counts the pages present, also those the disk is still filling (a
+/// readahead under way, typically at the end of a sequential READ's range): so the last
+/// byte is read too, without waiting (`RWF_NOWAIT` fails on a page not read yet).
+/// Readahead fills a range in order, so a last page that is read says the ones before it
+/// are; if one of them was not, the send waits for it on the door's thread, for one I/O.
 fn all_cached(fd: RawFd, offset: u64, len: usize) -> bool {
     const SYS_CACHESTAT: libc::c_long = 451;
     const PAGE: u64 = 4096;
@@ -49,7 +54,14 @@ fn all_cached(fd: RawFd, offset: u64, len: usize) -> bool {
         return false;
     }
     let pages = (offset + len as u64).div_ceil(PAGE) - offset / PAGE;
-    out[0] >= pages
+    if out[0] < pages {
+        return false;
+    }
+    let mut last = [MaybeUninit::<u8>::uninit()];
+    matches!(
+        pread_into(fd, &mut last, offset + len as u64 - 1, Wait::No),
+        Ok(1)
+    )
 }
 
 /// Why a READ gave no reply.
