@@ -15,9 +15,10 @@
 # registration of another daemon on this machine is touched, and nothing
 # leaves the machine.
 #
-# The exported files live on a fresh ext4 made for the run (mkfs defaults, so
-# with a journal; a file-backed loop device with direct I/O, 6 GiB sparse under
-# /tmp), not on whatever file system holds /tmp. Without a journal ext4 skips,
+# The exported files live on a fresh ext4 made for each server just before its
+# rows (mkfs defaults, so with a journal; a file-backed loop device with direct
+# I/O, 6 GiB sparse under /tmp), not on whatever file system holds /tmp, and
+# each row starts after a sync of it. Without a journal ext4 skips,
 # when it allocates an inode, every inode freed in the last minute or so
 # ("recently_deleted" in fs/ext4/ialloc.c), so a CREATE+REMOVE row there slows
 # down with the number of files removed in the minute before it, by either
@@ -104,18 +105,35 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Where the exported files live (see the header).
+# Where the exported files live (see the header): each server gets a file system of its
+# own, made the same way just before its rows, so neither measures what the other left
+# on the disk (a file system the first server already wrote to wrote the second one's
+# WRITE rows 10-20% slower, whichever server came first).
 files=$work
-if [ "$fs" = image ]; then
-    truncate -s 6G "$work/fs.img"
-    # Inode tables and journal written now, so no lazy initialisation runs in the
-    # background during the rows.
-    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$work/fs.img"
-    loop=$(losetup -f --show --direct-io=on "$work/fs.img")
-    mkdir "$work/fs"
-    mount "$loop" "$work/fs"
-    files=$work/fs
-fi
+fresh_fs() { # name
+    if [ "$fs" = image ]; then
+        if [ -n "$loop" ]; then
+            umount "$work/fs"
+            losetup -d "$loop"
+            rm -f "$work/fs.img"
+        fi
+        truncate -s 6G "$work/fs.img"
+        # Inode tables and journal written now, so no lazy initialisation runs in the
+        # background during the rows.
+        mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$work/fs.img"
+        loop=$(losetup -f --show --direct-io=on "$work/fs.img")
+        mkdir -p "$work/fs"
+        mount "$loop" "$work/fs"
+        files=$work/fs
+    else
+        files=$work/$1
+    fi
+    # The files the server reads: 16 of 32 MiB.
+    mkdir -p "$files/data"
+    for i in $(seq 0 15); do
+        dd if=/dev/urandom of="$files/data/bench-$i" bs=1M count=32 status=none
+    done
+}
 mkdir -p "$work/ganesha" "$work/lockfs"
 
 cc -O2 -o "$work/nfs-bench" scripts/nfs-bench.c -lnfs
@@ -126,11 +144,6 @@ rpcbind -f -w &
 pids+=($!)
 for _ in $(seq 50); do rpcinfo -p 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.1; done
 
-# The files every server reads: 16 of 32 MiB, shared by hard links.
-mkdir -p "$files/data"
-for i in $(seq 0 15); do
-    dd if=/dev/urandom of="$files/data/bench-$i" bs=1M count=32 status=none
-done
 
 prepare_export() { # dir
     mkdir -p "$1/many"
@@ -185,6 +198,7 @@ run_rows() { # label export server-pid
 }
 
 run_ganesha() {
+    fresh_fs ganesha
     local dir=$files/ganesha
     mkdir -p "$dir"
     prepare_export "$dir"
@@ -214,6 +228,7 @@ EOF
 }
 
 run_lockfs() {
+    fresh_fs lockfs
     local bin=${lockfs_bin:-$target_dir/release/lockfs} dir=$files/lockfs
     mkdir -p "$dir" "$work/lockfs/mnt" "$work/lockfs/state"
     prepare_export "$dir"

@@ -1880,9 +1880,10 @@ fn dirty_pages(f: &std::fs::File) -> Option<(u64, u64)> {
     (r == 0).then_some((out[1], out[2]))
 }
 
-/// A large UNSTABLE WRITE starts its writeback at once, so that a COMMIT finds the disk
-/// already at work: its pages are clean within seconds, long before the kernel's own
-/// writeback would take pages that young (`vm.dirty_expire_centisecs`, 30 s by default).
+/// UNSTABLE WRITEs start the writeback of each 8 MiB chunk they complete, once answered,
+/// so that a COMMIT finds the disk already at work: the chunk's pages are clean within
+/// seconds, long before the kernel's own writeback would take pages that young
+/// (`vm.dirty_expire_centisecs`, 30 s by default).
 #[tokio::test]
 async fn a_large_unstable_write_starts_its_way_to_the_disk() {
     let s = Server::start().await;
@@ -1896,12 +1897,14 @@ async fn a_large_unstable_write_starts_its_way_to_the_disk() {
     if dirty_pages(&probe).is_none() {
         lockfs_testkit::skip!("no cachestat(2) in this kernel to see dirty pages with");
     }
-    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    let (st, n, _) = c.write(&fh, 0, &data, 0).await;
-    assert_eq!((st, n), (OK, 1 << 20));
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    for (i, part) in data.chunks(1 << 20).enumerate() {
+        let (st, n, _) = c.write(&fh, (i as u64) << 20, part, 0).await;
+        assert_eq!((st, n), (OK, 1 << 20));
+    }
     lockfs_testkit::eventually(
         Duration::from_secs(5),
-        "the pages of a 1 MiB UNSTABLE WRITE to be written back",
+        "the pages of 8 MiB of UNSTABLE WRITEs to be written back",
         || (dirty_pages(&probe) == Some((0, 0))).then_some(()),
     );
     assert_eq!(std::fs::read(&path).unwrap(), data);

@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// pool.
 pub const INLINE_READ: u32 = 1024 * 1024;
 
-/// The size from which an UNSTABLE WRITE starts its writeback at once; smaller ones are
-/// left to the kernel's writeback, which gathers neighbours into larger writes.
-const WRITEBACK_AT: usize = 256 * 1024;
+/// UNSTABLE WRITEs start the writeback of a file's data in aligned chunks of this size:
+/// the WRITE that reaches the end of a chunk starts the chunk's writeback once answered
+/// ([`start_writeback`]). A lone writer would otherwise leave the disk idle until its
+/// COMMIT; a chunk much larger than one WRITE keeps the writeback of many files from
+/// interleaving on the disk in pieces of one WRITE each.
+const WRITEBACK_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// A READ reply's fixed part before its data: status, `post_op_attr` with attributes,
 /// count and end-of-file flag.
@@ -117,6 +120,31 @@ fn pread_into(
         }
     }
     Ok(done)
+}
+
+/// Starts the writeback of the chunk an UNSTABLE WRITE of `len` bytes at `offset` ended,
+/// once its reply is sent, and without waiting for the disk: the COMMIT that follows
+/// then finds the disk already busy with the data, rather than all of it to write. Only a
+/// hint: where it fails, the COMMIT writes the data as before. After the reply, because
+/// starting writeback can itself wait (the block layer throttles writeback when the disk
+/// is slow): at the WRITE, that made the p99 of 16 clients' WRITEs 180-520 ms.
+fn start_writeback(c: &Caller, f: OwnedFd, offset: u64, len: usize) {
+    let end = offset + len as u64;
+    let chunk_end = end / WRITEBACK_CHUNK * WRITEBACK_CHUNK;
+    if chunk_end <= offset {
+        return;
+    }
+    c.after_reply.borrow_mut().push(Box::new(move || {
+        // SAFETY: a plain system call on a descriptor this closure owns.
+        unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                (chunk_end - WRITEBACK_CHUNK) as libc::off64_t,
+                WRITEBACK_CHUNK as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }));
 }
 
 impl Door {
@@ -338,20 +366,10 @@ impl Door {
             // SAFETY: plain system calls on a descriptor we own.
             let synced = unsafe {
                 match how {
-                    // A large unstable write starts its way to the disk now (without
-                    // waiting for it): the COMMIT that follows then finds the disk
-                    // already busy with it instead of starting all of it at once. Only
-                    // a hint: where it fails, the COMMIT writes the data as before.
-                    stable::UNSTABLE if done >= WRITEBACK_AT => {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            offset as libc::off64_t,
-                            done as libc::off64_t,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        );
+                    stable::UNSTABLE => {
+                        start_writeback(c, f, offset, done);
                         0
                     }
-                    stable::UNSTABLE => 0,
                     stable::DATA_SYNC => libc::fdatasync(f.as_raw_fd()),
                     _ => libc::fsync(f.as_raw_fd()),
                 }
