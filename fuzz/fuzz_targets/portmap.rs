@@ -70,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
         let after = pm.entries();
         let body = match reply {
             Ok(Reply::Now(b)) => b,
-            Ok(Reply::None) | Ok(Reply::Later(_)) | Ok(Reply::NowAfterHeader(_)) => {
+            Ok(Reply::None)
+            | Ok(Reply::Later(_))
+            | Ok(Reply::NowAfterHeader(_))
+            | Ok(Reply::NowAfterHeaderWithFile(..)) => {
                 panic!("the portmapper always answers now, with plain results")
             }
             Err(_) => {
