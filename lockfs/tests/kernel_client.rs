@@ -1,7 +1,8 @@
 //! A real Linux kernel as the NFS client: `scripts/kclient/run.sh` boots Debian's kernel
 //! under qemu against `lockfs serve`, and this test checks what the guest and the local
 //! processes on the server's FUSE mount report: the guest mounts NFSv3 through lockfs's
-//! portmapper, works with files, takes fcntl and flock locks; a local lock refuses the
+//! portmapper, works with files, reads whole a file the server wrote (large READs sent from
+//! the server's page cache), takes fcntl and flock locks; a local lock refuses the
 //! guest's F_SETLK and grants its F_SETLKW through the GRANTED callback at the local
 //! unlock; a guest lock refuses a local F_SETLK; a guest write into a locked range of a
 //! mandatory file waits and lands after the unlock; a second NLM host on the server side
@@ -241,6 +242,9 @@ fn linux_nfs_client_meets_local_locks() {
         "written by the kernel client\n"
     );
     assert!(!run.join("export/kc-files/a").exists() && !run.join("export/kc-files/b").exists());
+    // A file the server wrote, read whole by the guest: its large READs are sent from the
+    // server's page cache (`sendfile`), its last with padding.
+    expect_ok(&guest, "served");
 
     for name in ["setlk", "setlkw", "flock"] {
         expect_ok(&guest, name);

@@ -236,6 +236,10 @@ for _ in range(3):
     EXP=$RUN/export MNT=$RUN/mnt
     mkdir -p "$EXP" "$MNT" "$RUN/state"
     chmod 1777 "$EXP"
+    # Read whole by the guest (its test "served"): written here, so the guest's READs of it
+    # are served from the server's page cache.
+    python3 -c 'import sys; sys.stdout.buffer.write(bytes(97 + i * 7 % 26 for i in range(300001)))' \
+        > "$EXP/served"
 
     if [ "$SERVER" = ganesha ]; then
         # The baseline for the dd figures: nfs-ganesha with the VFS FSAL, NFSv3 only, no

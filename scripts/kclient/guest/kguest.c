@@ -186,6 +186,43 @@ static void test_files(void)
 	result("files", 1, "mkdir, create, write and read back %zu bytes, rename, remove", sizeof buf);
 }
 
+/*
+ * A file the server wrote just before the guest booted, so that it is in the server's
+ * page cache and in none of the guest's: read whole, it comes in READs large enough to be
+ * sent from the server's page cache, and its length needs XDR padding. Byte i is
+ * 'a' + (i * 7) % 26.
+ */
+static void test_served(void)
+{
+	enum { SERVED = 300001 };
+	static char back[SERVED + 4096];
+	limit("served", 60);
+	int fd = open(at("served"), O_RDONLY);
+	if (fd < 0) {
+		result("served", 0, "open: %s", strerror(errno));
+		return;
+	}
+	size_t got = 0;
+	ssize_t n;
+	while (got < sizeof back && (n = read(fd, back + got, sizeof back - got)) > 0)
+		got += (size_t)n;
+	int err = n < 0 ? errno : 0;
+	close(fd);
+	if (err) {
+		result("served", 0, "read after %zu bytes: %s", got, strerror(err));
+		return;
+	}
+	size_t bad = got;
+	for (size_t i = 0; i < got && i < SERVED; i++) {
+		if (back[i] != 'a' + (char)((i * 7) % 26)) {
+			bad = i;
+			break;
+		}
+	}
+	result("served", got == SERVED && bad == got, "read %zu bytes of %d%s", got, (int)SERVED,
+	       bad == got ? ", all as the server wrote them" : ", differing");
+}
+
 static void test_setlk(void)
 {
 	limit("setlk", 60);
@@ -576,6 +613,7 @@ int main(int argc, char **argv)
 		test_failover();
 	} else {
 		test_files();
+		test_served();
 		test_setlk();
 		test_setlkw(0);
 		test_setlkw(1);
