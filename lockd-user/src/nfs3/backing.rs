@@ -163,6 +163,13 @@ impl Lru {
         }
     }
 
+    /// The cached handle and entry of `file`.
+    fn file_entry(&mut self, file: &FileKey) -> Option<(&[u8], &mut Entry)> {
+        let Lru { map, by_file, .. } = self;
+        let fh = by_file.get(file)?;
+        map.get_mut(fh).map(|e| (&**fh, e))
+    }
+
     /// Drops the index entry of `file` if it is that of `fh` (two handles of one file,
     /// sealed under two keys, share one index entry: the latest).
     fn unindex(&mut self, file: &FileKey, fh: &[u8]) {
@@ -355,9 +362,7 @@ impl Backing {
     fn cached_handle(&self, export: &OpenExport, st: &libc::stat) -> Option<Vec<u8>> {
         let mut l = self.lock();
         let now = l.tick();
-        let Lru { map, by_file, .. } = &mut *l;
-        let fh = by_file.get(&file_key(export, st))?;
-        let entry = map.get_mut(fh)?;
+        let (fh, entry) = l.file_entry(&file_key(export, st))?;
         entry.stamp = now;
         Some(fh.to_vec())
     }
@@ -375,16 +380,14 @@ impl Backing {
     /// permission is the caller's to check) and kept with the node's cached descriptor, so
     /// that READs of a file open it once rather than each through procfs.
     pub fn readable(&self, node: &Node<'_>) -> io::Result<Arc<OwnedFd>> {
-        fn entry<'l>(l: &'l mut Lru, key: &FileKey) -> Option<&'l mut Entry> {
-            let Lru { map, by_file, .. } = l;
-            map.get_mut(by_file.get(key)?)
-        }
         let key = file_key(node.export, &node.st);
-        if let Some(f) = entry(&mut self.lock(), &key).and_then(|e| e.readable.clone()) {
-            return Ok(f);
+        if let Some((_, e)) = self.lock().file_entry(&key) {
+            if let Some(f) = &e.readable {
+                return Ok(f.clone());
+            }
         }
         let f = Arc::new(reopen(node.raw(), libc::O_RDONLY)?);
-        if let Some(e) = entry(&mut self.lock(), &key) {
+        if let Some((_, e)) = self.lock().file_entry(&key) {
             e.readable.get_or_insert_with(|| f.clone());
         }
         Ok(f)

@@ -164,11 +164,6 @@ impl RpcProgram for Nfs3Program {
             let run = || self.door.run_without_waiting(&caller, proc_, raw);
             match catch_unwind(AssertUnwindSafe(run)) {
                 Ok(Some(r)) => {
-                    let after = caller.take_after_reply();
-                    if !after.is_empty() {
-                        // Not to delay the reply: beside it, where it may wait.
-                        tokio::task::spawn_blocking(move || after.into_iter().for_each(|w| w()));
-                    }
                     let stale = caller.take_invalidations();
                     if let Some(tail) = caller.take_tail() {
                         // A READ, which changes nothing: no invalidation, no cache entry.
@@ -220,9 +215,6 @@ impl RpcProgram for Nfs3Program {
                 Err(ProcError::SystemErr)
             });
             answer(&drc, key.as_ref(), r, tx);
-            for work in caller.take_after_reply() {
-                work();
-            }
         });
         Ok(reply)
     }

@@ -534,34 +534,42 @@ async fn write_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, msg: &[u8]) -> 
     r
 }
 
+/// One sending system call on the connection's socket (`call` answers what it returns),
+/// made again while the socket has no room or the call was interrupted: how many bytes
+/// it took.
+async fn pushed(stream: &TcpStream, mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = stream
+            .async_io(Interest::WRITABLE, || match call() {
+                n if n < 0 => Err(io::Error::last_os_error()),
+                n => Ok(n as usize),
+            })
+            .await;
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 /// Sends `bytes` whole with `flags` (and never SIGPIPE), waiting for room as needed.
 async fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
     let sock = stream.as_raw_fd();
     while !bytes.is_empty() {
-        let sent = stream
-            .async_io(Interest::WRITABLE, || {
-                // SAFETY: `bytes` is valid for reads of its length during the call.
-                let n = unsafe {
-                    libc::send(
-                        sock,
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        flags | libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            })
-            .await;
-        match sent {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        // SAFETY: `bytes` is valid for reads of its length during the call.
+        let sent = pushed(stream, || unsafe {
+            libc::send(
+                sock,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                flags | libc::MSG_NOSIGNAL,
+            )
+        })
+        .await?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        bytes = &bytes[sent..];
     }
     Ok(())
 }
@@ -590,29 +598,19 @@ async fn write_framed_file(
     let mut offset = tail.offset as libc::off_t;
     let mut left = tail.len;
     while left > 0 {
-        let sent = stream
-            .async_io(Interest::WRITABLE, || {
-                // SAFETY: both descriptors are open for the call, and `offset` is a valid
-                // offset for the kernel to read and advance.
-                let n = unsafe { libc::sendfile(sock, file, &mut offset, left) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            })
-            .await;
-        match sent {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than its reply says",
-                ))
-            }
-            Ok(n) => left -= n.min(left),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        // SAFETY: both descriptors are open for the call, and `offset` is a valid offset
+        // for the kernel to read and advance.
+        let sent = pushed(stream, || unsafe {
+            libc::sendfile(sock, file, &mut offset, left)
+        })
+        .await?;
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than its reply says",
+            ));
         }
+        left -= sent.min(left);
     }
     send_all(stream, &[0u8; 3][..tail.pad()], 0).await
 }

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const INLINE_READ: u32 = 1024 * 1024;
 
 /// UNSTABLE WRITEs start the writeback of a file's data in aligned chunks of this size:
-/// the WRITE that reaches the end of a chunk starts the chunk's writeback once answered
-/// ([`start_writeback`]). A lone writer would otherwise leave the disk idle until its
+/// the WRITE that reaches the end of a chunk starts the chunk's writeback beside its
+/// reply ([`start_writeback`]). A lone writer would otherwise leave the disk idle until its
 /// COMMIT; a chunk much larger than one WRITE keeps the writeback of many files from
 /// interleaving on the disk in pieces of one WRITE each.
 const WRITEBACK_CHUNK: u64 = 8 * 1024 * 1024;
@@ -123,18 +123,19 @@ fn pread_into(
 }
 
 /// Starts the writeback of the chunk an UNSTABLE WRITE of `len` bytes at `offset` ended,
-/// once its reply is sent, and without waiting for the disk: the COMMIT that follows
-/// then finds the disk already busy with the data, rather than all of it to write. Only a
-/// hint: where it fails, the COMMIT writes the data as before. After the reply, because
-/// starting writeback can itself wait (the block layer throttles writeback when the disk
-/// is slow): at the WRITE, that made the p99 of 16 clients' WRITEs 180-520 ms.
-fn start_writeback(c: &Caller, f: OwnedFd, offset: u64, len: usize) {
+/// without waiting for the disk: the COMMIT that follows then finds the disk already busy
+/// with the data, rather than all of it to write. Only a hint: where it fails, the COMMIT
+/// writes the data as before. On another thread of the blocking pool, beside the WRITE's
+/// reply, because starting writeback can itself wait (the block layer throttles writeback
+/// when the disk is slow): made by the WRITE, that made the p99 of 16 clients' WRITEs
+/// 180-520 ms.
+fn start_writeback(f: OwnedFd, offset: u64, len: usize) {
     let end = offset + len as u64;
     let chunk_end = end / WRITEBACK_CHUNK * WRITEBACK_CHUNK;
     if chunk_end <= offset {
         return;
     }
-    c.after_reply.borrow_mut().push(Box::new(move || {
+    tokio::task::spawn_blocking(move || {
         // SAFETY: a plain system call on a descriptor this closure owns.
         unsafe {
             libc::sync_file_range(
@@ -144,7 +145,7 @@ fn start_writeback(c: &Caller, f: OwnedFd, offset: u64, len: usize) {
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
-    }));
+    });
 }
 
 impl Door {
@@ -367,7 +368,7 @@ impl Door {
             let synced = unsafe {
                 match how {
                     stable::UNSTABLE => {
-                        start_writeback(c, f, offset, done);
+                        start_writeback(f, offset, done);
                         0
                     }
                     stable::DATA_SYNC => libc::fdatasync(f.as_raw_fd()),

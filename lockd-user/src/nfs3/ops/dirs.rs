@@ -8,7 +8,6 @@ use super::attrs::check_access;
 use super::*;
 
 impl Door {
-    /// A name in a directory, as the caller: an `O_PATH` descriptor of it and its stat.
     /// The handle and status of `name` in `dir` (whose status is `dir_st`), as the
     /// calling thread.
     fn lookup_in(

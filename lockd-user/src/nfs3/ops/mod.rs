@@ -88,12 +88,7 @@ pub struct Caller {
     stale: RefCell<Vec<Invalidation>>,
     /// The bytes of a file that end the reply, to be sent from the page cache.
     tail: RefCell<Option<FileTail>>,
-    /// Work the procedure leaves for after its reply was sent: it must not delay the reply.
-    after_reply: RefCell<Vec<AfterReply>>,
 }
-
-/// Work to do once a call's reply is sent (see [`Caller::take_after_reply`]).
-pub type AfterReply = Box<dyn FnOnce() + Send>;
 
 impl Caller {
     pub fn from_ctx(ctx: &CallContext) -> Self {
@@ -108,13 +103,7 @@ impl Caller {
             machine,
             stale: RefCell::default(),
             tail: RefCell::default(),
-            after_reply: RefCell::default(),
         }
-    }
-
-    /// What the procedure left to do once its reply is sent.
-    pub fn take_after_reply(&self) -> Vec<AfterReply> {
-        std::mem::take(&mut self.after_reply.borrow_mut())
     }
 
     /// The file bytes that end the reply, if the procedure left them to the transport.
