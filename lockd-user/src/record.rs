@@ -6,6 +6,7 @@
 //! fragments, so the reader enforces a maximum record size before it reserves memory: a
 //! record that would exceed it is an error and the caller closes the connection.
 
+use bytes::BufMut;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -193,16 +194,18 @@ pub struct RecordReader {
     direct: Option<Direct>,
 }
 
-/// A large fragment read straight into the record: `record[..filled]` is received data,
-/// `record[filled..]` room for the next read (at most [`DIRECT_STEP`] bytes, zeroed), and
-/// the fragment ends at `end`.
+/// A large fragment read straight into the record: `record` holds the `filled` bytes
+/// received so far (its length), its capacity the whole fragment, which ends at `end`.
+/// The room beyond is never zeroed: a read fills it in place (see
+/// [`RecordReader::read_from`]); zeroing a megabyte before each WRITE's data landed on
+/// it took an eighth of the server's CPU with 16 writers.
 #[derive(Debug, Clone, Copy)]
 struct Direct {
     filled: usize,
     end: usize,
 }
 
-/// How far ahead of the received bytes a large fragment's room is made: the largest read.
+/// How much room [`RecordReader::spare`] offers for a large fragment at a time, zeroed.
 /// The whole fragment's capacity is reserved at once (address space, not memory, until
 /// written), but only received bytes are charged to the budget.
 const DIRECT_STEP: usize = 256 * 1024;
@@ -299,12 +302,9 @@ impl RecordReader {
                 }
             };
             if let Some(d) = self.direct {
-                // The fragment's bytes go straight into the record (see `spare`).
+                // The fragment's bytes go straight into the record (see `read_from`).
                 self.reserve(d.filled)?;
                 if d.filled < d.end {
-                    if d.filled == self.record.len() {
-                        self.record.resize((d.filled + DIRECT_STEP).min(d.end), 0);
-                    }
                     return Ok(None);
                 }
                 self.direct = None;
@@ -323,8 +323,6 @@ impl RecordReader {
                     if rest >= self.input.len() {
                         let filled = self.record.len();
                         self.record.reserve_exact(rest);
-                        self.record
-                            .resize((filled + DIRECT_STEP).min(filled + rest), 0);
                         self.direct = Some(Direct {
                             filled,
                             end: filled + rest,
@@ -344,11 +342,18 @@ impl RecordReader {
 
     /// Where the next read should put its bytes; call [`Self::filled`] with the count.
     /// Only valid after [`Self::next_record`] returned `None`, so at most a partial
-    /// fragment header is left over and the space is never empty.
+    /// fragment header is left over and the space is never empty. For a large fragment the
+    /// room is zeroed first: [`Self::read_from`] reads without that.
     pub fn spare(&mut self) -> &mut [u8] {
         if let Some(d) = self.direct {
+            self.record.resize((d.filled + DIRECT_STEP).min(d.end), 0);
             return &mut self.record[d.filled..];
         }
+        self.input_room()
+    }
+
+    /// The input buffer's free end, with the unparsed bytes moved to its start.
+    fn input_room(&mut self) -> &mut [u8] {
         if self.pos > 0 {
             self.input.copy_within(self.pos..self.end, 0);
             self.end -= self.pos;
@@ -361,9 +366,55 @@ impl RecordReader {
     pub fn filled(&mut self, n: usize) {
         if let Some(d) = &mut self.direct {
             d.filled = (d.filled + n).min(self.record.len());
+            self.record.truncate(d.filled);
             return;
         }
         self.end = (self.end + n).min(self.input.len());
+    }
+
+    /// Reads what `r` has (at least one byte, or 0 at its end) into the reader, as
+    /// [`Self::spare`] and [`Self::filled`] do, but a large fragment's bytes land in the
+    /// record's unused capacity without zeroing it first. Cancel-safe: bytes read are
+    /// always recorded.
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        match self.direct {
+            Some(d) => {
+                let mut room = (&mut self.record).limit(d.end - d.filled);
+                let n = r.read_buf(&mut room).await?;
+                self.grew();
+                Ok(n)
+            }
+            None => {
+                let n = r.read(self.input_room()).await?;
+                self.filled(n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// [`Self::read_from`] for a TCP stream, without waiting: `WouldBlock` when it has
+    /// nothing.
+    pub fn try_read_from(&mut self, s: &tokio::net::TcpStream) -> io::Result<usize> {
+        match self.direct {
+            Some(d) => {
+                let mut room = (&mut self.record).limit(d.end - d.filled);
+                let n = s.try_read_buf(&mut room)?;
+                self.grew();
+                Ok(n)
+            }
+            None => {
+                let n = s.try_read(self.input_room())?;
+                self.filled(n);
+                Ok(n)
+            }
+        }
+    }
+
+    /// A read appended to the record of a large fragment.
+    fn grew(&mut self) {
+        if let Some(d) = &mut self.direct {
+            d.filled = self.record.len().min(d.end);
+        }
     }
 
     /// Whether the stream may end here: nothing of a further record was received.
@@ -613,6 +664,64 @@ mod tests {
             "large fragments are read in large pieces"
         );
         assert!(rr.between_records());
+    }
+
+    /// Gives at most `step` bytes per read, as a socket does.
+    struct Trickle<'a> {
+        rest: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let n = self.rest.len().min(self.step).min(buf.remaining());
+            buf.put_slice(&self.rest[..n]);
+            self.rest = &self.rest[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn reads_from_a_stream_fill_large_records_in_place() {
+        // A large record in two fragments, a small one and another large one, back to back
+        // on a stream that gives uneven reads: each record comes out whole, no byte of the
+        // next one is taken into the record before it, and a large fragment's room is its
+        // whole rest, read without zeroing (the record never holds more than it received).
+        let payload = |seed: u8, n: usize| -> Vec<u8> {
+            (0..n).map(|i| (i as u8).wrapping_mul(29) ^ seed).collect()
+        };
+        let (p1, p2, p3) = (payload(1, 1 << 20), payload(2, 9), payload(3, 500_001));
+        let mut wire = encode_record(&p1, 600_000);
+        wire.extend(encode_record(&p2, 1 << 20));
+        wire.extend(encode_record(&p3, 1 << 20));
+        for step in [4093usize, 65_536, 300_007, 1 << 21] {
+            let mut src = Trickle { rest: &wire, step };
+            let mut rr = RecordReader::new(2 << 20, 16 * 1024);
+            let mut out = Vec::new();
+            rt().block_on(async {
+                loop {
+                    while let Some(r) = rr.next_record().unwrap() {
+                        out.push(r.to_vec());
+                    }
+                    if let Some(d) = rr.direct {
+                        assert_eq!(rr.record.len(), d.filled, "only received bytes are in it");
+                    }
+                    if rr.read_from(&mut src).await.unwrap() == 0 {
+                        break;
+                    }
+                }
+            });
+            assert_eq!(out.len(), 3, "reads of {step}");
+            assert!(
+                out[0] == p1 && out[1] == p2 && out[2] == p3,
+                "records reassembled byte for byte with reads of {step}"
+            );
+            assert!(rr.between_records());
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -346,7 +346,6 @@ async fn serve_connection(
             }
         }
         served = false;
-        let spare = reader.spare();
         tokio::select! {
             biased;
             _ = &mut stop_signal => break End::Stop,
@@ -366,15 +365,14 @@ async fn serve_connection(
                     }
                 }
             }
-            r = stream.read(spare) => match r {
+            r = reader.read_from(&mut stream) => match r {
                 Ok(0) => {
                     if !reader.between_records() {
                         record_error(peer, &RecordError::Truncated);
                     }
                     break End::Closed;
                 }
-                Ok(n) => {
-                    reader.filled(n);
+                Ok(_) => {
                     admitted.touch();
                 }
                 Err(e) => {
@@ -462,12 +460,9 @@ async fn busy_poll(
                 return Polled::Reply(reply);
             }
         }
-        match stream.try_read(reader.spare()) {
+        match reader.try_read_from(stream) {
             Ok(0) => return Polled::Nothing,
-            Ok(n) => {
-                reader.filled(n);
-                return Polled::Data;
-            }
+            Ok(_) => return Polled::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if std::time::Instant::now() >= until {
                     return Polled::Nothing;
