@@ -13,6 +13,7 @@ use lock_table::{
     FileId, LockKind, LockOutcome, LockRequest, Owner, Range, ScopeId, SharedTable, Wait,
 };
 use lockd_user::client::{ClientConfig, ClientError, RpcClient};
+use lockd_user::nfs3::backing::WRITER_IDLE;
 use lockd_user::nfs3::service::Changes;
 use lockd_user::nfs3::{
     ChangeSink, ExportOptions, Invalidation, MandatoryMode, NfsConfig, NfsService, Squash, Was,
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -1160,6 +1161,91 @@ async fn a_removed_file_lets_go_of_its_descriptor() {
     assert_eq!(st, OK);
     assert_ne!(again, once);
     assert_eq!(c.getattr(&again).await.1.unwrap().3, 3);
+    s.stop().await;
+}
+
+/// Descriptors of this process open for writing on `path`.
+fn open_for_writing(path: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(e.path()).ok().as_deref() != Some(path) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ));
+        let flags = info.ok().and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        });
+        if flags.is_some_and(|f| f & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// UNSTABLE WRITEs of a file go through one write descriptor the server keeps while the
+/// client writes, closed at the client's COMMIT or after two idle seconds; the caller's
+/// permission is still checked at every WRITE, and stable WRITEs keep nothing open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstable_writes_keep_the_file_open_until_commit_or_idle() {
+    let s = Server::start().await;
+    let u = s.client(1000, 1000).await;
+    let (_, root) = u.mnt("/rw").await;
+    let (_, public) = u.lookup(&root, b"public").await;
+    let (st, fh) = u.create(&public, b"stream", 0, [0; 8]).await;
+    assert_eq!(st, OK);
+    let path = s.rw.join("public/stream");
+    let commit = |fh: Vec<u8>| {
+        let mut e = Encoder::new();
+        e.put_opaque(&fh);
+        e.put_u64(0);
+        e.put_u32(0);
+        e
+    };
+    assert_eq!((s.nfs.writing_files(), open_for_writing(&path)), (0, 0));
+    assert_eq!(u.write(&fh, 0, b"first ", 0).await.0, OK);
+    assert_eq!(u.write(&fh, 6, b"second", 0).await.0, OK);
+    assert_eq!(
+        (s.nfs.writing_files(), open_for_writing(&path)),
+        (1, 1),
+        "one descriptor kept for both WRITEs"
+    );
+    // Kept open for the owner, the file is still no one else's to write.
+    let other = s.client(2000, 2000).await;
+    assert_eq!(other.write(&fh, 0, b"x", 0).await.0, ACCES);
+    assert_eq!(std::fs::read(&path).unwrap(), b"first second");
+    // The owner may write a file it made read-only, as with a descriptor opened per WRITE.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    assert_eq!(u.write(&fh, 0, b"FIRST", 0).await.0, OK);
+    assert_eq!(other.write(&fh, 0, b"x", 0).await.0, ACCES);
+    assert_eq!(u.call(21, &commit(fh.clone())).await.stat, OK);
+    assert_eq!(
+        (s.nfs.writing_files(), open_for_writing(&path)),
+        (0, 0),
+        "COMMIT closes it"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"FIRST second");
+    // A client that stops writing without a COMMIT: closed once idle.
+    assert_eq!(u.write(&fh, 12, b"!", 0).await.0, OK);
+    assert_eq!(open_for_writing(&path), 1);
+    let deadline = Instant::now() + WRITER_IDLE * 2 + Duration::from_secs(2);
+    while open_for_writing(&path) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an idle write descriptor stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.nfs.writing_files(), 0);
+    // FILE_SYNC and DATA_SYNC WRITEs keep nothing open.
+    assert_eq!(u.write(&fh, 13, b"?", 2).await.0, OK);
+    assert_eq!(u.write(&fh, 14, b"?", 1).await.0, OK);
+    assert_eq!((s.nfs.writing_files(), open_for_writing(&path)), (0, 0));
+    assert_eq!(std::fs::read(&path).unwrap(), b"FIRST second!??");
     s.stop().await;
 }
 

@@ -35,6 +35,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn last_err() -> io::Error {
     io::Error::last_os_error()
@@ -142,6 +143,9 @@ struct Entry {
     file: FileKey,
     /// The file opened for reading by the daemon, once a READ needed it.
     readable: Option<Arc<OwnedFd>>,
+    /// The file opened for writing by the daemon while a client writes it unstably, and
+    /// when it last did (see [`Backing::writable`]).
+    writable: Option<(Arc<OwnedFd>, Instant)>,
 }
 
 #[derive(Debug)]
@@ -195,6 +199,10 @@ pub struct Backing {
     /// `PROBE_HIT + 1` is found cached; a walk over many names each looked up once skips it.
     probe: AtomicI32,
 }
+
+/// How long a write descriptor kept for a client's WRITEs stays open after its last
+/// WRITE (see [`Backing::writable`]).
+pub const WRITER_IDLE: Duration = Duration::from_secs(2);
 
 const PROBE_HIT: i32 = 4;
 const PROBE_RANGE: std::ops::RangeInclusive<i32> = -32..=32;
@@ -349,6 +357,7 @@ impl Backing {
             stamp,
             file,
             readable: None,
+            writable: None,
         };
         if let Some(old) = l.map.insert(fh.clone(), entry) {
             if old.file != file {
@@ -391,6 +400,60 @@ impl Backing {
             e.readable.get_or_insert_with(|| f.clone());
         }
         Ok(f)
+    }
+
+    /// The file of `node` open for writing, opened by the daemon itself (the caller's
+    /// permission is the caller's to check) and kept with the node's cached descriptor
+    /// while a client goes on writing it: until its COMMIT ([`Self::done_writing`]) or
+    /// [`WRITER_IDLE`] without a WRITE ([`Self::close_idle_writers`]).
+    ///
+    /// Why keep it: otherwise every WRITE opens the file as the caller through procfs and
+    /// closes it again, and the close of a file's last writer is where ext4 gives back
+    /// its block preallocation, under the inode's data lock (BENCHMARKS.md has the
+    /// figures). Why not for longer: a file open for writing cannot be executed
+    /// (`ETXTBSY`) nor leased by a local process, so the descriptor goes when the client
+    /// is done, as knfsd's open-file cache lets its descriptors go after about as long.
+    pub fn writable(&self, node: &Node<'_>) -> io::Result<Arc<OwnedFd>> {
+        let key = file_key(node.export, &node.st);
+        let now = Instant::now();
+        if let Some((_, e)) = self.lock().file_entry(&key) {
+            if let Some((f, used)) = &mut e.writable {
+                *used = now;
+                return Ok(f.clone());
+            }
+        }
+        let f = Arc::new(reopen(node.raw(), libc::O_WRONLY)?);
+        if let Some((_, e)) = self.lock().file_entry(&key) {
+            e.writable.get_or_insert_with(|| (f.clone(), now));
+        }
+        Ok(f)
+    }
+
+    /// Closes the kept write descriptor of `node`'s file: its client committed its writes.
+    pub fn done_writing(&self, node: &Node<'_>) {
+        if let Some((_, e)) = self.lock().file_entry(&file_key(node.export, &node.st)) {
+            e.writable = None;
+        }
+    }
+
+    /// Closes the kept write descriptors no WRITE used for `idle`.
+    pub fn close_idle_writers(&self, idle: Duration) {
+        let now = Instant::now();
+        let mut l = self.lock();
+        for e in l.map.values_mut() {
+            if e.writable
+                .as_ref()
+                .is_some_and(|(_, used)| now.duration_since(*used) >= idle)
+            {
+                e.writable = None;
+            }
+        }
+    }
+
+    /// Files held open for writing now.
+    pub fn writing_count(&self) -> usize {
+        let l = self.lock();
+        l.map.values().filter(|e| e.writable.is_some()).count()
     }
 
     /// Closes every cached descriptor of files of the export `id` (its group goes

@@ -3,7 +3,7 @@
 //! exports, file-handle keys, lock table and share table, and registered wherever the
 //! lock service registered NLM (the system's rpcbind or lockfs's own portmapper).
 
-use super::backing::Backing;
+use super::backing::{Backing, WRITER_IDLE};
 use super::ops::Door;
 use super::program::Nfs3Program;
 use super::proto::{NFS_PROG, NFS_V3};
@@ -74,6 +74,8 @@ pub struct NfsService {
     mount: RpcServer,
     registered: bool,
     door: Arc<Door>,
+    /// Closes the write descriptors clients stopped using.
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for NfsService {
@@ -157,11 +159,23 @@ impl NfsService {
             }
         };
         info!(nfs = ?nfs.tcp_addrs(), mount = ?mount.tcp_addrs(), "NFS and MOUNT serving");
+        let sweeper = tokio::spawn({
+            let backing = door.backing.clone();
+            async move {
+                let mut every = tokio::time::interval(WRITER_IDLE / 2);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    backing.close_idle_writers(WRITER_IDLE);
+                }
+            }
+        });
         let mut svc = Self {
             nfs,
             mount,
             registered: false,
             door,
+            sweeper,
         };
         svc.publish(portmapper).await;
         Ok(svc)
@@ -239,6 +253,11 @@ impl NfsService {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Files held open for clients' unstable WRITEs now.
+    pub fn writing_files(&self) -> usize {
+        self.door.backing.writing_count()
+    }
+
     /// READs whose data was sent from the page cache rather than copied into the reply.
     pub fn sent_from_file(&self) -> u64 {
         self.door
@@ -254,6 +273,7 @@ impl NfsService {
                 let _ = portmap::unregister(portmap::local_rpcbind(), prog, vers, t).await;
             }
         }
+        self.sweeper.abort();
         self.nfs.shutdown().await;
         self.mount.shutdown().await;
     }

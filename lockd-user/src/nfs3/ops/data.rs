@@ -129,7 +129,7 @@ fn pread_into(
 /// reply, because starting writeback can itself wait (the block layer throttles writeback
 /// when the disk is slow): made by the WRITE, that made the p99 of 16 clients' WRITEs
 /// 180-520 ms.
-fn start_writeback(f: OwnedFd, offset: u64, len: usize) {
+fn start_writeback(f: Arc<OwnedFd>, offset: u64, len: usize) {
     let end = offset + len as u64;
     let chunk_end = end / WRITEBACK_CHUNK * WRITEBACK_CHUNK;
     if chunk_end <= offset {
@@ -174,31 +174,43 @@ impl Door {
         }
     }
 
-    /// The file of `node` open for reading, for one READ by the caller: the caller's read
-    /// permission (or ownership, as in [`Door::open_for_io`]) is checked on the
-    /// descriptor, and the daemon's own read descriptor of the file, kept with its handle,
-    /// is used. (Opened as the caller, as WRITE does, a READ would cost a path walk
-    /// through procfs, an open and a close each time.)
-    fn open_for_read(
+    /// The file of `node` open for one READ (`write` false) or UNSTABLE WRITE by the
+    /// caller: the caller's permission (or ownership, as in [`Door::open_for_io`]) is
+    /// checked on the descriptor, and the daemon's own descriptor of the file, kept with
+    /// its handle, is used: the read one, or the write one kept while the client goes on
+    /// writing (see `Backing::writable`). (Opened as the caller each time, a READ or WRITE
+    /// costs a path walk through procfs, an open and a close.)
+    fn open_kept(
         &self,
         c: &Caller,
         node: &Node<'_>,
         st: &libc::stat,
+        write: bool,
     ) -> Result<Arc<OwnedFd>, Stat> {
+        let (mode, flags) = if write {
+            (libc::W_OK, libc::O_WRONLY)
+        } else {
+            (libc::R_OK, libc::O_RDONLY)
+        };
         let id = self.opts(node.export).squash.identity(&c.cred);
         let may = {
             let _as = self.become_caller(c, node.export)?;
-            may_access(node.raw(), libc::R_OK)
+            may_access(node.raw(), mode)
         };
         match may {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EACCES) && id.uid == st.st_uid => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                return self.open_for_io(c, node, st, libc::O_RDONLY).map(Arc::new)
+                return self.open_for_io(c, node, st, flags).map(Arc::new)
             }
             Err(e) => return Err(ioerr(e)),
         }
-        self.backing.readable(node).map_err(ioerr)
+        let kept = if write {
+            self.backing.writable(node)
+        } else {
+            self.backing.readable(node)
+        };
+        kept.map_err(ioerr)
     }
 
     /// READ. Over TCP, a READ of at least [`SEND_FROM_FILE`] bytes, all in the page cache,
@@ -242,7 +254,7 @@ impl Door {
                 Ok(range) => self.io_gate(c, node.export, &st, Access::Read, range)?,
                 Err(_) => None,
             };
-            let f = self.open_for_read(c, &node, &st)?;
+            let f = self.open_kept(c, &node, &st, false)?;
             // Sent from the page cache: only when no gate pass must cover the reading (the
             // bytes are read as the reply is sent), and the door may not wait for the disk.
             if wait == Wait::No
@@ -340,7 +352,11 @@ impl Door {
                 Ok(range) => self.io_gate(c, node.export, &st, Access::Write, range)?,
                 Err(_) => None,
             };
-            let f = self.open_for_io(c, &node, &st, libc::O_WRONLY)?;
+            let f = if how == stable::UNSTABLE {
+                self.open_kept(c, &node, &st, true)?
+            } else {
+                Arc::new(self.open_for_io(c, &node, &st, libc::O_WRONLY)?)
+            };
             let mut done = 0usize;
             while done < data.len() {
                 // SAFETY: the data tail is valid for reading its length.
@@ -407,7 +423,11 @@ impl Door {
             // Syncing needs no permission of the caller: the daemon reopens the file.
             let f = reopen(node.raw(), libc::O_RDONLY)?;
             // SAFETY: a descriptor we own.
-            errno_of(unsafe { libc::fsync(f.as_raw_fd()) })
+            errno_of(unsafe { libc::fsync(f.as_raw_fd()) })?;
+            // The client is done with this burst of writes: the file need not stay open
+            // for writing (see `Backing::writable`).
+            self.backing.done_writing(&node);
+            Ok(())
         })();
         enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(e, Some(&pre), attr_of(node.raw()).as_ref());
