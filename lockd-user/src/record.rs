@@ -377,44 +377,27 @@ impl RecordReader {
     /// record's unused capacity without zeroing it first. Cancel-safe: bytes read are
     /// always recorded.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
-        match self.direct {
+        // `read_buf` appends to the record itself; `filled` then finds it grown by `n`.
+        let n = match self.direct {
             Some(d) => {
-                let mut room = (&mut self.record).limit(d.end - d.filled);
-                let n = r.read_buf(&mut room).await?;
-                self.grew();
-                Ok(n)
+                r.read_buf(&mut (&mut self.record).limit(d.end - d.filled))
+                    .await?
             }
-            None => {
-                let n = r.read(self.input_room()).await?;
-                self.filled(n);
-                Ok(n)
-            }
-        }
+            None => r.read(self.input_room()).await?,
+        };
+        self.filled(n);
+        Ok(n)
     }
 
     /// [`Self::read_from`] for a TCP stream, without waiting: `WouldBlock` when it has
     /// nothing.
     pub fn try_read_from(&mut self, s: &tokio::net::TcpStream) -> io::Result<usize> {
-        match self.direct {
-            Some(d) => {
-                let mut room = (&mut self.record).limit(d.end - d.filled);
-                let n = s.try_read_buf(&mut room)?;
-                self.grew();
-                Ok(n)
-            }
-            None => {
-                let n = s.try_read(self.input_room())?;
-                self.filled(n);
-                Ok(n)
-            }
-        }
-    }
-
-    /// A read appended to the record of a large fragment.
-    fn grew(&mut self) {
-        if let Some(d) = &mut self.direct {
-            d.filled = self.record.len().min(d.end);
-        }
+        let n = match self.direct {
+            Some(d) => s.try_read_buf(&mut (&mut self.record).limit(d.end - d.filled))?,
+            None => s.try_read(self.input_room())?,
+        };
+        self.filled(n);
+        Ok(n)
     }
 
     /// Whether the stream may end here: nothing of a further record was received.

@@ -384,6 +384,15 @@ impl Client {
         (a.stat, data, eof)
     }
 
+    /// COMMIT of the whole file.
+    async fn commit(&self, fh: &[u8]) -> Ans {
+        let mut e = Encoder::new();
+        e.put_opaque(fh);
+        e.put_u64(0);
+        e.put_u32(0);
+        self.call(21, &e).await
+    }
+
     async fn access(&self, fh: &[u8]) -> u32 {
         let mut e = Encoder::new();
         e.put_opaque(fh);
@@ -553,11 +562,7 @@ async fn every_procedure_and_its_errors() {
         (OK, 0, true),
         "read past EOF: nothing, eof"
     );
-    let mut e = Encoder::new();
-    e.put_opaque(&f);
-    e.put_u64(0);
-    e.put_u32(0);
-    let a = u.call(21, &e).await;
+    let a = u.commit(&f).await;
     assert_eq!(a.stat, OK);
     let mut d = a.d();
     skip_wcc(&mut d);
@@ -1199,13 +1204,6 @@ async fn unstable_writes_keep_the_file_open_until_commit_or_idle() {
     let (st, fh) = u.create(&public, b"stream", 0, [0; 8]).await;
     assert_eq!(st, OK);
     let path = s.rw.join("public/stream");
-    let commit = |fh: Vec<u8>| {
-        let mut e = Encoder::new();
-        e.put_opaque(&fh);
-        e.put_u64(0);
-        e.put_u32(0);
-        e
-    };
     assert_eq!((s.nfs.writing_files(), open_for_writing(&path)), (0, 0));
     assert_eq!(u.write(&fh, 0, b"first ", 0).await.0, OK);
     assert_eq!(u.write(&fh, 6, b"second", 0).await.0, OK);
@@ -1222,7 +1220,7 @@ async fn unstable_writes_keep_the_file_open_until_commit_or_idle() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     assert_eq!(u.write(&fh, 0, b"FIRST", 0).await.0, OK);
     assert_eq!(other.write(&fh, 0, b"x", 0).await.0, ACCES);
-    assert_eq!(u.call(21, &commit(fh.clone())).await.stat, OK);
+    assert_eq!(u.commit(&fh).await.stat, OK);
     assert_eq!(
         (s.nfs.writing_files(), open_for_writing(&path)),
         (0, 0),
@@ -1363,10 +1361,7 @@ async fn every_call_once(s: &Server) {
     assert_eq!(c.read(&f, 0, 100).await.0, OK);
     assert_eq!(udp.read(&f, 0, 100).await.0, OK);
     assert_eq!(c.read(&public, 0, 10).await.0, ISDIR);
-    let mut e = fh_arg(&f);
-    e.put_u64(0);
-    e.put_u32(0);
-    assert_eq!(c.call(21, &e).await.stat, OK);
+    assert_eq!(c.commit(&f).await.stat, OK);
     // SETATTR: a failing guard, then a size and mode change.
     let mut e = fh_arg(&f);
     sattr_mode(&mut e, Some(0o600));
