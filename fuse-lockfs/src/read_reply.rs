@@ -46,13 +46,16 @@ impl ReadReplies {
 /// Replies to an admitted READ of `size` bytes at `offset` of `file`.
 pub(crate) fn reply(shared: &Shared, file: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
     let reply = if shared.reads.splice.load(Ordering::Relaxed) {
+        // Counted before the reply goes out, as the copy counts before its
+        // pread: a reader that has its data must find its read counted.
+        shared.daemon_io.fetch_add(1, Ordering::Relaxed);
+        shared.reads.spliced.fetch_add(1, Ordering::Relaxed);
         match reply.splice_from(file.fd.as_fd(), offset, size) {
-            Ok(_) => {
-                shared.daemon_io.fetch_add(1, Ordering::Relaxed);
-                shared.reads.spliced.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            Ok(_) => return,
             Err((reply, e)) => {
+                // Nothing was sent; the copy below counts its own request.
+                shared.daemon_io.fetch_sub(1, Ordering::Relaxed);
+                shared.reads.spliced.fetch_sub(1, Ordering::Relaxed);
                 tracing::trace!(error = %e, offset, size, "read not spliced, copying");
                 reply
             }
