@@ -189,6 +189,8 @@ wait_nfs() { # server-pid seconds
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# User plus system CPU of a process and all its threads, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A pid_of export_of
 start_ganesha() {
@@ -279,14 +281,16 @@ for mode in $rows; do
             fi
             for srv in "${order[@]}"; do
                 sync_all
+                t0=$(cpu_ticks "${pid_of[$srv]}")
                 # shellcheck disable=SC2086
                 if line=$(drive "$srv" --mode $row --clients $c --seconds "$secs"); then
-                    results+=("$line round=$r")
+                    line="$line round=$r cpu_ticks=$(( $(cpu_ticks "${pid_of[$srv]}") - t0 ))"
+                    results+=("$line")
                 else
                     log "$srv: '$row' with $c clients failed: ${line:-no output}"
-                    results+=("${line:-$srv ${row%% *} $c 0 0 0 0 0 0 failed} round=$r")
+                    results+=("${line:-$srv ${row%% *} $c 0 0 0 0 0 0 failed} round=$r cpu_ticks=0")
                 fi
-                echo "$line round=$r" >&2
+                echo "$line" >&2
             done
         done
     done
@@ -306,17 +310,25 @@ for srv in "${servers[@]}"; do
     results+=("$srv rss_before_kib $before" "$srv rss_after_kib $after")
 done
 
-echo "label mode clients ops seconds ops_per_s MiB_per_s p50_us p99_us errors"
+echo "label mode clients ops seconds ops_per_s MiB_per_s p50_us p99_us errors round cpu_ticks"
 printf '%s\n' "${results[@]}" | grep -v ' rss_'
 # A server's figure for a row is the total of its rounds (operations or MiB over
-# seconds); "rounds" gives each round's ratio, in the order the rounds ran.
-printf '%s\n' "${results[@]}" | awk '
+# seconds); "rounds" gives each round's ratio, in the order the rounds ran. "g us/op"
+# and "l us/op" are each server process's user and system CPU (all its threads, in
+# clock ticks of 10 ms) over the operations of all its rounds, in microseconds: what
+# an operation costs the server, which the machine's drifting speed moves less than
+# a rate does.
+printf '%s\n' "${results[@]}" | awk -v hz="$(getconf CLK_TCK)" '
     $2 ~ /^rss_/ { rss[$1 "/" $2] = $3; next }
     {
         k = $2 "/" $3; r = substr($11, 7)
         v = ($2 == "read" || $2 == "write") ? $7 : $6
         amount[$1 "/" k] += v * $5; secs[$1 "/" k] += $5; round[$1 "/" k "/" r] = v
+        if ($12 ~ /^cpu_ticks=/) { ticks[$1 "/" k] += substr($12, 11); ops[$1 "/" k] += $4 }
         if (r > nr[k]) nr[k] = r
+    }
+    function cpu(s, k) {
+        return ops[s "/" k] > 0 ? sprintf("%.1f", ticks[s "/" k] / hz * 1e6 / ops[s "/" k]) : "-"
     }
     function total(s, k) { return secs[s "/" k] > 0 ? amount[s "/" k] / secs[s "/" k] : "" }
     function line(name, k,    g, l, r, i, rr, a, b) {
@@ -327,11 +339,12 @@ printf '%s\n' "${results[@]}" | awk '
             a = round["ganesha/" k "/" i]; b = round["lockfs/" k "/" i]
             rr = rr (a > 0 && b > 0 ? sprintf(" %.2f", b / a) : " -")
         }
-        printf "%-22s %14s %14s %8s  %s\n", name, (g == "" ? "-" : sprintf("%.1f", g)), \
-            (l == "" ? "-" : sprintf("%.1f", l)), r, rr
+        printf "%-22s %14s %14s %8s  %-12s %9s %9s\n", name, (g == "" ? "-" : sprintf("%.1f", g)), \
+            (l == "" ? "-" : sprintf("%.1f", l)), r, rr, cpu("ganesha", k), cpu("lockfs", k)
     }
     END {
-        printf "\n%-22s %14s %14s %8s  %s\n", "row", "ganesha", "lockfs", "ratio", "rounds"
+        printf "\n%-22s %14s %14s %8s  %-12s %9s %9s\n", "row", "ganesha", "lockfs", "ratio", "rounds", \
+            "g us/op", "l us/op"
         n = split("read write randread getattr lookup create", modes, " ")
         for (i = 1; i <= n; i++) for (c = 1; c <= 16; c += 15) {
             m = modes[i]
