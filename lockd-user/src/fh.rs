@@ -36,7 +36,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Bytes of the MAC at the end of a handle.
@@ -82,8 +82,12 @@ pub enum FhError {
 }
 
 /// The secret that makes handles unforgeable.
+///
+/// Kept with the HMAC state that has already absorbed it: keying HMAC-SHA256 costs two
+/// of the four SHA-256 blocks of a handle's MAC, and every NFS call checks a handle.
+/// Shared, so that the copies the doors take are cheap.
 #[derive(Clone)]
-pub struct FhKey([u8; KEY_LEN]);
+pub struct FhKey(Arc<Hmac<Sha256>>);
 
 impl std::fmt::Debug for FhKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,7 +98,10 @@ impl std::fmt::Debug for FhKey {
 impl FhKey {
     /// A key from bytes (tests).
     pub fn from_bytes(b: [u8; KEY_LEN]) -> Self {
-        Self(b)
+        // HMAC takes keys of any length; this cannot fail for 32 bytes.
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&b)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        Self(Arc::new(keyed))
     }
 
     /// Reads the key of `state_dir`, creating it (random, mode 0600, synced) on first use.
@@ -114,7 +121,7 @@ impl FhKey {
                         ),
                     )
                 })?;
-                Ok(Self(key))
+                Ok(Self::from_bytes(key))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut key = [0u8; KEY_LEN];
@@ -130,16 +137,14 @@ impl FhKey {
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)?;
                 File::open(state_dir)?.sync_all()?;
-                Ok(Self(key))
+                Ok(Self::from_bytes(key))
             }
             Err(e) => Err(e),
         }
     }
 
     fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
-        // HMAC takes keys of any length; this cannot fail for 32 bytes.
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        let mut m = (*self.0).clone();
         m.update(body);
         m
     }
@@ -473,7 +478,10 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), KEY_LEN as u64);
         let b = FhKey::load_or_create(d.path()).unwrap();
-        assert_eq!(a.0, b.0);
+        // The same key: it seals a handle the same way, which another key does not.
+        assert_eq!(a.seal(1, 1, b"kernel"), b.seal(1, 1, b"kernel"));
+        let other = FhKey::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        assert_ne!(a.seal(1, 1, b"kernel"), other.seal(1, 1, b"kernel"));
         std::fs::write(d.path().join(KEY_FILE), b"short").unwrap();
         assert!(FhKey::load_or_create(d.path()).is_err());
     }
