@@ -1169,6 +1169,44 @@ async fn a_removed_file_lets_go_of_its_descriptor() {
     s.stop().await;
 }
 
+/// A name looked up a second time keeps its file's descriptor, so that the next LOOKUPs
+/// of it cost one `fstatat`; a walk over names each looked up once keeps nothing.
+#[tokio::test]
+async fn a_name_looked_up_again_keeps_its_descriptor() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let (_, root) = c.lookup(&root, b"public").await;
+    let dir = s.rw.join("public");
+    for i in 0..300 {
+        std::fs::write(dir.join(format!("walk-{i}")), b"w").unwrap();
+    }
+    std::fs::write(dir.join("again"), b"again").unwrap();
+    assert_eq!(c.getattr(&root).await.0, OK);
+    let before = s.nfs.open_files();
+    for i in 0..300 {
+        assert_eq!(c.lookup(&root, format!("walk-{i}").as_bytes()).await.0, OK);
+    }
+    assert_eq!(s.nfs.open_files(), before, "a walk kept descriptors");
+    let (st, first) = c.lookup(&root, b"again").await;
+    assert_eq!(st, OK);
+    assert_eq!(
+        s.nfs.open_files(),
+        before,
+        "a first LOOKUP kept a descriptor"
+    );
+    assert_eq!(c.lookup(&root, b"again").await, (OK, first.clone()));
+    assert_eq!(s.nfs.open_files(), before + 1, "a second LOOKUP keeps it");
+    assert_eq!(c.lookup(&root, b"again").await, (OK, first.clone()));
+    assert_eq!(s.nfs.open_files(), before + 1, "once");
+    assert_eq!(c.getattr(&first).await.1.unwrap().3, 5);
+    // The kept descriptor still lets the file go with its last name.
+    assert_eq!(c.remove(&root, b"again", false).await, OK);
+    assert_eq!(s.nfs.open_files(), before);
+    assert_eq!(c.lookup(&root, b"again").await.0, NOENT);
+    s.stop().await;
+}
+
 /// Descriptors of this process open for writing on `path`.
 fn open_for_writing(path: &std::path::Path) -> usize {
     let mut n = 0;
