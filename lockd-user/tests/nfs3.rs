@@ -1207,6 +1207,59 @@ async fn a_name_looked_up_again_keeps_its_descriptor() {
     s.stop().await;
 }
 
+/// A cached descriptor no call used for the cache's idle time is closed, so a file a
+/// local process removed gives back its blocks; one in use stays.
+#[tokio::test]
+async fn unused_descriptors_are_closed_after_the_idle_time() {
+    let idle = Duration::from_secs(2);
+    let s = Server::start_with(|nc| nc.open_file_idle = idle).await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let (_, root) = c.lookup(&root, b"public").await;
+    let dir = s.rw.join("public");
+    std::fs::write(dir.join("busy"), b"busy").unwrap();
+    std::fs::write(dir.join("idle"), b"idle").unwrap();
+    assert_eq!(c.getattr(&root).await.0, OK);
+    let before = s.nfs.open_files();
+    let (_, busy) = c.lookup(&root, b"busy").await;
+    let (_, unused) = c.lookup(&root, b"idle").await;
+    assert_eq!(c.getattr(&busy).await.0, OK);
+    assert_eq!(c.getattr(&unused).await.0, OK);
+    assert_eq!(s.nfs.open_files(), before + 2);
+    // Removed by a local process: the cached descriptor holds the file.
+    let gone = format!("{} (deleted)", dir.join("idle").display());
+    std::fs::remove_file(dir.join("idle")).unwrap();
+    assert_eq!(fds_naming(&gone), 1, "the cache holds the removed file");
+    let started = Instant::now();
+    while fds_naming(&gone) > 0 {
+        assert!(
+            started.elapsed() < idle * 2 + Duration::from_secs(3),
+            "an unused descriptor stayed open"
+        );
+        assert_eq!(c.getattr(&busy).await.0, OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= idle - Duration::from_millis(1100),
+        "closed after {:?}, before the idle time",
+        started.elapsed()
+    );
+    // The directories' descriptors went as well: only the file in use stays.
+    assert_eq!(s.nfs.open_files(), 1, "{before} cached before");
+    assert_eq!(fds_naming(&dir.join("busy").display().to_string()), 1);
+    assert_eq!(c.getattr(&unused).await.0, STALE);
+    s.stop().await;
+}
+
+/// Descriptors of this process whose link in procfs reads `target`.
+fn fds_naming(target: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == target))
+        .count()
+}
+
 /// Descriptors of this process open for writing on `path`.
 fn open_for_writing(path: &std::path::Path) -> usize {
     let mut n = 0;

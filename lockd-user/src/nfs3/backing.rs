@@ -14,8 +14,9 @@
 //!
 //! Resolved handles keep an `O_PATH` descriptor in a least-recently-used cache of bounded
 //! size; when it is full, the older quarter is closed at once (one sort per many inserts
-//! rather than bookkeeping on every hit). A cached descriptor of a file whose last link
-//! is gone answers STALE, as a fresh resolution would.
+//! rather than bookkeeping on every hit). A descriptor no call used for
+//! [`DEFAULT_ENTRY_IDLE`] is closed by [`Backing::sweep`]. A cached descriptor of a file
+//! whose last link is gone answers STALE, as a fresh resolution would.
 //!
 //! The cache is also indexed by export, device and inode, so that a LOOKUP of a name whose
 //! handle is in use costs one `fstatat` rather than an open, a `name_to_handle_at`, a MAC
@@ -153,6 +154,9 @@ struct Lru {
     map: HashMap<Box<[u8]>, Entry>,
     by_file: HashMap<FileKey, Box<[u8]>>,
     clock: u64,
+    /// The clock at each sweep ([`Backing::sweep`]) of the last [`Backing::idle`] or so,
+    /// oldest first: an entry whose stamp is older than a mark that old was not used since.
+    marks: std::collections::VecDeque<(Instant, u64)>,
     /// Files a LOOKUP found uncached lately, each in the one slot its key hashes to:
     /// see [`Backing::lookup`]. A slot only decides whether a descriptor is kept, never
     /// which handle is answered, so a stale or overwritten slot costs nothing but that.
@@ -163,6 +167,18 @@ impl Lru {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    /// Closes the descriptors of every entry last used at or before the stamp `cut`.
+    fn drop_used_before(&mut self, cut: u64) {
+        let Lru { map, by_file, .. } = self;
+        map.retain(|fh, e| {
+            let keep = e.stamp > cut;
+            if !keep && by_file.get(&e.file).is_some_and(|h| h == fh) {
+                by_file.remove(&e.file);
+            }
+            keep
+        });
     }
 
     fn remove(&mut self, fh: &[u8]) {
@@ -211,7 +227,16 @@ pub struct Backing {
     /// asked first while this is not negative, that is while about one name in
     /// `PROBE_HIT + 1` is found cached; a walk over many names each looked up once skips it.
     probe: AtomicI32,
+    /// How long a descriptor stays cached without use ([`DEFAULT_ENTRY_IDLE`]).
+    idle: Duration,
 }
+
+/// How long a cached descriptor stays without use by default. A descriptor holds its
+/// file's inode, so a file removed by a local process keeps its blocks until the
+/// descriptor goes: the cache must not keep one much longer than a client that stopped
+/// using the file would still ask about it (a Linux client's attribute cache lasts at
+/// most 60 seconds).
+pub const DEFAULT_ENTRY_IDLE: Duration = Duration::from_secs(30);
 
 /// How long a write descriptor kept for a client's WRITEs stays open after its last
 /// WRITE (see [`Backing::writable`]).
@@ -250,17 +275,20 @@ fn fh_status(e: FhError) -> Stat {
 }
 
 impl Backing {
-    /// A cache of at most `capacity` open descriptors (at least 16).
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of at most `capacity` open descriptors (at least 16), each closed after
+    /// `idle` without use.
+    pub fn new(capacity: usize, idle: Duration) -> Self {
         Self {
             lru: Mutex::new(Lru {
                 map: HashMap::new(),
                 by_file: HashMap::new(),
                 clock: 0,
+                marks: std::collections::VecDeque::new(),
                 looked_up: Box::new([(0, 0, 0); LOOKED_UP_SLOTS]),
             }),
             capacity: capacity.max(16),
             probe: AtomicI32::new(0),
+            idle,
         }
     }
 
@@ -358,15 +386,7 @@ impl Backing {
         if l.map.len() >= self.capacity {
             let mut stamps: Vec<u64> = l.map.values().map(|e| e.stamp).collect();
             stamps.sort_unstable();
-            let cut = stamps[stamps.len() / 4];
-            let Lru { map, by_file, .. } = &mut *l;
-            map.retain(|fh, e| {
-                let keep = e.stamp > cut;
-                if !keep && by_file.get(&e.file).is_some_and(|h| h == fh) {
-                    by_file.remove(&e.file);
-                }
-                keep
-            });
+            l.drop_used_before(stamps[stamps.len() / 4]);
         }
         let stamp = l.tick();
         let fh: Box<[u8]> = fh.into();
@@ -423,7 +443,7 @@ impl Backing {
     /// The file of `node` open for writing, opened by the daemon itself (the caller's
     /// permission is the caller's to check) and kept with the node's cached descriptor
     /// while a client goes on writing it: until its COMMIT ([`Self::done_writing`]) or
-    /// [`WRITER_IDLE`] without a WRITE ([`Self::close_idle_writers`]).
+    /// [`WRITER_IDLE`] without a WRITE ([`Self::sweep`]).
     ///
     /// Why keep it: otherwise every WRITE opens the file as the caller through procfs and
     /// closes it again, and the close of a file's last writer is where ext4 gives back
@@ -454,17 +474,32 @@ impl Backing {
         }
     }
 
-    /// Closes the kept write descriptors no WRITE used for `idle`.
-    pub fn close_idle_writers(&self, idle: Duration) {
-        let now = Instant::now();
+    /// Closes what has been idle long enough at `now`: the kept write descriptors no
+    /// WRITE used for [`WRITER_IDLE`], and the cached descriptors no call used for the
+    /// cache's idle time. Called about once a second; a use costs no clock reading, only
+    /// the stamp it already takes, which each sweep notes with the time.
+    pub fn sweep(&self, now: Instant) {
         let mut l = self.lock();
         for e in l.map.values_mut() {
             if e.writable
                 .as_ref()
-                .is_some_and(|(_, used)| now.duration_since(*used) >= idle)
+                .is_some_and(|(_, used)| now.saturating_duration_since(*used) >= WRITER_IDLE)
             {
                 e.writable = None;
             }
+        }
+        let clock = l.clock;
+        l.marks.push_back((now, clock));
+        let mut cut = None;
+        while let Some(&(at, stamp)) = l.marks.front() {
+            if now.saturating_duration_since(at) < self.idle {
+                break;
+            }
+            cut = Some(stamp);
+            l.marks.pop_front();
+        }
+        if let Some(cut) = cut {
+            l.drop_used_before(cut);
         }
     }
 

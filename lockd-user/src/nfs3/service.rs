@@ -3,7 +3,7 @@
 //! exports, file-handle keys, lock table and share table, and registered wherever the
 //! lock service registered NLM (the system's rpcbind or lockfs's own portmapper).
 
-use super::backing::{Backing, WRITER_IDLE};
+use super::backing::{Backing, DEFAULT_ENTRY_IDLE, WRITER_IDLE};
 use super::ops::Door;
 use super::program::Nfs3Program;
 use super::proto::{NFS_PROG, NFS_V3};
@@ -15,7 +15,7 @@ use crate::server::{RpcServer, ServerConfig, ServerError, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// The port NFS listens on unless configured otherwise.
@@ -36,6 +36,8 @@ pub struct NfsConfig {
     /// mandatory locking, its source path as MOUNT path).
     pub exports: HashMap<u32, ExportOptions>,
     pub open_files: usize,
+    /// How long one of those descriptors stays open without use.
+    pub open_file_idle: Duration,
     pub max_io: u32,
     /// Transport limits; the record size is raised to hold the largest WRITE.
     pub server: ServerConfig,
@@ -61,6 +63,7 @@ impl NfsConfig {
             mount,
             exports: HashMap::new(),
             open_files: DEFAULT_OPEN_FILES,
+            open_file_idle: DEFAULT_ENTRY_IDLE,
             max_io: DEFAULT_MAX_IO,
             server: ServerConfig::default(),
             changes: None,
@@ -120,7 +123,7 @@ impl NfsService {
             }
         }
         let exports = Arc::new(exports);
-        let backing = Arc::new(Backing::new(config.open_files));
+        let backing = Arc::new(Backing::new(config.open_files, config.open_file_idle));
         // One NFS service per lock service; a second one's descriptors are not the ones
         // a group's offline must close, so it keeps the first's registration.
         let _ = lockd.nfs_files.set(backing.clone());
@@ -166,7 +169,7 @@ impl NfsService {
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
-                    backing.close_idle_writers(WRITER_IDLE);
+                    backing.sweep(Instant::now());
                 }
             }
         });
