@@ -2078,12 +2078,13 @@ async fn a_large_unstable_write_starts_its_way_to_the_disk() {
     s.stop().await;
 }
 
-/// REMOVE, RMDIR and CREATE run where they were decoded, except a REMOVE of the last name
-/// of a file with data (freeing its blocks waits for pages the disk is writing) and an
-/// UNCHECKED CREATE that sets a size (it may truncate a file): those are handed to the
-/// blocking pool, and do the same there.
+/// REMOVE, RMDIR and CREATE run where they were decoded, a REMOVE of the last name of a
+/// file with data too (it holds the file while the name goes, and the closing thread
+/// frees it: that close may wait for pages the disk is writing), except an UNCHECKED
+/// CREATE that sets a size (it may truncate a file): that is handed to the blocking
+/// pool, and does the same there.
 #[tokio::test]
-async fn a_change_that_frees_data_is_made_where_it_may_wait() {
+async fn a_change_that_may_wait_is_made_where_it_may_wait() {
     let s = Server::start().await;
     let c = s.client(0, 0).await;
     let (_, root) = c.mnt("/rw").await;
@@ -2120,15 +2121,25 @@ async fn a_change_that_frees_data_is_made_where_it_may_wait() {
         "a REMOVE that frees no data was handed on"
     );
     assert_eq!(std::fs::read(rw.join("kept2")).unwrap().len(), 2 << 20);
-    // The last name of 2 MiB: handed on, and removed there.
+    // The last name of 2 MiB, and of 2 MiB still to be written: removed at once, and
+    // the files are closed, so freed, by the closing thread soon after.
     let last = write_synced("last");
-    assert_eq!(c.remove(&root, b"last", false).await, OK);
-    assert_eq!(
-        s.nfs.handed_on(),
-        1,
-        "the REMOVE freeing 2 MiB was not handed on"
-    );
-    assert!(!last.exists());
+    std::fs::write(rw.join("dirty"), &big).unwrap();
+    std::fs::set_permissions(rw.join("dirty"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    for name in ["last", "dirty"] {
+        assert_eq!(c.remove(&root, name.as_bytes(), false).await, OK);
+        let gone = format!("{} (deleted)", rw.join(name).display());
+        let started = Instant::now();
+        while fds_naming(&gone) > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{name} not freed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(s.nfs.handed_on(), 0, "a REMOVE was handed on");
+    assert!(!last.exists() && !rw.join("dirty").exists());
     // UNCHECKED with a size over an existing file: handed on, and truncates there.
     let mut e = dirop(&root, b"kept2");
     e.put_u32(0);
@@ -2136,7 +2147,7 @@ async fn a_change_that_frees_data_is_made_where_it_may_wait() {
     assert_eq!(c.call(8, &e).await.stat, OK);
     assert_eq!(
         s.nfs.handed_on(),
-        2,
+        1,
         "the truncating CREATE was not handed on"
     );
     assert_eq!(std::fs::metadata(rw.join("kept2")).unwrap().len(), 5);

@@ -25,6 +25,7 @@
 //! number cannot be given to another file while the entry exists, and a `fstatat` that
 //! answers that device and inode has found the very file the cached handle names.
 
+use super::closer::Closer;
 use super::proto::{Stat, FHSIZE3};
 use crate::exports::OpenExport;
 use crate::fh::{claimed_export, kernel_handle_at, names_nothing, open_kernel_handle, FhError};
@@ -229,6 +230,7 @@ pub struct Backing {
     probe: AtomicI32,
     /// How long a descriptor stays cached without use ([`DEFAULT_ENTRY_IDLE`]).
     idle: Duration,
+    closer: Closer,
 }
 
 /// How long a cached descriptor stays without use by default. A descriptor holds its
@@ -289,6 +291,7 @@ impl Backing {
             capacity: capacity.max(16),
             probe: AtomicI32::new(0),
             idle,
+            closer: Closer::new(),
         }
     }
 
@@ -476,7 +479,8 @@ impl Backing {
 
     /// Closes what has been idle long enough at `now`: the kept write descriptors no
     /// WRITE used for [`WRITER_IDLE`], and the cached descriptors no call used for the
-    /// cache's idle time. Called about once a second; a use costs no clock reading, only
+    /// cache's idle time; and the descriptors of removed files still waiting for the
+    /// closing thread. Called about once a second; a use costs no clock reading, only
     /// the stamp it already takes, which each sweep notes with the time.
     pub fn sweep(&self, now: Instant) {
         let mut l = self.lock();
@@ -501,6 +505,8 @@ impl Backing {
         if let Some(cut) = cut {
             l.drop_used_before(cut);
         }
+        drop(l);
+        self.closer.kick();
     }
 
     /// Files held open for writing now.
@@ -510,12 +516,22 @@ impl Backing {
     }
 
     /// Closes every cached descriptor of files of the export `id` (its group goes
-    /// offline, or comes online on storage that may have been mounted anew).
+    /// offline, or comes online on storage that may have been mounted anew), and every
+    /// descriptor still waiting to be closed (of any export: they are few).
     pub fn forget_export(&self, id: u32) {
-        let mut l = self.lock();
-        let Lru { map, by_file, .. } = &mut *l;
-        map.retain(|_, e| e.file.0 != id);
-        by_file.retain(|file, _| file.0 != id);
+        {
+            let mut l = self.lock();
+            let Lru { map, by_file, .. } = &mut *l;
+            map.retain(|_, e| e.file.0 != id);
+            by_file.retain(|file, _| file.0 != id);
+        }
+        self.closer.flush();
+    }
+
+    /// Closes `fd` soon, off the caller's thread: the last descriptor of a removed file
+    /// frees it when closed (see [`crate::nfs3::closer`]).
+    pub fn close_later(&self, fd: OwnedFd) {
+        self.closer.close_later(fd);
     }
 
     /// The handle and status of `name` in the directory `dir` of `export`, as the calling

@@ -5,6 +5,7 @@
 //! - [`proto`]: NFSv3 numbers and shared wire structures.
 //! - [`args`]: the procedures' arguments, decoded before any of them runs.
 //! - [`backing`]: handles to descriptors of the backing directory, and their cache.
+//! - [`closer`]: the thread that closes descriptors of removed files, off the door's.
 //! - [`identity`]: each operation runs with the caller's uid, gid and groups.
 //! - [`gate`]: the one call into the lock table's I/O gate and the share table.
 //! - [`ops`]: the 22 procedures.
@@ -16,6 +17,7 @@
 
 pub mod args;
 pub mod backing;
+pub mod closer;
 pub mod gate;
 pub mod identity;
 pub mod ops;

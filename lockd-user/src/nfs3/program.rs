@@ -11,9 +11,9 @@
 //! `cachestat` and left to the transport to send from the page cache), and the changes of
 //! names that free no data:
 //! CREATE (but an UNCHECKED one that sets a size: it may truncate a file), MKDIR,
-//! SYMLINK, MKNOD, LINK, and a REMOVE or RMDIR unless it removes the last name of a file
-//! with data (freeing its blocks waits for the pages the disk is writing). A READ that
-//! would wait for the disk, or a REMOVE that would free data, is run again on the
+//! SYMLINK, MKNOD, LINK, REMOVE and RMDIR (a REMOVE holds the file while its name goes
+//! and leaves the close that frees it, which may wait for pages the disk is writing, to
+//! [`closer`](super::closer)). A READ that would wait for the disk is run again on the
 //! blocking pool, so one client's cold file never holds up the others. (A change of a
 //! name can still wait for the file system's journal, briefly: ext4 opens a new
 //! transaction while the last one commits, and a handle waits only for the switch.)

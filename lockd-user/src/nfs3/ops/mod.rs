@@ -62,7 +62,7 @@ pub struct Door {
     pub changes: Option<Arc<dyn super::ChangeSink>>,
     /// Calls tried where they were decoded that had to be run on the blocking pool
     /// instead (see [`super::program`]): a READ larger than [`INLINE_READ`] or of data
-    /// not all in memory, a REMOVE that frees data, an UNCHECKED CREATE that sets a size.
+    /// not all in memory, an UNCHECKED CREATE that sets a size.
     pub handed_on: std::sync::atomic::AtomicU64,
     /// READs whose data was left to the transport to send from the page cache.
     pub sent_from_file: std::sync::atomic::AtomicU64,
@@ -352,16 +352,8 @@ impl Door {
             Args::Mkdir { at, sattr } => self.mkdir(c, &at, sattr, e_),
             Args::Symlink { at, sattr, target } => self.symlink(c, &at, sattr, target, e_),
             Args::Mknod { at, what } => self.mknod(c, &at, what, e_),
-            Args::Remove(at) => {
-                if !self.remove(c, &at, e_, false, wait) {
-                    return None;
-                }
-            }
-            Args::Rmdir(at) => {
-                if !self.remove(c, &at, e_, true, wait) {
-                    return None;
-                }
-            }
+            Args::Remove(at) => self.remove(c, &at, e_, false),
+            Args::Rmdir(at) => self.remove(c, &at, e_, true),
             Args::Rename { from, to } => self.rename(c, &from, &to, e_),
             Args::Link { fh, at } => self.link(c, &fh, &at, e_),
             Args::ReadDir {

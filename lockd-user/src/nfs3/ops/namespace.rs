@@ -206,21 +206,14 @@ impl Door {
         );
     }
 
-    /// REMOVE and RMDIR. Where the thread must not wait (`Wait::No`), a file whose last
-    /// name goes and whose data would be freed is left alone (`false`, nothing written
-    /// to `e`): freeing its blocks waits for those of its pages the disk is still
-    /// writing, as after a large WRITE.
-    pub(super) fn remove(
-        &self,
-        c: &Caller,
-        at: &DirOp,
-        e: &mut Encoder,
-        dir_too: bool,
-        wait: Wait,
-    ) -> bool {
+    /// REMOVE and RMDIR. The file the name names is held (an `O_PATH` descriptor) while
+    /// the name goes, so the unlink frees nothing, even the last name of a file whose
+    /// blocks are still being written: the close that frees the file is left to the
+    /// closing thread ([`crate::nfs3::closer`]), and neither call waits here.
+    pub(super) fn remove(&self, c: &Caller, at: &DirOp, e: &mut Encoder, dir_too: bool) {
         let name = &at.name;
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
-            return true;
+            return;
         };
         let pre = Fattr::from_stat(&dir.st).wcc();
         let r = (|| {
@@ -229,12 +222,11 @@ impl Door {
                 return Err(if dir_too { Stat::Inval } else { Stat::Acces });
             }
             let cname = component(name)?;
-            // What the name names: the other doors' cached name of it is dropped only if
-            // they know that file. (Read as the daemon, for that choice alone.)
-            let old = stat_at(dir.raw(), &cname).ok();
-            if wait == Wait::No && old.as_ref().is_some_and(frees_data) {
-                return Ok(false);
-            }
+            // What the name names, opened as the daemon for these uses alone: held, and
+            // its status, by which the other doors' cached name of it is dropped only if
+            // they know that file.
+            let held = open_path_at(dir.raw(), &cname).ok();
+            let old = held.as_ref().and_then(|f| fstat(f.as_raw_fd()).ok());
             let _as = self.become_caller(c, dir.export)?;
             let flags = if dir_too { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: `cname` is NUL-terminated.
@@ -244,15 +236,13 @@ impl Door {
             }
             let was = old.map_or(Was::Unknown, |st| Was::File(st.st_dev, st.st_ino));
             self.entry_changed(c, &dir, name, was);
-            Ok(true)
+            if let Some(f) = held {
+                self.backing.close_later(f);
+            }
+            Ok(())
         })();
-        match r {
-            Ok(false) => return false,
-            Ok(true) => enc_stat(e, Stat::Ok),
-            Err(s) => enc_stat(e, s),
-        }
+        enc_stat(e, r.err().unwrap_or(Stat::Ok));
         put_wcc(e, Some(&pre), attr_of(dir.raw()).as_ref());
-        true
     }
 
     pub(super) fn rename(&self, c: &Caller, from_at: &DirOp, to_at: &DirOp, e: &mut Encoder) {
@@ -336,18 +326,6 @@ impl Door {
             dir.as_ref().ok().and_then(|n| attr_of(n.raw())).as_ref(),
         );
     }
-}
-
-/// Above this many bytes of data, removing a file's last name is left to a thread that may
-/// wait ([`Door::remove`]).
-const INLINE_REMOVE: i64 = 1 << 20;
-
-/// Whether removing `st`'s name frees its data: its last link, and more than
-/// [`INLINE_REMOVE`] bytes allocated.
-fn frees_data(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFREG
-        && st.st_nlink <= 1
-        && st.st_blocks.saturating_mul(512) > INLINE_REMOVE
 }
 
 fn verf_times(v: &[u8; 8]) -> (i64, i64) {
