@@ -38,7 +38,8 @@
 #                                       [--lockfs BIN] [--fs image|tmp] [--rows "MODE ..."]
 # --rows runs only the named rows (read write randread getattr lookup create; the
 # lookup of 100,000 names and RSS are always last).
-# Prints one line per run and a table of both servers with ratios. --lockfs runs that
+# Prints one line per run and a table of both servers with ratios and each server's CPU
+# per operation. --lockfs runs that
 # binary instead of building and running target/release/lockfs (to compare two builds in
 # one sitting).
 set -euo pipefail
