@@ -528,10 +528,16 @@ impl Backing {
         self.closer.flush();
     }
 
-    /// Closes `fd` soon, off the caller's thread: the last descriptor of a removed file
-    /// frees it when closed (see [`crate::nfs3::closer`]).
-    pub fn close_later(&self, fd: OwnedFd) {
+    /// Closes `fd`, a file of `export`, soon and off the caller's thread: the last
+    /// descriptor of a removed file frees it when closed (see [`crate::nfs3::closer`]).
+    /// Unless the export's group went offline meanwhile: an offline first refuses the
+    /// group, then flushes the closer, so a descriptor queued after that flush is seen
+    /// here and closed at once, and the group's storage can be unmounted.
+    pub fn close_later(&self, lockd: &Lockd, export: &OpenExport, fd: OwnedFd) {
         self.closer.close_later(fd);
+        if lockd.is_offline(export.export.scope) {
+            self.closer.flush();
+        }
     }
 
     /// The handle and status of `name` in the directory `dir` of `export`, as the calling

@@ -237,7 +237,7 @@ impl Door {
             let was = old.map_or(Was::Unknown, |st| Was::File(st.st_dev, st.st_ino));
             self.entry_changed(c, &dir, name, was);
             if let Some(f) = held {
-                self.backing.close_later(f);
+                self.backing.close_later(&self.lockd, dir.export, f);
             }
             Ok(())
         })();
