@@ -170,6 +170,45 @@ fn online_offline_status_lease_and_crash() {
     assert!(meta.join("clean-offline").exists());
 }
 
+/// MNT of `export` at `addr` (default ports), then REMOVE of `name` in its root, as root
+/// (squashed: the export root must be writable by anyone); the REMOVE's status.
+fn remove_over_nfs(addr: &str, export: &str, name: &str) -> u32 {
+    use lockd_user::client::{ClientConfig, RpcClient};
+    use lockd_user::rpc::AuthSys;
+    use lockd_user::xdr::{Decoder, Encoder};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let at = |port| std::net::SocketAddr::new(addr.parse().unwrap(), port);
+        let cfg = ClientConfig {
+            cred: AuthSys {
+                stamp: 1,
+                machinename: "group-agent-test".into(),
+                uid: 0,
+                gid: 0,
+                gids: vec![],
+            }
+            .to_opaque(),
+            ..ClientConfig::default()
+        };
+        let mount = RpcClient::tcp(at(20048), cfg.clone()).await.unwrap();
+        let nfs = RpcClient::tcp(at(2049), cfg).await.unwrap();
+        let mut e = Encoder::new();
+        e.put_string(export);
+        let r = mount.call_raw(100_005, 3, 1, e.as_slice()).await.unwrap();
+        let mut d = Decoder::new(&r);
+        assert_eq!(d.get_u32().unwrap(), 0, "MNT {export}");
+        let root = d.get_opaque(64).unwrap();
+        let mut e = Encoder::new();
+        e.put_opaque(&root);
+        e.put_string(name);
+        let r = nfs.call_raw(100_003, 3, 12, e.as_slice()).await.unwrap();
+        Decoder::new(&r).get_u32().unwrap()
+    })
+}
+
 /// The daemon's descriptors whose file lies under `dir`.
 fn open_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -223,6 +262,13 @@ fn offline_lets_go_of_the_files_nfs_clients_used() {
         held.iter().any(|p| p.ends_with("data/f")),
         "the NFS door caches the descriptor of a file it served: {held:?}"
     );
+    // A file removed over NFS just before: its descriptor waits for the NFS door's
+    // closing thread (which closes 16 at a time, or at its once-a-second sweep), and the
+    // offline must close it too.
+    std::fs::write(data.join("gone"), b"removed over NFS\n").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(remove_over_nfs("127.0.0.2", "/e1", "gone"), 0, "REMOVE");
+    assert!(!data.join("gone").exists());
     ok(&a.group(&["offline", "g1"]));
     let held = open_under(pid, &shared);
     assert!(held.is_empty(), "still open after offline: {held:?}");
