@@ -191,8 +191,10 @@ fn ofd_locks_live_until_the_last_close_of_their_open_file() {
         rows.iter().any(|r| r.kind == "OFD" && r.pid == a.pid()),
         "{rows:?}"
     );
+    // The last close releases the OFD lock: when the daemon gets the kernel's
+    // asynchronous RELEASE (see `Ctl::ok_soon`).
     a.ok(&format!("close {fa}"));
-    b.ok(&format!("lock {fb} setlk w 0 0"));
+    b.ok_soon(&format!("lock {fb} setlk w 0 0"));
 }
 
 #[test]
@@ -210,9 +212,10 @@ fn flock_is_its_own_namespace_unless_shared() {
     // POSIX locks do not meet flock locks, as on native Linux.
     b.ok(&format!("lock {fb} setlk w 0 0"));
     b.ok(&format!("lock {fb} setlk u 0 0"));
-    // Last close of the open file drops the flock lock.
+    // Last close of the open file drops the flock lock (at the kernel's asynchronous
+    // RELEASE: see `Ctl::ok_soon`).
     a.ok(&format!("close {fa}"));
-    b.ok(&format!("flock {fb} ex nb"));
+    b.ok_soon(&format!("flock {fb} ex nb"));
     drop((a, b, fx));
 
     let ctx = LockContext::new();
