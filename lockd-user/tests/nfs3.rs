@@ -1246,27 +1246,30 @@ async fn unused_descriptors_are_closed_after_the_idle_time() {
     );
     // The directories' descriptors went as well: only the file in use stays.
     assert_eq!(s.nfs.open_files(), 1, "{before} cached before");
-    assert_eq!(fds_naming(&dir.join("busy").display().to_string()), 1);
+    assert_eq!(fds_naming(dir.join("busy")), 1);
     assert_eq!(c.getattr(&unused).await.0, STALE);
     s.stop().await;
 }
 
-/// Descriptors of this process whose link in procfs reads `target`.
-fn fds_naming(target: &str) -> usize {
+/// Descriptors of this process (their entries in `/proc/self/fd`) whose link reads
+/// `target`: a path, or a removed file's path followed by " (deleted)".
+fn fds_on(target: impl AsRef<std::path::Path>) -> Vec<std::fs::DirEntry> {
+    let target = target.as_ref();
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == target))
-        .count()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == target))
+        .collect()
+}
+
+/// How many descriptors of this process name `target` (see [`fds_on`]).
+fn fds_naming(target: impl AsRef<std::path::Path>) -> usize {
+    fds_on(target).len()
 }
 
 /// Descriptors of this process open for writing on `path`.
 fn open_for_writing(path: &std::path::Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        if std::fs::read_link(e.path()).ok().as_deref() != Some(path) {
-            continue;
-        }
+    let writing = |e: &std::fs::DirEntry| {
         let info = std::fs::read_to_string(format!(
             "/proc/self/fdinfo/{}",
             e.file_name().to_string_lossy()
@@ -1276,11 +1279,9 @@ fn open_for_writing(path: &std::path::Path) -> usize {
                 .find_map(|l| l.strip_prefix("flags:"))
                 .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
         });
-        if flags.is_some_and(|f| f & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32) {
-            n += 1;
-        }
-    }
-    n
+        flags.is_some_and(|f| f & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32)
+    };
+    fds_on(path).iter().filter(|e| writing(e)).count()
 }
 
 /// UNSTABLE WRITEs of a file go through one write descriptor the server keeps while the
