@@ -6,7 +6,8 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::ctl::Ctl;
@@ -191,10 +192,9 @@ fn ofd_locks_live_until_the_last_close_of_their_open_file() {
         rows.iter().any(|r| r.kind == "OFD" && r.pid == a.pid()),
         "{rows:?}"
     );
-    // The last close releases the OFD lock: when the daemon gets the kernel's
-    // asynchronous RELEASE (see `Ctl::ok_soon`).
+    // The last close releases the OFD lock.
     a.ok(&format!("close {fa}"));
-    b.ok_soon(&format!("lock {fb} setlk w 0 0"));
+    b.ok(&format!("lock {fb} setlk w 0 0"));
 }
 
 #[test]
@@ -212,10 +212,9 @@ fn flock_is_its_own_namespace_unless_shared() {
     // POSIX locks do not meet flock locks, as on native Linux.
     b.ok(&format!("lock {fb} setlk w 0 0"));
     b.ok(&format!("lock {fb} setlk u 0 0"));
-    // Last close of the open file drops the flock lock (at the kernel's asynchronous
-    // RELEASE: see `Ctl::ok_soon`).
+    // Last close of the open file drops the flock lock.
     a.ok(&format!("close {fa}"));
-    b.ok_soon(&format!("flock {fb} ex nb"));
+    b.ok(&format!("flock {fb} ex nb"));
     drop((a, b, fx));
 
     let ctx = LockContext::new();
@@ -612,6 +611,82 @@ fn an_ofd_lock_of_a_process_never_seen_closing_still_lives_until_last_close() {
     b.fails(&format!("lock {fb} setlk w 0 1"), libc::EAGAIN);
     a.ok(&format!("close {fa}"));
     b.ok(&format!("lock {fb} setlk w 0 1"));
+}
+
+/// OFD and flock locks go when the daemon handles the kernel's RELEASE, which
+/// close(2) does not wait for. A lock request sent after that close must still be
+/// decided after the RELEASE, even when another request thread reads it while the
+/// RELEASE is being handled (or was read but not yet begun).
+#[test]
+fn a_lock_after_the_last_close_finds_the_lock_gone() {
+    let ctx = LockContext::new();
+    let opts = MountOptions {
+        n_threads: 4,
+        ..lock_options(&ctx)
+    };
+    let Some(mut fx) = mount_with(opts) else {
+        return;
+    };
+    let p = file(&fx, "f", 0o644);
+    let other = file(&fx, "busy", 0o644);
+    // Opens and closes of another file keep the other request threads reading, so
+    // that a RELEASE and the lock request after it often go to different threads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, other) = (stop.clone(), other.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(std::fs::File::open(&other));
+                }
+            })
+        })
+        .collect();
+    let (mut a, mut b) = (Ctl::start(), Ctl::start());
+    let fb = b.open(&p, "rw");
+    let mut late = 0;
+    for round in 0..1000 {
+        let fa = a.open(&p, "rw");
+        let (take, attempt, undo, busy_errno) = if round % 2 == 0 {
+            (
+                format!("lock {fa} ofd w 0 0"),
+                format!("lock {fb} ofd w 0 0"),
+                format!("lock {fb} ofd u 0 0"),
+                libc::EAGAIN,
+            )
+        } else {
+            (
+                format!("flock {fa} ex nb"),
+                format!("flock {fb} ex nb"),
+                format!("flock {fb} un"),
+                libc::EWOULDBLOCK,
+            )
+        };
+        a.ok(&take);
+        a.ok(&format!("close {fa}"));
+        let t0 = Instant::now();
+        loop {
+            let r = b.cmd(&attempt);
+            if r.starts_with("ok") {
+                break;
+            }
+            assert!(r.starts_with(&format!("err {busy_errno} ")), "{r}");
+            assert!(t0.elapsed() < OP_TIMEOUT, "the lock never went");
+            late += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        b.ok(&undo);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in busy {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        late, 0,
+        "lock requests found a closed file's lock still held"
+    );
+    drop((a, b));
+    fx.unmount().expect("unmount");
 }
 
 #[test]

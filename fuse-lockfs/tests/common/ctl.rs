@@ -73,25 +73,6 @@ impl Ctl {
         a
     }
 
-    /// Runs a lock command until it succeeds, retrying while it fails with EAGAIN or
-    /// EWOULDBLOCK, for at most the operation time limit: for a lock that another
-    /// process's last close releases. FUSE sends that RELEASE asynchronously (close
-    /// returns before the daemon has it), so the release is seen shortly after the
-    /// close, not always at once.
-    pub fn ok_soon(&mut self, cmd: &str) -> String {
-        let t0 = Instant::now();
-        loop {
-            let a = self.cmd(cmd);
-            let busy = a.starts_with(&format!("err {} ", libc::EAGAIN))
-                || a.starts_with(&format!("err {} ", libc::EWOULDBLOCK));
-            if !busy || t0.elapsed() >= OP_TIMEOUT {
-                assert!(a.starts_with("ok"), "{cmd:?} answered {a:?}");
-                return a;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
     pub fn open(&mut self, path: &Path, mode: &str) -> u32 {
         let a = self.ok(&format!("open {} {mode}", path.display()));
         a[3..].trim().parse().unwrap()

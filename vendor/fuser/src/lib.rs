@@ -100,6 +100,7 @@ mod reply;
 mod request;
 mod request_param;
 mod session;
+mod order;
 mod splice;
 mod time;
 

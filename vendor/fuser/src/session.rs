@@ -43,6 +43,8 @@ use crate::mnt::Mount;
 use crate::mnt::mount_options::Config;
 use crate::mnt::mount_options::check_option_conflicts;
 use crate::notify::Notifier;
+use crate::order;
+use crate::order::Order;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
@@ -139,6 +141,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Unique id of the INIT request answered; the order of later requests starts
+    /// after it (lockfs patch 7).
+    init_unique: u64,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +191,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            init_unique: 0,
         };
 
         session.handshake()?;
@@ -214,6 +220,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            init_unique: 0,
         };
 
         session.handshake()?;
@@ -252,6 +259,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            init_unique,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -289,6 +297,9 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+        // One thread decides requests in the order it reads them; several need the
+        // order kept between them.
+        let order = (n_threads > 1).then(|| Arc::new(Order::after_init(init_unique)));
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -298,6 +309,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                order: order.clone(),
             };
             threads.push(
                 thread::Builder::new()
@@ -470,6 +482,7 @@ impl<FS: Filesystem> Session<FS> {
             );
 
             let response = init.reply(&config);
+            self.init_unique = request.unique().0;
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
 
@@ -518,6 +531,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// Shared by the session's threads when there are several (lockfs patch 7).
+    pub(crate) order: Option<Arc<Order>>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -530,24 +545,36 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
-                    // Dispatch request
-                    Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
-                            req.reply::<ReplyEmpty>().ok();
-                            return Ok(());
-                        } else {
-                            req.dispatch(self)
+                Ok(size) => {
+                    let (kind, unique) = order::Kind::of(&buf[..size]);
+                    if let Some(order) = &self.order {
+                        order.read(kind, unique);
+                        if kind == order::Kind::Ordered {
+                            order.wait_before(unique);
                         }
                     }
-                    // Quit loop on illegal request
-                    None => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "Invalid request",
-                        ));
+                    match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                        // Dispatch request
+                        Some(req) => {
+                            if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                                req.reply::<ReplyEmpty>().ok();
+                                return Ok(());
+                            } else {
+                                req.dispatch(self)
+                            }
+                        }
+                        // Quit loop on illegal request
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "Invalid request",
+                            ));
+                        }
                     }
-                },
+                    if let (Some(order), order::Kind::Release) = (&self.order, kind) {
+                        order.released(unique);
+                    }
+                }
                 Err(nix::errno::Errno::ENODEV) => return Ok(()),
                 Err(err) => return Err(err.into()),
             }
