@@ -81,54 +81,89 @@ fn lists(out: &str, prog: u32, vers: u32, proto: &str, port: u16) -> bool {
     })
 }
 
-/// Uses the rpcbind that answers on 127.0.0.1:111, or starts one when the port is free;
-/// skips loudly when something else holds the port.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registers_with_rpcbind_and_unregisters_on_stop() {
-    if !std::path::Path::new("/usr/sbin/rpcinfo").exists() {
-        lockfs_testkit::skipping!("rpcinfo missing (apt-get install rpcbind)");
-        return;
-    }
-    let mut ours = None;
-    if !rpcbind_answers(local_rpcbind(), Duration::from_secs(1)).await {
-        let taken = std::net::UdpSocket::bind("0.0.0.0:111").is_err()
-            || std::net::TcpListener::bind("0.0.0.0:111").is_err();
-        if taken {
-            lockfs_testkit::skipping!("port 111 is held by something that is not rpcbind");
-            return;
+/// Registration with the system's rpcbind, and its removal at shutdown.
+///
+/// Runs in network and mount namespaces of its own, with a fresh `/run` and an rpcbind
+/// started there: other tests of the suite start daemons that register with (and, at
+/// start and stop, unregister the lock manager from) whatever rpcbind answers on the
+/// machine's loopback, and `rpcinfo` may ask over `/run/rpcbind.sock`, which a network
+/// namespace does not separate.
+#[test]
+fn registers_with_rpcbind_and_unregisters_on_stop() {
+    for tool in ["/usr/sbin/rpcinfo", "/usr/sbin/rpcbind"] {
+        if !std::path::Path::new(tool).exists() {
+            lockfs_testkit::skip!("{tool} missing (apt-get install rpcbind)");
         }
-        std::fs::create_dir_all("/run/rpcbind").unwrap();
-        let child = Command::new("/usr/sbin/rpcbind")
-            .arg("-f")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        ours = Some(child);
-        let mut up = false;
-        for _ in 0..50 {
-            if rpcbind_answers(local_rpcbind(), Duration::from_millis(200)).await {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(up, "rpcbind did not come up");
     }
-    let before = rpcinfo().await;
-    let taken = |prog: &str| {
-        before
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(prog))
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        lockfs_testkit::skip!("needs root for namespaces of its own");
+    }
+    let mut child = std::process::Command::new("unshare")
+        .args(["-n", "-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            r#"mount -t tmpfs lockfs-test-run /run && mkdir -p /run/rpcbind &&
+               ip link set lo up && exec "$0" "$@""#,
+        )
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "registration_in_namespaces_of_its_own",
+            "--ignored",
+            "--nocapture",
+        ])
+        .spawn()
+        .expect("run unshare");
+    let limit = Duration::from_secs(60);
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the registration test did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
-    if taken("100021") || taken("100024") {
-        lockfs_testkit::skipping!(
-            "another lock manager or status monitor is registered with rpcbind:\n{before}"
-        );
-        if let Some(mut c) = ours {
-            c.start_kill().unwrap();
-            let _ = timeout(STEP, c.wait()).await;
+    assert!(status.success(), "the registration test failed: {status}");
+}
+
+/// The body of [`registers_with_rpcbind_and_unregisters_on_stop`], run by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by registers_with_rpcbind_and_unregisters_on_stop in namespaces of its own"]
+async fn registration_in_namespaces_of_its_own() {
+    assert!(
+        !rpcbind_answers(local_rpcbind(), Duration::from_millis(500)).await,
+        "a fresh network namespace has no rpcbind"
+    );
+    let mut ours = Command::new("/usr/sbin/rpcbind")
+        .arg("-f")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..50 {
+        if rpcbind_answers(local_rpcbind(), Duration::from_millis(200)).await {
+            up = true;
+            break;
         }
-        return;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "rpcbind did not come up");
+    let before = rpcinfo().await;
+    assert!(
+        lists(&before, 100_000, 2, "tcp", 111),
+        "rpcinfo reaches the rpcbind: {before}"
+    );
+    for prog in ["100021", "100024"] {
+        assert!(
+            !before
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(prog)),
+            "{before}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let svc = start(dir.path(), PortmapMode::Auto).await;
@@ -144,10 +179,13 @@ async fn registers_with_rpcbind_and_unregisters_on_stop() {
     assert!(lists(&out, 100_024, 1, "tcp", t), "{out}");
     timeout(STEP, svc.shutdown()).await.unwrap();
     let out = rpcinfo().await;
-    assert!(!lists(&out, 100_021, 4, "tcp", t), "{out}");
-    assert!(!lists(&out, 100_024, 1, "udp", u), "{out}");
-    if let Some(mut c) = ours {
-        c.start_kill().unwrap();
-        let _ = timeout(STEP, c.wait()).await;
+    assert!(lists(&out, 100_000, 2, "tcp", 111), "{out}");
+    for vers in [1, 3, 4] {
+        assert!(!lists(&out, 100_021, vers, "udp", u), "{out}");
+        assert!(!lists(&out, 100_021, vers, "tcp", t), "{out}");
     }
+    assert!(!lists(&out, 100_024, 1, "udp", u), "{out}");
+    assert!(!lists(&out, 100_024, 1, "tcp", t), "{out}");
+    ours.start_kill().unwrap();
+    let _ = timeout(STEP, ours.wait()).await;
 }
