@@ -1207,6 +1207,75 @@ async fn a_name_looked_up_again_keeps_its_descriptor() {
     s.stop().await;
 }
 
+/// What a CREATE made keeps the descriptor the CREATE opened, so the calls a client
+/// makes next on the new handle find it open; its REMOVE uses that descriptor, and the
+/// file goes with its name all the same. A file removed by a walk over names the cache
+/// does not hold goes too.
+#[tokio::test]
+async fn what_a_create_made_stays_open_until_its_remove() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let (_, public) = c.lookup(&root, b"public").await;
+    let dir = s.rw.join("public");
+    assert_eq!(c.getattr(&public).await.0, OK);
+    let before = s.nfs.open_files();
+    let (st, made) = c.create(&public, b"made", 0, [0; 8]).await;
+    assert_eq!(st, OK);
+    assert_eq!(
+        s.nfs.open_files(),
+        before + 1,
+        "the CREATE's descriptor is kept"
+    );
+    assert_eq!(fds_naming(dir.join("made")), 1);
+    assert_eq!(c.getattr(&made).await.0, OK);
+    assert_eq!(
+        fds_naming(dir.join("made")),
+        1,
+        "the GETATTR opened nothing"
+    );
+    assert_eq!(
+        c.create(&public, b"made", 0, [0; 8]).await,
+        (OK, made.clone())
+    );
+    assert_eq!(
+        fds_naming(dir.join("made")),
+        1,
+        "a CREATE over it adds none"
+    );
+    assert_eq!(c.remove(&public, b"made", false).await, OK);
+    assert_eq!(s.nfs.open_files(), before);
+    assert_eq!(c.getattr(&made).await.0, STALE);
+    // Files made locally and never looked up: the REMOVEs find nothing cached.
+    for i in 0..50 {
+        std::fs::write(dir.join(format!("old-{i}")), b"old").unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(
+            c.remove(&public, format!("old-{i}").as_bytes(), false)
+                .await,
+            OK
+        );
+    }
+    assert_eq!(s.nfs.open_files(), before);
+    let gone = |name: &str| format!("{} (deleted)", dir.join(name).display());
+    let started = Instant::now();
+    while fds_naming(gone("made"))
+        + (0..50)
+            .map(|i| fds_naming(gone(&format!("old-{i}"))))
+            .sum::<usize>()
+        > 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a removed file was not let go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+    s.stop().await;
+}
+
 /// A cached descriptor no call used for the cache's idle time is closed, so a file a
 /// local process removed gives back its blocks; one in use stays.
 #[tokio::test]

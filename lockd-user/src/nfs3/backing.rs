@@ -222,12 +222,11 @@ fn file_key(export: &OpenExport, st: &libc::stat) -> FileKey {
 pub struct Backing {
     lru: Mutex<Lru>,
     capacity: usize,
-    /// How LOOKUPs fared lately with asking the index first (one `fstatat`, wasted when
-    /// the name's file is not cached): up by [`PROBE_HIT`] when the file was cached, down
-    /// by one when a probe missed, between the bounds of [`PROBE_RANGE`]. The index is
-    /// asked first while this is not negative, that is while about one name in
-    /// `PROBE_HIT + 1` is found cached; a walk over many names each looked up once skips it.
-    probe: AtomicI32,
+    /// Whether LOOKUPs ask the index first (see [`Probe`]).
+    lookup_probe: Probe,
+    /// Whether REMOVEs ask the index first: a file removed soon after it was made or
+    /// used is held by its cached descriptor, one removed by a walk over an old tree is not.
+    remove_probe: Probe,
     /// How long a descriptor stays cached without use ([`DEFAULT_ENTRY_IDLE`]).
     idle: Duration,
     closer: Closer,
@@ -250,6 +249,29 @@ const LOOKED_UP_SLOTS: usize = 1024;
 
 const PROBE_HIT: i32 = 4;
 const PROBE_RANGE: std::ops::RangeInclusive<i32> = -32..=32;
+
+/// How a kind of call fared lately with asking the index first, by one `fstatat` that is
+/// wasted when the name's file is not cached: up by [`PROBE_HIT`] when the file was
+/// cached, down by one when it was not, between the bounds of [`PROBE_RANGE`]. The index
+/// is asked first while this is not negative, that is while about one name in
+/// `PROBE_HIT + 1` is found cached; a walk over many names each met once skips it.
+#[derive(Debug, Default)]
+struct Probe(AtomicI32);
+
+impl Probe {
+    fn worth_it(&self) -> bool {
+        self.0.load(Ordering::Relaxed) >= 0
+    }
+
+    fn found(&self, cached: bool) {
+        let by = if cached { PROBE_HIT } else { -1 };
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some((p + by).clamp(*PROBE_RANGE.start(), *PROBE_RANGE.end()))
+            });
+    }
+}
 
 /// A resolved handle: its export, an `O_PATH` descriptor of the file, and the file's
 /// status as it was when the handle was resolved (an operation's attributes from before
@@ -289,7 +311,8 @@ impl Backing {
                 looked_up: Box::new([(0, 0, 0); LOOKED_UP_SLOTS]),
             }),
             capacity: capacity.max(16),
-            probe: AtomicI32::new(0),
+            lookup_probe: Probe::default(),
+            remove_probe: Probe::default(),
             idle,
             closer: Closer::new(),
         }
@@ -533,7 +556,12 @@ impl Backing {
     /// Unless the export's group went offline meanwhile: an offline first refuses the
     /// group, then flushes the closer, so a descriptor queued after that flush is seen
     /// here and closed at once, and the group's storage can be unmounted.
-    pub fn close_later(&self, lockd: &Lockd, export: &OpenExport, fd: OwnedFd) {
+    /// A descriptor still shared (the cache's, in use by another call) is left to its
+    /// last holder.
+    pub fn close_later(&self, lockd: &Lockd, export: &OpenExport, fd: Arc<OwnedFd>) {
+        let Ok(fd) = Arc::try_unwrap(fd) else {
+            return;
+        };
         self.closer.close_later(fd);
         if lockd.is_offline(export.export.scope) {
             self.closer.flush();
@@ -560,20 +588,20 @@ impl Backing {
         dir: RawFd,
         name: &CString,
     ) -> Result<(Vec<u8>, libc::stat), Stat> {
-        let probing = self.probe.load(Ordering::Relaxed) >= 0;
+        let probing = self.lookup_probe.worth_it();
         if probing {
             let st = stat_at(dir, name).map_err(|e| Stat::from_io(&e))?;
-            if let Some(fh) = self.cached_handle(export, &st) {
-                self.probed(PROBE_HIT);
+            let fh = self.cached_handle(export, &st);
+            self.lookup_probe.found(fh.is_some());
+            if let Some(fh) = fh {
                 return Ok((fh, st));
             }
-            self.probed(-1);
         }
         let fd = open_path_at(dir, name).map_err(|e| Stat::from_io(&e))?;
         let st = fstat(fd.as_raw_fd()).map_err(|e| Stat::from_io(&e))?;
         if !probing {
             if let Some(fh) = self.cached_handle(export, &st) {
-                self.probed(PROBE_HIT);
+                self.lookup_probe.found(true);
                 return Ok((fh, st));
             }
         }
@@ -584,12 +612,38 @@ impl Backing {
         Ok((fh, st))
     }
 
-    fn probed(&self, by: i32) {
-        let _ = self
-            .probe
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
-                Some((p + by).clamp(*PROBE_RANGE.start(), *PROBE_RANGE.end()))
-            });
+    /// What `name` in `dir` names, held for a REMOVE or RMDIR that is about to unlink
+    /// it, and its status: the cached descriptor when the file has one (tried first while
+    /// that pays, see [`Backing::remove_probe`]), else one opened `O_PATH` without
+    /// following a symbolic link. `None` when the name names nothing the daemon can open.
+    pub fn hold(
+        &self,
+        export: &OpenExport,
+        dir: RawFd,
+        name: &CString,
+    ) -> Option<(Arc<OwnedFd>, libc::stat)> {
+        let probing = self.remove_probe.worth_it();
+        if probing {
+            let st = stat_at(dir, name).ok()?;
+            let fd = {
+                let mut l = self.lock();
+                let now = l.tick();
+                l.file_entry(&file_key(export, &st)).map(|(_, e)| {
+                    e.stamp = now;
+                    e.fd.clone()
+                })
+            };
+            self.remove_probe.found(fd.is_some());
+            if let Some(fd) = fd {
+                return Some((fd, st));
+            }
+        }
+        let fd = open_path_at(dir, name).ok()?;
+        let st = fstat(fd.as_raw_fd()).ok()?;
+        if !probing && self.lock().file_entry(&file_key(export, &st)).is_some() {
+            self.remove_probe.found(true);
+        }
+        Some((Arc::new(fd), st))
     }
 
     /// Seals the handle of an open descriptor of a file in `export`, whose status is
@@ -606,6 +660,26 @@ impl Backing {
             Some(fh) => Ok(fh),
             None => self.seal(lockd, export, fd, st),
         }
+    }
+
+    /// The handle of a file a call just made (or opened), whose descriptor `fd` is kept
+    /// in the cache unless the file already has one there: a client goes on to use the
+    /// handle of what it made (a WRITE into a new file, a CREATE in a new directory, a
+    /// REMOVE), which then finds it open. A regular file is kept as the call opened it,
+    /// for reading, which `O_PATH` cannot create.
+    pub fn handle_keeping(
+        &self,
+        lockd: &Lockd,
+        export: &OpenExport,
+        fd: OwnedFd,
+        st: &libc::stat,
+    ) -> Result<Vec<u8>, Stat> {
+        if let Some(fh) = self.cached_handle(export, st) {
+            return Ok(fh);
+        }
+        let fh = self.seal(lockd, export, fd.as_raw_fd(), st)?;
+        self.admit(lockd, export, &fh, Arc::new(fd), st);
+        Ok(fh)
     }
 
     fn seal(

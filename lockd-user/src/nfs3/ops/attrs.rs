@@ -181,6 +181,9 @@ pub(super) fn timespec(sec: i64, nsec: i64) -> libc::timespec {
 /// Applies `sattr3` to a file, as the calling thread: size first, then owner, then mode
 /// (a change of owner clears set-id bits), then times.
 pub(super) fn apply_sattr(fd: RawFd, st: &libc::stat, s: &Sattr) -> Result<(), Stat> {
+    if *s == Sattr::default() {
+        return Ok(());
+    }
     let path = proc_path(fd);
     let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
     if let Some(size) = s.size {

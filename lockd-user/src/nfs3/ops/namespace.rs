@@ -8,17 +8,22 @@
 use super::attrs::{apply_sattr, timespec};
 use super::*;
 
+/// What a call that makes a name made: the object, opened; whether the name is new; the
+/// object's status, if taken after the last change made to it.
+type Made = (OwnedFd, bool, Option<libc::stat>);
+
 impl Door {
     /// The frame of CREATE, MKDIR, SYMLINK and MKNOD: resolve the directory, check it is
     /// writable, run `make` as the caller, answer the new object's handle and attributes
-    /// and the directory's wcc data. `make` answers the object and whether it made the
-    /// name (a CREATE may open a file that was there).
+    /// and the directory's wcc data. `make` answers the object, whether it made the name
+    /// (a CREATE may open a file that was there), and the object's status if it took
+    /// one that nothing changed since. The object's descriptor is kept in the cache.
     fn make_in(
         &self,
         c: &Caller,
         fh: &[u8],
         e: &mut Encoder,
-        make: impl FnOnce(RawFd, &CString, &OpenExport) -> Result<(OwnedFd, bool), Stat>,
+        make: impl FnOnce(RawFd, &CString, &OpenExport) -> Result<Made, Stat>,
         name: &[u8],
     ) {
         let Some(dir) = self.node_or_fail(c, fh, e, Empty::Wcc) else {
@@ -32,11 +37,11 @@ impl Door {
             }
             self.writable(dir.export)?;
             let cname = component(name)?;
-            let (made, new) = {
+            let (made, new, known) = {
                 let _as = self.become_caller(c, dir.export)?;
                 make(dir.raw(), &cname, dir.export)?
             };
-            let st = fstat(made.as_raw_fd()).ok();
+            let st = known.or_else(|| fstat(made.as_raw_fd()).ok());
             if new {
                 self.entry_changed(c, &dir, name, Was::Free);
             } else if let Some(st) = &st {
@@ -45,7 +50,7 @@ impl Door {
             }
             let fh = st.and_then(|st| {
                 self.backing
-                    .handle_of(&self.lockd, dir.export, made.as_raw_fd(), &st)
+                    .handle_keeping(&self.lockd, dir.export, made, &st)
                     .ok()
             });
             Ok((fh, st.map(|st| Fattr::from_stat(&st))))
@@ -93,7 +98,8 @@ impl Door {
                         // Over an existing file, a size is a truncation like SETATTR's.
                         let _pass = self.resize_gate(c, export, &st, s.size)?;
                         apply_sattr(f.as_raw_fd(), &st, &s)?;
-                        Ok((f, made))
+                        let unchanged = (s == Sattr::default()).then_some(st);
+                        Ok((f, made, unchanged))
                     }
                     CreateHow::Exclusive(verf) => {
                         // The verifier is kept in the new file's access and modification
@@ -104,7 +110,7 @@ impl Door {
                                 let ts = [timespec(a, 0), timespec(m, 0)];
                                 // SAFETY: `ts` holds two valid timespecs.
                                 errno_of(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })?;
-                                Ok((f, true))
+                                Ok((f, true, None))
                             }
                             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
                                 let st = stat_at(dir, name).map_err(ioerr)?;
@@ -116,7 +122,7 @@ impl Door {
                                 if !replay {
                                     return Err(Stat::Exist);
                                 }
-                                Ok((open_path_at(dir, name).map_err(ioerr)?, false))
+                                Ok((open_path_at(dir, name).map_err(ioerr)?, false, None))
                             }
                             Err(err) => Err(ioerr(err)),
                         }
@@ -140,7 +146,7 @@ impl Door {
                 let f = open_path_at(dir, name).map_err(ioerr)?;
                 let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
-                Ok((f, true))
+                Ok((f, true, None))
             },
             &at.name,
         );
@@ -167,7 +173,7 @@ impl Door {
                     let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                     apply_sattr(f.as_raw_fd(), &st, &Sattr { mode: None, ..s })?;
                 }
-                Ok((f, true))
+                Ok((f, true, None))
             },
             &at.name,
         );
@@ -200,14 +206,14 @@ impl Door {
                 let f = open_path_at(dir, name).map_err(ioerr)?;
                 let st = fstat(f.as_raw_fd()).map_err(ioerr)?;
                 apply_sattr(f.as_raw_fd(), &st, &s)?;
-                Ok((f, true))
+                Ok((f, true, None))
             },
             &at.name,
         );
     }
 
-    /// REMOVE and RMDIR. The file the name names is held (an `O_PATH` descriptor) while
-    /// the name goes, so the unlink frees nothing, even the last name of a file whose
+    /// REMOVE and RMDIR. The file the name names is held (its cached descriptor, or one
+    /// opened `O_PATH`) while the name goes, so the unlink frees nothing, even the last name of a file whose
     /// blocks are still being written: the close that frees the file is left to the
     /// closing thread ([`crate::nfs3::closer`]), and neither call waits here.
     pub(super) fn remove(&self, c: &Caller, at: &DirOp, e: &mut Encoder, dir_too: bool) {
@@ -222,11 +228,10 @@ impl Door {
                 return Err(if dir_too { Stat::Inval } else { Stat::Acces });
             }
             let cname = component(name)?;
-            // What the name names, opened as the daemon for these uses alone: held, and
+            // What the name names, found as the daemon for these uses alone: held, and
             // its status, by which the other doors' cached name of it is dropped only if
             // they know that file.
-            let held = open_path_at(dir.raw(), &cname).ok();
-            let old = held.as_ref().and_then(|f| fstat(f.as_raw_fd()).ok());
+            let (held, old) = self.backing.hold(dir.export, dir.raw(), &cname).unzip();
             let _as = self.become_caller(c, dir.export)?;
             let flags = if dir_too { libc::AT_REMOVEDIR } else { 0 };
             // SAFETY: `cname` is NUL-terminated.
