@@ -2020,6 +2020,50 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     s.stop().await;
 }
 
+/// Large READ replies of one client are sent from the connection's own thread; while
+/// several clients read at once, from the blocking pool, so that both CPUs send. Either
+/// way each client gets its own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_readers_are_sent_to_from_the_pool_and_get_their_own_bytes() {
+    let s = Server::start().await;
+    let (a, b) = (s.client(0, 0).await, s.client(0, 0).await);
+    let (_, root) = a.mnt("/rw").await;
+    let file = |seed: u32| -> Vec<u8> {
+        (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed as u8)
+            .collect()
+    };
+    let (da, db) = (file(1), file(2));
+    std::fs::write(s.rw.join("a"), &da).unwrap();
+    std::fs::write(s.rw.join("b"), &db).unwrap();
+    let (_, fa) = a.lookup(&root, b"a").await;
+    let (_, fb) = b.lookup(&root, b"b").await;
+    for _ in 0..5 {
+        assert!(a.read(&fa, 0, 1 << 20).await.1 == da);
+    }
+    assert_eq!(s.nfs.sent_from_file(), 5);
+    assert_eq!(
+        s.nfs.sent_from_pool(),
+        0,
+        "one reader was sent to from the pool"
+    );
+    for i in 0..40u64 {
+        let at = i * 4096;
+        let ((sa, ga, _), (sb, gb, _)) =
+            tokio::join!(a.read(&fa, at, 1 << 19), b.read(&fb, at, 1 << 19));
+        assert_eq!((sa, sb), (OK, OK));
+        let at = at as usize;
+        assert!(ga == da[at..at + (1 << 19)], "client a got other bytes");
+        assert!(gb == db[at..at + (1 << 19)], "client b got other bytes");
+    }
+    assert_eq!(s.nfs.sent_from_file(), 85);
+    assert!(
+        s.nfs.sent_from_pool() > 0,
+        "two clients reading at once were never sent to from the pool"
+    );
+    s.stop().await;
+}
+
 /// A LOOKUP answers the file a name names now, even while the server holds the file it
 /// named before open (its handle was resolved): after the name is moved onto another
 /// file, the handle and the attributes are both of the new file, and the old file's

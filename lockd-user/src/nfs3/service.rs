@@ -268,6 +268,11 @@ impl NfsService {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// READs whose data went out from the blocking pool, several clients reading at once.
+    pub fn sent_from_pool(&self) -> u64 {
+        self.nfs.file_replies_from_pool()
+    }
+
     /// Stops serving and withdraws the rpcbind registrations it made.
     pub async fn shutdown(self) {
         if self.registered {

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 mod dispatch;
+mod file_reply;
 mod program;
 mod tcp;
 mod udp;
@@ -312,6 +313,7 @@ impl ServerBuilder {
             tcp_addrs,
             stop: stop_tx,
             tasks,
+            conns: slots,
         })
     }
 }
@@ -326,9 +328,16 @@ pub struct RpcServer {
     tcp_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    conns: Arc<tcp::Conns>,
 }
 
 impl RpcServer {
+    /// Replies over TCP whose file data was sent from the blocking pool (several clients
+    /// reading at once: see `file_reply`).
+    pub fn file_replies_from_pool(&self) -> u64 {
+        self.conns.file_sends.pooled()
+    }
+
     /// Shorthand for [`ServerBuilder::new`].
     pub fn builder(config: ServerConfig) -> ServerBuilder {
         ServerBuilder::new(config)

@@ -19,7 +19,7 @@
 //! stops as soon as another connection is served, since the runtime is then awake anyway.
 
 use super::dispatch::{result_msg, Action, Dispatcher};
-use super::FileTail;
+use super::file_reply::{write_framed_file, FileSends};
 use super::{stopped, unspecified, Placement, ServerConfig, Transport};
 use crate::record::{
     encode_record_into, RecordBudget, RecordError, RecordReader, LAST_FRAGMENT, MAX_FRAGMENT,
@@ -27,11 +27,10 @@ use crate::record::{
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -48,6 +47,8 @@ pub(super) struct Conns {
     budget: Arc<RecordBudget>,
     epoch: std::time::Instant,
     inner: Mutex<ConnsInner>,
+    /// Where the connections sent their large file replies lately.
+    pub(super) file_sends: FileSends,
 }
 
 #[derive(Default)]
@@ -80,6 +81,7 @@ impl Conns {
             budget: Arc::new(RecordBudget::new(config.max_unfinished_record_bytes)),
             epoch: std::time::Instant::now(),
             inner: Mutex::new(ConnsInner::default()),
+            file_sends: FileSends::new(),
         }
     }
 
@@ -300,7 +302,7 @@ async fn serve_connection(
                 Action::SendFile(msg, tail) => {
                     tokio::select! {
                         _ = &mut stop_signal => break 'conn End::Stop,
-                        r = write_framed_file(&stream, &mut out, &msg, &tail) => if let Err(e) = r {
+                        r = write_framed_file(&admitted.conns.file_sends, &stream, &mut out, &msg, &tail) => if let Err(e) = r {
                             debug!(%peer, error = %e, "TCP write failed");
                             break 'conn End::Closed;
                         },
@@ -527,87 +529,6 @@ async fn write_framed(stream: &mut TcpStream, buf: &mut Vec<u8>, msg: &[u8]) -> 
         *buf = Vec::new();
     }
     r
-}
-
-/// One sending system call on the connection's socket (`call` answers what it returns),
-/// made again while the socket has no room or the call was interrupted: how many bytes
-/// it took.
-async fn pushed(stream: &TcpStream, mut call: impl FnMut() -> isize) -> io::Result<usize> {
-    loop {
-        let r = stream
-            .async_io(Interest::WRITABLE, || match call() {
-                n if n < 0 => Err(io::Error::last_os_error()),
-                n => Ok(n as usize),
-            })
-            .await;
-        match r {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
-/// Sends `bytes` whole with `flags` (and never SIGPIPE), waiting for room as needed.
-async fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
-    let sock = stream.as_raw_fd();
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is valid for reads of its length during the call.
-        let sent = pushed(stream, || unsafe {
-            libc::send(
-                sock,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                flags | libc::MSG_NOSIGNAL,
-            )
-        })
-        .await?;
-        if sent == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[sent..];
-    }
-    Ok(())
-}
-
-/// Writes one record of `msg` and then a file's bytes and their padding, those sent by
-/// `sendfile` from the page cache. The mark and `msg` go with `MSG_MORE`, so they leave
-/// in one segment with the data's start rather than as a small one of their own. A file
-/// that no longer has all the bytes the record promised ends the connection: the record
-/// cannot be finished, and the client sends its call again on a new connection.
-async fn write_framed_file(
-    stream: &TcpStream,
-    buf: &mut Vec<u8>,
-    msg: &[u8],
-    tail: &FileTail,
-) -> io::Result<()> {
-    let total = msg.len() + tail.len + tail.pad();
-    if total > MAX_FRAGMENT {
-        return Err(io::Error::other("reply larger than one record fragment"));
-    }
-    buf.clear();
-    buf.extend_from_slice(&(total as u32 | LAST_FRAGMENT).to_be_bytes());
-    buf.extend_from_slice(msg);
-    send_all(stream, buf, libc::MSG_MORE).await?;
-    let sock = stream.as_raw_fd();
-    let file = tail.fd.as_raw_fd();
-    let mut offset = tail.offset as libc::off_t;
-    let mut left = tail.len;
-    while left > 0 {
-        // SAFETY: both descriptors are open for the call, and `offset` is a valid offset
-        // for the kernel to read and advance.
-        let sent = pushed(stream, || unsafe {
-            libc::sendfile(sock, file, &mut offset, left)
-        })
-        .await?;
-        if sent == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file is shorter than its reply says",
-            ));
-        }
-        left -= sent.min(left);
-    }
-    send_all(stream, &[0u8; 3][..tail.pad()], 0).await
 }
 
 #[cfg(test)]

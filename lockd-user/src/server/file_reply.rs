@@ -1,0 +1,184 @@
+//! Replies whose data is sent from a file (a READ's), by `sendfile` from the page cache:
+//! the data goes to the socket without being copied into the daemon.
+//!
+//! Where the sending runs. While one client reads, on the connection's task: a megabyte
+//! sent from there cost the server about 140 us of CPU. While several clients read, the
+//! door's one thread spent about 2.5 times as long per megabyte (the segments of sixteen
+//! connections at once, their acknowledgements and wake-ups) and sent them one after
+//! another, so a large reply then goes out from a blocking-pool thread and the two CPUs
+//! share the sending; for one client that cost more than twice as much per megabyte
+//! (BENCHMARKS.md has the figures). "Several" is a guess from the server's last large reply:
+//! sent on another connection within [`READERS_WINDOW`] ([`FileSends`]).
+
+use super::FileTail;
+use crate::record::{LAST_FRAGMENT, MAX_FRAGMENT};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// File data of a reply at least this large may be sent from the blocking pool.
+const OFFLOAD_MIN: usize = 256 * 1024;
+/// A large reply sent on another connection this recently means several clients read.
+const READERS_WINDOW: Duration = Duration::from_millis(2);
+
+/// Where one server's connections sent their large file replies lately.
+#[derive(Debug)]
+pub(super) struct FileSends {
+    epoch: Instant,
+    /// The socket of the last large reply, plus one (0: none yet), and when it was sent
+    /// (microseconds since `epoch`). Read and written without a lock: a race costs one
+    /// reply's placement.
+    last_socket: AtomicU64,
+    last_at: AtomicU64,
+    /// Replies whose data went out from the blocking pool.
+    from_pool: AtomicU64,
+}
+
+impl FileSends {
+    pub(super) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_socket: AtomicU64::new(0),
+            last_at: AtomicU64::new(0),
+            from_pool: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes a large reply on `sock`; whether another connection sent one just before.
+    fn several_readers(&self, sock: RawFd) -> bool {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let me = sock as u64 + 1;
+        let last = self.last_socket.swap(me, Ordering::Relaxed);
+        let other = last != 0 && last != me;
+        let at = self.last_at.swap(now, Ordering::Relaxed);
+        other && now.saturating_sub(at) < READERS_WINDOW.as_micros() as u64
+    }
+
+    /// Replies whose data went out from the blocking pool.
+    pub(super) fn pooled(&self) -> u64 {
+        self.from_pool.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends what the socket takes at once of the file's `left` bytes from `offset`, from a
+/// blocking-pool thread, and moves both past what was sent. The thread sends through
+/// descriptors of its own, so the connection may end meanwhile.
+async fn send_from_pool(stream: &TcpStream, tail: &FileTail, offset: &mut i64, left: &mut usize) {
+    let Ok(sock) = stream.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let file = tail.fd.clone();
+    let (from, len) = (*offset, *left);
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut at = from as libc::off_t;
+        let mut done = 0;
+        while done < len {
+            // SAFETY: both descriptors are owned by this closure for the call, and `at`
+            // is a valid offset for the kernel to read and advance.
+            let n =
+                unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut at, len - done) };
+            if n > 0 {
+                done += n as usize;
+            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // Full (the socket does not block), the end of the file or an error: the
+                // connection's task goes on from here and sees which.
+                break;
+            }
+        }
+        done
+    })
+    .await;
+    if let Ok(sent) = sent {
+        *offset += sent as i64;
+        *left -= sent;
+    }
+}
+
+/// One sending system call on the connection's socket (`call` answers what it returns),
+/// made again while the socket has no room or the call was interrupted: how many bytes
+/// it took.
+async fn pushed(stream: &TcpStream, mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = stream
+            .async_io(Interest::WRITABLE, || match call() {
+                n if n < 0 => Err(io::Error::last_os_error()),
+                n => Ok(n as usize),
+            })
+            .await;
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Sends `bytes` whole with `flags` (and never SIGPIPE), waiting for room as needed.
+async fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for reads of its length during the call.
+        let sent = pushed(stream, || unsafe {
+            libc::send(
+                sock,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                flags | libc::MSG_NOSIGNAL,
+            )
+        })
+        .await?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[sent..];
+    }
+    Ok(())
+}
+
+/// Writes one record of `msg` and then a file's bytes and their padding, those sent by
+/// `sendfile` from the page cache. The mark and `msg` go with `MSG_MORE`, so they leave
+/// in one segment with the data's start rather than as a small one of their own. A file
+/// that no longer has all the bytes the record promised ends the connection: the record
+/// cannot be finished, and the client sends its call again on a new connection.
+pub(super) async fn write_framed_file(
+    sends: &FileSends,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    msg: &[u8],
+    tail: &FileTail,
+) -> io::Result<()> {
+    let total = msg.len() + tail.len + tail.pad();
+    if total > MAX_FRAGMENT {
+        return Err(io::Error::other("reply larger than one record fragment"));
+    }
+    buf.clear();
+    buf.extend_from_slice(&(total as u32 | LAST_FRAGMENT).to_be_bytes());
+    buf.extend_from_slice(msg);
+    send_all(stream, buf, libc::MSG_MORE).await?;
+    let sock = stream.as_raw_fd();
+    let file = tail.fd.as_raw_fd();
+    let mut offset = tail.offset as libc::off_t;
+    let mut left = tail.len;
+    if left >= OFFLOAD_MIN && sends.several_readers(sock) {
+        sends.from_pool.fetch_add(1, Ordering::Relaxed);
+        send_from_pool(stream, tail, &mut offset, &mut left).await;
+    }
+    while left > 0 {
+        // SAFETY: both descriptors are open for the call, and `offset` is a valid offset
+        // for the kernel to read and advance.
+        let sent = pushed(stream, || unsafe {
+            libc::sendfile(sock, file, &mut offset, left)
+        })
+        .await?;
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than its reply says",
+            ));
+        }
+        left -= sent.min(left);
+    }
+    send_all(stream, &[0u8; 3][..tail.pad()], 0).await
+}
