@@ -1,14 +1,17 @@
-//! Replies whose data is sent from a file (a READ's), by `sendfile` from the page cache:
-//! the data goes to the socket without being copied into the daemon.
+//! Replies whose data is read from a file (a READ's), sent without a copy in the
+//! daemon's reply buffer.
 //!
-//! Where the sending runs. While one client reads, on the connection's task: a megabyte
-//! sent from there cost the server about 140 us of CPU. While several clients read, the
-//! door's one thread spent about 2.5 times as long per megabyte (the segments of sixteen
-//! connections at once, their acknowledgements and wake-ups) and sent them one after
-//! another, so a large reply then goes out from a blocking-pool thread and the two CPUs
-//! share the sending; for one client that cost more than twice as much per megabyte
-//! (BENCHMARKS.md has the figures). "Several" is a guess from the server's last large reply:
-//! sent on another connection within [`READERS_WINDOW`] ([`FileSends`]).
+//! Where and how the sending runs. While one client reads, on the connection's task, by
+//! `sendfile` from the page cache: a megabyte sent so cost the server about 130-160 us
+//! of CPU. While several clients read, the door's one thread spent 2.5 times as long per
+//! megabyte that way (the segments of sixteen connections at once, their
+//! acknowledgements and wake-ups) and sent them one after another; so a large reply then
+//! goes out from a blocking-pool thread, both CPUs share the sending, and the data is
+//! read into that thread's buffer and copied into the socket, which with sixteen readers
+//! cost half what `sendfile` did. For one client the pool cost more than twice as much
+//! per megabyte (BENCHMARKS.md has the figures). "Several" is a guess from the server's
+//! last large reply: sent on another connection within [`READERS_WINDOW`]
+//! ([`FileSends`]).
 
 use super::FileTail;
 use crate::record::{LAST_FRAGMENT, MAX_FRAGMENT};
@@ -63,9 +66,24 @@ impl FileSends {
     }
 }
 
+/// The largest buffer a blocking-pool thread keeps between replies (a READ's largest
+/// data is 1 MiB unless configured otherwise); a larger reply's buffer is freed after it.
+const KEPT_BUFFER: usize = 2 << 20;
+
+thread_local! {
+    /// A pool thread's buffer for the data of replies it sends: grown once, kept, so a
+    /// megabyte is not allocated and faulted in anew for each reply.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Sends what the socket takes at once of the file's `left` bytes from `offset`, from a
 /// blocking-pool thread, and moves both past what was sent. The thread sends through
 /// descriptors of its own, so the connection may end meanwhile.
+///
+/// It reads the data into its buffer and sends that, rather than `sendfile`: with
+/// sixteen clients reading, a megabyte sent so cost the server 172-179 us of CPU, by
+/// `sendfile` from the same threads 271-341 (a socket buffer of page-cache pages costs
+/// more to send and to free on loopback than one of copied data).
 async fn send_from_pool(stream: &TcpStream, tail: &FileTail, offset: &mut i64, left: &mut usize) {
     let Ok(sock) = stream.as_fd().try_clone_to_owned() else {
         return;
@@ -73,28 +91,53 @@ async fn send_from_pool(stream: &TcpStream, tail: &FileTail, offset: &mut i64, l
     let file = tail.fd.clone();
     let (from, len) = (*offset, *left);
     let sent = tokio::task::spawn_blocking(move || {
-        let mut at = from as libc::off_t;
-        let mut done = 0;
-        while done < len {
-            // SAFETY: both descriptors are owned by this closure for the call, and `at`
-            // is a valid offset for the kernel to read and advance.
-            let n =
-                unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut at, len - done) };
-            if n > 0 {
-                done += n as usize;
-            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                // Full (the socket does not block), the end of the file or an error: the
-                // connection's task goes on from here and sees which.
-                break;
+        BUFFER.with_borrow_mut(|buf| {
+            if buf.len() < len {
+                buf.resize(len, 0);
             }
-        }
-        done
+            let sent = copy_out(sock.as_raw_fd(), file.as_raw_fd(), from, &mut buf[..len]);
+            if buf.len() > KEPT_BUFFER {
+                *buf = Vec::new();
+            }
+            sent
+        })
     })
     .await;
     if let Ok(sent) = sent {
         *offset += sent as i64;
         *left -= sent;
     }
+}
+
+/// Reads `buf.len()` bytes of `file` at `at` into `buf` and sends them on `sock`, as far
+/// as the socket takes them at once: how many were sent. Stops short at the end of the
+/// file, when the socket is full (it does not block) or at an error, which the
+/// connection's task then meets itself.
+fn copy_out(sock: RawFd, file: RawFd, at: i64, buf: &mut [u8]) -> usize {
+    let mut have = 0;
+    while have < buf.len() {
+        let rest = &mut buf[have..];
+        // SAFETY: `rest` is valid for writes of its length; `file` is open for the call.
+        let n =
+            unsafe { libc::pread(file, rest.as_mut_ptr().cast(), rest.len(), at + have as i64) };
+        if n > 0 {
+            have += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let mut done = 0;
+    while done < have {
+        let rest = &buf[done..have];
+        // SAFETY: `rest` is valid for reads of its length; `sock` is open for the call.
+        let n = unsafe { libc::send(sock, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) };
+        if n > 0 {
+            done += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    done
 }
 
 /// One sending system call on the connection's socket (`call` answers what it returns),
