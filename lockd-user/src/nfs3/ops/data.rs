@@ -215,7 +215,8 @@ impl Door {
 
     /// READ. Over TCP, a READ of at least [`SEND_FROM_FILE`] bytes, all in the page cache,
     /// of a file no mandatory lock can cover, leaves its data to the transport, which sends
-    /// it from the page cache (`sendfile`): no copy into the reply, none into the socket.
+    /// it from the page cache (`sendfile`, or while several clients read, a pool thread's
+    /// copy: see `server::file_reply`): no copy into the reply.
     /// The count and end-of-file flag are those of the file's size when the READ ran; a
     /// file truncated before its bytes are sent ends the connection (the client sends the
     /// READ again). A mandatory file's data is read while its gate pass is held, so it is
