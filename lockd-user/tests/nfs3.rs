@@ -2064,6 +2064,77 @@ async fn several_readers_are_sent_to_from_the_pool_and_get_their_own_bytes() {
     s.stop().await;
 }
 
+/// A large READ reply sent from the pool that the socket cannot take at once (its client
+/// reads slowly) is finished by the connection from where the pool thread stopped: the
+/// client gets every byte, in order, reply after reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_reply_the_socket_cannot_take_at_once_is_finished_in_order() {
+    let s = Server::start().await;
+    let busy = s.client(0, 0).await;
+    let (_, root) = busy.mnt("/rw").await;
+    let data: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(s.rw.join("slow"), &data).unwrap();
+    std::fs::write(s.rw.join("busy"), &data[..1 << 20]).unwrap();
+    let (_, slow) = busy.lookup(&root, b"slow").await;
+    let (_, fb) = busy.lookup(&root, b"busy").await;
+    // Another client reads all along, so the slow client's replies go out from the pool.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, data) = (stop.clone(), data.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(busy.read(&fb, 0, 1 << 20).await.1 == data[..1 << 20]);
+            }
+        })
+    };
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut sock = sock.connect(s.nfs.nfs_tcp()[0]).await.unwrap();
+    let offsets: Vec<u64> = (0..8).map(|i| i * 65_536 + 12).collect();
+    for (xid, at) in offsets.iter().enumerate() {
+        let mut args = Encoder::new();
+        args.put_opaque(&slow);
+        args.put_u64(*at);
+        args.put_u32(1 << 20);
+        let msg = CallHeader::new(xid as u32, NFS, 3, 6, sys(0, 0)).to_message(args.as_slice());
+        let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+        rec.extend_from_slice(&msg);
+        sock.write_all(&rec).await.unwrap();
+    }
+    // Nothing is read for a while: the server's sends find the socket full.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (xid, at) in offsets.iter().enumerate() {
+        let mut hdr = [0u8; 4];
+        timeout(STEP, sock.read_exact(&mut hdr))
+            .await
+            .unwrap()
+            .unwrap();
+        let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+        let mut body = vec![0u8; len];
+        timeout(STEP, sock.read_exact(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut d = Decoder::new(&body);
+        let h = ReplyHeader::decode(&mut d).unwrap();
+        assert_eq!(h.xid, xid as u32);
+        assert_eq!(d.get_u32().unwrap(), OK);
+        assert!(skip_post_attr(&mut d).is_some());
+        let n = d.get_u32().unwrap() as usize;
+        let _eof = d.get_bool().unwrap();
+        let got = d.get_opaque(1 << 21).unwrap();
+        let at = *at as usize;
+        assert_eq!(n, 1 << 20);
+        assert!(got == data[at..at + n], "reply {xid} has other bytes");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    timeout(STEP, reader).await.unwrap().unwrap();
+    assert!(s.nfs.sent_from_pool() > 0, "nothing was sent from the pool");
+    s.stop().await;
+}
+
 /// A LOOKUP answers the file a name names now, even while the server holds the file it
 /// named before open (its handle was resolved): after the name is moved onto another
 /// file, the handle and the attributes are both of the new file, and the old file's
