@@ -159,6 +159,36 @@ fn sys(uid: u32, gid: u32) -> OpaqueAuth {
     .to_opaque()
 }
 
+/// Sends one NFS call as a record on a connection of the test's own.
+async fn send_call(
+    sock: &mut tokio::net::TcpStream,
+    xid: u32,
+    proc_: u32,
+    cred: OpaqueAuth,
+    args: &Encoder,
+) {
+    let msg = CallHeader::new(xid, NFS, 3, proc_, cred).to_message(args.as_slice());
+    let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+    rec.extend_from_slice(&msg);
+    sock.write_all(&rec).await.unwrap();
+}
+
+/// Reads one reply record (a single fragment) from a connection of the test's own.
+async fn recv_reply(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut hdr = [0u8; 4];
+    timeout(STEP, sock.read_exact(&mut hdr))
+        .await
+        .unwrap()
+        .unwrap();
+    let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+    let mut body = vec![0u8; len];
+    timeout(STEP, sock.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    body
+}
+
 /// (type, mode, uid, size, fileid) of a `fattr3`.
 type Attr = (u32, u32, u32, u64, u64);
 
@@ -846,18 +876,8 @@ async fn retransmitted_remove_is_answered_from_the_cache() {
     let args = dirop(&public, b"gone");
     let mut statuses = Vec::new();
     for xid in [77, 77, 78] {
-        let msg = CallHeader::new(xid, NFS, 3, 12, sys(1000, 1000)).to_message(args.as_slice());
-        let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
-        rec.extend_from_slice(&msg);
-        sock.write_all(&rec).await.unwrap();
-        let mut hdr = [0u8; 4];
-        timeout(STEP, sock.read_exact(&mut hdr))
-            .await
-            .unwrap()
-            .unwrap();
-        let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
-        let mut body = vec![0u8; len];
-        sock.read_exact(&mut body).await.unwrap();
+        send_call(&mut sock, xid, 12, sys(1000, 1000), &args).await;
+        let body = recv_reply(&mut sock).await;
         let mut d = Decoder::new(&body);
         let h = ReplyHeader::decode(&mut d).unwrap();
         assert_eq!(h.xid, xid);
@@ -2098,25 +2118,12 @@ async fn a_pooled_reply_the_socket_cannot_take_at_once_is_finished_in_order() {
         args.put_opaque(&slow);
         args.put_u64(*at);
         args.put_u32(1 << 20);
-        let msg = CallHeader::new(xid as u32, NFS, 3, 6, sys(0, 0)).to_message(args.as_slice());
-        let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
-        rec.extend_from_slice(&msg);
-        sock.write_all(&rec).await.unwrap();
+        send_call(&mut sock, xid as u32, 6, sys(0, 0), &args).await;
     }
     // Nothing is read for a while: the server's sends find the socket full.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (xid, at) in offsets.iter().enumerate() {
-        let mut hdr = [0u8; 4];
-        timeout(STEP, sock.read_exact(&mut hdr))
-            .await
-            .unwrap()
-            .unwrap();
-        let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
-        let mut body = vec![0u8; len];
-        timeout(STEP, sock.read_exact(&mut body))
-            .await
-            .unwrap()
-            .unwrap();
+        let body = recv_reply(&mut sock).await;
         let mut d = Decoder::new(&body);
         let h = ReplyHeader::decode(&mut d).unwrap();
         assert_eq!(h.xid, xid as u32);

@@ -195,6 +195,14 @@ impl Lru {
         map.get_mut(fh).map(|e| (&**fh, e))
     }
 
+    /// The cached handle and entry of `file`, marked used now.
+    fn used(&mut self, file: &FileKey) -> Option<(&[u8], &mut Entry)> {
+        let now = self.tick();
+        let (fh, entry) = self.file_entry(file)?;
+        entry.stamp = now;
+        Some((fh, entry))
+    }
+
     /// Notes that a LOOKUP found `file` uncached; true if one had already, lately.
     fn looked_up_again(&mut self, file: FileKey) -> bool {
         let (export, dev, ino) = file;
@@ -433,11 +441,9 @@ impl Backing {
 
     /// The cached handle of the file of status `st` in `export`, if its descriptor is held.
     fn cached_handle(&self, export: &OpenExport, st: &libc::stat) -> Option<Vec<u8>> {
-        let mut l = self.lock();
-        let now = l.tick();
-        let (fh, entry) = l.file_entry(&file_key(export, st))?;
-        entry.stamp = now;
-        Some(fh.to_vec())
+        self.lock()
+            .used(&file_key(export, st))
+            .map(|(fh, _)| fh.to_vec())
     }
 
     /// Closes the cached descriptors of a file whose last name is gone, so that its
@@ -625,14 +631,10 @@ impl Backing {
         let probing = self.remove_probe.worth_it();
         if probing {
             let st = stat_at(dir, name).ok()?;
-            let fd = {
-                let mut l = self.lock();
-                let now = l.tick();
-                l.file_entry(&file_key(export, &st)).map(|(_, e)| {
-                    e.stamp = now;
-                    e.fd.clone()
-                })
-            };
+            let fd = self
+                .lock()
+                .used(&file_key(export, &st))
+                .map(|(_, e)| e.fd.clone());
             self.remove_probe.found(fd.is_some());
             if let Some(fd) = fd {
                 return Some((fd, st));

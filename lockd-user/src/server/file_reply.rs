@@ -181,7 +181,8 @@ async fn send_all(stream: &TcpStream, mut bytes: &[u8], flags: i32) -> io::Resul
 }
 
 /// Writes one record of `msg` and then a file's bytes and their padding, those sent by
-/// `sendfile` from the page cache. The mark and `msg` go with `MSG_MORE`, so they leave
+/// `sendfile` from the page cache, or first from the pool while several clients read
+/// (see the module doc). The mark and `msg` go with `MSG_MORE`, so they leave
 /// in one segment with the data's start rather than as a small one of their own. A file
 /// that no longer has all the bytes the record promised ends the connection: the record
 /// cannot be finished, and the client sends its call again on a new connection.

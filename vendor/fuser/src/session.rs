@@ -546,11 +546,15 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
                 Ok(size) => {
-                    let (kind, unique) = order::Kind::of(&buf[..size]);
+                    // Only a RELEASE needs noting again once handled.
+                    let mut releasing = None;
                     if let Some(order) = &self.order {
+                        let (kind, unique) = order::Kind::of(&buf[..size]);
                         order.read(kind, unique);
-                        if kind == order::Kind::Ordered {
-                            order.wait_before(unique);
+                        match kind {
+                            order::Kind::Ordered => order.wait_before(unique),
+                            order::Kind::Release => releasing = Some((order, unique)),
+                            _ => {}
                         }
                     }
                     match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
@@ -571,7 +575,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                             ));
                         }
                     }
-                    if let (Some(order), order::Kind::Release) = (&self.order, kind) {
+                    if let Some((order, unique)) = releasing {
                         order.released(unique);
                     }
                 }
