@@ -99,35 +99,13 @@ fn registers_with_rpcbind_and_unregisters_on_stop() {
     if unsafe { libc::geteuid() } != 0 {
         lockfs_testkit::skip!("needs root for namespaces of its own");
     }
-    let mut child = std::process::Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "--", "sh", "-c"])
-        .arg(
-            r#"mount -t tmpfs lockfs-test-run /run && mkdir -p /run/rpcbind &&
-               ip link set lo up && exec "$0" "$@""#,
-        )
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "registration_in_namespaces_of_its_own",
-            "--ignored",
-            "--nocapture",
-        ])
-        .spawn()
-        .expect("run unshare");
-    let limit = Duration::from_secs(60);
-    let t0 = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the registration test did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "the registration test failed: {status}");
+    lockfs_testkit::rerun::Rerun::new(
+        "registration_in_namespaces_of_its_own",
+        Duration::from_secs(60),
+    )
+    .with_mount_namespace()
+    .setup("mount -t tmpfs lockfs-test-run /run && mkdir -p /run/rpcbind")
+    .run();
 }
 
 /// The body of [`registers_with_rpcbind_and_unregisters_on_stop`], run by it.

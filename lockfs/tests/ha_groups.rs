@@ -61,33 +61,7 @@ fn can_run() -> bool {
 
 /// Runs `test` (an ignored test of this file) in a private network namespace.
 fn in_private_netns(test: &str, limit: Duration) {
-    // The namespace's loopback is brought up before the test starts, so no test
-    // run this way needs to.
-    let mut child = Command::new("unshare")
-        .args([
-            "-n",
-            "--",
-            "sh",
-            "-c",
-            r#"ip link set lo up && exec "$0" "$@""#,
-        ])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--nocapture"])
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{test} did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{test} failed: {status}");
+    lockfs_testkit::rerun::Rerun::new(test, limit).run();
 }
 
 /// A `lockfs serve` daemon, its directory and log; stopped with SIGTERM on drop.
@@ -1038,31 +1012,9 @@ fn pacemaker_starts_and_stops_the_agent() {
     }
     // Private network and mount namespaces: Pacemaker's IPC (abstract sockets, /dev/shm)
     // and state directories are the test's own and vanish with it.
-    let mut child = Command::new("unshare")
-        .args(["-n", "-m", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "pacemaker_in_namespace",
-            "--ignored",
-            "--nocapture",
-        ])
-        .spawn()
-        .unwrap();
-    let limit = Duration::from_secs(240);
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("pacemaker_in_namespace did not finish in {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "pacemaker_in_namespace failed: {status}");
+    lockfs_testkit::rerun::Rerun::new("pacemaker_in_namespace", Duration::from_secs(240))
+        .with_mount_namespace()
+        .run();
 }
 
 #[test]

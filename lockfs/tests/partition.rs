@@ -55,28 +55,12 @@ fn run(cmd: &[&str]) {
 
 /// Runs `test` (an ignored test of this file) in a private network namespace.
 fn in_private_netns(test: &str, policy_secs: Option<u64>, outstanding: &str) {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--nocapture"])
+    let mut rerun = lockfs_testkit::rerun::Rerun::new(test, Duration::from_secs(120))
         .env("LOCKFS_PARTITION_OUTSTANDING", outstanding);
     if let Some(s) = policy_secs {
-        cmd.env("LOCKFS_PARTITION_POLICY", s.to_string());
+        rerun = rerun.env("LOCKFS_PARTITION_POLICY", s.to_string());
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{test} did not finish in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{test} failed: {status}");
+    rerun.run();
 }
 
 /// The client's namespace and the veth pair to it; removed on drop.

@@ -71,25 +71,7 @@ fn soak_kill_restart() {
         return;
     }
     let secs: u64 = env_or("LOCKFS_SOAK_SECS", 60);
-    let mut child = Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "soak_in_namespace", "--ignored", "--nocapture"])
-        .spawn()
-        .expect("unshare");
-    let deadline = Instant::now() + Duration::from_secs(secs + 120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the soak run did not finish in {} s", secs + 120);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(status.success(), "the soak run failed: {status}");
+    lockfs_testkit::rerun::Rerun::new("soak_in_namespace", Duration::from_secs(secs + 120)).run();
 }
 
 struct Setup {

@@ -12,7 +12,9 @@
 //!   drop, with timeouts, so a failing test leaves nothing running, mounted
 //!   or locked behind it ([`daemon`], and `nlm` with the `nlm` feature);
 //! - a wire test captures and dissects its session with tshark the same way
-//!   (`capture`, with the `nlm` feature).
+//!   (`capture`, with the `nlm` feature);
+//! - a test that needs a network of its own re-runs its body in namespaces
+//!   of its own, with a time limit, the same way ([`rerun`]).
 
 pub mod alloc;
 #[cfg(feature = "nlm")]
@@ -21,6 +23,7 @@ pub mod daemon;
 #[cfg(feature = "nlm")]
 pub mod nlm;
 pub mod posix;
+pub mod rerun;
 
 use std::time::{Duration, Instant};
 
