@@ -31,6 +31,7 @@ fn ctx(vers: u32, proc_: u32, remote: bool, tcp: bool) -> CallContext {
         proc_,
         cred: Credential::None,
         verf: OpaqueAuth::none(),
+        shared_args: None,
     }
 }
 

@@ -217,7 +217,7 @@ impl Drop for RecordReader {
 }
 
 /// A reassembly buffer larger than this is given back after its record.
-const KEEP_RECORD_CAPACITY: usize = 64 * 1024;
+pub const KEEP_RECORD_CAPACITY: usize = 64 * 1024;
 
 impl RecordReader {
     /// A reader refusing records over `max_record` bytes that reads up to `read_size` bytes
@@ -338,6 +338,17 @@ impl RecordReader {
                 return Ok(Some(&self.record));
             }
         }
+    }
+
+    /// Moves out the record [`Self::next_record`] just returned, for a caller that hands
+    /// it on rather than copy it; the next record is read into a buffer of the reader's
+    /// own. A record larger than [`KEEP_RECORD_CAPACITY`] costs no more this way: the
+    /// reader would not have kept its buffer anyway.
+    pub fn take_record(&mut self) -> Vec<u8> {
+        if !self.returned {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.record)
     }
 
     /// Where the next read should put its bytes; call [`Self::filled`] with the count.
@@ -606,6 +617,40 @@ mod tests {
         }
         assert_eq!(got, vec![big, b"next".to_vec()]);
         assert!(rr.record.capacity() <= KEEP_RECORD_CAPACITY);
+    }
+
+    #[test]
+    fn a_record_taken_out_is_whole_and_the_next_is_read_apart() {
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut wire = encode_record(&big, 100_000);
+        wire.extend(encode_record(b"small", 100));
+        wire.extend(encode_record(&big[..70_000], 100_000));
+        let mut rr = RecordReader::new(1 << 20, 4096);
+        assert!(
+            rr.take_record().is_empty(),
+            "nothing returned yet, nothing taken"
+        );
+        let mut rest = &wire[..];
+        let mut taken = Vec::new();
+        while taken.len() < 3 {
+            while let Some(rec) = rr.next_record().unwrap() {
+                let copy = rec.to_vec();
+                let owned = rr.take_record();
+                assert_eq!(owned, copy, "the taken record is the one returned");
+                taken.push(owned);
+            }
+            if taken.len() < 3 {
+                let spare = rr.spare();
+                let n = spare.len().min(rest.len());
+                spare[..n].copy_from_slice(&rest[..n]);
+                rr.filled(n);
+                rest = &rest[n..];
+            }
+        }
+        assert_eq!(
+            taken,
+            vec![big.clone(), b"small".to_vec(), big[..70_000].to_vec()]
+        );
     }
 
     #[test]

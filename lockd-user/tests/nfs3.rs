@@ -2430,3 +2430,44 @@ async fn a_change_is_answered_after_its_invalidation_which_holds_up_no_one_else(
     );
     s.stop().await;
 }
+
+/// A WRITE's data goes to the blocking pool in the record it came in: a record the
+/// connection's reader would not keep (over 64 KiB) is given up to it whole, not copied;
+/// a smaller one is copied, and the reader keeps its buffer. Every byte lands in place
+/// either way.
+#[tokio::test]
+async fn a_large_write_is_handed_on_in_its_own_record() {
+    let s = Server::start().await;
+    let c = s.client(0, 0).await;
+    let (_, root) = c.mnt("/rw").await;
+    let (_, public) = c.lookup(&root, b"public").await;
+    let (st, fh) = c.create(&public, b"shared", 1, [0; 8]).await;
+    assert_eq!(st, OK);
+    let data: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let copied = s.nfs.args_copied();
+    for (i, part) in data[..2 << 20].chunks(1 << 20).enumerate() {
+        let (st, n, _) = c.write(&fh, (i as u64) << 20, part, 0).await;
+        assert_eq!((st, n), (OK, 1 << 20));
+    }
+    assert_eq!(
+        s.nfs.args_copied(),
+        copied,
+        "a 1 MiB WRITE's data was copied"
+    );
+    // The last MiB in small WRITEs, out of order: copied, each one.
+    let small: Vec<(usize, &[u8])> = data[2 << 20..].chunks(32 << 10).enumerate().rev().collect();
+    for (i, part) in &small {
+        let (st, n, _) = c
+            .write(&fh, (2 << 20) + (i * (32 << 10)) as u64, part, 0)
+            .await;
+        assert_eq!((st, n), (OK, part.len() as u32));
+    }
+    assert_eq!(s.nfs.args_copied(), copied + small.len() as u64);
+    assert!(
+        std::fs::read(s.rw.join("public/shared")).unwrap() == data,
+        "the file holds every byte where it was written"
+    );
+    s.stop().await;
+}

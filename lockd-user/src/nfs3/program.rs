@@ -46,7 +46,7 @@ use super::ops::{Caller, Door};
 use super::proto::{non_idempotent, proc_, NFS_PROG, NFS_V3};
 use crate::drc::{DrcKey, DrcLookup, DuplicateCache};
 use crate::rpc::SUCCESS_HEADER_LEN;
-use crate::server::{CallContext, ProcError, Reply, ReplySender, RpcProgram};
+use crate::server::{CallContext, ProcError, Reply, ReplySender, RpcProgram, SharedArgs};
 use crate::xdr::Decoder;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -204,12 +204,22 @@ impl RpcProgram for Nfs3Program {
                 }
             }
         }
-        let bytes = raw.to_vec();
+        // The arguments go to the pool in the record they came in when the transport
+        // shares it: a WRITE's megabyte is not copied on the door's thread.
+        let args = match &ctx.shared_args {
+            Some(a) if std::ptr::eq(a.bytes(), raw) => a.clone(),
+            _ => {
+                self.door
+                    .args_copied
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                SharedArgs::new(Arc::new(raw.to_vec()), 0)
+            }
+        };
         let (reply, tx) = Reply::deferred();
         let door = self.door.clone();
         let drc = self.drc.clone();
         tokio::task::spawn_blocking(move || {
-            let r = catch_unwind(AssertUnwindSafe(|| door.run(&caller, proc_, &bytes)));
+            let r = catch_unwind(AssertUnwindSafe(|| door.run(&caller, proc_, args.bytes())));
             let r = r.unwrap_or_else(|_| {
                 error!(proc_, "NFS procedure panicked");
                 Err(ProcError::SystemErr)

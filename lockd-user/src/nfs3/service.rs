@@ -136,6 +136,7 @@ impl NfsService {
             max_io,
             changes: config.changes.as_ref().map(|c| c.0.clone()),
             handed_on: Default::default(),
+            args_copied: Default::default(),
             sent_from_file: Default::default(),
         });
         let mut sc = config.server.clone();
@@ -253,6 +254,14 @@ impl NfsService {
     pub fn handed_on(&self) -> u64 {
         self.door
             .handed_on
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Calls run on the blocking pool whose arguments were copied there, rather than
+    /// shared in the record they came in (records up to 64 KiB, and UDP).
+    pub fn args_copied(&self) -> u64 {
+        self.door
+            .args_copied
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -1,7 +1,7 @@
 //! Turns one received message into the action its transport must take, answering every
 //! RPC-level error (RFC 5531) without involving the program.
 
-use super::{CallContext, FileTail, ProcError, Reply, RpcProgram, Transport};
+use super::{CallContext, FileTail, ProcError, Reply, RpcProgram, SharedArgs, Transport};
 use crate::rpc::{
     flavor, write_success_header, AcceptStatus, AuthStat, CallDecodeError, CallHeader, Credential,
     RejectStatus, ReplyHeader, ReplyStatus, RPC_VERSION, SUCCESS_HEADER_LEN,
@@ -96,7 +96,7 @@ impl Dispatcher {
     pub(super) fn execute(
         &self,
         h: &CallHeader,
-        args: &[u8],
+        args: Args<'_>,
         peer: SocketAddr,
         local: SocketAddr,
         transport: Transport,
@@ -154,8 +154,15 @@ impl Dispatcher {
             proc_: h.proc_,
             cred,
             verf: h.verf.clone(),
+            shared_args: match &args {
+                Args::Borrowed(_) => None,
+                Args::Shared(a) => Some(a.clone()),
+            },
         };
-        let mut dec = Decoder::new(args);
+        let mut dec = Decoder::new(match &args {
+            Args::Borrowed(b) => b,
+            Args::Shared(a) => a.bytes(),
+        });
         // A handler bug must cost one call, not the listener that serves everyone.
         match catch_unwind(AssertUnwindSafe(|| prog.call(&ctx, &mut dec))) {
             Ok(Ok(Reply::Now(body))) => Action::Send(result_msg(xid, Ok(body))),
@@ -191,4 +198,11 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// A call's arguments as the transport has them: borrowed from its buffer, or in a record
+/// it gave up to be shared ([`SharedArgs`]).
+pub(super) enum Args<'a> {
+    Borrowed(&'a [u8]),
+    Shared(SharedArgs),
 }

@@ -37,7 +37,7 @@ use crate::drc::DuplicateCache;
 use dispatch::Dispatcher;
 pub use program::{
     decode_args, handle, handle_silent, CallContext, FileTail, ProcError, Reply, ReplySender,
-    RpcProgram,
+    RpcProgram, SharedArgs,
 };
 
 /// The transport a call arrived on.

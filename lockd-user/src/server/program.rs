@@ -24,6 +24,29 @@ pub struct CallContext {
     pub proc_: u32,
     pub cred: Credential,
     pub verf: OpaqueAuth,
+    /// The call's arguments (the decoder's bytes) in the record they came in, when the
+    /// transport can share it: a procedure finished on another thread takes them from
+    /// here instead of copying them (a WRITE's data).
+    pub shared_args: Option<SharedArgs>,
+}
+
+/// A call's arguments kept in the record that brought them, shared rather than copied.
+#[derive(Debug, Clone)]
+pub struct SharedArgs {
+    record: Arc<Vec<u8>>,
+    start: usize,
+}
+
+impl SharedArgs {
+    /// The arguments at `start..` of `record` (none when `start` is past its end).
+    pub fn new(record: Arc<Vec<u8>>, start: usize) -> Self {
+        let start = start.min(record.len());
+        Self { record, start }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.record[self.start..]
+    }
 }
 
 /// Errors a program returns instead of a result; the server turns them into RPC replies.

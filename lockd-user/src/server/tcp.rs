@@ -18,11 +18,12 @@
 //! for its next call for [`ServerConfig::busy_poll`] before the runtime goes to sleep; it
 //! stops as soon as another connection is served, since the runtime is then awake anyway.
 
-use super::dispatch::{result_msg, Action, Dispatcher};
+use super::dispatch::{result_msg, Action, Args, Dispatcher};
 use super::file_reply::{write_framed_file, FileSends};
-use super::{stopped, unspecified, Placement, ServerConfig, Transport};
+use super::{stopped, unspecified, Placement, ServerConfig, SharedArgs, Transport};
 use crate::record::{
-    encode_record_into, RecordBudget, RecordError, RecordReader, LAST_FRAGMENT, MAX_FRAGMENT,
+    encode_record_into, RecordBudget, RecordError, RecordReader, KEEP_RECORD_CAPACITY,
+    LAST_FRAGMENT, MAX_FRAGMENT,
 };
 use std::collections::HashMap;
 use std::io;
@@ -284,9 +285,28 @@ async fn serve_connection(
             last_record = Instant::now();
             served = true;
             poller.records.fetch_add(1, Ordering::Relaxed);
-            let action = match dispatcher.parse(msg) {
-                Ok((h, off)) => dispatcher.execute(&h, &msg[off..], peer, local, Transport::Tcp),
-                Err(a) => a,
+            let action = if msg.len() > KEEP_RECORD_CAPACITY {
+                // A record the reader would not keep its buffer for (a WRITE's data) is
+                // taken whole, so a procedure finished on another thread shares it.
+                let record = Arc::new(reader.take_record());
+                match dispatcher.parse(&record) {
+                    Ok((h, off)) => {
+                        let args = Args::Shared(SharedArgs::new(record.clone(), off));
+                        dispatcher.execute(&h, args, peer, local, Transport::Tcp)
+                    }
+                    Err(a) => a,
+                }
+            } else {
+                match dispatcher.parse(msg) {
+                    Ok((h, off)) => dispatcher.execute(
+                        &h,
+                        Args::Borrowed(&msg[off..]),
+                        peer,
+                        local,
+                        Transport::Tcp,
+                    ),
+                    Err(a) => a,
+                }
             };
             match action {
                 Action::Send(reply) => {

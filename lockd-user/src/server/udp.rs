@@ -7,7 +7,7 @@
 //! address: a service group is known by the address a client reached it at (its server
 //! ID), and that is where a reboot notification must be routed.
 
-use super::dispatch::{result_msg, Action, Dispatcher};
+use super::dispatch::{result_msg, Action, Args, Dispatcher};
 use super::{stopped, Transport};
 use crate::drc::{DrcLookup, DuplicateCache};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -97,7 +97,7 @@ pub(super) async fn serve_udp(
             }
         }
         match dispatcher
-            .execute(&h, args, peer, local, Transport::Udp)
+            .execute(&h, Args::Borrowed(args), peer, local, Transport::Udp)
             .copied()
         {
             Action::Send(out) => {

@@ -64,6 +64,8 @@ pub struct Door {
     /// instead (see [`super::program`]): a READ larger than [`INLINE_READ`] or of data
     /// not all in memory, an UNCHECKED CREATE that sets a size.
     pub handed_on: std::sync::atomic::AtomicU64,
+    /// Calls handed on whose arguments had to be copied (the transport kept its buffer).
+    pub args_copied: std::sync::atomic::AtomicU64,
     /// READs whose data was left to the transport to send from the page cache.
     pub sent_from_file: std::sync::atomic::AtomicU64,
 }
