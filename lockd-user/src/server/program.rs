@@ -31,10 +31,19 @@ pub struct CallContext {
 }
 
 /// A call's arguments kept in the record that brought them, shared rather than copied.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SharedArgs {
     record: Arc<Vec<u8>>,
     start: usize,
+}
+
+/// Their length, not their bytes: a context in a log line must not print a megabyte.
+impl std::fmt::Debug for SharedArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedArgs")
+            .field("len", &self.bytes().len())
+            .finish()
+    }
 }
 
 impl SharedArgs {
