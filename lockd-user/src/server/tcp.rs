@@ -285,28 +285,23 @@ async fn serve_connection(
             last_record = Instant::now();
             served = true;
             poller.records.fetch_add(1, Ordering::Relaxed);
+            let run = |bytes: &[u8], shared: Option<Arc<Vec<u8>>>| match dispatcher.parse(bytes) {
+                Ok((h, off)) => {
+                    let args = match shared {
+                        Some(record) => Args::Shared(SharedArgs::new(record, off)),
+                        None => Args::Borrowed(&bytes[off..]),
+                    };
+                    dispatcher.execute(&h, args, peer, local, Transport::Tcp)
+                }
+                Err(a) => a,
+            };
+            // A record the reader would not keep its buffer for (a WRITE's data) is taken
+            // whole, so a procedure finished on another thread shares it.
             let action = if msg.len() > KEEP_RECORD_CAPACITY {
-                // A record the reader would not keep its buffer for (a WRITE's data) is
-                // taken whole, so a procedure finished on another thread shares it.
                 let record = Arc::new(reader.take_record());
-                match dispatcher.parse(&record) {
-                    Ok((h, off)) => {
-                        let args = Args::Shared(SharedArgs::new(record.clone(), off));
-                        dispatcher.execute(&h, args, peer, local, Transport::Tcp)
-                    }
-                    Err(a) => a,
-                }
+                run(&record, Some(record.clone()))
             } else {
-                match dispatcher.parse(msg) {
-                    Ok((h, off)) => dispatcher.execute(
-                        &h,
-                        Args::Borrowed(&msg[off..]),
-                        peer,
-                        local,
-                        Transport::Tcp,
-                    ),
-                    Err(a) => a,
-                }
+                run(msg, None)
             };
             match action {
                 Action::Send(reply) => {
