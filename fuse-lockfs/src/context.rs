@@ -108,6 +108,17 @@ impl LockContext {
         self.next_mount.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Where a file of a mount's source directory is seen through the mount, if one serves
+    /// that directory now: for files named by another door (NFS, NLM), which no mount
+    /// may have looked up.
+    pub fn mounted_path_of(&self, source_path: &std::path::Path) -> Option<PathBuf> {
+        self.mounts().iter().find_map(|m| {
+            m.shared.upgrade()?;
+            let rel = source_path.strip_prefix(&m.source).ok()?;
+            Some(m.mountpoint.join(rel))
+        })
+    }
+
     /// Where `file` can be reached now: its path under a mount point that knows it.
     ///
     /// The path is read from the daemon's descriptor of the backing file, so it

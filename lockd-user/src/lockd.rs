@@ -316,6 +316,12 @@ impl Lockd {
         Some(self.release_host(name, Release::Normal))
     }
 
+    /// The path under its export's root of a file a client named by handle lately (see
+    /// [`crate::fh::FileHandles::source_path`]), for the lock listing.
+    pub fn source_path_of(&self, file: lock_table::FileId) -> Option<std::path::PathBuf> {
+        self.fhs.source_path(&self.exports, file)
+    }
+
     /// The administrative remedy for a partitioned client (`lockfs clear --host NAME`): what
     /// a reboot notification from it would do. Lock value blocks treat it as abnormal.
     pub fn clear_host(&self, name: &str) -> HostReleased {

@@ -73,19 +73,29 @@ pub type ClearHost = std::sync::Arc<dyn Fn(&str) -> serde_json::Value + Send + S
 /// `{"error": ...}` on failure.
 pub type GroupCommand = std::sync::Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
 
-/// Binds `path` and serves listings of `ctx` from a background thread.
-pub fn serve(path: &Path, ctx: LockContext) -> Result<AdminSocket> {
-    serve_with(path, ctx, None, None)
+/// The path of a file the mounts have not looked up (by device and inode), from the
+/// other doors: a file only NFS or NLM clients named.
+pub type NameFile = std::sync::Arc<dyn Fn(u64, u64) -> Option<String> + Send + Sync>;
+
+/// What the socket answers from the daemon's other parts, besides the mounts' listing.
+#[derive(Default)]
+pub struct Doors {
+    /// `clear-host NAME`.
+    pub clear_host: Option<ClearHost>,
+    /// `group VERB [NAME]`.
+    pub group: Option<GroupCommand>,
+    /// Paths in the listing for files no mount has looked up.
+    pub name_file: Option<NameFile>,
 }
 
-/// [`serve`], also answering `clear-host NAME` with `clear_host` and `group VERB [NAME]`
-/// with `group`.
-pub fn serve_with(
-    path: &Path,
-    ctx: LockContext,
-    clear_host: Option<ClearHost>,
-    group: Option<GroupCommand>,
-) -> Result<AdminSocket> {
+/// Binds `path` and serves listings of `ctx` from a background thread.
+pub fn serve(path: &Path, ctx: LockContext) -> Result<AdminSocket> {
+    serve_with(path, ctx, Doors::default())
+}
+
+/// [`serve`], also answering what `doors` can: `clear-host NAME`, `group VERB [NAME]`,
+/// and the paths of files only the network doors named.
+pub fn serve_with(path: &Path, ctx: LockContext, doors: Doors) -> Result<AdminSocket> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -109,7 +119,7 @@ pub fn serve_with(
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
-                        if let Err(e) = answer(s, &ctx, clear_host.as_ref(), group.as_ref()) {
+                        if let Err(e) = answer(s, &ctx, &doors) {
                             tracing::debug!(error = %e, "admin request failed");
                         }
                     }
@@ -140,12 +150,8 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-fn answer(
-    s: UnixStream,
-    ctx: &LockContext,
-    clear_host: Option<&ClearHost>,
-    group: Option<&GroupCommand>,
-) -> Result<()> {
+fn answer(s: UnixStream, ctx: &LockContext, doors: &Doors) -> Result<()> {
+    let (clear_host, group) = (doors.clear_host.as_ref(), doors.group.as_ref());
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut out = s.try_clone()?;
@@ -158,7 +164,12 @@ fn answer(
     BufReader::new(std::io::Read::take(s, 4096)).read_line(&mut line)?;
     match line.trim() {
         "locks" => {
-            let rows = listing::list(ctx);
+            let mut rows = listing::list(ctx);
+            if let Some(name) = &doors.name_file {
+                for r in rows.iter_mut().filter(|r| r.path.is_none()) {
+                    r.path = name(r.dev, r.ino);
+                }
+            }
             serde_json::to_writer(&mut out, &rows)?;
             writeln!(out)?;
         }

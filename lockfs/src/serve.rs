@@ -197,7 +197,18 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         })
     });
     let group = group_command(&cfg, service.lockd().clone(), &runtime, mounts.clone());
-    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, Some(clear), Some(group))?;
+    let (lockd, ctx) = (service.lockd().clone(), base_ctx.clone());
+    let name_file: admin::NameFile = Arc::new(move |dev, ino| {
+        let source = lockd.source_path_of(lock_table::FileId::new(dev, ino))?;
+        let seen = ctx.mounted_path_of(&source).unwrap_or(source);
+        Some(seen.display().to_string())
+    });
+    let doors = admin::Doors {
+        clear_host: Some(clear),
+        group: Some(group),
+        name_file: Some(name_file),
+    };
+    let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, doors)?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
 
     let mut sig = 0;

@@ -704,3 +704,63 @@ fn a_local_writer_cannot_take_a_share_a_client_reclaims_during_grace() {
     assert_eq!(call(&d, &share(false), proc_::UNSHARE), v4::Stats::Granted);
     assert_eq!(local_once("os.open(p, os.O_WRONLY)", &f), "OK");
 }
+
+/// `lockfs locks` of the daemon: the rows its admin socket answers.
+fn locks_json(d: &Daemon) -> Vec<serde_json::Value> {
+    let out = Command::new(LOCKFS)
+        .args(["locks", "--json", "--socket"])
+        .arg(d.dir.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lockfs locks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A file only an NLM client named (no local process looked it up through the mount)
+/// is listed by its path on the mount, found from the client's handle, and the path
+/// follows a rename; a file nobody can name any more is listed by device and inode.
+#[test]
+fn the_listing_names_a_file_only_a_remote_client_locked() {
+    if !can_run() {
+        return;
+    }
+    let d = Daemon::start();
+    let src = d.dir.path().join("export");
+    std::fs::create_dir(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/remote.dat"), b"x").unwrap();
+    let fh = d.fh(&src.join("sub/remote.dat"));
+    let rt = rt();
+    let c = rt.block_on(client(&d));
+    let call = LockCall::exclusive(lock("far-client", 7, &fh, 0, 0));
+    assert_eq!(rt.block_on(lock_with(&c, &call)), v4::Stats::Granted);
+    let nlm_path = |d: &Daemon| {
+        let rows = locks_json(d);
+        let row = rows
+            .iter()
+            .find(|r| r["kind"] == "NLM" && r["host"] == "far-client")
+            .unwrap_or_else(|| panic!("no NLM row in {rows:?}"))
+            .clone();
+        row["path"].clone()
+    };
+    let canon = |p: PathBuf| {
+        let parent = p.parent().unwrap().canonicalize().unwrap();
+        parent.join(p.file_name().unwrap()).display().to_string()
+    };
+    assert_eq!(nlm_path(&d), canon(d.mnt("sub/remote.dat")));
+    std::fs::rename(src.join("sub/remote.dat"), src.join("moved.dat")).unwrap();
+    assert_eq!(nlm_path(&d), canon(d.mnt("moved.dat")));
+    std::fs::remove_file(src.join("moved.dat")).unwrap();
+    assert_eq!(
+        nlm_path(&d),
+        serde_json::Value::Null,
+        "a removed file has no path"
+    );
+}
