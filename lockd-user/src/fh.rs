@@ -443,31 +443,36 @@ impl FileHandles {
         Ok((export, id))
     }
 
-    /// Where a file some client named by handle is now (its path as the kernel has it,
-    /// under its export's root): found
-    /// through a handle of it among those resolved lately, opened again and read back
-    /// from `/proc/self/fd`, so it follows renames. `None` for a file no recent handle
-    /// names, a removed one, or one of an export whose group is offline here. For the
-    /// lock listing, which otherwise names only files a local mount has cached.
-    pub fn source_path(&self, exports: &Exports, file: FileId) -> Option<PathBuf> {
-        let fh = self
-            .lock_cache()
-            .iter()
-            .find(|(_, id)| **id == file)
-            .map(|(fh, _)| fh.clone())?;
-        let export = exports.get(claimed_export(&fh)?)?;
-        let (_, htype, kernel) = self.key_of(export.export.scope).open(&fh).ok()?;
+    /// Where files some client named by handle are now (their paths as the kernel has
+    /// them, under their exports' roots): each found through a handle of it among those
+    /// resolved lately, opened again and read back from `/proc/self/fd`, so it follows
+    /// renames. A file no recent handle names, a removed one, or one of an export whose
+    /// group is offline here is left out. For the lock listing, which otherwise names only
+    /// files a local mount has cached; one pass over the cache for all of them.
+    pub fn source_paths(&self, exports: &Exports, files: &[FileId]) -> HashMap<FileId, PathBuf> {
+        let wanted: std::collections::HashSet<FileId> = files.iter().copied().collect();
+        let mut handles: HashMap<FileId, Box<[u8]>> = HashMap::new();
+        for (fh, id) in self.lock_cache().iter() {
+            if wanted.contains(id) {
+                handles.entry(*id).or_insert_with(|| fh.clone());
+            }
+        }
+        handles
+            .into_iter()
+            .filter_map(|(id, fh)| Some((id, self.source_path(exports, &fh)?)))
+            .collect()
+    }
+
+    fn source_path(&self, exports: &Exports, fh: &[u8]) -> Option<PathBuf> {
+        let export = exports.get(claimed_export(fh)?)?;
+        let (_, htype, kernel) = self.key_of(export.export.scope).open(fh).ok()?;
         let root = export.root()?;
         let fd = open_kernel_handle(root.as_raw_fd(), htype, kernel).ok()?;
         let at = |fd: RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
         let (path, root_path) = (at(fd.as_raw_fd())?, at(root.as_raw_fd())?);
         // A removed file's link ends so; its name is no longer a path to it.
-        if !path.starts_with(&root_path)
-            || path.as_os_str().as_encoded_bytes().ends_with(b" (deleted)")
-        {
-            return None;
-        }
-        Some(path)
+        let removed = path.as_os_str().as_encoded_bytes().ends_with(b" (deleted)");
+        (path.starts_with(&root_path) && !removed).then_some(path)
     }
 
     /// Forgets every resolved handle (an export's storage was mounted anew).

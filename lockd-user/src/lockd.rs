@@ -316,10 +316,13 @@ impl Lockd {
         Some(self.release_host(name, Release::Normal))
     }
 
-    /// The path under its export's root of a file a client named by handle lately (see
-    /// [`crate::fh::FileHandles::source_path`]), for the lock listing.
-    pub fn source_path_of(&self, file: lock_table::FileId) -> Option<std::path::PathBuf> {
-        self.fhs.source_path(&self.exports, file)
+    /// The paths under their exports' roots of files clients named by handle lately (see
+    /// [`crate::fh::FileHandles::source_paths`]), for the lock listing.
+    pub fn source_paths_of(
+        &self,
+        files: &[lock_table::FileId],
+    ) -> std::collections::HashMap<lock_table::FileId, std::path::PathBuf> {
+        self.fhs.source_paths(&self.exports, files)
     }
 
     /// The administrative remedy for a partitioned client (`lockfs clear --host NAME`): what

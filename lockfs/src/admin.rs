@@ -73,9 +73,11 @@ pub type ClearHost = std::sync::Arc<dyn Fn(&str) -> serde_json::Value + Send + S
 /// `{"error": ...}` on failure.
 pub type GroupCommand = std::sync::Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
 
-/// The path of a file the mounts have not looked up (by device and inode), from the
-/// other doors: a file only NFS or NLM clients named.
-pub type NameFile = std::sync::Arc<dyn Fn(u64, u64) -> Option<String> + Send + Sync>;
+/// The paths of files the mounts have not looked up (by device and inode), from the
+/// other doors: files only NFS or NLM clients named. Those it cannot name are left out.
+pub type NameFiles = std::sync::Arc<
+    dyn Fn(&[(u64, u64)]) -> std::collections::HashMap<(u64, u64), String> + Send + Sync,
+>;
 
 /// What the socket answers from the daemon's other parts, besides the mounts' listing.
 #[derive(Default)]
@@ -85,7 +87,7 @@ pub struct Doors {
     /// `group VERB [NAME]`.
     pub group: Option<GroupCommand>,
     /// Paths in the listing for files no mount has looked up.
-    pub name_file: Option<NameFile>,
+    pub name_files: Option<NameFiles>,
 }
 
 /// Binds `path` and serves listings of `ctx` from a background thread.
@@ -165,9 +167,17 @@ fn answer(s: UnixStream, ctx: &LockContext, doors: &Doors) -> Result<()> {
     match line.trim() {
         "locks" => {
             let mut rows = listing::list(ctx);
-            if let Some(name) = &doors.name_file {
-                for r in rows.iter_mut().filter(|r| r.path.is_none()) {
-                    r.path = name(r.dev, r.ino);
+            if let Some(name) = &doors.name_files {
+                let unnamed: Vec<(u64, u64)> = rows
+                    .iter()
+                    .filter(|r| r.path.is_none())
+                    .map(|r| (r.dev, r.ino))
+                    .collect();
+                if !unnamed.is_empty() {
+                    let names = name(&unnamed);
+                    for r in rows.iter_mut().filter(|r| r.path.is_none()) {
+                        r.path = names.get(&(r.dev, r.ino)).cloned();
+                    }
                 }
             }
             serde_json::to_writer(&mut out, &rows)?;

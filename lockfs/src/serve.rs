@@ -198,15 +198,24 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     });
     let group = group_command(&cfg, service.lockd().clone(), &runtime, mounts.clone());
     let (lockd, ctx) = (service.lockd().clone(), base_ctx.clone());
-    let name_file: admin::NameFile = Arc::new(move |dev, ino| {
-        let source = lockd.source_path_of(lock_table::FileId::new(dev, ino))?;
-        let seen = ctx.mounted_path_of(&source).unwrap_or(source);
-        Some(seen.display().to_string())
+    let name_files: admin::NameFiles = Arc::new(move |files: &[(u64, u64)]| {
+        let ids: Vec<_> = files
+            .iter()
+            .map(|&(dev, ino)| lock_table::FileId::new(dev, ino))
+            .collect();
+        lockd
+            .source_paths_of(&ids)
+            .into_iter()
+            .map(|(id, source)| {
+                let seen = ctx.mounted_path_of(&source).unwrap_or(source);
+                ((id.dev, id.ino), seen.display().to_string())
+            })
+            .collect()
     });
     let doors = admin::Doors {
         clear_host: Some(clear),
         group: Some(group),
-        name_file: Some(name_file),
+        name_files: Some(name_files),
     };
     let _admin = admin::serve_with(&cfg.admin_socket, base_ctx, doors)?;
     eprintln!("lockfs: admin socket {}", cfg.admin_socket.display());
