@@ -189,6 +189,14 @@ async fn recv_reply(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
     body
 }
 
+/// `len` bytes that differ from offset to offset (and with `seed`), so data read or
+/// written in the wrong place is told apart.
+fn noise(len: u32, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+        .collect()
+}
+
 /// (type, mode, uid, size, fileid) of a `fattr3`.
 type Attr = (u32, u32, u32, u64, u64);
 
@@ -1279,6 +1287,8 @@ async fn what_a_create_made_stays_open_until_its_remove() {
     }
     assert_eq!(s.nfs.open_files(), before);
     let gone = |name: &str| format!("{} (deleted)", dir.join(name).display());
+    // Waited for by awaiting, not blocking: the sweep that kicks the closing thread runs
+    // on this test's runtime.
     let started = Instant::now();
     while fds_naming(gone("made"))
         + (0..50)
@@ -1989,9 +1999,7 @@ async fn a_read_of_data_not_in_memory_is_read_where_it_may_wait() {
     let s = Server::start().await;
     let c = s.client(0, 0).await;
     let (_, root) = c.mnt("/rw").await;
-    let data: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let data = noise(1 << 20, 0);
     let path = s.rw.join("cold");
     std::fs::write(&path, &data).unwrap();
     let (st, fh) = c.lookup(&root, b"cold").await;
@@ -2048,12 +2056,7 @@ async fn several_readers_are_sent_to_from_the_pool_and_get_their_own_bytes() {
     let s = Server::start().await;
     let (a, b) = (s.client(0, 0).await, s.client(0, 0).await);
     let (_, root) = a.mnt("/rw").await;
-    let file = |seed: u32| -> Vec<u8> {
-        (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed as u8)
-            .collect()
-    };
-    let (da, db) = (file(1), file(2));
+    let (da, db) = (noise(1 << 20, 1), noise(1 << 20, 2));
     std::fs::write(s.rw.join("a"), &da).unwrap();
     std::fs::write(s.rw.join("b"), &db).unwrap();
     let (_, fa) = a.lookup(&root, b"a").await;
@@ -2092,9 +2095,7 @@ async fn a_pooled_reply_the_socket_cannot_take_at_once_is_finished_in_order() {
     let s = Server::start().await;
     let busy = s.client(0, 0).await;
     let (_, root) = busy.mnt("/rw").await;
-    let data: Vec<u8> = (0..2u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
+    let data = noise(2 << 20, 0);
     std::fs::write(s.rw.join("slow"), &data).unwrap();
     std::fs::write(s.rw.join("busy"), &data[..1 << 20]).unwrap();
     let (_, slow) = busy.lookup(&root, b"slow").await;
@@ -2443,9 +2444,7 @@ async fn a_large_write_is_handed_on_in_its_own_record() {
     let (_, public) = c.lookup(&root, b"public").await;
     let (st, fh) = c.create(&public, b"shared", 1, [0; 8]).await;
     assert_eq!(st, OK);
-    let data: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
+    let data = noise(3 << 20, 0);
     let copied = s.nfs.args_copied();
     for (i, part) in data[..2 << 20].chunks(1 << 20).enumerate() {
         let (st, n, _) = c.write(&fh, (i as u64) << 20, part, 0).await;

@@ -213,9 +213,10 @@ impl Door {
     }
 
     /// REMOVE and RMDIR. The file the name names is held (its cached descriptor, or one
-    /// opened `O_PATH`) while the name goes, so the unlink frees nothing, even the last name of a file whose
-    /// blocks are still being written: the close that frees the file is left to the
-    /// closing thread ([`crate::nfs3::closer`]), and neither call waits here.
+    /// opened `O_PATH`) while the name goes, so the unlink frees nothing, even the last
+    /// name of a file whose blocks are still being written: the close that frees the file
+    /// is left to the closing thread ([`crate::nfs3::closer`]), and neither call waits
+    /// here.
     pub(super) fn remove(&self, c: &Caller, at: &DirOp, e: &mut Encoder, dir_too: bool) {
         let name = &at.name;
         let Some(dir) = self.node_or_fail(c, &at.dir, e, Empty::Wcc) else {
