@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use lockfs_testkit::daemon::{Daemon as TestDaemon, Spawn};
+use lockfs_testkit::daemon::{lock_listing, Daemon as TestDaemon, Spawn};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 const LIMIT: Duration = Duration::from_secs(20);
@@ -113,18 +113,6 @@ fn python_locker(path: &Path) -> Child {
     c
 }
 
-fn locks_json(socket: &Path) -> serde_json::Value {
-    let out = run(Command::new(LOCKFS)
-        .args(["locks", "--json", "--socket"])
-        .arg(socket));
-    assert!(
-        out.status.success(),
-        "lockfs locks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn mount_list_share_open_and_sigterm() {
     if !fuse_available() {
@@ -144,7 +132,7 @@ fn mount_list_share_open_and_sigterm() {
     let f = mnt.join("f");
 
     let mut locker = python_locker(&f);
-    let rows = locks_json(&socket);
+    let rows = lock_listing(LOCKFS, &socket);
     let row = rows
         .as_array()
         .unwrap()
@@ -193,7 +181,7 @@ fn mount_list_share_open_and_sigterm() {
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
     std::fs::read(&f).expect("readers are still welcome");
-    let rows = locks_json(&socket);
+    let rows = lock_listing(LOCKFS, &socket);
     assert!(
         rows.as_array().unwrap().iter().any(|r| r["kind"] == "SHARE"
             && r["deny"] == "W"

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use lockd_user::client::{ClientConfig, RpcClient};
 use lockd_user::proto::nlm::{proc_, v4, FshAccess, FshMode, NLM4_VERS, NLM_PROG};
-use lockfs_testkit::daemon::{file_handle, fuse_missing, Daemon as TestDaemon, Spawn};
+use lockfs_testkit::daemon::{
+    file_handle, fuse_missing, lock_listing, Daemon as TestDaemon, Spawn,
+};
 use lockfs_testkit::nlm::{lock_with, unlock_with, LockCall};
 
 const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
@@ -705,25 +707,6 @@ fn a_local_writer_cannot_take_a_share_a_client_reclaims_during_grace() {
     assert_eq!(local_once("os.open(p, os.O_WRONLY)", &f), "OK");
 }
 
-/// `lockfs locks` of the daemon: the rows its admin socket answers.
-fn locks_json(d: &Daemon) -> Vec<serde_json::Value> {
-    let out = Command::new(LOCKFS)
-        .args(["locks", "--json", "--socket"])
-        .arg(d.dir.path().join("admin.sock"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lockfs locks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// A file only an NLM client named (no local process looked it up through the mount)
 /// is listed by its path on the mount, found from the client's handle, and the path
 /// follows a rename; a file nobody can name any more is listed by device and inode.
@@ -742,12 +725,13 @@ fn the_listing_names_a_file_only_a_remote_client_locked() {
     let call = LockCall::exclusive(lock("far-client", 7, &fh, 0, 0));
     assert_eq!(rt.block_on(lock_with(&c, &call)), v4::Stats::Granted);
     let nlm_path = |d: &Daemon| {
-        let rows = locks_json(d);
+        let rows = lock_listing(LOCKFS, &d.dir.path().join("admin.sock"));
         let row = rows
+            .as_array()
+            .expect("rows")
             .iter()
             .find(|r| r["kind"] == "NLM" && r["host"] == "far-client")
-            .unwrap_or_else(|| panic!("no NLM row in {rows:?}"))
-            .clone();
+            .unwrap_or_else(|| panic!("no NLM row in {rows}"));
         row["path"].clone()
     };
     let canon = |p: PathBuf| {

@@ -84,11 +84,7 @@ impl Daemon {
 
     /// `lockfs locks --json` of this daemon.
     fn locks(&self) -> serde_json::Value {
-        let out = lockfs(
-            &["locks", "--json", "--socket"],
-            Some(&self.dir.join("admin.sock")),
-        );
-        serde_json::from_str(&out).unwrap()
+        lockfs_testkit::daemon::lock_listing(LOCKFS, &self.dir.join("admin.sock"))
     }
 }
 

@@ -88,6 +88,24 @@ pub fn file_handle(bin: impl AsRef<OsStr>, config: &Path, path: &Path) -> Vec<u8
     unhex(&String::from_utf8(out.stdout).expect("hex is text"))
 }
 
+/// `lockfs locks --json --socket SOCKET`: one daemon's lock listing (a JSON array of
+/// rows), with the `lockfs` binary at `bin`; given up after 30 s.
+pub fn lock_listing(bin: impl AsRef<OsStr>, socket: &Path) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(bin)
+        .args(["locks", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("run lockfs locks");
+    assert!(
+        out.status.success(),
+        "lockfs locks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("lockfs locks --json answers JSON")
+}
+
 /// How a [`Daemon`] ended when it was stopped.
 #[derive(Debug)]
 pub struct Stopped {
